@@ -111,14 +111,16 @@ class SampleConfig:
     verify_samples: int = 1  # core executions that must all be correct to accept
     n_problems: int | None = None  # None = the whole train split
     unfiltered: bool = False  # keep every well-formed strategy (the "SFT guide" baseline)
-    out: str = "accepted"  # dataset directory name under run_dir
+    out: str = "sample"  # stage directory under run_dir: accepted.jsonl, rejected.jsonl, summary.json
 
 
 @dataclass
 class SftConfig:
     """Stage 2: supervised fine-tuning on (problem, strategy) pairs."""
 
+    name: str = "sft"  # stage directory under run_dir (the demo also trains "sft_unfiltered")
     data: str | None = None  # accepted.jsonl; None = run_dir/<sample.out>/accepted.jsonl
+    init: str | None = None  # HF guide to start from; None = model.path (or the demo base guide)
     steps: int = 300
     batch_size: int = 16
     seq_len: int = 256
@@ -136,6 +138,7 @@ class SftConfig:
 class RlConfig:
     """Stage 3: structure-aware GRPO (symbols as in the paper: G, beta, epsilon, mu)."""
 
+    name: str = "rl"  # stage directory under run_dir (the demo also trains "advisor_rl")
     steps: int = 40
     group_size: int = 8  # G
     prompts_per_step: int = 8
@@ -150,7 +153,7 @@ class RlConfig:
     preset: str = "exectune"  # exectune | advisor
     weights: dict[str, float] = field(default_factory=dict)  # overrides of the preset's weights
     core_only_samples: int = 4  # samples per problem to estimate core-alone success
-    init: str | None = None  # checkpoint to start from; None = the stage's default guide
+    init: str | None = None  # HF guide to start from (and the KL reference); None = run_dir/sft/guide
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
 
