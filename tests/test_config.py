@@ -1,0 +1,69 @@
+"""Config loading: layering, overrides, and errors that name the key and where it came from."""
+
+import pytest
+
+from exectune_jax.cli import build_parser, main
+from exectune_jax.config import Config, ConfigError, load_config
+
+
+def test_defaults_are_the_embedded_offline_world():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.api.core.base_url == "sim" and cfg.task.name == "arith"
+
+
+def test_dotted_overrides_set_nested_fields_with_yaml_types():
+    cfg = load_config(None, ["sft.steps=7", "sft.lr=3e-4", "api.core.model=m", "rl.weights={leak: 2}"])
+    assert cfg.sft.steps == 7 and cfg.sft.lr == pytest.approx(3e-4)
+    assert cfg.api.core.model == "m"
+    assert cfg.rl.weights == {"leak": 2.0}
+
+
+def test_file_layers_on_its_base_and_overrides_win(tmp_path):
+    (tmp_path / "base.yaml").write_text("sft:\n  steps: 11\n  lr: 0.5\nseed: 3\n")
+    (tmp_path / "top.yaml").write_text("base: base.yaml\nsft:\n  steps: 12\n")
+    cfg = load_config(tmp_path / "top.yaml", ["seed=4"])
+    assert (cfg.sft.steps, cfg.sft.lr, cfg.seed) == (12, 0.5, 4)
+
+
+def test_misspelt_key_in_file_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sft:\n  stpes: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "sft.stpes" in str(e.value) and str(path.name) in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_type_on_command_line_names_the_key():
+    with pytest.raises(ConfigError, match=r"command line: `rl.group_size` must be int"):
+        load_config(None, ["rl.group_size=eight"])
+
+
+def test_bool_is_not_accepted_as_int():
+    with pytest.raises(ConfigError, match="sft.steps"):
+        load_config(None, ["sft.steps=true"])
+
+
+def test_optional_section_can_be_filled_from_a_mapping():
+    cfg = load_config(None, ["api.judge={model: judge-1, provider: anthropic}"])
+    assert cfg.api.judge.model == "judge-1" and cfg.api.judge.provider == "anthropic"
+
+
+def test_choice_fields_are_validated():
+    with pytest.raises(ConfigError, match="rl.preset"):
+        load_config(None, ["rl.preset=ppo"])
+
+
+def test_cli_reports_config_errors_in_one_line_and_exit_code_2(capsys):
+    assert main(["sft", "sft.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sft.nope" in err
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    for name in ("demo", "serve-sim", "sample", "sft", "rl", "eval", "plan", "export"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([name, "--help"])
+        assert e.value.code == 0
