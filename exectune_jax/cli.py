@@ -24,7 +24,8 @@ examples:
   exectune sft --config configs/demo.yaml run_dir=runs/a sft.steps=100
   exectune rl --config configs/demo.yaml run_dir=runs/a rl.steps=20
   exectune eval --config configs/demo.yaml run_dir=runs/a
-  exectune plan --config configs/gsm8k-qwen3-1.7b.yaml --accelerator tpu-v5e-8
+  exectune plan --config configs/gsm8k-qwen3-1.7b.yaml --config configs/tpu-v5e-8.yaml \
+                --accelerator tpu-v5e-8
   exectune export runs/a/rl runs/a/export --dtype bf16
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
@@ -45,7 +46,9 @@ COMMANDS = {
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (default: the embedded offline demo)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="YAML config; repeat to layer overlays, e.g. a task config then a "
+                        "topology config (default: the embedded offline demo)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,10 +337,14 @@ def _apply(config: Any, data: dict, source: str, prefix: str = "") -> Any:
     return dataclasses.replace(config, **changes)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the file's `base:` chain, then the file, then command-line overrides."""
+def load_config(
+    paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Defaults, then each file (its `base:` chain first) in order, then command-line overrides."""
     config = Config()
-    if path is not None:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    for path in paths or ():
         for data, source in read_yaml(resolve_config_path(path)):
             config = _apply(config, data, f"config file {source}")
     for text in overrides:

@@ -67,3 +67,10 @@ def test_every_subcommand_has_help():
         with pytest.raises(SystemExit) as e:
             parser.parse_args([name, "--help"])
         assert e.value.code == 0
+
+
+def test_several_files_layer_in_order(tmp_path):
+    (tmp_path / "task.yaml").write_text("sft:\n  steps: 5\nmesh:\n  fsdp: 2\n")
+    (tmp_path / "topo.yaml").write_text("mesh:\n  fsdp: 8\n  tensor: 1\n")
+    cfg = load_config([tmp_path / "task.yaml", tmp_path / "topo.yaml"])
+    assert (cfg.sft.steps, cfg.mesh.fsdp) == (5, 8)
