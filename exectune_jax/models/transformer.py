@@ -1,0 +1,469 @@
+"""The guide: one flax.nnx decoder for the Llama, Qwen2 and Qwen3 families.
+
+The three families differ only in small switches (Qwen2: bias on q/k/v; Qwen3: RMSNorm on each
+query/key head), so one module with a `ModelConfig` covers them and HF checkpoints map onto it
+name for name (see `models/hf.py`). Every parameter carries logical axis names
+(`nnx.get_partition_spec(nnx.state(model))` gives them); `parallel.py` maps them onto a mesh,
+so building the model never needs one.
+
+Attention masking is one rule for training, packing and the KV cache: a query attends a key
+when both carry the same segment id and the key's slot is not after the query's slot. Slots
+are array indices (no cache) or cache positions (with a cache; empty cache slots have segment
+0). RoPE uses the explicit `positions`, so padding never shifts a token's position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.core import FrozenDict
+
+from exectune_jax.errors import UserError
+from exectune_jax.parallel import with_logical_constraint
+
+FAMILIES = ("llama", "qwen2", "qwen3")
+ROPE_TYPES = ("default", "linear", "llama3")
+ACTIVATION_AXES = ("batch", "length", "embed")
+
+
+class ModelConfigError(UserError):
+    """A model config this decoder cannot represent faithfully."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of one decoder; hashable so it can live in an nnx graph definition.
+
+    `rope_scaling` is None for plain RoPE, else the HF scaling parameters including
+    `rope_type` ("linear": factor; "llama3": factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings). `qkv_bias` and `qk_norm` follow from the family when
+    left as None (qwen2 has q/k/v bias, qwen3 has per-head q/k norm).
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rope_scaling: Mapping[str, Any] | None = None
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    qkv_bias: bool | None = None
+    qk_norm: bool | None = None
+    max_position_embeddings: int = 2048
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.model_type not in FAMILIES:
+            raise ModelConfigError(
+                f"model_type {self.model_type!r} is not supported; supported: {', '.join(FAMILIES)}"
+            )
+        family_bias, family_norm = self.model_type == "qwen2", self.model_type == "qwen3"
+        for name, expected in (("qkv_bias", family_bias), ("qk_norm", family_norm)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, expected)
+            elif bool(value) != expected:
+                raise ModelConfigError(
+                    f"{name}={value} does not match model_type {self.model_type!r} "
+                    f"(which has {name}={expected}); leave it unset"
+                )
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ModelConfigError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ModelConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+        if isinstance(self.eos_token_id, (list, tuple)):
+            object.__setattr__(self, "eos_token_id", tuple(int(i) for i in self.eos_token_id))
+        if self.rope_scaling is not None:
+            scaling = FrozenDict(dict(self.rope_scaling))
+            kind = scaling.get("rope_type")
+            if kind not in ROPE_TYPES:
+                raise ModelConfigError(
+                    f"rope_type {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}"
+                )
+            object.__setattr__(self, "rope_scaling", None if kind == "default" else scaling)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        if self.eos_token_id is None:
+            return ()
+        if isinstance(self.eos_token_id, tuple):
+            return self.eos_token_id
+        return (self.eos_token_id,)
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Reads an HF config.json dict (v5 `rope_parameters` or legacy `rope_theta`/`rope_scaling`)."""
+        model_type = d.get("model_type")
+        if model_type not in FAMILIES:
+            raise ModelConfigError(
+                f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)}"
+            )
+        _reject_unsupported_hf_features(d)
+        theta, scaling = _rope_from_hf(d)
+        return cls(
+            model_type=model_type,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=d["num_attention_heads"],
+            num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            pad_token_id=d.get("pad_token_id"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """An HF config.json dict in the v5 layout (`rope_parameters`)."""
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope.update(dict(self.rope_scaling))
+        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+        d: dict[str, Any] = {
+            "architectures": [_ARCHITECTURES[self.model_type]],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "attention_dropout": 0.0,
+            "use_cache": True,
+        }
+        if self.model_type in ("llama", "qwen3"):
+            d["attention_bias"] = False
+        if self.model_type == "llama":
+            d["mlp_bias"] = False
+        if self.model_type in ("qwen2", "qwen3"):
+            d["use_sliding_window"] = False
+            d["sliding_window"] = None
+            d["layer_types"] = ["full_attention"] * self.num_layers
+        return d
+
+
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def _reject_unsupported_hf_features(d: Mapping[str, Any]) -> None:
+    """Refuses configs whose numerics this decoder would silently get wrong."""
+    if d.get("hidden_act", "silu") != "silu":
+        raise ModelConfigError(f"hidden_act {d['hidden_act']!r} is not supported; only 'silu'")
+    if d.get("attention_bias") or d.get("mlp_bias"):
+        raise ModelConfigError(
+            f"attention_bias/mlp_bias=true is not supported for model_type {d['model_type']!r}"
+        )
+    if d.get("use_sliding_window") or "sliding_attention" in (d.get("layer_types") or ()):
+        raise ModelConfigError("sliding-window attention is not supported; set use_sliding_window=false")
+
+
+def _rope_from_hf(d: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling params or None) from either the v5 or the legacy config layout."""
+    params = {**(d.get("rope_scaling") or {}), **(d.get("rope_parameters") or {})}
+    theta = params.pop("rope_theta", d.get("rope_theta", 10000.0))
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    if params.pop("partial_rotary_factor", 1.0) != 1.0:
+        raise ModelConfigError("partial_rotary_factor != 1 is not supported")
+    if kind == "default":
+        return theta, None
+    if kind == "llama3":
+        params.setdefault(
+            "original_max_position_embeddings", d.get("max_position_embeddings", 2048)
+        )
+    return theta, {"rope_type": kind, **params}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure math
+
+
+def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """Per-pair rotation frequencies [head_dim/2], float32, exactly as HF computes them."""
+    dim = cfg.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32)
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling["rope_type"] == "linear":
+        return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
+    return _llama3_frequencies(inv_freq, scaling)
+
+
+def _llama3_frequencies(inv_freq: np.ndarray, s: Mapping[str, Any]) -> np.ndarray:
+    """Llama 3.1 scaling: long wavelengths slowed by `factor`, short kept, middle interpolated."""
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [B,T,H,D] by positions [B,T] (HF's rotate-half layout)."""
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attention_mask(
+    q_segments: jax.Array, q_slots: jax.Array, kv_segments: jax.Array, kv_slots: jax.Array
+) -> jax.Array:
+    """[B,T,S] bool: same segment and key slot not after the query slot."""
+    same = q_segments[:, :, None] == kv_segments[:, None, :]
+    causal = kv_slots[None, None, :] <= q_slots[None, :, None]
+    return same & causal
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention: q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D].
+
+    Scores and softmax run in float32. A fully masked row (a padding query) gets a finite
+    uniform distribution instead of NaN; its output is never used.
+    """
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys/values for every layer plus which slots hold which segment.
+
+    All rows write at the same slot (`index`), so prompts are left-padded by the sampler; a
+    padding slot keeps segment 0 and is never attended by real tokens.
+    """
+
+    k: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+    v: tuple[jax.Array, ...]
+    segment_ids: jax.Array  # [B, S] int32, 0 = empty or padding
+    index: jax.Array  # int32 scalar: the next slot to write
+
+    @property
+    def max_len(self) -> int:
+        return self.segment_ids.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+def _param(value: jax.Array, axes: tuple[str, ...]) -> nnx.Param:
+    """A parameter annotated with logical axes only; placement is parallel.py's job."""
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+_normal = nnx.initializers.normal(0.02)
+
+
+class Linear(nnx.Module):
+    def __init__(self, d_in, d_out, axes, *, bias: bool, rngs: nnx.Rngs, param_dtype):
+        self.kernel = _param(_normal(rngs.params(), (d_in, d_out), param_dtype), axes)
+        self.bias = _param(jnp.zeros((d_out,), param_dtype), axes[1:]) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel[...].astype(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype):
+        self.scale = _param(jnp.ones((dim,), param_dtype), ("norm",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kv, d
+        kw = dict(rngs=rngs, param_dtype=param_dtype)
+        self.q_proj = Linear(e, h * d, ("embed", "heads"), bias=cfg.qkv_bias, **kw)
+        self.k_proj = Linear(e, kv * d, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
+        self.v_proj = Linear(e, kv * d, ("embed", "kv_heads"), bias=cfg.qkv_bias, **kw)
+        self.o_proj = Linear(h * d, e, ("heads", "embed"), bias=False, **kw)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x, positions, mask, inv_freq, kv_cache, index):
+        """Returns (output, (k, v)); with kv_cache the new keys are written at slot `index`."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        if kv_cache is not None:
+            cached_k, cached_v = kv_cache
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        return self.o_proj(out.reshape(b, t, -1)), (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(bias=False, rngs=rngs, param_dtype=param_dtype)
+        self.gate_proj = Linear(e, m, ("embed", "mlp"), **kw)
+        self.up_proj = Linear(e, m, ("embed", "mlp"), **kw)
+        self.down_proj = Linear(m, e, ("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x, positions, mask, inv_freq, kv_cache, index):
+        h, kv = self.attn(self.attn_norm(x), positions, mask, inv_freq, kv_cache, index)
+        x = with_logical_constraint(x + h, ACTIVATION_AXES)
+        x = with_logical_constraint(x + self.mlp(self.mlp_norm(x)), ACTIVATION_AXES)
+        return x, kv
+
+
+class Transformer(nnx.Module):
+    """Decoder: embed -> N x (attention, SwiGLU MLP) -> RMSNorm -> logits (float32).
+
+    `dtype` is the compute dtype (e.g. bfloat16); parameters are stored in `param_dtype`.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32
+    ):
+        self.cfg = cfg
+        self.dtype = dtype
+        e, vocab = cfg.hidden_size, cfg.vocab_size
+        self.embed = _param(_normal(rngs.params(), (vocab, e), param_dtype), ("vocab", "embed"))
+        self.layers = nnx.List(
+            [Block(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
+        )
+        self.final_norm = RMSNorm(e, cfg.rms_norm_eps, param_dtype=param_dtype)
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = _param(_normal(rngs.params(), (e, vocab), param_dtype), ("embed", "vocab"))
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        *,
+        segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ):
+        """logits [B,T,V] for tokens [B,T] at positions [B,T]; (logits, cache) when cache is given.
+
+        segment_ids [B,T] (default all ones) keeps packed sequences from attending each other.
+        """
+        t = tokens.shape[1]
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
+        segment_ids = segment_ids.astype(jnp.int32)
+        if cache is None:
+            slots = jnp.arange(t)
+            mask = attention_mask(segment_ids, slots, segment_ids, slots)
+            index, kv_segments = None, None
+        else:
+            index = cache.index
+            kv_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, index))
+            mask = attention_mask(
+                segment_ids, index + jnp.arange(t), kv_segments, jnp.arange(cache.max_len)
+            )
+        inv_freq = rope_inverse_frequencies(self.cfg)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        x = with_logical_constraint(x, ACTIVATION_AXES)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x, (k, v) = layer(x, positions, mask, inv_freq, layer_cache, index)
+            new_k.append(k)
+            new_v.append(v)
+        x = self.final_norm(x)
+        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        logits = jnp.einsum(
+            "bte,ev->btv", x, head.astype(self.dtype), preferred_element_type=jnp.float32
+        )
+        if cache is None:
+            return logits
+        return logits, KVCache(tuple(new_k), tuple(new_v), kv_segments, index + t)
