@@ -165,6 +165,14 @@ class EvalConfig:
     n_problems: int | None = None
     samples: int = 1  # core executions per (problem, strategy)
     max_new_tokens: int = 96
+    # method -> guide HF dir (relative to run_dir unless absolute); a missing dir skips the row
+    guides: dict[str, str] = field(default_factory=lambda: {
+        "base_guide": "base_guide", "sft_unfiltered": "sft_unfiltered/guide",
+        "exectune_sft": "sft/guide", "advisor_rl": "advisor_rl/guide", "exectune": "rl/guide"})
+    advisor_methods: list[str] = field(default_factory=lambda: ["advisor_rl"])  # free-form prompts
+    core_strong: bool = True  # add the bigger core alone (when api.core_strong is set)
+    batch_size: int = 64  # guide prompts generated together
+    out: str = "eval"  # stage directory under run_dir: results.json, results.md, plots
 
 
 @dataclass
