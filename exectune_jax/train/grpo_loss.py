@@ -1,0 +1,66 @@
+"""The GRPO objective, token by token (symbols as in PAPER.md: epsilon = clip, beta = KL weight).
+
+For completion token t of sample i with advantage A_i, ratio rho = pi(t) / pi_old(t), where
+pi_old is the policy that *sampled* the token (its log-probs are recorded at sampling time, so
+a batch sampled a step or two ago — bounded staleness — is corrected by the same ratio):
+
+    loss_t = -min(rho * A_i, clip(rho, 1 - eps, 1 + eps) * A_i) + beta * KL_t
+    KL_t   = exp(ref - logp) - (ref - logp) - 1           # k3 estimator of KL(pi || ref), >= 0
+
+and the batch loss is the mean over every completion token in the batch (the token-level loss
+mask), so long and short strategies weigh each token equally. Everything here is pure jnp.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """log pi(target) under the sampling temperature: logits [B,T,V], targets [B,T] -> [B,T]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Entropy of the sampling distribution at each position: [B,T,V] -> [B,T]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def clipped_surrogate(
+    logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, clip_eps: float
+) -> tuple[jax.Array, jax.Array]:
+    """Per-token -min(rho A, clip(rho) A) [B,T] and where the clip was active [B,T] (bool)."""
+    ratio = jnp.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    return -jnp.minimum(unclipped, clipped), clipped < unclipped
+
+
+def kl_to_reference(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+    """k3 estimator of KL(pi || ref) per token: unbiased, always >= 0, 0 iff logp == ref."""
+    d = ref_logp - logp
+    return jnp.exp(d) - d - 1.0
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def grpo_token_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    ref_logp: jax.Array,
+    advantages: jax.Array,
+    *,
+    clip_eps: float,
+    beta: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-token loss [B,T] and per-token diagnostics (kl, clipped) for masked reduction."""
+    surrogate, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps)
+    kl = kl_to_reference(logp, ref_logp)
+    return surrogate + beta * kl, {"kl": kl, "clip_frac": clipped.astype(jnp.float32)}
