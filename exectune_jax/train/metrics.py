@@ -1,0 +1,116 @@
+"""Training metrics: a JSONL file always, TensorBoard when asked, and a progress bar.
+
+`metrics.jsonl` is the record every later step (evaluation, plots, tests) reads, so each line is
+one complete JSON object written with a single `write` on an O_APPEND descriptor: a run killed
+mid-write never leaves half a line. After a resume, `truncate_after(step)` drops the lines the
+killed run wrote past its last checkpoint, so the file tells one consistent story.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe scalar: numpy/jax numbers become floats/ints, non-finite floats become null."""
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+        if isinstance(value, (bool, int)):
+            return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def format_line(step: int, scalars: Mapping[str, Any]) -> str:
+    record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl (a directory holding one is accepted too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """`log(step, **scalars)` appends one JSON line (and TensorBoard scalars when enabled).
+
+    `enabled=False` (e.g. on every process but the first of a multi-host run) makes it a no-op.
+    """
+
+    def __init__(self, directory: str | Path, tensorboard: bool = False, *, enabled: bool = True):
+        self.directory = Path(directory)
+        self.path = self.directory / METRICS_FILE
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(self.directory / "tensorboard"))
+
+    def log(self, step: int, **scalars: Any) -> None:
+        if not self.enabled:
+            return
+        line = format_line(step, {"time": round(time.time(), 3), **scalars}).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        if self._tb is not None:
+            for key, value in scalars.items():
+                value = _plain(value)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, int(step))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records with a step beyond `step` (written by a run that was then interrupted)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [
+            line for line in self.path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress_bar(total: int, *, initial: int = 0, desc: str = "", enabled: bool = True) -> tqdm:
+    """A tqdm bar over optimizer steps (shows rate and ETA); set the loss with `set_postfix`."""
+    return tqdm(
+        total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+        unit="step", mininterval=0.5,
+    )
