@@ -29,6 +29,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from exectune_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -76,7 +78,7 @@ def make_mesh(
     shape = _fill_mesh_shape((data, fsdp, tensor), len(devices))
     used = math.prod(shape)
     if used != len(devices) and jax.process_count() > 1:
-        raise ValueError(
+        raise UserError(
             f"mesh data*fsdp*tensor = {used} but this multi-process run has {len(devices)} "
             "devices; the mesh must cover all of them (set one axis to -1)"
         )
@@ -89,12 +91,12 @@ def _fill_mesh_shape(sizes: Sequence[int], n_devices: int) -> tuple[int, ...]:
     """Resolve at most one -1 and check that the mesh fits the devices."""
     named = dict(zip(MESH_AXES, sizes, strict=True))
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh sizes must be positive or -1, got {named}")
+        raise UserError(f"mesh sizes must be positive or -1, got {named}")
     if sum(s == -1 for s in sizes) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {named}")
+        raise UserError(f"at most one mesh axis may be -1, got {named}")
     fixed = math.prod(s for s in sizes if s != -1)
     if n_devices % fixed:
-        raise ValueError(
+        raise UserError(
             f"mesh {named}: the product of the fixed sizes ({fixed}) does not divide the "
             f"{n_devices} available devices; pick sizes whose product divides {n_devices}"
         )
@@ -117,20 +119,24 @@ def use_mesh(mesh: Mesh) -> Iterator[Mesh]:
 
 
 def logical_to_spec(names: Sequence[str | None] | PartitionSpec) -> PartitionSpec:
-    """Map logical dimension names to a mesh PartitionSpec using LOGICAL_RULES."""
-    axes = []
+    """Map logical dimension names to a mesh PartitionSpec using LOGICAL_RULES.
+
+    A mesh axis is used by at most one dimension, the first that asks for it: activations
+    ("batch", "length", "embed") shard the batch over fsdp and keep "embed" whole, while a
+    weight ("embed", "mlp") shards "embed" over fsdp (the FSDP layout).
+    """
+    axes, used = [], set()
     for name in names:
-        if name is None:
-            axes.append(None)
-        elif name in _RULES:
-            axes.append(_RULES[name])
-        elif name in MESH_AXES:
-            axes.append(name)
-        else:
+        if name is not None and name not in _RULES and name not in MESH_AXES:
             raise ValueError(
                 f"logical axis {name!r} has no entry in parallel.LOGICAL_RULES "
                 f"(known: {sorted(_RULES)}); add a rule or use one of those names"
             )
+        target = _RULES.get(name, name) if name is not None else None
+        wanted = (target,) if isinstance(target, str) else tuple(target or ())
+        free = tuple(a for a in wanted if a not in used)
+        used.update(free)
+        axes.append(free[0] if len(free) == 1 else (free or None))
     return PartitionSpec(*axes)
 
 
@@ -266,7 +272,7 @@ def init_distributed(
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
     if coordinator is not None:
         if num_processes is None or process_id is None:
-            raise ValueError(
+            raise UserError(
                 f"coordinator {coordinator!r} given but the process count or id is missing: set "
                 f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} (or pass num_processes/process_id)"
             )
@@ -288,7 +294,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
+        raise UserError(f"environment variable {name}={raw!r} must be an integer") from None
 
 
 def _on_cloud_tpu_vm() -> bool:

@@ -1,0 +1,223 @@
+"""One orbax checkpoint per step: training state, data-iterator position and a JSON meta dict.
+
+Layout of `<directory>/<step>/`: one item per key of `state` (e.g. "params", "opt_state", "rng",
+each a pytree of arrays), "meta" (JSON: config, ledger totals, anything small) and, when given,
+"data" (the grain iterator state, one file per process). Orbax writes each step into a temporary
+directory and renames it when complete, so a crash mid-save leaves nothing `latest_step()` would
+pick up; a step directory damaged afterwards fails `restore` with one `CheckpointError` naming it.
+
+Restoring onto a different mesh is the normal case (resume on another topology): the `target`
+says what shape, dtype and sharding each array should have, and orbax reads every shard
+straight onto its device.
+
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=3)
+    ckpt.save(step, state={"params": params, "opt_state": opt_state, "rng": key},
+              data_iter=it, meta={"config": cfg_dict})
+    state, meta = ckpt.restore(target={"params": params, "opt_state": opt_state, "rng": key},
+                               data_iter=it)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from grain.checkpoint import CheckpointRestore, CheckpointSave
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from exectune_jax.errors import UserError
+
+META, DATA = "meta", "data"
+RESERVED = (META, DATA)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used, with the step directory and what to do."""
+
+
+class Checkpointer:
+    """Save, list and restore step checkpoints in one directory; keeps the newest `keep`.
+
+    Saves are asynchronous when `async_save` (device arrays are copied to host before `save`
+    returns, so training may continue and even donate its buffers); `wait()` blocks until the
+    last save is on disk, and `restore`/`close` wait by themselves. In a multi-process run every
+    process calls every method (orbax coordinates; each process writes its own shards and its
+    own data-iterator state).
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 3, *, async_save: bool = True):
+        if keep < 1:
+            raise CheckpointError(f"checkpoint keep={keep}: keep at least 1 checkpoint")
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            ),
+        )
+
+    def save(
+        self,
+        step: int,
+        *,
+        state: Mapping[str, Any],
+        data_iter: Any = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write `state` (name -> pytree; nnx.State allowed), the iterator position and `meta`."""
+        _check_names(state)
+        items = {name: ocp.args.StandardSave(_saveable(tree)) for name, tree in state.items()}
+        items[META] = ocp.args.JsonSave(dict(meta or {}))
+        if data_iter is not None:
+            items[DATA] = CheckpointSave(_IteratorSnapshot(data_iter))
+        self._manager.save(step, args=ocp.args.Composite(**items))
+
+    def latest_step(self) -> int | None:
+        """Newest complete step, or None when there is none (fresh run)."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        target: Mapping[str, Any],
+        data_iter: Any = None,
+        mesh: Mesh | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Read `step` (default: the latest) into arrays laid out like `target`.
+
+        `target` maps item names to pytrees of arrays or `jax.ShapeDtypeStruct`s (a subset of
+        the saved items is fine, e.g. params only). Each leaf's sharding decides where its
+        shards land; with `mesh`, NamedSharding specs are re-homed onto that concrete mesh
+        (needed for targets built by `nnx.eval_shape`, which carry an abstract mesh) and leaves
+        without a sharding are replicated on it. `data_iter` is set to the saved position in
+        place. Returns (state, meta) with state keyed like `target`.
+        """
+        self.wait()
+        _check_names(target)
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise CheckpointError(f"no checkpoint to restore in {self.directory}")
+        elif step not in self.all_steps():
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory} "
+                f"(available: {self.all_steps() or 'none'})"
+            )
+        self._check_items(step, [*target, META] + ([DATA] if data_iter is not None else []))
+        items = {
+            name: ocp.args.StandardRestore(_abstract(_saveable(tree), mesh))
+            for name, tree in target.items()
+        }
+        items[META] = ocp.args.JsonRestore()
+        if data_iter is not None:
+            items[DATA] = CheckpointRestore(data_iter)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax/tensorstore raise many types; all mean the same to a user
+            raise self._unreadable(step, e) from e
+        state = {name: _like(target[name], restored[name]) for name in target}
+        return state, dict(restored[META] or {})
+
+    def wait(self) -> None:
+        """Block until the last asynchronous save is complete on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_items(self, step: int, names: list[str]) -> None:
+        saved = {p.name for p in self.step_dir(step).iterdir() if p.is_dir()}
+        missing = [n for n in names if n not in saved]
+        if missing:
+            hint = (
+                "; it was saved without a data iterator: pass data_iter=None"
+                if missing == [DATA]
+                else ""
+            )
+            raise self._unreadable(step, f"item(s) {missing} not in the checkpoint{hint}")
+
+    def _unreadable(self, step: int, cause: object) -> CheckpointError:
+        earlier = [s for s in self.all_steps() if s < step]
+        fallback = (
+            f"delete it to resume from step {earlier[-1]}" if earlier else "delete it to start over"
+        )
+        first_line = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        return CheckpointError(
+            f"checkpoint {self.step_dir(step)} cannot be restored ({type(cause).__name__}: "
+            f"{first_line}); if it is damaged or was written by a different model or process "
+            f"count, {fallback}"
+        )
+
+
+class _IteratorSnapshot:
+    """An iterator's position frozen at save time: an async save may write it later.
+
+    grain's handler writes `get_state()` bytes verbatim; it is the same JSON text the live
+    iterator would produce, so `CheckpointRestore` on a real iterator reads it back.
+    """
+
+    def __init__(self, iterator: Any):
+        state = iterator.get_state()
+        self._state = state if isinstance(state, bytes) else json.dumps(state, indent=4).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+def _check_names(state: Mapping[str, Any]) -> None:
+    clash = [n for n in state if n in RESERVED]
+    if clash:
+        raise ValueError(f"checkpoint item names {clash} are reserved ({RESERVED}); rename them")
+
+
+def _saveable(tree: Any) -> Any:
+    """nnx.State -> nested dict of arrays (what orbax stores); anything else unchanged."""
+    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+
+
+def _like(target: Any, restored: Any) -> Any:
+    """Give the restored pure dict the target's type back (nnx.State in, nnx.State out)."""
+    if not isinstance(target, nnx.State):
+        return restored
+    out = jax.tree.map(lambda x: x, target)
+    nnx.replace_by_pure_dict(out, restored)
+    return out
+
+
+def _abstract(tree: Any, mesh: Mesh | None) -> Any:
+    """ShapeDtypeStructs carrying the sharding each restored array should get."""
+
+    def leaf(x: Any) -> Any:
+        if not hasattr(x, "shape") or isinstance(x, np.ndarray):
+            return x
+        sharding = getattr(x, "sharding", None)
+        if mesh is not None:
+            spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
+            sharding = NamedSharding(mesh, spec)
+        elif isinstance(sharding, NamedSharding) and not isinstance(sharding.mesh, Mesh):
+            raise CheckpointError(
+                "restore target has arrays sharded on an abstract mesh (from nnx.eval_shape); "
+                "pass mesh=<the concrete mesh> to Checkpointer.restore"
+            )
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
