@@ -1,0 +1,65 @@
+"""Task registry: `get(name, **options) -> Task`, `register(name)`, `names()`.
+
+Adding a task: put a module in this package that defines a factory and decorates it,
+
+    @register("mytask")
+    def make(**options) -> Task: ...
+
+Modules of this package are imported on the first lookup, so a new file registers itself with
+no other edit. `options` are the keyword options from the config (`task.options`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+from exectune_jax.data.tasks.base import DataError, Problem, Task, Verdict
+
+_FACTORIES: dict[str, Callable[..., Task]] = {}
+_SUPPORT_MODULES = {"base", "answers"}
+_discovered = False
+
+
+def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator: make `factory(**options)` available as task `name`."""
+
+    def decorate(factory: Callable[..., Task]) -> Callable[..., Task]:
+        if name in _FACTORIES and _FACTORIES[name] is not factory:
+            raise ValueError(f"task {name!r} is registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def _discover() -> None:
+    global _discovered
+    if not _discovered:
+        for module in pkgutil.iter_modules(__path__):
+            if module.name not in _SUPPORT_MODULES:
+                importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True
+
+
+def names() -> list[str]:
+    _discover()
+    return sorted(_FACTORIES)
+
+
+def get(name: str, **options: Any) -> Task:
+    """Build task `name`; unknown names and options are user errors that list what exists."""
+    _discover()
+    if name not in _FACTORIES:
+        raise DataError(f"unknown task {name!r} (task.name); known tasks: {', '.join(names())}")
+    try:
+        return _FACTORIES[name](**options)
+    except TypeError as e:
+        if "unexpected keyword argument" in str(e):
+            raise DataError(f"task {name!r}: {e} (check task.options)") from None
+        raise
+
+
+__all__ = ["DataError", "Problem", "Task", "Verdict", "get", "names", "register"]

@@ -1,0 +1,21 @@
+"""Registry of the simulated models by the names an endpoint config uses."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from exectune_jax.errors import UserError
+from exectune_jax.sim.core import PROFILES, SimCore
+from exectune_jax.sim.teacher import SimTeacher
+
+NAMES = (*PROFILES, SimTeacher.name)
+
+
+@cache
+def get(name: str) -> SimCore | SimTeacher:
+    """The simulated model `name`; each has `.complete(messages, *, max_tokens, temperature, seed)`."""
+    if name in PROFILES:
+        return SimCore(name)
+    if name == SimTeacher.name:
+        return SimTeacher()
+    raise UserError(f"unknown simulated model {name!r}; known: {', '.join(NAMES)} (check the endpoint's model)")

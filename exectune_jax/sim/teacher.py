@@ -1,0 +1,139 @@
+"""`sim-teacher`: a deterministic stand-in for a strong teacher model.
+
+It reads the gold program back from an arith problem in the prompt and writes a strategy in
+one of several styles, like a real teacher whose proposals are not all usable by a weaker
+core: `atomic` (one followable operation per step), `compound` (two operations in one step),
+`verbose` (steps too long to follow), `vague` (references such as "the previous result"),
+`wrong` (one wrong operation or operand) and `leak` (states the final answer). The style is
+named on a line after the block, outside it, so acceptance can report rates per style. When
+asked to revise a strategy the core failed on, it writes an atomic one with high probability.
+"""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+from exectune_jax.data.tasks.arith import Program, parse_problem, run_program
+from exectune_jax.gcop import prompts
+from exectune_jax.gcop.strategy import render
+from exectune_jax.sim.core import sample_rng
+from exectune_jax.sim.steps import render_operand, render_step, show
+
+PROPOSE_STYLES = {"atomic": 0.50, "compound": 0.12, "verbose": 0.12, "vague": 0.10, "wrong": 0.10, "leak": 0.06}
+REVISE_STYLES = {"atomic": 0.80, "compound": 0.05, "verbose": 0.05, "vague": 0.05, "wrong": 0.05}
+
+_VAGUE = ("that", "the previous result", "the total", "this amount", "the running total", "it")
+_PREAMBLES = (
+    "Start from the numbers the problem gives and, keeping track of the running amount carefully,",
+    "To see how the amount changes at this point of the story you should now",
+    "Read this part of the problem again to be sure of what happens and then",
+)
+_GENERIC = {
+    "math": ("Find the quantities the problem gives.", "Work out each intermediate amount with one operation.",
+             "Combine the amounts to answer the question."),
+    "code": ("Read the function signature and the examples.", "Handle the empty and edge cases first.",
+             "Build the result in one pass over the input.", "Return the result in the expected type."),
+}
+
+
+class SimTeacher:
+    name = "sim-teacher"
+
+    def complete(self, messages, *, max_tokens: int = 512, temperature: float = 1.0, seed: int = 0) -> str:
+        rng = sample_rng(self.name, messages, temperature, seed)
+        family = prompts.family_of(messages)
+        program = parse_problem(prompts.problem_text(messages)) if family == "math" else None
+        if program is None:
+            return render(_GENERIC[family]) + "\nstyle: generic"
+        weights = REVISE_STYLES if prompts.previous_strategy(messages) is not None else PROPOSE_STYLES
+        style = rng.choices(list(weights), weights=list(weights.values()))[0]
+        steps = write(program, style, rng)
+        if steps is None:
+            style, steps = "atomic", write(program, "atomic", rng)
+        return f"{render(steps)}\nstyle: {style}"
+
+
+def write(program: Program, style: str, rng: random.Random) -> list[str] | None:
+    """Steps of `style` for `program`, or None when the style does not apply to it."""
+    return _WRITERS[style](program, rng)
+
+
+def atomic(program: Program, rng: random.Random | None = None) -> list[str]:
+    q = program.quantities
+    return [render_step(op, render_operand(a, q), render_operand(b, q)) for op, a, b in program.ops]
+
+
+def _compound(program: Program, rng: random.Random) -> list[str] | None:
+    """Merge an operation into the next one when the next uses its result."""
+    q, ops = program.quantities, program.ops
+    mergeable = [j for j in range(len(ops) - 1) if f"r{j}" in ops[j + 1][1:]]
+    if not mergeable:
+        return None
+    merged = {j for j in mergeable if rng.random() < 0.5} or {rng.choice(mergeable)}
+    merged = {j for j in sorted(merged) if j - 1 not in merged}
+    new_index, steps, n = {}, [], 0
+    for j, (op, a, b) in enumerate(ops):
+        if j - 1 in merged:
+            new_index[j] = n - 1
+            then = render_step(op, *(("that" if r == f"r{j - 1}" else _ref(r, q, new_index)) for r in (a, b)))
+            steps[-1] = steps[-1].rstrip(".") + ", then " + then[0].lower() + then[1:]
+        else:
+            new_index[j] = n
+            steps.append(render_step(op, _ref(a, q, new_index), _ref(b, q, new_index)))
+            n += 1
+    return steps
+
+
+def _ref(ref: str, quantities: tuple[int, ...], new_index: dict[int, int]) -> str:
+    return render_operand(ref, quantities) if ref[0] == "q" else f"the result of step {new_index[int(ref[1:])] + 1}"
+
+
+def _verbose(program: Program, rng: random.Random) -> list[str]:
+    steps = atomic(program)
+    chosen = {j for j in range(len(steps)) if rng.random() < 0.6} or {rng.randrange(len(steps))}
+    return [f"{rng.choice(_PREAMBLES)} {s[0].lower()}{s[1:]}" if j in chosen else s for j, s in enumerate(steps)]
+
+
+def _vague(program: Program, rng: random.Random) -> list[str] | None:
+    q = program.quantities
+    refs = [(j, side) for j, op in enumerate(program.ops) for side in (1, 2) if op[side][0] == "r"]
+    if not refs:
+        return None
+    chosen = {r for r in refs if rng.random() < 0.6} or {rng.choice(refs)}
+    steps = []
+    for j, op in enumerate(program.ops):
+        parts = [rng.choice(_VAGUE) if (j, side) in chosen else render_operand(op[side], q) for side in (1, 2)]
+        steps.append(render_step(op[0], *parts))
+    return steps
+
+
+def _wrong(program: Program, rng: random.Random) -> list[str] | None:
+    """Atomic steps with one wrong operation or operand that changes the answer."""
+    gold = run_program(program)[-1]
+    swaps = {"add": "subtract", "subtract": "add", "multiply": "divide", "divide": "multiply"}
+    for _ in range(16):
+        ops = list(program.ops)
+        j = rng.randrange(len(ops))
+        op, a, b = ops[j]
+        if rng.random() < 0.5:
+            ops[j] = (swaps[op], a, b)
+        else:
+            others = [f"q{i}" for i in range(len(program.quantities))] + [f"r{i}" for i in range(j)]
+            ops[j] = (op, a, rng.choice([o for o in others if o != b] or [b]))
+        wrong = Program(tuple(ops), program.quantities)
+        try:
+            if run_program(wrong)[-1] != gold:
+                return atomic(wrong)
+        except ZeroDivisionError:
+            continue
+    return None
+
+
+def _leak(program: Program, rng: random.Random) -> list[str]:
+    answer: Fraction = run_program(program)[-1]
+    return [*atomic(program), f"So the answer is {show(answer)}."]
+
+
+_WRITERS = {"atomic": atomic, "compound": _compound, "verbose": _verbose, "vague": _vague,
+            "wrong": _wrong, "leak": _leak}
