@@ -1,0 +1,381 @@
+"""The host-side call pool: every paid model call goes through here, then the cache, then the ledger.
+
+`submit(Request) -> Future[Result]`. A future always resolves to a `Result`: either an answer
+(`ok=True`) or an explicit failure with its error kind, never an empty string that a reward
+could score. Per call, in order:
+
+1. cache: an identical earlier call (same endpoint model, messages, sampling, sample index)
+   is replayed at no cost; an identical call still in flight is shared, not paid twice;
+2. budget: a call starts only if the spend so far, plus the estimated cost of the calls in
+   flight, plus this one, stays within `budget_usd`; otherwise the pool stops for good
+   (`stopped`, `stop_reason`) and every later call resolves to `budget_exceeded`, so the
+   caller can checkpoint and exit;
+3. circuit breaker per endpoint, then the 429 cool-down, RPM and TPM token buckets;
+4. the HTTP call, with bounded concurrency (one worker thread per concurrent call);
+5. retries with exponential backoff and jitter for 408/409/429/5xx, timeouts, connection
+   errors and malformed bodies, honouring `Retry-After`; other 4xx fail at once;
+6. on success the ledger line is written before the cache entry, so a run killed in between
+   pays again rather than hiding a paid call.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from exectune_jax.api import providers
+from exectune_jax.api.cache import Cache, cache_key
+from exectune_jax.api.ledger import Ledger, cost_usd, load_prices
+from exectune_jax.api.limits import CircuitBreaker, TokenBucket, backoff_delay, per_minute_bucket
+from exectune_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_NAMES = ("core", "teacher", "judge", "core_strong")
+CHARS_PER_TOKEN = 3  # a deliberately low ratio, so budget and TPM estimates err high
+
+
+class BudgetExceeded(UserError):
+    """The run reached api.budget_usd; finished calls are cached, so raising it resumes cheaply."""
+
+
+@dataclass(frozen=True)
+class Request:
+    endpoint: str  # a name in the pool's endpoints: core, teacher, judge, core_strong
+    messages: tuple[tuple[str, str], ...] | list[dict]  # (role, content) pairs or OpenAI-style dicts
+    max_tokens: int | None = None  # None = the endpoint's max_tokens
+    temperature: float | None = None  # None = the endpoint's temperature
+    sample_index: int = 0  # separates repeated samples of one prompt; sent as OpenAI `seed`
+    stage: str = "default"  # ledger bucket
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    text: str | None  # None exactly when not ok
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    usd: float  # charged for this call; 0 for a replay
+    cached: bool
+    attempts: int  # HTTP calls made for this result (0 for a replay)
+    error: str | None  # when not ok: rate_limit, server_error, timeout, connection, malformed,
+    #                    client_error, budget_exceeded or circuit_open
+    detail: str = ""  # a one-line explanation when not ok (never contains a key)
+
+
+def failed(kind: str, attempts: int, detail: str) -> Result:
+    return Result(False, None, None, 0, 0, 0.0, False, attempts, kind, detail)
+
+
+def normalize_messages(messages: Sequence[Any]) -> list[dict]:
+    """(role, content) pairs or {"role", "content"} dicts -> a list of plain dicts."""
+    out = []
+    for m in messages:
+        role, content = (m["role"], m["content"]) if isinstance(m, Mapping) else m
+        out.append({"role": str(role), "content": str(content)})
+    return out
+
+
+def estimate_input_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """A high estimate of prompt tokens, before the server counts them."""
+    return sum(len(m["content"]) // CHARS_PER_TOKEN + 8 for m in messages)
+
+
+class _Lane:
+    """Per-endpoint flow control: limits and health are properties of one model/account."""
+
+    def __init__(self, name: str, endpoint: Any, cfg: Any):
+        self.name, self.endpoint = name, endpoint
+        self.rpm: TokenBucket | None = per_minute_bucket(cfg.rpm)
+        self.tpm: TokenBucket | None = per_minute_bucket(cfg.tpm)
+        self.breaker = CircuitBreaker(cfg.circuit_breaker_failures, cfg.circuit_breaker_cooldown_s)
+        self._cool_until = 0.0
+        self._lock = threading.Lock()
+        self.checked = False
+
+    def cool_down(self, seconds: float) -> None:
+        """After a 429/503 with Retry-After every worker on this lane waits, not only the one told."""
+        with self._lock:
+            self._cool_until = max(self._cool_until, time.monotonic() + seconds)
+
+    def wait_turn(self, tokens: int) -> None:
+        while (wait := self._cool_until - time.monotonic()) > 0:
+            time.sleep(wait)
+        if self.rpm:
+            self.rpm.acquire(1)
+        if self.tpm:
+            self.tpm.acquire(tokens)
+
+
+class Pool:
+    """Bounded-concurrency, rate-limited, retrying, cached, budgeted calls to named endpoints.
+
+    `close()` (or leaving the `with` block) waits for calls in flight and closes the cache and
+    ledger it was given."""
+
+    def __init__(self, endpoints: Mapping[str, Any], cfg: Any, *, cache: Cache | None,
+                 ledger: Ledger):
+        for name, ep in endpoints.items():
+            if ep.provider not in providers.PROVIDERS:
+                raise UserError(f"api.{name}.provider is {ep.provider!r}; choose openai or anthropic")
+        self._lanes = {name: _Lane(name, ep, cfg) for name, ep in endpoints.items()}
+        self.cfg, self._cache, self.ledger = cfg, cache, ledger
+        self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="api")
+        self._lock = threading.RLock()
+        self._inflight: dict[str, Future] = {}
+        self._reserved = 0.0
+        self._rng = random.Random()
+        self._counts: collections.Counter = collections.Counter()
+        self._failures: collections.Counter = collections.Counter()
+        self._errors: collections.Counter = collections.Counter()
+        self.stopped = False
+        self.stop_reason: str | None = None
+        self._closed = False
+        self._owned: list[Any] = []  # things to stop on close (an embedded sim server)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> Future:
+        """Queue one call; the future resolves to a Result (never raises for API failures)."""
+        lane = self._lane(req.endpoint)
+        ep = lane.endpoint
+        messages = normalize_messages(req.messages)
+        max_tokens = req.max_tokens if req.max_tokens is not None else ep.max_tokens
+        temperature = req.temperature if req.temperature is not None else ep.temperature
+        key = cache_key(ep.provider, ep.model, messages, max_tokens=max_tokens,
+                        temperature=temperature, sample_index=req.sample_index)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("submit() on a closed Pool")
+            self._counts["requests"] += 1
+            hit = self._cache.get(key) if self._cache is not None else None
+            if hit is not None:
+                return _done(self._replay(req.stage, ep.model, hit))
+            primary = self._inflight.get(key)
+            if primary is not None:
+                return self._share(primary, req.stage, ep.model)
+            fut = self._executor.submit(self._call, lane, req.stage, messages, max_tokens,
+                                        temperature, req.sample_index, key)
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda f: self._forget(key, f))
+            return fut
+
+    def map(self, reqs: Sequence[Request], *, desc: str | None = None) -> list[Result]:
+        """Results in the order of `reqs`; a progress bar when `desc` is given."""
+        futures = [self.submit(r) for r in reqs]
+        with tqdm(total=len(futures), desc=desc, disable=desc is None, leave=False) as bar:
+            for _ in as_completed(futures):
+                bar.update()
+        return [f.result() for f in futures]
+
+    @property
+    def stats(self) -> dict:
+        """requests, calls (HTTP attempts), retries, ok, cached, failures and attempt errors by kind."""
+        with self._lock:
+            return {
+                **{k: self._counts[k] for k in ("requests", "calls", "retries", "ok", "cached")},
+                "failures": dict(self._failures), "errors": dict(self._errors),
+                "breaker_trips": sum(lane.breaker.trips for lane in self._lanes.values()),
+                "usd": self.ledger.spent_usd(),
+            }
+
+    def raise_if_stopped(self) -> None:
+        """For stage loops: after checkpointing, end the run with the stop reason."""
+        if self.stopped:
+            raise BudgetExceeded(self.stop_reason)
+
+    def checkpoint(self) -> None:
+        """Make the cache and ledger totals durable (call before saving a training checkpoint)."""
+        if self._cache is not None:
+            self._cache.checkpoint()
+        self.ledger.write_totals()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._executor.shutdown(wait=True)
+        self.ledger.close()
+        if self._cache is not None:
+            self._cache.close()
+        for thing in self._owned:
+            thing.stop()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _lane(self, name: str) -> _Lane:
+        lane = self._lanes.get(name)
+        if lane is None:
+            raise UserError(f"no endpoint {name!r} is configured; set api.{name} "
+                            f"(configured: {', '.join(self._lanes) or 'none'})")
+        if not lane.checked:  # user-fixable problems surface here, once, not as N failed calls
+            ep = lane.endpoint
+            if providers.missing_key(ep):
+                raise UserError(f"api.{name}.api_key_env names {ep.api_key_env}, which is not set; "
+                                f"export {ep.api_key_env} with your key (keys are read only from the environment)")
+            self.ledger.prices.price(ep.model)
+            lane.checked = True
+        return lane
+
+    def _forget(self, key: str, fut: Future) -> None:
+        with self._lock:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
+    def _replay(self, stage: str, model: str, hit: providers.Completion) -> Result:
+        self.ledger.record(stage, model, hit.input_tokens, hit.output_tokens, cached=True)
+        with self._lock:
+            self._counts["cached"] += 1
+        return Result(True, hit.text, hit.stop_reason, hit.input_tokens, hit.output_tokens, 0.0,
+                      True, 0, None)
+
+    def _share(self, primary: Future, stage: str, model: str) -> Future:
+        """A duplicate of a call in flight waits for it and counts as a replay."""
+        out: Future = Future()
+
+        def relay(f: Future) -> None:
+            if f.exception() is not None:
+                out.set_exception(f.exception())
+                return
+            r = f.result()
+            if r.ok:
+                r = self._replay(stage, model, providers.Completion(
+                    r.text, r.stop_reason, r.input_tokens, r.output_tokens))
+            out.set_result(r)
+
+        primary.add_done_callback(relay)
+        return out
+
+    def _reserve(self, usd: float) -> bool:
+        budget = self.cfg.budget_usd
+        with self._lock:
+            if self.stopped:
+                return False
+            if budget is not None and self.ledger.spent_usd() + self._reserved + usd > budget:
+                self.stopped = True
+                self.stop_reason = (
+                    f"budget reached: spent ${self.ledger.spent_usd():.4f} of api.budget_usd="
+                    f"${budget:.4f}; no new calls are started. Finished calls are cached: raise "
+                    "api.budget_usd and run again to continue where this run stopped")
+                log.warning(self.stop_reason)
+                return False
+            self._reserved += usd
+            return True
+
+    def _release(self, usd: float) -> None:
+        with self._lock:
+            self._reserved -= usd
+
+    def _fail(self, kind: str, attempts: int, detail: str, lane: _Lane) -> Result:
+        with self._lock:
+            self._failures[kind] += 1
+        if kind not in ("budget_exceeded", "circuit_open"):
+            log.warning("call to %s failed after %d attempt(s): %s", lane.name, attempts, detail)
+        return failed(kind, attempts, detail)
+
+    def _call(self, lane: _Lane, stage: str, messages: list[dict], max_tokens: int,
+              temperature: float, seed: int, key: str) -> Result:
+        ep, cfg = lane.endpoint, self.cfg
+        est_tokens = estimate_input_tokens(messages) + max_tokens
+        est_usd = cost_usd(self.ledger.prices.price(ep.model), est_tokens - max_tokens, max_tokens)
+        attempts = 0
+        while True:
+            if not lane.breaker.allow():
+                return self._fail("circuit_open", attempts, f"endpoint {lane.name} failed "
+                                  f"{cfg.circuit_breaker_failures} times in a row; calls paused", lane)
+            if not self._reserve(est_usd):
+                lane.breaker.record(None)
+                return self._fail("budget_exceeded", attempts, self.stop_reason or "", lane)
+            try:
+                lane.wait_turn(est_tokens)
+                with self._lock:
+                    self._counts["calls"] += 1
+                attempts += 1
+                completion = providers.complete(ep, messages, max_tokens=max_tokens,
+                                                temperature=temperature, seed=seed)
+            except providers.ApiError as e:
+                self._release(est_usd)
+                lane.breaker.record(None if e.kind == "rate_limit" else False)
+                with self._lock:
+                    self._errors[e.kind] += 1
+                if not e.retryable or attempts > cfg.max_retries:
+                    return self._fail(e.kind, attempts, e.message, lane)
+                delay = backoff_delay(attempts, cfg.backoff_base_s, cfg.backoff_max_s,
+                                      e.retry_after, self._rng.random())
+                if e.retry_after is not None:
+                    lane.cool_down(delay)
+                log.debug("retrying %s in %.3fs after %s", lane.name, delay, e.message)
+                with self._lock:
+                    self._counts["retries"] += 1
+                time.sleep(delay)
+                continue
+            except BaseException:
+                self._release(est_usd)
+                lane.breaker.record(None)
+                raise
+            lane.breaker.record(True)
+            if lane.tpm:
+                lane.tpm.settle(completion.input_tokens + completion.output_tokens - est_tokens)
+            with self._lock:  # charge and un-reserve together so the budget check never double counts
+                usd = self.ledger.record(stage, ep.model, completion.input_tokens,
+                                         completion.output_tokens, cached=False)
+                self._reserved -= est_usd
+                self._counts["ok"] += 1
+            if self._cache is not None:
+                self._cache.put(key, ep.model, completion)
+            return Result(True, completion.text, completion.stop_reason, completion.input_tokens,
+                          completion.output_tokens, usd, False, attempts, None)
+
+
+def _done(result: Result) -> Future:
+    fut: Future = Future()
+    fut.set_result(result)
+    return fut
+
+
+def open_pool(cfg: Any, run_dir: str | Path) -> Pool:
+    """The pool for a run: cache at run_dir/calls.sqlite, ledger at run_dir/ledger.jsonl.
+
+    `cfg` is the whole Config (its `api` and `sim` sections are used) or an ApiConfig alone.
+    Endpoints whose base_url is "sim" talk to an embedded loopback sim server started here
+    (from the `sim` section) and stopped by `close()`."""
+    from exectune_jax.config import SIM_URL, SimConfig
+    from exectune_jax.sim.server import SimServer, sim_base_url
+
+    api = getattr(cfg, "api", cfg)
+    endpoints = {n: ep for n in ENDPOINT_NAMES if (ep := getattr(api, n, None)) is not None}
+    server = None
+    if any(ep.base_url == SIM_URL for ep in endpoints.values()):
+        server = SimServer.from_config(getattr(cfg, "sim", None) or SimConfig())
+        root = server.start()
+        endpoints = {n: replace(ep, base_url=sim_base_url(root, ep.provider)) if ep.base_url == SIM_URL
+                     else ep for n, ep in endpoints.items()}
+    try:
+        run_dir = Path(run_dir)
+        ledger = Ledger(run_dir / "ledger.jsonl", load_prices(api.prices))
+        pool = Pool(endpoints, api, cache=Cache(run_dir / "calls.sqlite"), ledger=ledger)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    if server is not None:
+        pool._owned.append(server)
+    return pool

@@ -1,0 +1,441 @@
+"""A loopback HTTP server that serves the simulated models in the OpenAI and Anthropic wire formats.
+
+`POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic) answer with the
+same bodies, usage fields and error bodies as the real APIs, so the client code under test is
+the production client. It can add latency, enforce a requests-per-minute limit (429 with
+`Retry-After` and `retry-after-ms`) and inject faults: 5xx errors, hangs that outlast the
+client's timeout, dropped connections, truncated and malformed bodies.
+
+Faults are deterministic: the k-th arrival of a given request body is faulted or not by a hash
+of (seed, body, k), independent of thread timing, so a client's retries meet the same fault
+sequence on every run. Answers never depend on faults: a body that finally gets through gets
+the answer the model gives for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from exectune_jax.sim import tokens
+
+FAULT_KINDS = ("server_error", "timeout", "disconnect", "truncated", "malformed")
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+OPENAI_KEYS = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n",
+    "stop", "stream", "stream_options", "user", "metadata", "store", "frequency_penalty",
+    "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "response_format", "service_tier",
+    "tools", "tool_choice", "parallel_tool_calls",
+})
+ANTHROPIC_KEYS = frozenset({
+    "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences",
+    "stream", "metadata", "tools", "tool_choice", "thinking", "service_tier",
+})
+
+
+class BadRequest(Exception):
+    """A request the real API would refuse with 400."""
+
+
+def sim_base_url(root: str, provider: str) -> str:
+    """The base URL a client is configured with: OpenAI-style URLs include /v1, Anthropic's do not."""
+    return root + "/v1" if provider == "openai" else root
+
+
+def fault_for(seed: int, digest: str, arrival: int, rate: float, kinds: tuple[str, ...]) -> str | None:
+    """The fault injected into the `arrival`-th copy of a body, or None: a pure hash, no state."""
+    h = hashlib.sha256(f"{seed}:{digest}:{arrival}".encode()).digest()
+    if int.from_bytes(h[:8], "big") / 2**64 >= rate:
+        return None
+    return kinds[int.from_bytes(h[8:12], "big") % len(kinds)]
+
+
+class RateLimiter:
+    """A token bucket that answers how long to wait instead of blocking."""
+
+    def __init__(self, rpm: float, burst: float | None = None):
+        self.rate = rpm / 60.0
+        self.capacity = burst if burst is not None else max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 when a request may pass now, else the seconds until one may."""
+        with self.lock:
+            now = time.monotonic()
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.level >= 1.0:
+                self.level -= 1.0
+                return 0.0
+            return (1.0 - self.level) / self.rate
+
+
+def _text(content: Any, where: str) -> str:
+    """Message content as a string: a string, or a list of text parts/blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise BadRequest(f"{where}: content must be a string or a list of text blocks")
+
+
+def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise BadRequest(f"{key}: must be a number between {lo} and {hi}")
+    return float(value)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"{key}: must be an integer >= 1")
+    return value
+
+
+def parse_openai_request(body: Any) -> dict:
+    """Validate a chat-completions body -> {model, messages, max_tokens, temperature, seed}."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    unknown = sorted(set(body) - OPENAI_KEYS)
+    if unknown:
+        raise BadRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+    if not isinstance(body.get("model"), str):
+        raise BadRequest("model: required string")
+    if body.get("stream"):
+        raise BadRequest("stream: streaming is not supported by the simulated server")
+    if body.get("n", 1) != 1:
+        raise BadRequest("n: only n=1 is supported by the simulated server")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequest("messages: required non-empty array")
+    messages = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
+            raise BadRequest(f"messages[{i}].role: must be system, developer, user or assistant")
+        role = "system" if m["role"] == "developer" else m["role"]
+        messages.append({"role": role, "content": _text(m.get("content"), f"messages[{i}]")})
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 4096))
+    seed = body.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise BadRequest("seed: must be an integer")
+    return {"model": body["model"], "messages": messages,
+            "max_tokens": _positive_int(max_tokens, "max_tokens"),
+            "temperature": _number(body, "temperature", 0.0, 2.0, 1.0), "seed": seed}
+
+
+def parse_anthropic_request(body: Any) -> dict:
+    """Validate a Messages body -> {model, messages (system first), max_tokens, temperature, seed}."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    unknown = sorted(set(body) - ANTHROPIC_KEYS)
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: Extra inputs are not permitted")
+    if not isinstance(body.get("model"), str):
+        raise BadRequest("model: Field required")
+    if "max_tokens" not in body:
+        raise BadRequest("max_tokens: Field required")
+    if body.get("stream"):
+        raise BadRequest("stream: streaming is not supported by the simulated server")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequest("messages: at least one message is required")
+    messages = []
+    if "system" in body:
+        messages.append({"role": "system", "content": _text(body["system"], "system")})
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise BadRequest(f'messages.{i}.role: Input should be "user" or "assistant"')
+        messages.append({"role": m["role"], "content": _text(m.get("content"), f"messages.{i}")})
+    return {"model": body["model"], "messages": messages,
+            "max_tokens": _positive_int(body["max_tokens"], "max_tokens"),
+            "temperature": _number(body, "temperature", 0.0, 1.0, 1.0), "seed": 0}
+
+
+def openai_error(status: int, message: str) -> dict:
+    kind, code = {
+        400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
+        404: ("invalid_request_error", "model_not_found"), 429: ("requests", "rate_limit_exceeded"),
+    }.get(status, ("server_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def anthropic_error(status: int, message: str) -> dict:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def openai_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int,
+                    seed: int) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+        "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": "length" if stop == "max_tokens" else "stop"}],
+        "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                  "total_tokens": input_tokens + output_tokens},
+        "system_fingerprint": f"fp_sim_{seed}",
+    }
+
+
+def anthropic_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int) -> dict:
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "max_tokens" if stop == "max_tokens" else "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
+def _default_models(name: str) -> Any:
+    from exectune_jax.sim import models
+
+    return models.get(name)
+
+
+class SimServer:
+    """The simulated APIs on a free loopback port. `start()` returns the root URL; use
+    `sim_base_url(root, provider)` for a client's base_url. `stats` counts what it served.
+
+    `models` maps a model name to an object with `.complete(messages, *, max_tokens,
+    temperature, seed) -> str` (a mapping or a lookup function; default: the sim registry).
+    `api_key`, when set, is required as a Bearer token or x-api-key (else 401).
+    `burst` is the rate limiter's bucket size (default: one second's worth of requests).
+    `hang_s` is how long a `timeout` fault stalls before dropping the connection."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0,
+                 rpm: float | None = None, fault_rate: float = 0.0, seed: int = 0, *,
+                 models: Mapping[str, Any] | Callable[[str], Any] | None = None,
+                 api_key: str | None = None, burst: float | None = None, hang_s: float = 2.0,
+                 fault_kinds: tuple[str, ...] = FAULT_KINDS):
+        if not 0.0 <= fault_rate < 1.0:
+            raise ValueError("fault_rate must be in [0, 1)")
+        unknown = set(fault_kinds) - set(FAULT_KINDS)
+        if unknown or not fault_kinds:
+            raise ValueError(f"fault_kinds must be a non-empty subset of {FAULT_KINDS}")
+        self.host, self.port = host, port
+        self.latency_s = latency_ms / 1000.0
+        self.limiter = RateLimiter(rpm, burst) if rpm else None
+        self.fault_rate, self.seed, self.hang_s, self.fault_kinds = fault_rate, seed, hang_s, fault_kinds
+        self._lookup = models.get if isinstance(models, Mapping) else (models or _default_models)
+        self._api_key = api_key
+        self._lock = threading.Lock()
+        self._arrivals: dict[str, int] = {}
+        self._stats = {"requests": 0, "ok": 0, "rate_limited": 0, "client_errors": 0,
+                       "faults": {k: 0 for k in FAULT_KINDS}}
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, **kwargs: Any) -> SimServer:
+        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed)."""
+        return cls(cfg.host, cfg.port, cfg.latency_ms, cfg.rpm, cfg.fault_rate, cfg.seed, **kwargs)
+
+    @property
+    def stats(self) -> dict:
+        with self._lock:
+            return {**self._stats, "faults": dict(self._stats["faults"])}
+
+    def _count(self, field: str, fault: str | None = None) -> None:
+        with self._lock:
+            if fault:
+                self._stats["faults"][fault] += 1
+            else:
+                self._stats[field] += 1
+
+    def start(self) -> str:
+        httpd = _Http((self.host, self.port), _Handler)
+        httpd.sim = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="sim-server", daemon=True)
+        self._thread.start()
+        host, port = httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> SimServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def authorized(self, headers: Any) -> bool:
+        if self._api_key is None:
+            return True
+        bearer = headers.get("authorization", "")
+        return bearer == f"Bearer {self._api_key}" or headers.get("x-api-key") == self._api_key
+
+    def next_fault(self, raw: bytes) -> str | None:
+        if not self.fault_rate:
+            return None
+        digest = hashlib.sha256(raw).hexdigest()
+        with self._lock:
+            arrival = self._arrivals.get(digest, 0)
+            self._arrivals[digest] = arrival + 1
+        return fault_for(self.seed, digest, arrival, self.fault_rate, self.fault_kinds)
+
+    def model(self, name: str) -> Any | None:
+        try:
+            return self._lookup(name)
+        except (KeyError, ValueError):
+            return None
+
+    def generate(self, model: Any, req: dict) -> tuple[str, str, int, int]:
+        """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens."""
+        text = model.complete(req["messages"], max_tokens=req["max_tokens"],
+                              temperature=req["temperature"], seed=req["seed"])
+        stop = "end"
+        if tokens.count(text) > req["max_tokens"]:
+            text, stop = tokens.truncate(text, req["max_tokens"]), "max_tokens"
+        return text, stop, tokens.count_messages(req["messages"]), tokens.count(text)
+
+
+class _Http(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+    sim: SimServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Http
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: request logs would carry nothing useful and could grow without bound."""
+
+    def _send(self, status: int, payload: bytes, headers: Mapping[str, str] = (),
+              content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        for k, v in dict(headers).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _error(self, fmt: str, status: int, message: str, headers: Mapping[str, str] = ()) -> None:
+        body = openai_error(status, message) if fmt == "openai" else anthropic_error(status, message)
+        self._send(status, json.dumps(body).encode(), headers)
+
+    def do_POST(self) -> None:
+        try:
+            self._serve()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._error("openai", 404, f"no route GET {self.path}; POST {OPENAI_PATH} or {ANTHROPIC_PATH}")
+
+    def _serve(self) -> None:
+        sim = self.server.sim
+        path = self.path.split("?", 1)[0]
+        fmt = {OPENAI_PATH: "openai", ANTHROPIC_PATH: "anthropic"}.get(path)
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        sim._count("requests")
+        if fmt is None:
+            sim._count("client_errors")
+            return self._error("openai", 404, f"no route {path}; use {OPENAI_PATH} or {ANTHROPIC_PATH}")
+        if not sim.authorized(self.headers):
+            sim._count("client_errors")
+            return self._error(fmt, 401, "invalid or missing API key")
+        if sim.limiter is not None:
+            wait = sim.limiter.take()
+            if wait > 0:
+                sim._count("rate_limited")
+                headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+                return self._error(fmt, 429, "Rate limit reached for requests per minute", headers)
+        try:
+            if fmt == "anthropic" and not self.headers.get("anthropic-version"):
+                raise BadRequest("anthropic-version: header is required")
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise BadRequest("request body is not valid JSON") from None
+            req = parse_openai_request(body) if fmt == "openai" else parse_anthropic_request(body)
+        except BadRequest as e:
+            sim._count("client_errors")
+            return self._error(fmt, 400, str(e))
+        model = sim.model(req["model"])
+        if model is None:
+            sim._count("client_errors")
+            return self._error(fmt, 404, f"model {req['model']!r} does not exist")
+        if sim.latency_s:
+            time.sleep(sim.latency_s)
+        fault = sim.next_fault(raw)
+        if fault is not None:
+            sim._count("faults", fault)
+        if fault in ("timeout", "disconnect"):
+            if fault == "timeout":
+                time.sleep(sim.hang_s)
+            self.close_connection = True
+            return
+        if fault == "server_error":
+            status = 529 if fmt == "anthropic" else 503
+            return self._error(fmt, status, "The server is overloaded; please retry")
+        try:
+            text, stop, n_in, n_out = sim.generate(model, req)
+        except Exception as e:  # a model bug must reach the client as a 500, not a dropped socket
+            return self._error(fmt, 500, f"simulated model failed: {type(e).__name__}: {e}")
+        payload = (openai_response(req["model"], text, stop, n_in, n_out, req["seed"]) if fmt == "openai"
+                   else anthropic_response(req["model"], text, stop, n_in, n_out))
+        data = json.dumps(payload).encode()
+        if fault == "truncated":
+            return self._send(200, data[: len(data) // 2])
+        if fault == "malformed":
+            return self._send(200, *_malformed(fmt, len(raw)))
+        sim._count("ok")
+        self._send(200, data)
+
+
+def _malformed(fmt: str, variant: int) -> tuple[bytes, dict, str]:
+    """A 200 whose body is not what the format promises: an HTML error page, or JSON missing
+    the fields a client needs (as proxies and overloaded gateways sometimes return)."""
+    if variant % 2:
+        return b"<html><body><h1>502 Bad Gateway</h1></body></html>", {}, "text/html"
+    body = {"object": "chat.completion", "choices": []} if fmt == "openai" else {"type": "message", "content": None}
+    return json.dumps(body).encode(), {}, "application/json"
+
+
+def serve_forever(cfg_sim: Any) -> None:
+    """Run the server from a SimConfig in the foreground until interrupted, printing its URL."""
+    server = SimServer.from_config(cfg_sim)
+    root = server.start()
+    print(f"sim server listening on {root}", flush=True)
+    print(f"  OpenAI-compatible base_url: {sim_base_url(root, 'openai')}", flush=True)
+    print(f"  Anthropic base_url:         {sim_base_url(root, 'anthropic')}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def run(cfg: Any, **_: Any) -> int:
+    """`exectune serve-sim`: the server for the config's `sim` section."""
+    serve_forever(cfg.sim)
+    return 0
