@@ -160,7 +160,8 @@ class Checkpointer:
         fallback = (
             f"delete it to resume from step {earlier[-1]}" if earlier else "delete it to start over"
         )
-        first_line = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        text = str(cause).strip()
+        first_line = text.splitlines()[0].split(" [tensorstore_spec")[0][:300] if text else ""
         return CheckpointError(
             f"checkpoint {self.step_dir(step)} cannot be restored ({type(cause).__name__}: "
             f"{first_line}); if it is damaged or was written by a different model or process "
