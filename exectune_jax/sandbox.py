@@ -132,9 +132,14 @@ def run_many(codes: Sequence[str], *, workers: int | None = None, **options) -> 
         return list(pool.map(lambda code: run(code, **options), codes))
 
 
-@lru_cache(maxsize=1)
 def network_isolated() -> bool:
-    """Whether sandboxed code gets its own network namespace here (probed once, in a child)."""
+    """Whether sandboxed code gets its own network namespace here, not only the audit hook."""
+    return namespaces()["net"]
+
+
+@lru_cache(maxsize=1)
+def namespaces() -> dict[str, bool]:
+    """Which namespaces a sandbox gets here: {"net", "pid", "user"} (probed once, in a child)."""
     probe = subprocess.run(
         [sys.executable, "-I", "-B", __file__, "--probe"],
         capture_output=True,
@@ -144,9 +149,10 @@ def network_isolated() -> bool:
         start_new_session=True,
     )
     try:
-        return bool(json.loads(probe.stdout)["net"])
+        found = json.loads(probe.stdout)
+        return {key: bool(found[key]) for key in ("net", "pid", "user")}
     except (ValueError, KeyError, TypeError):
-        return False
+        return {"net": False, "pid": False, "user": False}
 
 
 # ----------------------------------------------------------------------------------------
@@ -462,8 +468,8 @@ def _run_program(config: dict, net_isolated: bool) -> None:
         _flush_std()
         os._exit(0 if outcome is None else 1)
     reason = "ok" if outcome is None else reason_for(outcome)
-    if reason == "ok" and violations:
-        reason = violations[0]  # caught by the program, still a breach of the rules
+    if violations:  # a breach names the run even when a library wrapped it or the program caught it
+        reason = violations[0]
     detail = "" if outcome is None else f"{type(outcome).__name__}: {outcome}"[:500]
     if not _flush_std() and reason == "ok":
         reason = "file_size"
