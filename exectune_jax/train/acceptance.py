@@ -119,7 +119,7 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
     rounds = 1 if unfiltered else sc.revisions + 1
     done: list[Candidate] = []
     for revision in range(rounds):
-        if not open_items:
+        if not open_items or pool.stopped:
             break
         results = pool.map(teacher_requests(open_items, f"{stage}.teacher"),
                            desc=f"{stage}: teacher round {revision}")
@@ -244,17 +244,17 @@ def training_problems(cfg: Config):
 
 def run(cfg: Config, unfiltered: bool = False) -> int:
     from exectune_jax.api import open_pool
-    from exectune_jax.sim.launch import endpoints_with_sim
 
     unfiltered = unfiltered or cfg.sample.unfiltered
     stage = cfg.sample.out
     out = Path(cfg.run_dir) / stage
     out.mkdir(parents=True, exist_ok=True)
     task, problems = training_problems(cfg)
-    with endpoints_with_sim(cfg) as api, open_pool(api, cfg.run_dir) as pool:
+    with open_pool(cfg, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample,
                                        unfiltered=unfiltered, stage=stage)
-        totals = pool.ledger.totals() if hasattr(pool, "ledger") else {}
+        totals = pool.ledger.totals()
+        pool.raise_if_stopped()  # a partial dataset is never written: rerun to continue
     summary = summarize(candidates, len(problems), cfg.sample, unfiltered=unfiltered)
     summary["spend"] = {k: v for k, v in sorted(totals.items())
                         if k.split(".")[0] == stage}
