@@ -80,7 +80,7 @@ def parse(text: str, *, max_steps: int = 12, max_words: int = 200) -> Parsed:
 
 _STEP_REFS = re.compile(r"(?im)^\s*[0-9]+[.)]|\bsteps?\s+[0-9]+(?:\s*(?:and|,|-|to)\s*[0-9]+)*")
 _CLAIM = re.compile(r"answer\s+(?:is|=|:|should be|will be)\s*\$?\s*(-?[\d,]+(?:\.\d+)?)", re.IGNORECASE)
-_DEF = re.compile(r"^\s*def\s+\w+\s*\(.*\)\s*(->.*)?:", re.MULTILINE)
+_DEF = re.compile(r"\bdef\s+\w+\s*\([^)]*\)\s*(?:->[^:\n]*)?:")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _NGRAM = 4
 _OVERLAP = 0.5

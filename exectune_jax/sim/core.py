@@ -129,8 +129,8 @@ def _read_strategy(text: str, known: frozenset[str]) -> tuple[list[Step] | None,
             return None, f"it is not well formed: {parsed.error.kind}"
         sentences = list(parsed.steps)
     else:
-        sentences = [re.sub(r"^\s*[0-9]+[.)]\s+", "", s) for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip())]
-        sentences = [s for s in sentences if s.strip()]
+        lines = (re.sub(r"^\s*[0-9]+[.)]\s+", "", line) for line in text.splitlines())
+        sentences = [s for line in lines for s in re.split(r"(?<=[.!?])\s+", line.strip()) if s.strip()]
     if not sentences:
         return None, "it is empty"
     steps = [read_step(s, i, known) for i, s in enumerate(sentences)]
@@ -166,7 +166,8 @@ def _mistake(program: Program, rng: random.Random) -> tuple[tuple[str, str, str]
         if rng.random() < 0.5:
             ops[j] = (swaps[op], left, right)
         else:
-            choices = [f"q{i}" for i in range(n_q) if f"q{i}" != right] + [f"r{i}" for i in range(j) if f"r{i}" != right]
+            operands = [f"q{i}" for i in range(n_q)] + [f"r{i}" for i in range(j)]
+            choices = [o for o in operands if o != right]
             if not choices:
                 continue
             ops[j] = (op, left, rng.choice(choices))

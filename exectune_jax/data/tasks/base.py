@@ -72,7 +72,9 @@ def read_jsonl(path: str | Path, required: Mapping[str, type | tuple[type, ...]]
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise DataError(
+                    f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
             for name, types in required.items():

@@ -1,0 +1,126 @@
+import collections
+import re
+
+import pytest
+
+from exectune_jax.data import tasks
+from exectune_jax.data.tasks.answers import numbers_in
+from exectune_jax.data.tasks.arith import parse_problem, run_program
+from exectune_jax.data.tasks.base import Problem
+from exectune_jax.gcop import prompts
+from exectune_jax.gcop.strategy import OPEN, leaks, parse
+from exectune_jax.sim import models
+from exectune_jax.sim.steps import Claim, Unfollowable, follow, read_step, show
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tasks.get("arith", n_train=0, n_validation=0, n_test=240)
+
+
+def propose(p, seed=0):
+    return models.get("sim-teacher").complete(prompts.teacher_propose_messages(p, "math"), max_tokens=512,
+                                              temperature=1.0, seed=seed)
+
+
+def style_of(reply):
+    return reply.rsplit("\nstyle: ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def replies(task):
+    return [(p, propose(p, s)) for p in task.problems("test") for s in range(3)]
+
+
+def read_all(p, steps):
+    known = frozenset(numbers_in(p.prompt))
+    return [read_step(s, i, known) for i, s in enumerate(steps)]
+
+
+def test_teacher_is_deterministic_in_messages_and_seed(task):
+    p = task.problems("test")[0]
+    assert propose(p, 1) == propose(p, 1)
+    assert len({propose(p, s) for s in range(12)}) > 2
+
+
+def test_teacher_writes_every_style_in_roughly_the_intended_mix(replies):
+    counts = collections.Counter(style_of(r) for _, r in replies)
+    share = {k: v / len(replies) for k, v in counts.items()}
+    assert set(share) == {"atomic", "compound", "verbose", "vague", "wrong", "leak"}
+    assert 0.40 <= share["atomic"] <= 0.60
+    assert all(v >= 0.03 for v in share.values())
+
+
+def test_style_line_is_outside_a_well_formed_block(replies):
+    for _, reply in replies:
+        assert parse(reply).ok, reply
+        assert reply.index("</strategy>") < reply.index("\nstyle: ")
+
+
+def test_atomic_strategies_compute_the_gold_answer_when_followed(replies):
+    for p, reply in replies:
+        if style_of(reply) == "atomic":
+            done, claim = follow(read_all(p, parse(reply).steps))
+            assert claim is None and show(done[-1][3]) == p.answer
+
+
+@pytest.mark.parametrize("style", ["compound", "verbose", "vague"])
+def test_compound_verbose_and_vague_strategies_hold_a_step_the_core_cannot_follow(replies, style):
+    chosen = [(p, r) for p, r in replies if style_of(r) == style]
+    assert chosen
+    for p, reply in chosen:
+        assert any(isinstance(s, Unfollowable) for s in read_all(p, parse(reply).steps)), reply
+
+
+def test_wrong_strategies_are_followable_but_reach_another_answer(replies):
+    for p, reply in [(p, r) for p, r in replies if style_of(r) == "wrong"]:
+        done, _ = follow(read_all(p, parse(reply).steps))
+        assert show(done[-1][3]) != p.answer
+
+
+def test_leaking_strategies_state_the_answer_and_are_caught(replies):
+    for p, reply in [(p, r) for p, r in replies if style_of(r) == "leak"]:
+        steps = read_all(p, parse(reply).steps)
+        assert steps[-1] == Claim(p.answer)
+        assert leaks(reply, p, "math") is not None
+
+
+def test_only_leaking_strategies_leak(replies):
+    assert all(leaks(r, p, "math") is None for p, r in replies if style_of(r) != "leak")
+
+
+def test_revisions_move_towards_atomic(task):
+    feedback = "The core followed your strategy and got it wrong: wrong answer 1 != 2."
+    styles = []
+    for p in task.problems("test")[:120]:
+        reply = propose(p)
+        revise = prompts.teacher_revise_messages(p, "math", reply.rsplit("\nstyle", 1)[0], feedback)
+        styles.append(style_of(models.get("sim-teacher").complete(revise, max_tokens=512, temperature=1.0, seed=0)))
+    assert styles.count("atomic") / len(styles) >= 0.7
+    assert "leak" not in styles
+
+
+def test_compound_renumbers_later_references(task):
+    for p in task.problems("test"):
+        for seed in range(3):
+            reply = propose(p, seed)
+            if style_of(reply) == "compound":
+                steps = parse(reply).steps
+                for i, s in enumerate(steps):
+                    refs = [int(n) for n in re.findall(r"result of step (\d+)", s)]
+                    assert all(1 <= r <= i for r in refs), reply
+
+
+def test_teacher_writes_a_generic_plan_for_problems_it_cannot_read():
+    p = Problem(id="g", prompt="A robe takes 2 bolts of blue fiber and half that much white fiber.", answer="3",
+                split="test")
+    reply = propose(p)
+    assert parse(reply).ok and reply.endswith("style: generic")
+    code = models.get("sim-teacher").complete(prompts.teacher_propose_messages(p, "code"), max_tokens=64,
+                                              temperature=1.0, seed=0)
+    assert code.startswith(OPEN) and code.endswith("style: generic")
+
+
+def test_program_round_trip_is_what_the_teacher_relies_on(task):
+    p = task.problems("test")[5]
+    assert show(run_program(parse_problem(p.prompt))[-1]) == p.answer
