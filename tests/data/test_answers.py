@@ -16,6 +16,8 @@ from exectune_jax.data.tasks.answers import extract_answer, normalize_number, nu
         ("3 + 4 = 7, then 7 * 2 = 14.", "14"),
         ("The answer is 18 apples. I checked 3 times.", "18"),
         ("\\boxed{7} but the answer is 9", "7"),
+        ("So \\boxed{18 \\text{ dollars}} in all, from 3 days.", "18"),
+        ("Thus \\boxed{\\$1,250}.", "1250"),
         ("no numbers here", None),
         ("", None),
     ],

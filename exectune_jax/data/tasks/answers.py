@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 
 _NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 NUMBER = re.compile(rf"(?<![\w.])(?:{_NUM})(?![\d])")
-_BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
 _ANSWER_IS = re.compile(
     rf"answer\s*(?:is|=|:)\s*(?:[:=]\s*)?[^\d\n-]{{0,24}}?({_NUM})(?![\d])", re.IGNORECASE
 )
