@@ -1,0 +1,374 @@
+"""The child side of `exectune_jax.sandbox`: runs inside the sandboxed interpreter.
+
+Started as `python -I -S -B sandbox_child.py` with its settings on stdin, it enters the
+namespaces it may, forks a PID-namespace init when it got one, sets the rlimits, drops root,
+installs the audit hook and runs the program, then reports how it ended on a pipe the host
+reads. It imports only a few standard modules: every check pays for its start-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+
+NOBODY = 65534
+PROGRAM = "main.py"
+
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
+_PR_SET_KEEPCAPS = 8
+_PR_SET_NO_NEW_PRIVS = 38
+_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_DAC_READ_SEARCH = 2
+
+
+
+
+class SandboxViolation(PermissionError):
+    """Raised inside the child when the code does something the sandbox forbids."""
+
+    def __init__(self, kind: str, what: str):
+        super().__init__(errno.EPERM, f"sandbox: {kind.replace('_', ' ')}: {what}")
+        self.kind = kind
+
+
+def reason_for(exc: BaseException) -> str:
+    """Name the failure an exception stands for (pure; used in the child)."""
+    if isinstance(exc, SandboxViolation):
+        return exc.kind
+    if isinstance(exc, SyntaxError):
+        return "syntax_error"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, AssertionError):
+        return "assertion"
+    if isinstance(exc, SystemExit):
+        return "early_exit"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "file_size"
+    if isinstance(exc, BlockingIOError) and exc.errno == errno.EAGAIN:
+        return "process_limit"
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return "process_limit"
+    message = " ".join(str(exc).split())[:200]
+    return f"exception: {type(exc).__name__}: {message}" if message else f"exception: {type(exc).__name__}"
+
+
+def _child_main() -> None:
+    config = json.loads(sys.stdin.buffer.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    spaces = enter_namespaces()
+    if spaces.get("error"):
+        _report(config, {"reason": f"sandbox_error: {spaces['error']}"})
+        os._exit(1)
+    if spaces["pid"]:
+        _fork_init()
+    _run_program(config, spaces["net"])
+
+
+def enter_namespaces() -> dict:
+    """Unshare network/PID/IPC namespaces, the strongest way this process is allowed to."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return {"net": False, "pid": False, "user": False}
+    full = _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC
+    uid, gid = os.getuid(), os.getgid()
+    for flags in (full, _CLONE_NEWUSER | full, _CLONE_NEWNET, _CLONE_NEWUSER | _CLONE_NEWNET):
+        if libc.unshare(flags) != 0:
+            continue
+        if flags & _CLONE_NEWUSER:
+            try:
+                _map_ids(uid, gid)
+            except OSError as e:
+                return {"net": True, "pid": False, "user": True, "error": f"cannot map ids in user namespace ({e})"}
+        return {"net": True, "pid": bool(flags & _CLONE_NEWPID), "user": bool(flags & _CLONE_NEWUSER)}
+    return {"net": False, "pid": False, "user": False}
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """Keep our own ids inside the new user namespace; root also maps `nobody` to drop to."""
+    if uid == 0:
+        steps = (("uid_map", f"0 0 1\n{NOBODY} {NOBODY} 1\n"), ("gid_map", f"0 0 1\n{NOBODY} {NOBODY} 1\n"))
+    else:
+        steps = (("uid_map", f"{uid} {uid} 1\n"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1\n"))
+    for name, text in steps:
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _fork_init() -> None:
+    """Become: a relay (this process) -> PID-namespace init -> the program's process.
+
+    The init only reaps; when the program's process ends it exits, and the kernel kills
+    everything left in the namespace, daemons and session leaders included.
+    """
+    init = os.fork()
+    if init:
+        _, status = os.waitpid(init, 0)
+        os._exit(_exit_code(status))
+    _die_with_parent()
+    program = os.fork()
+    if program:
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                os._exit(1)
+            if pid == program:
+                os._exit(_exit_code(status))
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_program(config: dict, net_isolated: bool) -> None:
+    work = config["work"]
+    os.chdir(work)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises EFBIG instead of killing
+    sys.path.extend(config["packages"])
+    uid = NOBODY if os.geteuid() == 0 else os.getuid()
+    _set_limits(config, uid)
+    if os.geteuid() == 0:
+        become_nobody()
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    me = os.getpid()
+    violations: list[str] = []
+    sys.addaudithook(_audit_hook(os.path.realpath(work), violations))
+    outcome = _execute(os.path.join(work, PROGRAM))
+    if os.getpid() != me:  # a process the program forked reached the end: stay silent
+        _flush_std()
+        os._exit(0 if outcome is None else 1)
+    reason = "ok" if outcome is None else reason_for(outcome)
+    if violations:  # a breach names the run even when a library wrapped it or the program caught it
+        reason = violations[0]
+    detail = "" if outcome is None else f"{type(outcome).__name__}: {outcome}"[:500]
+    if not _flush_std() and reason == "ok":
+        reason = "file_size"
+    _report(config, {"reason": reason, "detail": detail, "net": net_isolated})
+    os._exit(0 if reason == "ok" else 1)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def become_nobody() -> None:
+    """Switch from root to `nobody`, with no capabilities but one where it is needed.
+
+    When the interpreter lives where `nobody` cannot read (e.g. under /root), the code keeps
+    CAP_DAC_READ_SEARCH so imports still work: it may read files, but not write root's
+    files, signal or trace other users' processes, read their /proc environ, or escape
+    RLIMIT_NPROC (root is exempt from that limit, `nobody` is not).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    import_dirs = [p for p in sys.path if os.path.isdir(p)]  # seen as root, before the switch
+    os.setgroups([])
+    libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    readable = all(os.access(p, os.R_OK | os.X_OK) for p in import_dirs)
+    keep = 0 if readable else 1 << _CAP_DAC_READ_SEARCH
+    data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = keep
+    if libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0)
+
+
+def _set_limits(config: dict, uid: int) -> None:
+    import resource
+
+    mib = 1024 * 1024
+    nproc = _tasks_of(uid) + config["max_processes"]
+    for limit, value in (
+        (resource.RLIMIT_AS, config["memory_mb"] * mib),
+        (resource.RLIMIT_FSIZE, config["file_size_mb"] * mib),
+        (resource.RLIMIT_NOFILE, config["open_files"]),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NPROC, nproc),
+    ):
+        resource.setrlimit(limit, (value, value))
+    resource.setrlimit(resource.RLIMIT_CPU, (config["cpu_s"], config["cpu_s"] + 1))
+
+
+def _tasks_of(uid: int) -> int:
+    """Threads the user already runs: RLIMIT_NPROC counts them all, per user, system-wide."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                continue
+    return count
+
+
+def _execute(path: str) -> BaseException | None:
+    """Run the program as `__main__`; return the exception that ended it, or None."""
+    import types
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        code = compile(source, path, "exec")
+    except SyntaxError as e:
+        _print_exception(e)
+        return e
+    except ValueError as e:  # e.g. a NUL byte in the source
+        return SyntaxError(str(e))
+    module = types.ModuleType("__main__")
+    module.__file__ = path
+    sys.modules["__main__"] = module
+    sys.argv = [path]
+    sys.path.insert(0, os.path.dirname(path))
+    try:
+        exec(code, module.__dict__)
+    except BaseException as e:  # the program's failure is the result, whatever it is
+        _print_exception(e)
+        return e
+    return None
+
+
+def _print_exception(exc: BaseException) -> None:
+    import traceback
+
+    try:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - a failing print must not hide the verdict
+        pass
+
+
+def _flush_std() -> bool:
+    ok = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - EFBIG or a closed stream
+            ok = False
+    return ok
+
+
+def _report(config: dict, fields: dict) -> None:
+    line = json.dumps({"nonce": config["nonce"], **fields}) + "\n"
+    data = line.encode()
+    while data:
+        try:
+            data = data[os.write(config["result_fd"], data) :]
+        except OSError:
+            return
+
+
+_NET_EVENTS = frozenset(
+    {
+        "socket.__new__",
+        "socket.bind",
+        "socket.connect",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+        "socket.getnameinfo",
+        "socket.sendto",
+        "socket.sendmsg",
+    }
+)
+_EXEC_EVENTS = frozenset({"os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen", "pty.spawn"})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {  # event -> indices of (path, dir_fd) pairs in its arguments
+    "os.remove": ((0, 1),),
+    "os.rmdir": ((0, 1),),
+    "os.mkdir": ((0, 2),),
+    "os.rename": ((0, 2), (1, 3)),
+    "os.link": ((0, 2), (1, 3)),
+    "os.symlink": ((1, 2),),
+    "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),),
+    "os.utime": ((0, 3),),
+    "os.truncate": ((0, None),),
+    "os.mkfifo": ((0, 2),),
+    "os.mknod": ((0, 3),),
+    "shutil.rmtree": ((0, 1),),
+}
+_PROC_PID = re.compile(r"^/proc/(\d+)(/|$)")
+
+
+def _audit_hook(scratch: str, violations: list[str]) -> Callable[[str, tuple], None]:
+    """Refuse sockets, exec, writes outside `scratch` and other processes' /proc entries."""
+    own_proc = os.readlink("/proc/self")
+    allowed_writes = (scratch + os.sep, os.devnull)
+
+    def deny(kind: str, what: str) -> None:
+        violations.append(kind)
+        raise SandboxViolation(kind, what)
+
+    def resolve(path, dir_fd) -> str | None:
+        if isinstance(path, int) or path is None:
+            return None
+        path = os.fsdecode(os.fspath(path))
+        if not os.path.isabs(path) and isinstance(dir_fd, int) and dir_fd >= 0:
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        return os.path.realpath(path)
+
+    def writable(path: str | None) -> bool:
+        return path is None or path == scratch or path.startswith(allowed_writes)
+
+    def hook(event: str, args: tuple) -> None:
+        if event in _NET_EVENTS:
+            deny("network_blocked", event)
+        elif event in _EXEC_EVENTS:
+            deny("exec_blocked", event)
+        elif event == "open":
+            path = resolve(args[0], None)
+            if path is None:
+                return
+            match = _PROC_PID.match(path)
+            if match and match.group(1) != own_proc:
+                deny("filesystem_blocked", f"read of {path}")
+            mode, flags = args[1], args[2]
+            wants_write = bool(flags & _WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
+            if wants_write and not writable(path):
+                deny("filesystem_blocked", f"write to {path}")
+        elif event in _PATH_EVENTS:
+            for path_at, fd_at in _PATH_EVENTS[event]:
+                dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None
+                path = resolve(args[path_at], dir_fd)
+                if not writable(path):
+                    deny("filesystem_blocked", f"{event} on {path}")
+
+    return hook
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--probe"]:
+        print(json.dumps(enter_namespaces()))
+    else:
+        _child_main()
