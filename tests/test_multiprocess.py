@@ -1,0 +1,126 @@
+"""Several JAX processes on localhost (gloo collectives) behave like one process.
+
+Each process simulates 4 CPU devices; two of them form one 8-device (data=2, fsdp=2, tensor=2)
+mesh, each feeding only its own rows of every global batch.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import tiny_training as tt
+from exectune_jax import parallel
+from exectune_jax.train.checkpoint import Checkpointer
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SH = REPO / "launch" / "local.sh"
+STEPS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _process_env(i: int, n: int, port: int, devices: int) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(n),
+            "JAX_PROCESS_ID": str(i)}
+
+
+def _run_all(commands_and_envs, timeout: float = 240) -> None:
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for cmd, env in commands_and_envs]
+    deadline = time.monotonic() + timeout
+    try:
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
+
+
+def test_two_processes_train_like_one_device_and_their_checkpoint_restores_in_one(tmp_path):
+    port, out, ckpt = _free_port(), tmp_path / "out", tmp_path / "ckpt"
+    cmd = [sys.executable, str(Path(tt.__file__)), "--mesh", "2,2,2", "--steps", str(STEPS),
+           "--out", str(out), "--ckpt", str(ckpt), "--save-at", str(STEPS)]
+    _run_all([(cmd, _process_env(i, 2, port, devices=4)) for i in range(2)])
+
+    results = [json.loads((out / f"process{i}.json").read_text()) for i in range(2)]
+    assert [(r["processes"], r["devices"]) for r in results] == [(2, 8), (2, 8)]
+    assert results[0]["losses"] == results[1]["losses"]
+
+    mesh = parallel.make_mesh(1, 1, 1)
+    model, opt = tt.build(mesh)
+    single = tt.train(model, opt, iter(tt.dataset()), mesh, STEPS)
+    np.testing.assert_allclose(results[0]["losses"], single, rtol=0, atol=1e-5)
+
+    # written by two processes, read back by one on another mesh. AdamW turns a gradient that
+    # is rounding noise into a step of ~lr, so a few weights may differ by ~1e-5 between meshes;
+    # a misplaced shard would differ by ~1e-2
+    target = {"params": nnx.state(tt.build(parallel.make_mesh(1, 8, 1))[0], nnx.Param)}
+    restored, meta = Checkpointer(ckpt).restore(target=target)
+    assert meta == {"step": STEPS}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
+                 nnx.to_pure_dict(restored["params"]),
+                 nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+PSUM_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from exectune_jax import parallel
+    assert parallel.init_distributed()
+    mesh = parallel.make_mesh()
+    local = np.full((jax.local_device_count(),), jax.process_index(), np.float32)
+    total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))(
+        parallel.global_batch(local, mesh))
+    print(f"process {jax.process_index()} of {jax.process_count()}: "
+          f"devices={jax.device_count()} sum={float(total)}")
+""")
+
+
+def test_local_launcher_runs_one_job_across_processes_with_a_log_each(tmp_path):
+    script, logs = tmp_path / "psum.py", tmp_path / "logs"
+    script.write_text(PSUM_SCRIPT)
+    result = subprocess.run(
+        [str(LOCAL_SH), "2", "--devices", "2", "--logs", str(logs), "--", sys.executable,
+         str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for i in range(2):  # 2 devices hold 0.0, 2 devices hold 1.0
+        assert f"process {i} of 2: devices=4 sum=2.0" in (logs / f"process{i}.log").read_text()
+    assert "process 0 of 2" in result.stdout  # process 0 is streamed to the terminal
+    assert sorted(p.name for p in logs.iterdir()) == ["process0.log", "process1.log"]
+
+
+def test_local_launcher_stops_the_others_and_fails_when_one_process_fails(tmp_path):
+    crash_one = ("import os, sys, time\n"
+                 "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)")
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(LOCAL_SH), "3", "--logs", str(tmp_path), "--", sys.executable, "-c", crash_one],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert "process 1 failed first" in result.stderr
+    assert time.monotonic() - started < 30  # the sleeping processes were stopped
+
+
+@pytest.mark.parametrize("args, message", [
+    (["two", "--", "true"], "positive integer"), (["2"], "command after --"),
+    (["2", "--nodes", "1", "--", "true"], "unknown option"),
+])
+def test_local_launcher_refuses_bad_arguments(args, message):
+    result = subprocess.run([str(LOCAL_SH), *args], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
