@@ -1,0 +1,172 @@
+"""What the code tasks share: pull the program out of a reply, run it against the tests in
+the sandbox, and give the pass@1 verdict; plus row reading for local files and the hub.
+
+A reply may hold its code in a fenced block (```python ... ```), possibly among prose and
+example blocks, or be bare code. A task turns the extracted code into one test program
+(`CodeTask.test_program`); the program passes when it runs to its end, i.e. every test ran
+and none failed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from exectune_jax import sandbox
+from exectune_jax.data.tasks.base import DataError, Problem, Verdict, read_jsonl
+
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
+_PYTHON_TAGS = ("", "python", "py", "python3", "py3")
+NO_CODE = "no code found"
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str | None:
+    """The code in a reply, or None when there is none.
+
+    Among fenced Python (or untagged) blocks, the first that defines `entry_point` wins, else
+    the first block; an unclosed fence (a reply cut at its token limit) runs to the end. A
+    reply without fences is taken as bare code.
+    """
+    blocks = [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+    if not blocks and "```" not in text:
+        blocks = [text]
+    if entry_point:
+        defining = [b for b in blocks if defines(b, entry_point)]
+        blocks = defining or blocks
+    code = blocks[0].strip("\n") if blocks else ""
+    return code if code.strip() else None
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether `code` defines function or class `name` at some indentation."""
+    return re.search(rf"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+{re.escape(name)}\b", code, re.MULTILINE) is not None
+
+
+def complete_function(prompt: str, code: str, entry_point: str) -> str:
+    """The candidate module for a prompt that ends in a function's signature and docstring.
+
+    Code that defines `entry_point` itself replaces the prompt's function but keeps what the
+    prompt puts above it (imports, helper functions); other code is the function's body.
+    """
+    if defines(code, entry_point):
+        match = re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}\b", prompt, re.MULTILINE)
+        header = prompt[: match.start()] if match else ""
+        return f"{header}{code}\n"
+    return f"{prompt}{indent_body(code)}\n"
+
+
+def indent_body(code: str) -> str:
+    """Indent a function body written flush left (some replies drop the indentation)."""
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    if first[:1] in (" ", "\t"):
+        return code
+    return "\n".join(f"    {line}" if line.strip() else line for line in code.splitlines())
+
+
+class CodeTask:
+    """Base of the code tasks: loading is per task, checking is shared.
+
+    Options common to all code tasks: `timeout_s` (wall clock per check) and `memory_mb`.
+    """
+
+    family = "code"
+    name = "code"
+
+    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 512) -> None:
+        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise DataError(f"task option timeout_s={timeout_s!r}: must be a positive number of seconds")
+        if not (isinstance(memory_mb, int) and memory_mb >= 64):
+            raise DataError(f"task option memory_mb={memory_mb!r}: must be a whole number >= 64")
+        self.timeout_s, self.memory_mb = float(timeout_s), memory_mb
+
+    def test_program(self, problem: Problem, code: str) -> tuple[str, dict[str, str]]:
+        """(program, extra files) that runs `code` against the problem's tests."""
+        raise NotImplementedError
+
+    def sandbox_env(self) -> dict[str, str]:
+        return {}
+
+    def check(self, problem: Problem, text: str) -> Verdict:
+        """pass@1: run the reply's code against every test once; the reason names the failure."""
+        code = extract_code(text, problem.meta.get("entry_point"))
+        if code is None:
+            return Verdict(correct=False, extracted=None, reason=NO_CODE)
+        program, files = self.test_program(problem, code)
+        result = sandbox.run(
+            program, timeout_s=self.timeout_s, memory_mb=self.memory_mb, files=files, env=self.sandbox_env()
+        )
+        return Verdict(correct=result.passed, extracted=code, reason="" if result.passed else result.reason)
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+Rows = Iterator[tuple[str, dict]]  # (where the row came from, the row)
+
+
+def local_rows(path: str | Path, required: Mapping[str, type | tuple[type, ...]]) -> Rows:
+    """Rows of a JSONL file (plain or .gz), each with its "file:line" for error messages."""
+    path = Path(path)
+    if path.suffix != ".gz":
+        for line, row in read_jsonl(path, required):
+            yield f"{path}:{line}", row
+        return
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; pass the path of an existing JSONL file")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            yield where, require(row, where, required)
+
+
+def hub_rows(task: str, hf_id: str, split: str, required: Mapping[str, type | tuple[type, ...]],
+             config: str | None = None) -> Rows:
+    """Rows of a Hugging Face dataset split; needs `datasets` and the network."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"task {task} hf_id={hf_id!r} needs the `datasets` package (pip install datasets) and network; "
+            "offline, download the data and set task.options.path"
+        ) from None
+    try:
+        rows = datasets.load_dataset(hf_id, config, split=split)
+    except Exception as e:  # the hub client raises many kinds; all mean "not loadable here"
+        raise DataError(
+            f"task {task}: could not load {hf_id!r} split {split!r} ({type(e).__name__}: {e}); "
+            "offline, set task.options.path to a local JSONL file"
+        ) from None
+    for i, row in enumerate(rows):
+        where = f"{hf_id}[{split}] row {i}"
+        yield where, require(dict(row), where, required)
+
+
+def require(row: Any, where: str, required: Mapping[str, type | tuple[type, ...]]) -> dict:
+    """`row` itself when it is an object with every required field of the right type."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for name, types in required.items():
+        if name not in row:
+            raise DataError(f"{where}: field {name!r} is missing; add it to every row")
+        if not isinstance(row[name], types) or isinstance(row[name], bool):
+            names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise DataError(f"{where}: field {name!r} must be {names}, got {type(row[name]).__name__}")
+    return row
+
+
+def string_list(row: dict, where: str, name: str) -> list[str]:
+    """Field `name` as a list of strings (e.g. MBPP's asserts), or a DataError naming it."""
+    value = row.get(name)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise DataError(f"{where}: field {name!r} must be a list of strings, got {type(value).__name__}")
+    return value
