@@ -130,9 +130,13 @@ class SftConfig:
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     grad_accum: int = 1
-    eval_every: int = 100
+    eval_every: int = 100  # eval loss + strategy validity every N steps (and at the end); 0 = never
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    held_out: float = 0.05  # fraction of accepted problems kept out of training for the eval loss
+    eval_problems: int = 16  # validation problems the guide greedily writes strategies for
+    eval_max_new_tokens: int = 160  # strategy token budget when checking validity
+    base_guide: dict[str, Any] = field(default_factory=dict)  # demo guide size/warm-up overrides (sim/guide.py BaseGuideSpec)
 
 
 @dataclass
@@ -157,6 +161,12 @@ class RlConfig:
     init: str | None = None  # HF guide to start from (and the KL reference); None = run_dir/sft/guide
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
+    micro_batch: int = 16  # sequences per forward/backward pass (bounds activations); 0 = all
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    judge_max_tokens: int = 8  # the optional LLM judge replies with one number
+    held_out: int = 64  # validation problems for the before/after accuracy report; 0 = none
 
 
 @dataclass

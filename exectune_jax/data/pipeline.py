@@ -234,17 +234,22 @@ def sft_iterator(examples: Sequence[Example], *, seq_len: int, batch_size: int, 
 
 
 def eval_batches(
-    examples: Sequence[Example], *, seq_len: int, batch_size: int
+    examples: Sequence[Example], *, seq_len: int, batch_size: int, process_index: int = 0,
+    process_count: int = 1,
 ) -> list[dict[str, np.ndarray]]:
-    """Every held-out example once, packed in file order; the last batch padded (loss_mask 0)."""
+    """Every held-out example once, packed in file order; the last batch padded (loss_mask 0).
+
+    Same shapes as training batches, so evaluation reuses one compiled program shape.
+    """
     if not examples:
         return []
     ds = grain.MapDataset.source([e.as_dict() for e in examples]).to_iter_dataset()
     rows = list(_pack(ds, seq_len, bins=batch_size))
     while len(rows) % batch_size:
         rows.append({k: np.zeros_like(v) for k, v in rows[0].items()})
+    mine = _process_rows(batch_size, process_index, process_count)
     return [
-        {k: np.stack([r[k] for r in rows[i:i + batch_size]]) for k in BATCH_KEYS}
+        mine({k: np.stack([r[k] for r in rows[i:i + batch_size]]) for k in BATCH_KEYS})
         for i in range(0, len(rows), batch_size)
     ]
 

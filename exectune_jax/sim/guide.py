@@ -1,0 +1,299 @@
+"""The embedded demo guide: a BPE tokenizer and a tiny Llama trained offline on the arith world.
+
+Real runs start from an off-the-shelf instruct model that speaks English but has never seen our
+`<strategy>` format. The demo cannot download one, so it builds a stand-in:
+
+1. a byte-level BPE tokenizer trained on arith problems, atomic strategies (in the step language
+   the simulated teacher writes and the simulated core follows) and free-form advice. Digits are split
+   one per token so a small model can copy numbers token by token; the chat template, EOS and
+   PAD are special tokens;
+2. a tiny Llama (`BaseGuideSpec`) given a short language-model warm-up on guide and advisor
+   prompts followed by free-form advice written *without* the strategy format.
+
+That *base guide* is saved as an ordinary HF directory (config, safetensors, tokenizer with a
+chat template) under `run_dir/base_guide`, deterministic from `cfg.seed`, and reused when present.
+Its size and warm-up are the defaults below, overridable with `sft.base_guide.<field>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from exectune_jax.config import Config, ConfigError
+from exectune_jax.data import tasks
+from exectune_jax.data.pipeline import Example, encode_example, sft_iterator
+from exectune_jax.data.tasks.arith import Program
+from exectune_jax.data.tasks.base import Problem
+from exectune_jax.errors import UserError
+from exectune_jax.gcop import prompts, strategy
+from exectune_jax.models import hf
+from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.sim import teacher
+
+BASE_GUIDE_DIR = "base_guide"
+MARKER = "base_guide.json"  # what the directory was built from; a mismatch is refused
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
+ROLES = ("system", "user", "assistant")
+SPECIAL_TOKENS = (PAD, BOS, EOS, *(f"<|{r}|>" for r in ROLES))
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BaseGuideSpec:
+    """Size and warm-up of the demo guide, sized for seconds of CPU time per stage."""
+
+    vocab_size: int = 1024  # BPE target; the model's vocabulary is the tokenizer's actual size
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 1024
+    warmup_steps: int = 150  # LM warm-up optimizer steps on prompts + free-form advice
+    warmup_batch_size: int = 8  # packed rows per step
+    warmup_seq_len: int = 256
+    warmup_lr: float = 3e-3
+
+
+def spec_from_config(cfg: Config) -> BaseGuideSpec:
+    """`sft.base_guide` overrides on top of the defaults; unknown keys name the field."""
+    fields = {f.name: f for f in dataclasses.fields(BaseGuideSpec)}
+    values = {}
+    for key, value in cfg.sft.base_guide.items():
+        if key not in fields:
+            raise ConfigError(
+                f"config: unknown key `sft.base_guide.{key}` (valid: {', '.join(sorted(fields))})"
+            )
+        kind = type(fields[key].default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ConfigError(f"config: `sft.base_guide.{key}` must be {kind.__name__}, got {value!r}")
+        values[key] = value
+    return BaseGuideSpec(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts: atomic strategies and free-form advice
+
+
+def strategy_steps(problem: Problem) -> list[str]:
+    """The gold program of an arith problem as the teacher's atomic steps (the core follows them)."""
+    program = Program(tuple(map(tuple, problem.meta["program"])), tuple(problem.meta["quantities"]))
+    return teacher.atomic(program)
+
+
+def gold_strategy(problem: Problem) -> str:
+    """`<strategy>` block of the problem's atomic gold steps."""
+    return strategy.render(strategy_steps(problem))
+
+
+_VERBS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "divide"}
+_GERUNDS = {"add": "adding", "subtract": "subtracting", "multiply": "multiplying", "divide": "dividing"}
+_OPENINGS = (
+    "Read the problem one sentence at a time and keep a running count.",
+    "Track how the amount changes with each event in the story.",
+    "Think about what each sentence does to the total before you calculate.",
+    "Go through the story in order and update the number after every event.",
+    "Work out what is there at the start, then follow each change.",
+)
+_CLOSINGS = (
+    "Check your arithmetic before you give the final number.",
+    "Make sure you answer exactly what the question asks.",
+    "Ignore details that do not change the count.",
+    "Write down each intermediate result so you do not lose track.",
+    "Be careful with the order of the operations.",
+)
+
+
+def advice(problem: Problem, seed: int = 0) -> str:
+    """Free-form advice in prose (no tags, no numbered steps), as an instruct model might write.
+
+    It names the operations and the problem's own numbers but never the answer.
+    """
+    rng = random.Random(f"advice/{seed}/{problem.id}")
+    program = problem.meta["program"]
+    ops = list(dict.fromkeys(op for op, _, _ in program))
+    parts = [rng.choice(_OPENINGS)]
+    first_op, left, right = program[0]
+    if left.startswith("q") and right.startswith("q") and rng.random() < 0.6:
+        q = problem.meta["quantities"]
+        parts.append(
+            f"Begin by {_GERUNDS[first_op]} {q[int(left[1:])]} and {q[int(right[1:])]}."
+        )
+    verbs = [_VERBS[op] for op in ops]
+    listed = verbs[0] if len(verbs) == 1 else ", ".join(verbs[:-1]) + " and " + verbs[-1]
+    parts.append(f"You will need to {listed}.")
+    parts.append(rng.choice(_CLOSINGS))
+    return " ".join(parts)
+
+
+def tokenizer_corpus(problems: Sequence[Problem], family: str = "math") -> Iterable[str]:
+    """Every kind of text the guide will read or write: prompts, strategies, advice."""
+    instructions = {
+        prompts.guide_messages(problems[0], family)[0]["content"].removeprefix(problems[0].prompt),
+        prompts.advisor_messages(problems[0], family)[0]["content"].removeprefix(problems[0].prompt),
+    }
+    yield from sorted(instructions)
+    for p in problems:
+        yield p.prompt
+        yield gold_strategy(p)
+        yield advice(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Byte-level BPE with single-digit tokens and chat special tokens, as an HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        model_max_length=BaseGuideSpec.max_position_embeddings,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def guide_model_config(tokenizer, spec: BaseGuideSpec) -> ModelConfig:
+    return ModelConfig(
+        model_type="llama",
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm-up
+
+
+def warmup_examples(
+    problems: Sequence[Problem], tokenizer, seq_len: int, family: str = "math", seed: int = 0
+) -> list[Example]:
+    """Guide or advisor prompt followed by free-form advice; loss on every token.
+
+    Training on the prompt too (unlike SFT) is what makes this a language-model warm-up: the
+    model learns the problems' language, not only the advice.
+    """
+    out = []
+    for i, p in enumerate(problems):
+        make = prompts.guide_messages if i % 2 == 0 else prompts.advisor_messages
+        ex = encode_example(tokenizer, make(p, family), advice(p, seed), p.id)
+        if len(ex.inputs) <= seq_len:
+            out.append(dataclasses.replace(ex, loss_mask=np.ones_like(ex.loss_mask)))
+    return out
+
+
+def warm_up(model: Transformer, examples: Sequence[Example], spec: BaseGuideSpec, seed: int):
+    """A few hundred plain (single-device) LM steps; returns the per-step losses."""
+    from exectune_jax.train.optim import make_optimizer
+    from exectune_jax.train.sft import make_train_step
+
+    tx = make_optimizer(spec.warmup_lr, spec.warmup_steps, warmup=max(1, spec.warmup_steps // 10),
+                        weight_decay=0.01, clip_norm=1.0)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+    step = make_train_step(graphdef)
+    it = sft_iterator(examples, seq_len=spec.warmup_seq_len, batch_size=spec.warmup_batch_size,
+                      seed=seed, process_index=0, process_count=1)
+    losses = []
+    for _ in range(spec.warmup_steps):
+        state, stats = step(state, next(it))
+        losses.append(float(stats["loss"]))
+    nnx.update((model, opt), state)
+    return losses
+
+
+def build_base_guide(problems: Sequence[Problem], spec: BaseGuideSpec, seed: int, out: Path,
+                     family: str = "math") -> list[float]:
+    """Tokenizer + warmed-up tiny model written to `out` as an HF directory; returns the losses."""
+    tokenizer = train_tokenizer(tokenizer_corpus(problems, family), spec.vocab_size)
+    mcfg = guide_model_config(tokenizer, spec)
+    with jax.default_device(jax.local_devices()[0]):
+        model = Transformer(mcfg, rngs=nnx.Rngs(seed))
+        examples = warmup_examples(problems, tokenizer, spec.warmup_seq_len, family, seed)
+        losses = warm_up(model, examples, spec, seed)
+    hf.save(model, mcfg, out, tokenizer=tokenizer)
+    return losses
+
+
+def _marker(cfg: Config, spec: BaseGuideSpec, options: dict) -> dict:
+    return {"seed": cfg.seed, "task_options": options, "spec": dataclasses.asdict(spec)}
+
+
+def ensure_base_guide(cfg: Config) -> Path:
+    """run_dir/base_guide, built on first use (seconds on a CPU) and reused afterwards.
+
+    The demo guide knows the arith world, so its corpus is the arith train split (with the
+    config's task options when the task is arith). A directory built from a different seed or
+    spec is refused rather than silently reused: stages after it were trained from it.
+    """
+    spec = spec_from_config(cfg)
+    options = dict(cfg.task.options) if cfg.task.name == "arith" else {}
+    out = Path(cfg.run_dir) / BASE_GUIDE_DIR
+    marker = _marker(cfg, spec, options)
+    if out.exists():
+        found = out / MARKER
+        built = json.loads(found.read_text()) if found.exists() else {}
+        if {k: built.get(k) for k in marker} != json.loads(json.dumps(marker)):
+            raise UserError(
+                f"{out}: built with other settings than this run's (seed, task.options, "
+                f"sft.base_guide); use another run_dir or delete {out}"
+            )
+        return out
+    problems = tasks.get("arith", **options).problems("train")
+    if not problems:
+        raise UserError("the demo guide needs arith train problems; set task.options.n_train > 0")
+    tmp = out.parent / f".{BASE_GUIDE_DIR}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    losses = build_base_guide(problems, spec, cfg.seed, tmp)
+    (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1:]}, indent=2) + "\n")
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first; its result is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,279 @@
+"""Stage 2: supervised fine-tuning of the guide on accepted (problem, strategy) pairs.
+
+    exectune sft --config configs/demo.yaml run_dir=DIR sft.steps=N
+
+Reads run_dir/<sample.out>/accepted.jsonl (or `sft.data`), starts from `sft.init`, else
+`model.path`, else the demo base guide, and trains `sft.steps` optimizer steps with the loss on
+strategy tokens only. Writes run_dir/<sft.name>/: metrics.jsonl, checkpoints/ (params, optimizer,
+data-iterator position) and, at the end, guide/ (HF directory with tokenizer), the hand-off to RL.
+Running the same command again resumes from the newest checkpoint; a finished stage is a no-op.
+
+The train step is one jitted pure function over the split nnx state of (model, optimizer):
+its inputs and outputs keep the parameters' logical shardings, so the same code runs on one
+CPU, on 8 simulated devices or on a pod slice, and the buffers are donated step to step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from exectune_jax import parallel
+from exectune_jax.config import Config
+from exectune_jax.data import pipeline, tasks
+from exectune_jax.gcop import prompts, strategy
+from exectune_jax.models import hf, sampler
+from exectune_jax.train.checkpoint import Checkpointer
+from exectune_jax.train.metrics import MetricsWriter, progress_bar
+from exectune_jax.train.optim import lr_schedule, make_optimizer
+
+log = logging.getLogger(__name__)
+
+GUIDE_DIR = "guide"
+CHECKPOINT_DIR = "checkpoints"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and steps (pure)
+
+
+def token_losses(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+    """(sum of masked next-token cross-entropies, number of masked tokens), in float32."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(ce * mask), jnp.sum(mask)
+
+
+def _forward_losses(model, batch):
+    logits = model(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+    return token_losses(logits, batch["targets"], batch["loss_mask"])
+
+
+def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None):
+    """jit(state, batch) -> (state, stats) for the split state of (model, optimizer).
+
+    The loss is the mean over the batch's masked tokens. With `shardings` (the state's
+    NamedShardings) the new state is pinned to the same layout as the old one.
+    """
+
+    def step(state, batch):
+        model, opt = nnx.merge(graphdef, state)
+
+        def loss_fn(m):
+            total, count = _forward_losses(m, batch)
+            return total / jnp.maximum(count, 1.0), count
+
+        (loss, count), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        opt.update(model, grads)
+        stats = {"loss": loss, "grad_norm": optax.global_norm(grads), "loss_tokens": count}
+        return nnx.split((model, opt))[1], stats
+
+    if shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    replicated = NamedSharding(_mesh_of(shardings), PartitionSpec())
+    return jax.jit(step, donate_argnums=0, out_shardings=(shardings, replicated))
+
+
+def make_eval_step(graphdef: nnx.GraphDef):
+    """jit(state, batch) -> (loss sum, token count) without touching the state."""
+
+    def step(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+        return _forward_losses(model, batch)
+
+    return jax.jit(step)
+
+
+def _mesh_of(shardings: Any):
+    return jax.tree.leaves(shardings)[0].mesh
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving inputs
+
+
+def stage_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / cfg.sft.name
+
+
+def init_guide(cfg: Config) -> Path:
+    """sft.init, else model.path, else the demo base guide (built on first use)."""
+    if cfg.sft.init:
+        return Path(cfg.sft.init)
+    if cfg.model.path:
+        return Path(cfg.model.path)
+    from exectune_jax.sim.guide import ensure_base_guide
+
+    return ensure_base_guide(cfg)
+
+
+def data_path(cfg: Config) -> Path:
+    return Path(cfg.sft.data) if cfg.sft.data else Path(cfg.run_dir) / cfg.sample.out / "accepted.jsonl"
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def eval_loss(eval_step, state, batches, mesh) -> float | None:
+    if not batches:
+        return None
+    total = count = 0.0
+    for b in batches:
+        s, n = jax.device_get(eval_step(state, parallel.global_batch(b, mesh)))
+        total, count = total + float(s), count + float(n)
+    return total / max(count, 1.0)
+
+
+def strategy_validity(model, tokenizer, problems, family: str, max_new_tokens: int) -> dict:
+    """Greedy strategies for `problems`: the fraction that parse, and one example text."""
+    if not problems:
+        return {}
+    ids = [pipeline.encode_prompt(tokenizer, prompts.guide_messages(p, family)) for p in problems]
+    out = sampler.generate(model, ids, max_new_tokens=max_new_tokens, temperature=0.0,
+                           tokenizer=tokenizer)
+    ok = [strategy.parse(t).ok for t in out.texts]
+    return {"strategy_valid": float(np.mean(ok)), "sample": out.texts[0][:400]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: Config, **_: Any) -> int:
+    sc = cfg.sft
+    out_dir = stage_dir(cfg)
+    init = init_guide(cfg)
+    tokenizer = load_tokenizer(init)
+    pi, pc = jax.process_index(), jax.process_count()
+    data = pipeline.load_sft_examples(data_path(cfg), tokenizer, sc.seq_len,
+                                      held_out=sc.held_out, seed=cfg.seed)
+    mesh = parallel.make_mesh(cfg.mesh)
+    model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype],
+                          compute_dtype=DTYPES[cfg.model.dtype])
+    tx = make_optimizer(sc.lr, sc.steps, sc.warmup_steps, sc.weight_decay, sc.clip_norm,
+                        grad_accum=sc.grad_accum)
+    with parallel.use_mesh(mesh):
+        opt = parallel.shard_model(nnx.Optimizer(model, tx, wrt=nnx.Param), mesh)
+    it = pipeline.sft_iterator(data.train, seq_len=sc.seq_len, batch_size=sc.batch_size,
+                               seed=cfg.seed, process_index=pi, process_count=pc)
+    ckpt = Checkpointer(out_dir / CHECKPOINT_DIR, keep=sc.keep_checkpoints)
+    writer = MetricsWriter(out_dir, tensorboard=cfg.metrics.tensorboard, enabled=pi == 0)
+    start = _resume(ckpt, model, opt, it, mesh, writer)
+    if start == 0:
+        writer.log(0, train_examples=len(data.train), held_out_examples=len(data.held_out),
+                   dropped_rows=data.dropped)
+    graphdef, state = nnx.split((model, opt))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    train_step, eval_step = make_train_step(graphdef, shardings), make_eval_step(graphdef)
+    evals = pipeline.eval_batches(data.held_out, seq_len=sc.seq_len, batch_size=sc.batch_size,
+                                  process_index=pi, process_count=pc)
+    task = tasks.get(cfg.task.name, **cfg.task.options)
+    valid_problems = task.problems("validation")[: sc.eval_problems]
+    schedule = lr_schedule(sc.lr, sc.steps, sc.warmup_steps)
+
+    def evaluate(step: int) -> dict:
+        nnx.update((model, opt), state)
+        with parallel.use_mesh(mesh):
+            scores = {"eval_loss": eval_loss(eval_step, state, evals, mesh)}
+            scores.update(strategy_validity(model, tokenizer, valid_problems, task.family,
+                                            sc.eval_max_new_tokens))
+        writer.log(step, **{k: v for k, v in scores.items() if k != "sample" and v is not None})
+        return scores
+
+    def checkpoint(step: int) -> None:
+        nnx.update((model, opt), state)
+        ckpt.save(step, state=_ckpt_state(model, opt), data_iter=it, meta={"step": step})
+
+    bar = progress_bar(sc.steps, initial=start, desc=f"sft {sc.name}",
+                       enabled=cfg.metrics.progress and pi == 0)
+    last = time.perf_counter()
+    step = start
+    try:
+        with parallel.use_mesh(mesh):
+            for step in range(start + 1, sc.steps + 1):
+                stats, tokens = [], 0
+                for _ in range(sc.grad_accum):
+                    batch = next(it)
+                    tokens += int(np.count_nonzero(batch["segment_ids"])) * pc
+                    state, s = train_step(state, parallel.global_batch(batch, mesh))
+                    stats.append(s)
+                stats = jax.device_get(stats)
+                now = time.perf_counter()
+                loss = float(np.mean([s["loss"] for s in stats]))
+                writer.log(step, loss=loss, lr=float(schedule(step - 1)),
+                           grad_norm=float(np.mean([s["grad_norm"] for s in stats])),
+                           tokens_per_s=tokens / (now - last), tokens=tokens)
+                last = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if sc.eval_every and step % sc.eval_every == 0 and step < sc.steps:
+                    evaluate(step)
+                    last = time.perf_counter()
+                if sc.checkpoint_every and step % sc.checkpoint_every == 0 and step < sc.steps:
+                    checkpoint(step)
+    except KeyboardInterrupt:
+        if step > start:
+            checkpoint(step)
+        ckpt.close()
+        raise
+    finally:
+        bar.close()
+    final = evaluate(sc.steps) if sc.eval_every and sc.steps > start else {}
+    if sc.steps > start:
+        checkpoint(sc.steps)
+    ckpt.close()
+    writer.close()
+    nnx.update((model, opt), state)
+    guide = _write_guide(model, mcfg, tokenizer, out_dir / GUIDE_DIR)
+    if pi == 0:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
+        print(f"sft {sc.name}: step {sc.steps}{', ' + summary if summary else ''}; guide at {guide}")
+    return 0
+
+
+def _ckpt_state(model, opt) -> dict:
+    return {"params": nnx.state(model, nnx.Param), "opt": nnx.state(opt)}
+
+
+def _resume(ckpt: Checkpointer, model, opt, it, mesh, writer: MetricsWriter) -> int:
+    """Restore the newest checkpoint into model, optimizer and data iterator; returns its step."""
+    step = ckpt.latest_step()
+    if step is None:
+        return 0
+    state, meta = ckpt.restore(step, target=_ckpt_state(model, opt), data_iter=it, mesh=mesh)
+    nnx.update(model, state["params"])
+    nnx.update(opt, state["opt"])
+    writer.truncate_after(step)
+    log.info("resumed from %s at step %d", ckpt.step_dir(step), step)
+    return int(meta.get("step", step))
+
+
+def _write_guide(model, mcfg, tokenizer, path: Path) -> Path:
+    """HF directory written beside and renamed over `path`, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if jax.process_index() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    hf.save(model, mcfg, tmp, tokenizer=tokenizer)
+    if jax.process_index() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    return path
