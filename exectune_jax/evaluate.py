@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
-from exectune_jax.gcop import strategy
+from exectune_jax.errors import UserError
+from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many
 from exectune_jax.gcop.executability import executability, wilson
 
@@ -144,3 +145,158 @@ def table(rows: Sequence[Mapping]) -> str:
             str(r["failed_calls"]), opt(r["mcnemar_p_vs_exectune"], lambda v: f"{v:.3g}"),
         ]) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Producing the rows (side effects: guide inference, core calls)
+
+
+def guide_texts(guide_dir: Path, problems: Sequence[Problem], family: str, *, advisor: bool,
+                max_new_tokens: int, batch_size: int) -> tuple[list[str], int]:
+    """Greedy guide output per problem, and the number of tokens the guide generated."""
+    from transformers import AutoTokenizer
+
+    from exectune_jax.data.pipeline import encode_prompt
+    from exectune_jax.models import hf, sampler
+
+    model, _ = hf.load(guide_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(guide_dir))
+    make = prompts.advisor_messages if advisor else prompts.guide_messages
+    ids = [encode_prompt(tokenizer, make(p, family)) for p in problems]
+    stops = () if advisor else (strategy.CLOSE,)
+    texts, generated = [], 0
+    for start in range(0, len(ids), batch_size):
+        out = sampler.generate(model, ids[start:start + batch_size],
+                               max_new_tokens=max_new_tokens, temperature=0.0,
+                               stop_strings=stops, tokenizer=tokenizer)
+        texts += [t.strip() for t in out.texts]
+        generated += int(out.lengths.sum())
+    return texts, generated
+
+
+def priced(outcomes: Sequence[Outcome], prices, model: str) -> list[Outcome]:
+    """Outcomes with USD recomputed from their tokens: a call replayed from the cache is billed
+    0 by the ledger, but it costs the same to a deployment, so rows compare fairly."""
+    return [replace(o, usd=prices.usd(model, o.input_tokens, o.output_tokens)) for o in outcomes]
+
+
+def execute_row(pool, task, problems: Sequence[Problem], texts: Sequence[str | None] | None, *,
+                samples: int, stage: str, endpoint: str, model: str) -> list[list[Outcome]]:
+    """`samples` core executions per problem (sample indices 0..samples-1), grouped per problem."""
+    given = texts if texts is not None else [None] * len(problems)
+    items = [(p, t or None) for p, t in zip(problems, given) for _ in range(samples)]
+    indices = [i for _ in problems for i in range(samples)]
+    flat = priced(execute_many(pool, task, items, stage=stage, sample_index=indices,
+                               endpoint=endpoint), pool.ledger.prices, model)
+    return [flat[i * samples:(i + 1) * samples] for i in range(len(problems))]
+
+
+def guide_dirs(cfg: Config) -> tuple[dict[str, Path], list[dict]]:
+    """method -> existing guide dir (in ROW_ORDER, then any extra methods), and skip notes."""
+    found, skipped = {}, []
+    names = [m for m in ROW_ORDER if m in cfg.eval.guides]
+    names += sorted(m for m in cfg.eval.guides if m not in ROW_ORDER)
+    for method in names:
+        given = cfg.eval.guides[method]
+        if not given:
+            continue
+        path = Path(given) if Path(given).is_absolute() else Path(cfg.run_dir) / given
+        if (path / "config.json").exists():
+            found[method] = path
+        else:
+            skipped.append({"method": method, "reason": f"no guide at {given}"})
+    return found, skipped
+
+
+def collect(cfg: Config, pool, task, problems: Sequence[Problem]) -> tuple[list[RowData], list]:
+    """Every row's data, in table order: core alone, the guides, the bigger core."""
+    ev = cfg.eval
+    guides, skipped = guide_dirs(cfg)
+    rows = []
+
+    def core_row(method: str, endpoint: str, model: str) -> RowData:
+        outcomes = execute_row(pool, task, problems, None, samples=ev.samples,
+                               stage=f"eval.{method}", endpoint=endpoint, model=model)
+        return RowData(method, problems, None, outcomes, 0, task.family)
+
+    rows.append(core_row("core_only", "core", cfg.api.core.model))
+    for method, path in guides.items():
+        texts, n_tokens = guide_texts(path, problems, task.family,
+                                      advisor=method in ev.advisor_methods,
+                                      max_new_tokens=ev.max_new_tokens,
+                                      batch_size=ev.batch_size)
+        outcomes = execute_row(pool, task, problems, texts, samples=ev.samples,
+                               stage=f"eval.{method}", endpoint="core", model=cfg.api.core.model)
+        rows.append(RowData(method, problems, texts, outcomes, n_tokens, task.family))
+    if ev.core_strong:
+        if cfg.api.core_strong is None:
+            skipped.append({"method": "core_strong", "reason": "api.core_strong is not set"})
+        else:
+            rows.append(core_row("core_strong", "core_strong", cfg.api.core_strong.model))
+    return rows, skipped
+
+
+def results(cfg: Config, rows: Sequence[RowData], skipped: list, n_problems: int) -> dict:
+    """The results.json document: deterministic given the config (no times, no paths)."""
+    ref = next((r.first_correct() for r in rows if r.method == REFERENCE), None)
+    return {
+        "task": cfg.task.name,
+        "split": cfg.eval.split,
+        "problems": n_problems,
+        "samples_per_problem": cfg.eval.samples,
+        "core_model": cfg.api.core.model,
+        "reference": REFERENCE if ref is not None else None,
+        "rows": [row_summary(r, ref) for r in rows],
+        "skipped": skipped,
+    }
+
+
+def rl_metrics(cfg: Config) -> dict[str, list[dict]]:
+    """metrics.jsonl of the RL runs whose guides are in the table (their stage directories)."""
+    from exectune_jax.train.metrics import read_metrics
+
+    guides, _ = guide_dirs(cfg)
+    runs = {}
+    for method in ("advisor_rl", "exectune"):
+        if method in guides:
+            records = read_metrics(guides[method].parent)
+            if records:
+                runs[method] = records
+    return runs
+
+
+def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]]) -> list[Path]:
+    from exectune_jax import plots
+    from exectune_jax.train.acceptance import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", doc)
+    (out / "results.md").write_text(table(doc["rows"]))
+    figures = [plots.accuracy_vs_cost(doc["rows"], out / "accuracy_vs_cost.png")]
+    if runs:
+        figures.append(plots.rl_curves(runs, out / "rl_curves.png"))
+    return [f for f in figures if f is not None]
+
+
+def run(cfg: Config) -> int:
+    from exectune_jax.api import open_pool
+    from exectune_jax.data import tasks
+
+    task = tasks.get(cfg.task.name, **cfg.task.options)
+    problems = task.problems(cfg.eval.split)
+    if cfg.eval.n_problems is not None:
+        problems = problems[: cfg.eval.n_problems]
+    if not problems:
+        raise UserError(f"eval: task {cfg.task.name} has no {cfg.eval.split} problems; "
+                        "set eval.split or the task's size options")
+    with open_pool(cfg, cfg.run_dir) as pool:
+        rows, skipped = collect(cfg, pool, task, problems)
+        pool.raise_if_stopped()
+    doc = results(cfg, rows, skipped, len(problems))
+    out = Path(cfg.run_dir) / cfg.eval.out
+    write_outputs(out, doc, rl_metrics(cfg))
+    for note in skipped:
+        print(f"skipped {note['method']}: {note['reason']}")
+    print(table(doc["rows"]), end="")
+    print(f"written to {out}")
+    return 0
