@@ -207,7 +207,7 @@ def write_jsonl_atomic(path: Path, rows: Iterable[Mapping]) -> None:
 def write_json_atomic(path: Path, data: Mapping) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+        json.dump(data, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
 

@@ -1,0 +1,151 @@
+"""Evaluation: the statistics by hand, and the whole table on a tiny real guide and the sim core."""
+
+import json
+import math
+
+import jax
+import pytest
+from flax import nnx
+
+from exectune_jax import evaluate
+from exectune_jax.config import load_config
+from exectune_jax.data import tasks
+from exectune_jax.gcop.execute import Outcome
+from exectune_jax.models import hf
+from exectune_jax.models.transformer import Transformer
+from exectune_jax.sim import guide as sim_guide
+
+
+def outcome(correct, tokens=(10, 5)):
+    return Outcome(correct, None, "", *tokens, 0.0, None if correct is not None else "timeout",
+                   False)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("b, c, expected", [
+    (0, 0, 1.0),
+    (5, 0, 2 / 32),  # 2 * P(X <= 0), X ~ Binom(5, 1/2)
+    (10, 2, 2 * (1 + 12 + 66) / 4096),  # 2 * P(X <= 2), X ~ Binom(12, 1/2)
+    (2, 10, 2 * (1 + 12 + 66) / 4096),  # symmetric in b and c
+    (4, 4, 1.0),  # 2 * P(X <= 4) > 1 is capped
+    (3, 4, 1.0),
+])
+def test_mcnemar_exact_matches_the_binomial_tail_by_hand(b, c, expected):
+    assert evaluate.mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_exact_stays_finite_and_tiny_for_large_one_sided_counts():
+    p = evaluate.mcnemar_exact(2000, 0)
+    assert 0.0 <= p < 1e-300 or p == 0.0
+    assert math.isfinite(evaluate.mcnemar_exact(1500, 1400))
+
+
+def test_discordant_counts_only_problems_scored_in_both_rows():
+    ref = {"a": True, "b": True, "c": False, "d": False, "e": True}
+    other = {"a": False, "b": True, "c": True, "d": False}  # "e" failed in the other row
+    assert evaluate.discordant(ref, other) == (1, 1)
+
+
+def test_row_summary_excludes_and_counts_failed_calls_and_uses_wilson_intervals():
+    task = tasks.get("arith", n_train=0, n_validation=0, n_test=4)
+    problems = task.problems("test")
+    good = "<strategy>\n1. Add 1 to 2.\n</strategy>"
+    leaking = f"<strategy>\n1. The answer is {problems[3].answer}.\n</strategy>"
+    data = evaluate.RowData(
+        method="base_guide", problems=problems, texts=[good, good, "no tags here", leaking],
+        outcomes=[[outcome(True)], [outcome(False)], [outcome(None, (0, 0))], [outcome(True)]],
+        guide_tokens=17, family="math")
+    ref = {problems[0].id: False, problems[1].id: True, problems[3].id: True}
+    row = evaluate.row_summary(data, ref)
+    assert set(row) == set(evaluate.ROW_FIELDS)
+    assert row["n"] == 3 and row["failed_calls"] == 1
+    assert row["accuracy"] == pytest.approx(2 / 3)
+    # Wilson 95% for 2/3, computed by hand: centre (p + z^2/2n)/(1 + z^2/n), half-width likewise
+    z = 1.96
+    centre = (2 / 3 + z * z / 6) / (1 + z * z / 3)
+    half = z * math.sqrt((2 / 3) * (1 / 3) / 3 + z * z / 36) / (1 + z * z / 3)
+    assert row["accuracy_ci"] == pytest.approx([centre - half, centre + half])
+    assert row["executability"] == pytest.approx(2 / 3)
+    assert row["format_valid"] == pytest.approx(3 / 4)
+    assert row["leak_rate"] == pytest.approx(1 / 4)
+    assert row["core_input_tokens"] == 30 and row["core_output_tokens"] == 15
+    # discordant vs the reference: problem 0 (row right, ref wrong) and problem 1 (ref right)
+    assert row["mcnemar_p_vs_exectune"] == pytest.approx(evaluate.mcnemar_exact(1, 1))
+
+
+def test_core_alone_rows_report_no_guide_metrics():
+    problems = tasks.get("arith", n_train=0, n_validation=0, n_test=2).problems("test")
+    data = evaluate.RowData("core_only", problems, None, [[outcome(True)], [outcome(False)]], 0,
+                            "math")
+    row = evaluate.row_summary(data, None)
+    assert row["executability"] is None and row["format_valid"] is None
+    assert row["mcnemar_p_vs_exectune"] is None
+
+
+# --------------------------------------------------------------------------- the whole table
+
+
+@pytest.fixture(scope="module")
+def tiny_guide(tmp_path_factory):
+    """A random-weight d=64, 2-layer guide with the demo tokenizer: real files, real sampler."""
+    out = tmp_path_factory.mktemp("guide")
+    problems = tasks.get("arith", n_train=40, n_validation=0, n_test=0).problems("train")
+    tokenizer = sim_guide.train_tokenizer(sim_guide.tokenizer_corpus(problems), 512)
+    spec = sim_guide.BaseGuideSpec(hidden_size=64, intermediate_size=128, num_layers=2,
+                                   num_heads=4, num_kv_heads=2)
+    mcfg = sim_guide.guide_model_config(tokenizer, spec)
+    with jax.default_device(jax.local_devices()[0]):
+        model = Transformer(mcfg, rngs=nnx.Rngs(0))
+    hf.save(model, mcfg, out, tokenizer=tokenizer)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_guide):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, [
+        f"run_dir={run_dir}", "task.options={n_train: 0, n_validation: 0, n_test: 24}",
+        "eval.samples=2", "eval.max_new_tokens=16", "eval.batch_size=16",
+        f"eval.guides={{exectune: {tiny_guide}, base_guide: {tiny_guide}, "
+        f"advisor_rl: {tiny_guide}, sft_unfiltered: missing/guide, exectune_sft: ''}}",
+    ])
+    assert evaluate.run(cfg) == 0
+    return run_dir
+
+
+def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
+    doc = json.loads((evaluated / "eval" / "results.json").read_text())
+    methods = [r["method"] for r in doc["rows"]]
+    assert methods == ["core_only", "base_guide", "advisor_rl", "exectune", "core_strong"]
+    for row in doc["rows"]:
+        assert list(row) == list(evaluate.ROW_FIELDS)
+        assert row["n"] + row["failed_calls"] // 2 <= 24
+        lo, hi = row["accuracy_ci"]
+        assert 0.0 <= lo <= row["accuracy"] <= hi <= 1.0
+        assert row["usd_total"] > 0 and row["core_input_tokens"] > 0
+    assert doc["skipped"] == [{"method": "sft_unfiltered", "reason": "no guide at missing/guide"}]
+    text = json.dumps(doc)
+    assert str(evaluated) not in text and "/tmp" not in text and "time" not in text
+
+
+def test_identical_guides_give_identical_rows_and_mcnemar_p_of_one(evaluated):
+    rows = {r["method"]: r for r in json.loads((evaluated / "eval" / "results.json").read_text())["rows"]}
+    same = ("accuracy", "executability", "format_valid", "usd_total", "guide_tokens")
+    assert {k: rows["base_guide"][k] for k in same} == {k: rows["exectune"][k] for k in same}
+    assert rows["base_guide"]["mcnemar_p_vs_exectune"] == 1.0
+    assert rows["exectune"]["mcnemar_p_vs_exectune"] is None
+
+
+def test_replayed_calls_are_priced_like_paid_ones(evaluated):
+    """base_guide and exectune share a guide, so the second row's calls are all cache replays."""
+    rows = {r["method"]: r for r in json.loads((evaluated / "eval" / "results.json").read_text())["rows"]}
+    assert rows["exectune"]["usd_total"] == rows["base_guide"]["usd_total"] > 0
+
+
+def test_markdown_table_and_plots_are_written(evaluated):
+    md = (evaluated / "eval" / "results.md").read_text().splitlines()
+    assert md[0].startswith("| method |") and len(md) == 2 + 5
+    png = (evaluated / "eval" / "accuracy_vs_cost.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
