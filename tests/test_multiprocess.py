@@ -53,6 +53,7 @@ def _run_all(commands_and_envs, timeout: float = 240) -> None:
         assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_device_and_their_checkpoint_restores_in_one(tmp_path):
     port, out, ckpt = _free_port(), tmp_path / "out", tmp_path / "ckpt"
     cmd = [sys.executable, str(Path(tt.__file__)), "--mesh", "2,2,2", "--steps", str(STEPS),
@@ -80,27 +81,39 @@ def test_two_processes_train_like_one_device_and_their_checkpoint_restores_in_on
 
 
 PSUM_SCRIPT = textwrap.dedent("""
+    import sys
     import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
     from exectune_jax import parallel
     assert parallel.init_distributed()
+    sys.path.insert(0, {tests!r})
+    import tiny_training as tt
+    from exectune_jax.models.transformer import Transformer
+
     mesh = parallel.make_mesh()
+    total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))
     local = np.full((jax.local_device_count(),), jax.process_index(), np.float32)
-    total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))(
-        parallel.global_batch(local, mesh))
-    print(f"process {jax.process_index()} of {jax.process_count()}: "
-          f"devices={jax.device_count()} sum={float(total)}")
+    print(f"process {{jax.process_index()}} of {{jax.process_count()}}: "
+          f"devices={{jax.device_count()}} sum={{float(total(parallel.global_batch(local, mesh)))}}")
+    model = Transformer(tt.CFG, rngs=nnx.Rngs(0))
+    expected = float(np.sum(np.asarray(model.embed[...])))
+    parallel.shard_model(model, parallel.make_mesh(1, 2, 2))
+    embed = model.embed[...]
+    assert not embed.is_fully_addressable and embed.sharding.spec == jax.P("tensor", "fsdp")
+    print("sharded model ok:", abs(float(total(embed)) - expected) < 1e-4)
 """)
 
 
-def test_local_launcher_runs_one_job_across_processes_with_a_log_each(tmp_path):
+def test_local_launcher_runs_one_job_across_processes_with_a_log_each_and_shards_a_model(tmp_path):
     script, logs = tmp_path / "psum.py", tmp_path / "logs"
-    script.write_text(PSUM_SCRIPT)
+    script.write_text(PSUM_SCRIPT.format(tests=str(Path(tt.__file__).parent)))
     result = subprocess.run(
         [str(LOCAL_SH), "2", "--devices", "2", "--logs", str(logs), "--", sys.executable,
          str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     for i in range(2):  # 2 devices hold 0.0, 2 devices hold 1.0
-        assert f"process {i} of 2: devices=4 sum=2.0" in (logs / f"process{i}.log").read_text()
+        log = (logs / f"process{i}.log").read_text()
+        assert f"process {i} of 2: devices=4 sum=2.0" in log and "sharded model ok: True" in log
     assert "process 0 of 2" in result.stdout  # process 0 is streamed to the terminal
     assert sorted(p.name for p in logs.iterdir()) == ["process0.log", "process1.log"]
 

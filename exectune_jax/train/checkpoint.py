@@ -20,6 +20,7 @@ straight onto its device.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from grain.checkpoint import CheckpointRestore, CheckpointSave
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -48,13 +50,15 @@ class Checkpointer:
     returns, so training may continue and even donate its buffers); `wait()` blocks until the
     last save is on disk, and `restore`/`close` wait by themselves. In a multi-process run every
     process calls every method (orbax coordinates; each process writes its own shards and its
-    own data-iterator state).
+    own data-iterator state), and `directory` must be storage every host sees: a bucket
+    (gs://...) or a shared filesystem.
     """
 
     def __init__(self, directory: str | Path, keep: int = 3, *, async_save: bool = True):
         if keep < 1:
             raise CheckpointError(f"checkpoint keep={keep}: keep at least 1 checkpoint")
-        self.directory = Path(directory).absolute()
+        directory = str(directory)
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -69,14 +73,21 @@ class Checkpointer:
         state: Mapping[str, Any],
         data_iter: Any = None,
         meta: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Write `state` (name -> pytree; nnx.State allowed), the iterator position and `meta`."""
+    ) -> bool:
+        """Write `state` (name -> pytree; nnx.State allowed), the iterator position and `meta`.
+
+        Returns False, writing nothing, when `step` is already saved: a deterministic run has
+        the same state there (e.g. a final save right after a periodic one).
+        """
         _check_names(state)
+        if step in self._manager.all_steps():
+            return False
         items = {name: ocp.args.StandardSave(_saveable(tree)) for name, tree in state.items()}
         items[META] = ocp.args.JsonSave(dict(meta or {}))
         if data_iter is not None:
             items[DATA] = CheckpointSave(_IteratorSnapshot(data_iter))
         self._manager.save(step, args=ocp.args.Composite(**items))
+        return True
 
     def latest_step(self) -> int | None:
         """Newest complete step, or None when there is none (fresh run)."""
@@ -85,7 +96,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def step_dir(self, step: int) -> Path:
+    def step_dir(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     def restore(

@@ -39,6 +39,7 @@ def uninterrupted(tmp_path_factory):
     return {"dir": ckpt_dir, "losses": losses, "next_batch": np.asarray(next(it))}
 
 
+@pytest.mark.slow
 def test_resume_in_a_fresh_process_gives_identical_losses_and_batches(uninterrupted, tmp_path):
     subprocess.run(
         [sys.executable, str(SCRIPT), "--mesh", "2,2,2", "--steps", str(STEPS), "--resume",
@@ -105,6 +106,14 @@ def test_only_the_newest_keep_checkpoints_remain(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "5"]
     state, _ = ckpt.restore(target={"w": {"x": jnp.zeros((2,), jnp.int32)}})
     np.testing.assert_array_equal(state["w"]["x"], [5, 5])
+
+
+def test_saving_a_step_twice_keeps_the_first_and_says_so(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(1, state={"w": {"x": jnp.ones(2)}}) is True
+        assert ckpt.save(1, state={"w": {"x": jnp.zeros(2)}}) is False
+    state, _ = Checkpointer(tmp_path).restore(target={"w": {"x": jnp.zeros(2)}})
+    np.testing.assert_array_equal(state["w"]["x"], [1, 1])
 
 
 def test_a_half_written_step_is_never_picked_up(tmp_path):
