@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import EOS, VOCAB, char_tokenizer
+from flax import nnx
 
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, sampler
@@ -21,9 +22,17 @@ def llama(hf_checkpoint):
     return torch_model, hf.load(path)[0]
 
 
-def full_logits(model, tokens):
-    tokens = jnp.asarray(tokens)[None]
-    return np.asarray(model(tokens, jnp.arange(tokens.shape[1])[None]))[0]
+@nnx.jit
+def forward(model, tokens, positions, segments, cache):
+    return model(tokens, positions, segment_ids=segments, cache=cache)
+
+
+def full_logits(model, tokens, width=32):
+    """Logits of one unpadded sequence; right padding to one width keeps it to one compile."""
+    padded = np.zeros((1, width), np.int32)
+    padded[0, : len(tokens)] = tokens
+    positions = np.arange(width)[None]
+    return np.asarray(forward(model, padded, positions, None, None))[0, : len(tokens)]
 
 
 def test_greedy_equals_transformers_generate_for_prompts_of_different_lengths(llama):
@@ -41,13 +50,11 @@ def test_cached_logits_equal_full_forward_for_left_padded_rows(llama):
     _, model = llama
     tokens, positions, segments = sampler.left_pad([p[:-2] for p in PROMPTS], pad_id=0)
     cache = init_cache(model.cfg, tokens.shape[0], tokens.shape[1] + 2)
-    first, cache = model(jnp.asarray(tokens), jnp.asarray(positions),
-                         segment_ids=jnp.asarray(segments), cache=cache)
+    first, cache = forward(model, tokens, positions, segments, cache)
     steps = [first[:, -1]]
     for j in (2, 1):  # feed the last two prompt tokens one at a time
         nxt = np.array([[p[-j]] for p in PROMPTS] + [[0]] * (tokens.shape[0] - len(PROMPTS)))
-        logits, cache = model(jnp.asarray(nxt), jnp.asarray(positions[:, -1:] + 3 - j),
-                              cache=cache)
+        logits, cache = forward(model, nxt, positions[:, -1:] + 3 - j, np.ones_like(nxt), cache)
         steps.append(logits[:, -1])
     for i, p in enumerate(PROMPTS):
         want = full_logits(model, p)[-3:]
