@@ -4,18 +4,21 @@ Generated code is judged by running it, so it must not be able to hurt the host,
 secrets, reach the network or outlive its time. The containment is layered so that losing
 one layer (an unprivileged user, a kernel without namespaces) does not open the box:
 
-- kernel: new network, PID and IPC namespaces where the OS permits (directly as root, or in a
-  new user namespace otherwise); started as root, the code runs as user `nobody` without
-  capabilities (see `sandbox_child.become_nobody`);
+- kernel: new mount, network, PID and IPC namespaces where the OS permits (directly as root,
+  in a new user namespace otherwise). In the mount namespace the scratch directory, /tmp,
+  /var/tmp and /dev/shm are fresh size-capped tmpfs, and the home directory (where tokens
+  and credentials live) is an empty one holding only the Python installation, if it lives
+  there. Started as root, the code runs as user `nobody` with no capabilities;
 - rlimits: address space, CPU seconds, file size, process count, open files, no core dumps;
 - a wall-clock timeout, then SIGKILL to the whole process group (with a PID namespace, to
   every descendant, even one that started its own session);
 - a fresh scratch directory as cwd, HOME and TMPDIR, removed afterwards;
 - an environment built from nothing (PATH, LANG, the scratch paths), never the parent's;
 - inside the child, a Python audit hook that refuses sockets, name lookups, program
-  execution, writes outside the scratch directory and reads of other processes' /proc
-  entries. It is the whole network barrier when no namespace is available; native code
-  (ctypes) can bypass it, which is why `network_isolated()` says which case applies.
+  execution, writes outside the scratch directory, reads of other processes' /proc entries
+  and (where no mount namespace hid it) of the home directory. It is the whole barrier when
+  no namespace is available, and native code (ctypes) can bypass it; `namespaces()` and
+  `network_isolated()` say which case applies on this host.
 
 A check passes when the code runs to its end. Leaving early (sys.exit, os._exit) is a
 failure, so a program cannot skip the tests appended to it. Code that shares a process with
@@ -48,6 +51,7 @@ from exectune_jax import sandbox_child
 from exectune_jax.sandbox_child import NOBODY, PROGRAM, SandboxViolation, reason_for
 
 MIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+_NAMESPACE_KINDS = ("net", "pid", "user", "mount")
 CHILD = sandbox_child.__file__
 
 
@@ -55,7 +59,7 @@ CHILD = sandbox_child.__file__
 class SandboxResult:
     """What one run did. `reason` is "ok" when `passed`, else a named failure:
     "timeout", "memory", "assertion", "exception: <Type>: <message>", "file_size",
-    "process_limit", "network_blocked", "filesystem_blocked", "exec_blocked",
+    "disk_full", "process_limit", "network_blocked", "filesystem_blocked", "exec_blocked",
     "syntax_error", "early_exit", "killed: <SIGNAL>", "sandbox_error: <why>"."""
 
     passed: bool
@@ -76,12 +80,14 @@ class Limits:
     timeout_s: float = 10.0  # wall clock, start to kill
     memory_mb: int = 512  # address space per process
     file_size_mb: int = 16  # largest file the code may write (stdout/stderr included)
-    max_processes: int = 32  # processes and threads beyond those the sandbox user already has
+    max_processes: int = 16  # processes and threads beyond those the sandbox user already has
     open_files: int = 256
     output_limit: int = 64 * 1024  # characters of stdout and of stderr kept in the result
+    scratch_mb: int = 64  # size of each private tmpfs (scratch, /tmp, ...) where mounts are possible
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "open_files", "output_limit"):
+        for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "open_files", "output_limit",
+                     "scratch_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)!r}")
 
@@ -93,20 +99,23 @@ def run(
     memory_mb: int = 512,
     files: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    namespaces: bool = True,
     **limits: float,
 ) -> SandboxResult:
     """Run `code` as a Python program in a fresh sandbox and report how it ended.
 
     `files` are extra files written into the scratch directory first (relative names, e.g. a
     module the program imports). `env` adds variables to the minimal environment; nothing is
-    ever inherited from this process. Further keyword arguments are `Limits` fields.
+    ever inherited from this process. `namespaces=False` skips the kernel namespaces (rlimits,
+    the switch to `nobody` and the audit hook remain), for hosts where they misbehave.
+    Further keyword arguments are `Limits` fields.
     """
     lim = Limits(timeout_s=timeout_s, memory_mb=memory_mb, **limits)
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="exectune-sandbox-"))
     try:
         work = _prepare_scratch(base, code, files or {})
-        return _run_in(base, work, lim, env or {}, started)
+        return _run_in(base, work, lim, env or {}, namespaces, started)
     finally:
         _remove_tree(base)
 
@@ -127,7 +136,7 @@ def network_isolated() -> bool:
 
 
 def namespaces() -> dict[str, bool]:
-    """Which namespaces a sandbox gets here: {"net", "pid", "user"} (probed once, in a child)."""
+    """Which namespaces a sandbox gets here: {"net", "pid", "user", "mount"} (probed once, in a child)."""
     return dict(_probe())
 
 
@@ -143,9 +152,9 @@ def _probe() -> tuple[tuple[str, bool], ...]:
     )
     try:
         found = json.loads(probe.stdout)
-        return tuple((key, bool(found[key])) for key in ("net", "pid", "user"))
+        return tuple((key, bool(found[key])) for key in _NAMESPACE_KINDS)
     except (ValueError, KeyError, TypeError):
-        return (("net", False), ("pid", False), ("user", False))
+        return tuple((key, False) for key in _NAMESPACE_KINDS)
 
 
 def _prepare_scratch(base: Path, code: str, files: Mapping[str, str]) -> Path:
@@ -164,7 +173,8 @@ def _prepare_scratch(base: Path, code: str, files: Mapping[str, str]) -> Path:
     return work
 
 
-def _run_in(base: Path, work: Path, lim: Limits, extra_env: Mapping[str, str], started: float) -> SandboxResult:
+def _run_in(base: Path, work: Path, lim: Limits, extra_env: Mapping[str, str], use_namespaces: bool,
+            started: float) -> SandboxResult:
     nonce = secrets.token_hex(16)
     config = {
         "work": str(work),
@@ -175,6 +185,8 @@ def _run_in(base: Path, work: Path, lim: Limits, extra_env: Mapping[str, str], s
         "max_processes": lim.max_processes,
         "open_files": lim.open_files,
         "packages": _package_dirs(),
+        "scratch_mb": lim.scratch_mb,
+        "namespaces": use_namespaces,
     }
     read_fd, write_fd = os.pipe()
     config["result_fd"] = write_fd
@@ -213,7 +225,7 @@ def _run_in(base: Path, work: Path, lim: Limits, extra_env: Mapping[str, str], s
         stdout=stdout,
         stderr=stderr,
         seconds=time.monotonic() - started,
-        network_isolated=bool(net) if net is not None else network_isolated(),
+        network_isolated=bool(net) if net is not None else use_namespaces and network_isolated(),
         truncated=cut_out or cut_err,
         detail=(record or {}).get("detail", ""),
     )
@@ -228,7 +240,9 @@ def _package_dirs() -> list[str]:
 
 
 def _child_env(work: Path, extra: Mapping[str, str]) -> dict[str, str]:
-    return {"PATH": MIN_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work), **extra}
+    single_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {"PATH": MIN_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work),
+            **single_thread, **extra}
 
 
 def _wait_then_kill_group(proc: subprocess.Popen, timeout_s: float) -> bool:

@@ -1,9 +1,10 @@
 """The child side of `exectune_jax.sandbox`: runs inside the sandboxed interpreter.
 
 Started as `python -I -S -B sandbox_child.py` with its settings on stdin, it enters the
-namespaces it may, forks a PID-namespace init when it got one, sets the rlimits, drops root,
-installs the audit hook and runs the program, then reports how it ended on a pipe the host
-reads. It imports only a few standard modules: every check pays for its start-up.
+namespaces it may, sets up private mounts, forks a PID-namespace init when it got one, sets
+the rlimits, drops root, installs the audit hook and runs the program, then reports how it
+ended on a pipe the host reads. It imports only a few standard modules: every check pays for
+its start-up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 NOBODY = 65534
 PROGRAM = "main.py"
 
+_CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWPID = 0x20000000
@@ -29,8 +31,13 @@ _PR_SET_KEEPCAPS = 8
 _PR_SET_NO_NEW_PRIVS = 38
 _CAPABILITY_VERSION_3 = 0x20080522
 _CAP_DAC_READ_SEARCH = 2
-
-
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 0x40000
+_MNT_DETACH = 2
+_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 class SandboxViolation(PermissionError):
@@ -55,6 +62,8 @@ def reason_for(exc: BaseException) -> str:
         return "early_exit"
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return "file_size"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full"
     if isinstance(exc, BlockingIOError) and exc.errno == errno.EAGAIN:
         return "process_limit"
     if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
@@ -68,33 +77,141 @@ def _child_main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    spaces = enter_namespaces()
+    homes, keep = _homes(), _import_dirs(config["packages"])
+    spaces = enter_namespaces() if config["namespaces"] else dict(_NO_NAMESPACES)
     if spaces.get("error"):
         _report(config, {"reason": f"sandbox_error: {spaces['error']}"})
         os._exit(1)
+    if spaces["mount"]:
+        try:
+            private_mounts(config, homes, keep)
+        except OSError as e:
+            _report(config, {"reason": f"sandbox_error: {e}"})
+            os._exit(1)
     if spaces["pid"]:
         _fork_init()
-    _run_program(config, spaces["net"])
+    _run_program(config, spaces["net"], hidden=[] if spaces["mount"] else homes, keep=keep)
+
+
+_NO_NAMESPACES = {"net": False, "pid": False, "user": False, "mount": False}
 
 
 def enter_namespaces() -> dict:
-    """Unshare network/PID/IPC namespaces, the strongest way this process is allowed to."""
+    """Unshare mount/network/PID/IPC namespaces, the strongest way this process may."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
-        return {"net": False, "pid": False, "user": False}
-    full = _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC
+        return dict(_NO_NAMESPACES)
+    full = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC
     uid, gid = os.getuid(), os.getgid()
     for flags in (full, _CLONE_NEWUSER | full, _CLONE_NEWNET, _CLONE_NEWUSER | _CLONE_NEWNET):
         if libc.unshare(flags) != 0:
             continue
+        found = {
+            "net": True,
+            "pid": bool(flags & _CLONE_NEWPID),
+            "user": bool(flags & _CLONE_NEWUSER),
+            "mount": bool(flags & _CLONE_NEWNS),
+        }
         if flags & _CLONE_NEWUSER:
             try:
                 _map_ids(uid, gid)
             except OSError as e:
-                return {"net": True, "pid": False, "user": True, "error": f"cannot map ids in user namespace ({e})"}
-        return {"net": True, "pid": bool(flags & _CLONE_NEWPID), "user": bool(flags & _CLONE_NEWUSER)}
-    return {"net": False, "pid": False, "user": False}
+                return {**found, "error": f"cannot map ids in user namespace ({e})"}
+        return found
+    return dict(_NO_NAMESPACES)
+
+
+def _homes() -> list[str]:
+    """Home directories to hide from the code: where credentials and tokens usually live."""
+    import pwd
+
+    homes = {"/root"} if os.getuid() == 0 else set()
+    try:
+        homes.add(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    return sorted(h for h in homes if h not in ("", "/") and os.path.isdir(h))
+
+
+def _import_dirs(packages: list[str]) -> list[str]:
+    return sorted({os.path.realpath(p) for p in [*sys.path, *packages] if os.path.isdir(p)})
+
+
+def private_mounts(config: dict, homes: list[str], keep: list[str]) -> None:
+    """In the new mount namespace: fresh size-capped tmpfs on /tmp, /var/tmp, /dev/shm and the
+    scratch directory; home directories replaced by empty ones that hold only the import
+    directories under them (bind-mounted back). Nothing here is visible to the host.
+    """
+    mount = _mounter()
+    mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing below propagates to the host
+    work = config["work"]
+    files = _read_tree(work)
+    options = f"size={config['scratch_mb']}m"
+    for tmp in _TMP_DIRS:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            mount("tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=1777")
+    for home in homes:
+        if not any(home == d or home.startswith(d + os.sep) for d in keep):
+            _hide(home, [d for d in keep if d.startswith(home + os.sep)], mount, options)
+    if os.path.isdir(work):
+        mount("tmpfs", work, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0700")
+    else:  # it lived under a directory that is now a fresh tmpfs
+        os.makedirs(work, mode=0o700)
+    owner = NOBODY if os.geteuid() == 0 else os.getuid()
+    _write_tree(work, files, owner)
+
+
+def _hide(home: str, keep: list[str], mount: Callable, options: str) -> None:
+    """Cover `home` with an empty tmpfs, then bind the `keep` directories back in place."""
+    keep = [d for d in keep if not any(d.startswith(k + os.sep) for k in keep)]
+    staged = []
+    for i, directory in enumerate(keep):
+        stage = f"/tmp/.sandbox-keep-{i}"  # inside the private /tmp
+        os.mkdir(stage)
+        mount(directory, stage, None, _MS_BIND | _MS_REC)
+        staged.append(stage)
+    mount("tmpfs", home, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0755")
+    for directory, stage in zip(keep, staged):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        mount(stage, directory, None, _MS_BIND | _MS_REC)
+        ctypes.CDLL(None).umount2(stage.encode(), _MNT_DETACH)
+        os.rmdir(stage)
+
+
+def _mounter() -> Callable:
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def mount(source, target, fstype, flags, data=None) -> None:
+        args = [a.encode() if isinstance(a, str) else a for a in (source, target, fstype)]
+        if libc.mount(*args, ctypes.c_ulong(flags), data.encode() if data else None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
+
+    return mount
+
+
+def _read_tree(root: str) -> dict[str, bytes]:
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return files
+
+
+def _write_tree(root: str, files: dict[str, bytes], owner: int) -> None:
+    os.chown(root, owner, owner)
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+            os.chown(folder, owner, owner)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chown(path, owner, owner)
 
 
 def _map_ids(uid: int, gid: int) -> None:
@@ -142,22 +259,24 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_program(config: dict, net_isolated: bool) -> None:
+def _run_program(config: dict, net_isolated: bool, hidden: list[str], keep: list[str]) -> None:
+    """Limit, drop privileges, hook, run the program, report. `hidden` are homes that no mount
+    hid, so the audit hook refuses reads there (except the `keep` import directories)."""
     work = config["work"]
-    os.chdir(work)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises EFBIG instead of killing
-    sys.path.extend(config["packages"])
-    uid = NOBODY if os.geteuid() == 0 else os.getuid()
-    _set_limits(config, uid)
-    if os.geteuid() == 0:
-        become_nobody()
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    me = os.getpid()
     violations: list[str] = []
-    sys.addaudithook(_audit_hook(os.path.realpath(work), violations))
+    try:
+        os.chdir(work)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises EFBIG instead of killing
+        sys.path.extend(config["packages"])
+        _set_limits(config, NOBODY if os.geteuid() == 0 else os.getuid())
+        if os.geteuid() == 0:
+            become_nobody()
+        ctypes.CDLL(None).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        sys.addaudithook(_audit_hook(os.path.realpath(work), violations, hidden, keep))
+    except Exception as e:  # noqa: BLE001 - never run the program half-contained
+        _report(config, {"reason": f"sandbox_error: {type(e).__name__}: {e}"})
+        os._exit(1)
+    me = os.getpid()
     outcome = _execute(os.path.join(work, PROGRAM))
     if os.getpid() != me:  # a process the program forked reached the end: stay silent
         _flush_std()
@@ -181,12 +300,13 @@ class _CapData(ctypes.Structure):
 
 
 def become_nobody() -> None:
-    """Switch from root to `nobody`, with no capabilities but one where it is needed.
+    """Switch from root to `nobody` (root is exempt from RLIMIT_NPROC, `nobody` is not) with
+    no capabilities, but one where it is needed.
 
-    When the interpreter lives where `nobody` cannot read (e.g. under /root), the code keeps
-    CAP_DAC_READ_SEARCH so imports still work: it may read files, but not write root's
-    files, signal or trace other users' processes, read their /proc environ, or escape
-    RLIMIT_NPROC (root is exempt from that limit, `nobody` is not).
+    When the interpreter lives where `nobody` cannot read (e.g. under /root) and no mount
+    namespace bound it back into view, the code keeps CAP_DAC_READ_SEARCH so imports still
+    work: it may read files, but not write root's files, signal or trace other users'
+    processes, or read their /proc environ. The cap is lost on exec.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     import_dirs = [p for p in sys.path if os.path.isdir(p)]  # seen as root, before the switch
@@ -318,13 +438,22 @@ _PATH_EVENTS = {  # event -> indices of (path, dir_fd) pairs in its arguments
     "os.mknod": ((0, 3),),
     "shutil.rmtree": ((0, 1),),
 }
+_LIST_EVENTS = frozenset({"os.listdir", "os.scandir"})
 _PROC_PID = re.compile(r"^/proc/(\d+)(/|$)")
 
 
-def _audit_hook(scratch: str, violations: list[str]) -> Callable[[str, tuple], None]:
-    """Refuse sockets, exec, writes outside `scratch` and other processes' /proc entries."""
+def _audit_hook(scratch: str, violations: list[str], hidden: list[str], keep: list[str]) -> Callable[[str, tuple], None]:
+    """Refuse sockets, exec, writes outside `scratch`, other processes' /proc entries and reads
+    in the `hidden` directories outside `keep`."""
     own_proc = os.readlink("/proc/self")
     allowed_writes = (scratch + os.sep, os.devnull)
+    visible = [scratch, *keep]
+
+    def under(path: str, roots: list[str]) -> bool:
+        return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+    def secret(path: str | None) -> bool:
+        return path is not None and under(path, hidden) and not under(path, visible)
 
     def deny(kind: str, what: str) -> None:
         violations.append(kind)
@@ -351,12 +480,16 @@ def _audit_hook(scratch: str, violations: list[str]) -> Callable[[str, tuple], N
             if path is None:
                 return
             match = _PROC_PID.match(path)
-            if match and match.group(1) != own_proc:
+            if match and match.group(1) != own_proc or secret(path):
                 deny("filesystem_blocked", f"read of {path}")
             mode, flags = args[1], args[2]
             wants_write = bool(flags & _WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
             if wants_write and not writable(path):
                 deny("filesystem_blocked", f"write to {path}")
+        elif event in _LIST_EVENTS:
+            path = resolve(args[0] if args[0] is not None else ".", None)
+            if secret(path):
+                deny("filesystem_blocked", f"listing of {path}")
         elif event in _PATH_EVENTS:
             for path_at, fd_at in _PATH_EVENTS[event]:
                 dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None
