@@ -55,12 +55,17 @@ _NAMESPACE_KINDS = ("net", "pid", "user", "mount")
 CHILD = sandbox_child.__file__
 
 
+class SandboxError(RuntimeError):
+    """The sandbox itself could not be set up: a fault of the host, never of the code."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """What one run did. `reason` is "ok" when `passed`, else a named failure:
     "timeout", "memory", "assertion", "exception: <Type>: <message>", "file_size",
     "disk_full", "process_limit", "network_blocked", "filesystem_blocked", "exec_blocked",
-    "syntax_error", "early_exit", "killed: <SIGNAL>", "sandbox_error: <why>"."""
+    "syntax_error", "early_exit", "killed: <SIGNAL>". A sandbox that cannot be set up raises
+    `SandboxError` instead: that is never the code's failure."""
 
     passed: bool
     reason: str
@@ -88,8 +93,11 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "open_files", "output_limit",
                      "scratch_mb"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            whole = name != "timeout_s"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+                kind = "a positive whole number" if whole else "a positive number"
+                raise ValueError(f"sandbox limit {name} must be {kind}, got {value!r}")
 
 
 def run(
@@ -165,7 +173,7 @@ def _prepare_scratch(base: Path, code: str, files: Mapping[str, str]) -> Path:
         if work.resolve() not in target.parents:
             raise ValueError(f"sandbox file name {name!r} must be a relative path inside the scratch directory")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        target.write_text(text, encoding="utf-8", errors="surrogatepass")  # the child then reports syntax_error
     if os.geteuid() == 0:
         base.chmod(0o711)  # nobody may pass through to work/, not list or write base/
         for path in [work, *work.rglob("*")]:
@@ -217,6 +225,11 @@ def _run_in(base: Path, work: Path, lim: Limits, extra_env: Mapping[str, str], u
         stdout, cut_out = _read_capped(out, lim.output_limit)
         stderr, cut_err = _read_capped(err, lim.output_limit)
     reason = classify(timed_out, proc.returncode, record)
+    if reason.startswith("sandbox_error"):
+        raise SandboxError(
+            f"{reason.removeprefix('sandbox_error: ')}; the code did not run. "
+            "Where kernel namespaces misbehave, run the sandbox with namespaces=False"
+        )
     net = record.get("net") if record else None
     return SandboxResult(
         passed=reason == "ok",
@@ -347,4 +360,4 @@ def _signal_of(returncode: int | None) -> int | None:
     return None
 
 
-__all__ = ["Limits", "SandboxResult", "SandboxViolation", "namespaces", "network_isolated", "reason_for", "run", "run_many"]
+__all__ = ["Limits", "SandboxError", "SandboxResult", "SandboxViolation", "namespaces", "network_isolated", "reason_for", "run", "run_many"]

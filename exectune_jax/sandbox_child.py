@@ -118,6 +118,11 @@ def enter_namespaces() -> dict:
                 _map_ids(uid, gid)
             except OSError as e:
                 return {**found, "error": f"cannot map ids in user namespace ({e})"}
+        if found["mount"]:
+            try:  # first, so that no mount made later can propagate back to the host
+                _mounter()(None, "/", None, _MS_REC | _MS_PRIVATE)
+            except OSError:
+                found["mount"] = False  # e.g. a security module denies mounts: use no mounts at all
         return found
     return dict(_NO_NAMESPACES)
 
@@ -141,10 +146,10 @@ def _import_dirs(packages: list[str]) -> list[str]:
 def private_mounts(config: dict, homes: list[str], keep: list[str]) -> None:
     """In the new mount namespace: fresh size-capped tmpfs on /tmp, /var/tmp, /dev/shm and the
     scratch directory; home directories replaced by empty ones that hold only the import
-    directories under them (bind-mounted back). Nothing here is visible to the host.
+    directories under them (bind-mounted back). Mounts are private (`enter_namespaces`), so
+    nothing here is visible to the host.
     """
     mount = _mounter()
-    mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing below propagates to the host
     work = config["work"]
     files = _read_tree(work)
     options = f"size={config['scratch_mb']}m"
@@ -172,9 +177,14 @@ def _hide(home: str, keep: list[str], mount: Callable, options: str) -> None:
         mount(directory, stage, None, _MS_BIND | _MS_REC)
         staged.append(stage)
     mount("tmpfs", home, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0755")
-    for directory, stage in zip(keep, staged):
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        mount(stage, directory, None, _MS_BIND | _MS_REC)
+    try:
+        for directory, stage in zip(keep, staged):
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            mount(stage, directory, None, _MS_BIND | _MS_REC)
+    except OSError:
+        ctypes.CDLL(None).umount2(home.encode(), _MNT_DETACH)  # back to a visible home, not a broken one
+        raise
+    for stage in staged:
         ctypes.CDLL(None).umount2(stage.encode(), _MNT_DETACH)
         os.rmdir(stage)
 
@@ -277,6 +287,7 @@ def _run_program(config: dict, net_isolated: bool, hidden: list[str], keep: list
         _report(config, {"reason": f"sandbox_error: {type(e).__name__}: {e}"})
         os._exit(1)
     me = os.getpid()
+    config["out_of_memory"] = (json.dumps({"nonce": config["nonce"], "reason": "memory", "net": net_isolated}) + "\n").encode()
     outcome = _execute(os.path.join(work, PROGRAM))
     if os.getpid() != me:  # a process the program forked reached the end: stay silent
         _flush_std()
@@ -360,11 +371,11 @@ def _execute(path: str) -> BaseException | None:
         with open(path, encoding="utf-8") as f:
             source = f.read()
         code = compile(source, path, "exec")
-    except SyntaxError as e:
+    except ValueError as e:  # a NUL byte or invalid UTF-8 in the source
+        return SyntaxError(str(e))
+    except BaseException as e:  # SyntaxError, or MemoryError under a tiny memory limit
         _print_exception(e)
         return e
-    except ValueError as e:  # e.g. a NUL byte in the source
-        return SyntaxError(str(e))
     module = types.ModuleType("__main__")
     module.__file__ = path
     sys.modules["__main__"] = module
@@ -379,9 +390,9 @@ def _execute(path: str) -> BaseException | None:
 
 
 def _print_exception(exc: BaseException) -> None:
-    import traceback
-
     try:
+        import traceback
+
         tb = exc.__traceback__.tb_next if exc.__traceback__ else None
         traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - a failing print must not hide the verdict
@@ -399,8 +410,10 @@ def _flush_std() -> bool:
 
 
 def _report(config: dict, fields: dict) -> None:
-    line = json.dumps({"nonce": config["nonce"], **fields}) + "\n"
-    data = line.encode()
+    try:
+        data = (json.dumps({"nonce": config["nonce"], **fields}) + "\n").encode()
+    except MemoryError:  # the program left no room even for the report
+        data = config["out_of_memory"]
     while data:
         try:
             data = data[os.write(config["result_fd"], data) :]

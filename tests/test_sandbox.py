@@ -103,9 +103,15 @@ def test_file_names_outside_the_scratch_directory_are_refused():
         sandbox.run("pass", files={"../escape.py": ""})
 
 
-def test_non_positive_limits_are_refused_with_the_field_name():
-    with pytest.raises(ValueError, match="timeout_s"):
-        sandbox.run("pass", timeout_s=0)
+@pytest.mark.parametrize("limit", [{"timeout_s": 0}, {"memory_mb": 0.5}, {"max_processes": -1}, {"scratch_mb": True}])
+def test_bad_limits_are_refused_with_the_field_name(limit):
+    with pytest.raises(ValueError, match=f"sandbox limit {next(iter(limit))} must be"):
+        sandbox.run("pass", **limit)
+
+
+def test_memory_too_small_for_the_program_is_named_memory_not_a_crash():
+    result = run("x = 1", memory_mb=4)
+    assert (result.passed, result.reason) == (False, "memory")
 
 
 def test_output_is_cut_at_the_limit_and_marked_truncated():
