@@ -84,13 +84,13 @@ def _child_main() -> None:
         os._exit(1)
     if spaces["mount"]:
         try:
-            private_mounts(config, homes, keep)
+            homes = private_mounts(config, homes, keep)
         except OSError as e:
             _report(config, {"reason": f"sandbox_error: {e}"})
             os._exit(1)
     if spaces["pid"]:
         _fork_init()
-    _run_program(config, spaces["net"], hidden=[] if spaces["mount"] else homes, keep=keep)
+    _run_program(config, spaces["net"], hidden=homes, keep=keep)
 
 
 _NO_NAMESPACES = {"net": False, "pid": False, "user": False, "mount": False}
@@ -143,11 +143,12 @@ def _import_dirs(packages: list[str]) -> list[str]:
     return sorted({os.path.realpath(p) for p in [*sys.path, *packages] if os.path.isdir(p)})
 
 
-def private_mounts(config: dict, homes: list[str], keep: list[str]) -> None:
+def private_mounts(config: dict, homes: list[str], keep: list[str]) -> list[str]:
     """In the new mount namespace: fresh size-capped tmpfs on /tmp, /var/tmp, /dev/shm and the
     scratch directory; home directories replaced by empty ones that hold only the import
     directories under them (bind-mounted back). Mounts are private (`enter_namespaces`), so
-    nothing here is visible to the host.
+    nothing here is visible to the host. Each step is best effort; returns the homes still
+    in view, for the audit hook to guard instead.
     """
     mount = _mounter()
     work = config["work"]
@@ -155,16 +156,27 @@ def private_mounts(config: dict, homes: list[str], keep: list[str]) -> None:
     options = f"size={config['scratch_mb']}m"
     for tmp in _TMP_DIRS:
         if os.path.isdir(tmp) and not os.path.islink(tmp):
-            mount("tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=1777")
-    for home in homes:
-        if not any(home == d or home.startswith(d + os.sep) for d in keep):
-            _hide(home, [d for d in keep if d.startswith(home + os.sep)], mount, options)
+            _try(mount, "tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=1777")
+    visible = [
+        home for home in homes
+        if any(home == d or home.startswith(d + os.sep) for d in keep)
+        or not _try(_hide, home, [d for d in keep if d.startswith(home + os.sep)], mount, options)
+    ]
     if os.path.isdir(work):
-        mount("tmpfs", work, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0700")
+        if not _try(mount, "tmpfs", work, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0700"):
+            return visible  # the scratch directory stays on disk, as the host made it
     else:  # it lived under a directory that is now a fresh tmpfs
         os.makedirs(work, mode=0o700)
-    owner = NOBODY if os.geteuid() == 0 else os.getuid()
-    _write_tree(work, files, owner)
+    _write_tree(work, files, NOBODY if os.geteuid() == 0 else os.getuid())
+    return visible
+
+
+def _try(step: Callable, *args) -> bool:
+    try:
+        step(*args)
+    except OSError:
+        return False
+    return True
 
 
 def _hide(home: str, keep: list[str], mount: Callable, options: str) -> None:
@@ -270,8 +282,8 @@ def _die_with_parent() -> None:
 
 
 def _run_program(config: dict, net_isolated: bool, hidden: list[str], keep: list[str]) -> None:
-    """Limit, drop privileges, hook, run the program, report. `hidden` are homes that no mount
-    hid, so the audit hook refuses reads there (except the `keep` import directories)."""
+    """Limit, drop privileges, hook, run the program, report. `hidden` are homes still in
+    view, so the audit hook refuses reads there (except in the `keep` import directories)."""
     work = config["work"]
     violations: list[str] = []
     try:

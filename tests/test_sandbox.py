@@ -268,6 +268,8 @@ def test_reading_the_parent_process_environment_is_blocked(monkeypatch):
 def home_secret():
     """A secret file in this user's home directory, where credentials usually live."""
     home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    if not (home.is_dir() and os.access(home, os.W_OK)) or str(home) == "/":
+        pytest.skip("this user has no writable home directory")
     secret = "sk-home-0123456789"
     fd, path = tempfile.mkstemp(dir=home, prefix=".exectune-sandbox-test-")
     os.write(fd, secret.encode())
