@@ -130,8 +130,11 @@ def _humaneval_rows(n):
         ("```python\ndef f():\n    return [1,", "def f():\n    return [1,"),
         ("def f():\n    return 2\n", "def f():\n    return 2"),
         ("    return x + 1\n", "    return x + 1"),
+        ("Here it is: ```python\ndef f():\n    return 3```", "def f():\n    return 3"),
+        ("```python\ndef f():\n    return 'a ``` b'\n```", "def f():\n    return 'a ``` b'"),
     ],
-    ids=["fenced", "first-of-several", "defines-entry", "skips-other-languages", "unclosed", "bare", "bare-body"],
+    ids=["fenced", "first-of-several", "defines-entry", "skips-other-languages", "unclosed", "bare", "bare-body",
+         "inline-fences", "fence-in-string"],
 )
 def test_extract_code_finds_the_solution_block(reply, code):
     assert extract_code(reply, "f") == code

@@ -19,7 +19,9 @@ from typing import Any
 from exectune_jax import sandbox
 from exectune_jax.data.tasks.base import DataError, Problem, Verdict, read_jsonl
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
+# An opening fence may follow prose on its line; a closing fence starts or ends a line, so a
+# ``` inside a string literal does not cut the code short.
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|```[ \t]*$|\Z)", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = ("", "python", "py", "python3", "py3")
 NO_CODE = "no code found"
 
