@@ -15,11 +15,16 @@ TOKENS = np.random.RandomState(0).randint(2, VOCAB, (2, 12))
 POSITIONS = np.broadcast_to(np.arange(12), (2, 12))
 
 
-def ours(model, tokens, positions=None, **kw):
+@nnx.jit
+def forward(model, tokens, positions, segment_ids):
+    return model(tokens, positions, segment_ids=segment_ids)
+
+
+def ours(model, tokens, positions=None, segment_ids=None):
     tokens = np.asarray(tokens)
     if positions is None:
         positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-    return np.asarray(model(jnp.asarray(tokens), jnp.asarray(positions), **kw))
+    return np.asarray(forward(model, tokens, np.asarray(positions), segment_ids))
 
 
 @pytest.mark.parametrize(
@@ -104,7 +109,7 @@ def test_packed_sequences_equal_separate_forwards(qwen3):
     packed = np.concatenate([a, b])[None]
     positions = np.concatenate([np.arange(5), np.arange(7)])[None]
     segments = np.array([[1] * 5 + [2] * 7])
-    got = ours(qwen3, packed, positions, segment_ids=jnp.asarray(segments))[0]
+    got = ours(qwen3, packed, positions, segment_ids=segments)[0]
     np.testing.assert_allclose(got[:5], ours(qwen3, a[None])[0], atol=1e-5)
     np.testing.assert_allclose(got[5:], ours(qwen3, b[None])[0], atol=1e-5)
 
@@ -118,7 +123,7 @@ def test_padding_with_positions_leaves_real_token_logits_unchanged(qwen3, side):
     positions = np.concatenate(
         [pad, np.arange(7)] if side == "left" else [np.arange(7), pad]
     )[None]
-    got = ours(qwen3, tokens, positions, segment_ids=jnp.asarray(segments))[0]
+    got = ours(qwen3, tokens, positions, segment_ids=segments)[0]
     got = got[5:] if side == "left" else got[:7]
     np.testing.assert_allclose(got, ours(qwen3, real[None])[0], atol=1e-5)
 
