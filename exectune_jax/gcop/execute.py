@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from exectune_jax.api.pool import Request, Result
 from exectune_jax.data.tasks.base import Problem, Task, Verdict
 from exectune_jax.gcop.prompts import core_messages
+from exectune_jax.sandbox import SandboxError
 
 _CHECK_WORKERS = 4  # code checks run sandboxed subprocesses; a few at once keep the CPUs busy
 
@@ -60,7 +61,13 @@ def execute_many(pool, task: Task, items: Sequence[tuple[Problem, str | None]], 
 
     def judge(pair: tuple[tuple[Problem, str | None], Result]) -> Outcome:
         (problem, _), result = pair
-        return outcome(result, task.check(problem, result.text) if result.ok else None)
+        if not result.ok:
+            return outcome(result, None)
+        try:
+            return outcome(result, task.check(problem, result.text))
+        except SandboxError as e:  # the checker could not run: not the answer's fault
+            return Outcome(None, None, f"check failed: {e}", result.input_tokens,
+                           result.output_tokens, result.usd, "sandbox", result.cached)
 
     pairs = list(zip(items, results))
     if task.family == "code" and len(pairs) > 1:
