@@ -77,7 +77,7 @@ def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None):
 
         (loss, count), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         opt.update(model, grads)
-        stats = {"loss": loss, "grad_norm": optax.global_norm(grads), "loss_tokens": count}
+        stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "loss_tokens": count}
         return nnx.split((model, opt))[1], stats
 
     if shardings is None:
@@ -161,6 +161,11 @@ def strategy_validity(model, tokenizer, problems, family: str, max_new_tokens: i
 def run(cfg: Config, **_: Any) -> int:
     sc = cfg.sft
     out_dir = stage_dir(cfg)
+    ckpt = Checkpointer(out_dir / CHECKPOINT_DIR, keep=sc.keep_checkpoints)
+    if ckpt.latest_step() == sc.steps and (out_dir / GUIDE_DIR / hf.CONFIG_FILE).exists():
+        ckpt.close()
+        print(f"sft {sc.name}: already at step {sc.steps}; guide at {out_dir / GUIDE_DIR}")
+        return 0
     init = init_guide(cfg)
     tokenizer = load_tokenizer(init)
     pi, pc = jax.process_index(), jax.process_count()
@@ -175,7 +180,6 @@ def run(cfg: Config, **_: Any) -> int:
         opt = parallel.shard_model(nnx.Optimizer(model, tx, wrt=nnx.Param), mesh)
     it = pipeline.sft_iterator(data.train, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                seed=cfg.seed, process_index=pi, process_count=pc)
-    ckpt = Checkpointer(out_dir / CHECKPOINT_DIR, keep=sc.keep_checkpoints)
     writer = MetricsWriter(out_dir, tensorboard=cfg.metrics.tensorboard, enabled=pi == 0)
     start = _resume(ckpt, model, opt, it, mesh, writer)
     if start == 0:

@@ -1,0 +1,129 @@
+"""SFT stage: exact resume after SIGKILL, sharded == single device, the end-to-end format check."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exectune_jax.config import load_config
+from exectune_jax.data import tasks
+from exectune_jax.gcop import prompts
+from exectune_jax.sim import guide
+from exectune_jax.train import sft
+from exectune_jax.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+TASK = "task.options={n_train: 200, n_validation: 16, n_test: 8}"
+TINY_GUIDE = ("sft.base_guide={vocab_size: 512, hidden_size: 64, intermediate_size: 128, "
+              "num_layers: 2, num_heads: 4, num_kv_heads: 2, warmup_steps: 3, warmup_batch_size: 2}")
+
+
+def write_accepted(path: Path, problems) -> Path:
+    """Atomic teacher strategies for `problems`, in the acceptance stage's row schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for p in problems:
+            f.write(json.dumps({"id": p.id, "messages": prompts.guide_messages(p, "math"),
+                                "completion": guide.gold_strategy(p), "style": "atomic",
+                                "attempt": 0, "revision": 0}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base guide and an accepted.jsonl, shared by the runs below."""
+    root = tmp_path_factory.mktemp("world")
+    cfg = load_config(None, [f"run_dir={root}", TASK, TINY_GUIDE])
+    base = guide.ensure_base_guide(cfg)
+    problems = tasks.get("arith", n_train=200, n_validation=16, n_test=8).problems("train")
+    data = write_accepted(root / "accepted.jsonl", problems[:96])
+    return [f"model.path={base}", f"sft.data={data}", TASK, "sft.batch_size=4",
+            "sft.seq_len=256", "sft.held_out=0.0", "metrics.progress=false"]
+
+
+def losses(stage_dir: Path) -> dict[int, float]:
+    records = [r for r in read_metrics(stage_dir) if "loss" in r]
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), f"duplicate step records in {stage_dir}: {steps}"
+    return {r["step"]: r["loss"] for r in records}
+
+
+def test_sharded_run_matches_single_device(world, tmp_path):
+    common = [*world, "sft.steps=3", "sft.eval_every=0", "sft.checkpoint_every=0"]
+    runs = {}
+    for mesh in ("1,1,1", "2,2,2"):
+        data, fsdp, tensor = mesh.split(",")
+        run_dir = tmp_path / mesh.replace(",", "")
+        sft.run(load_config(None, [*common, f"run_dir={run_dir}", f"mesh.data={data}",
+                                   f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]))
+        runs[mesh] = losses(run_dir / "sft")
+    single, sharded = runs["1,1,1"], runs["2,2,2"]
+    assert sorted(single) == sorted(sharded) == [1, 2, 3]
+    np.testing.assert_allclose([sharded[s] for s in single], list(single.values()), rtol=0, atol=1e-5)
+
+
+def _cli(run_dir: Path, world, steps: int) -> list[str]:
+    return [sys.executable, "-m", "exectune_jax.cli", "sft", *world, f"run_dir={run_dir}",
+            f"sft.steps={steps}", "sft.eval_every=0", "sft.checkpoint_every=5", "mesh.fsdp=1"]
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_losses(world, tmp_path):
+    steps, kill_after = 40, 12
+    reference = tmp_path / "reference"
+    uninterrupted = load_config(None, [*world, f"run_dir={reference}", f"sft.steps={steps}",
+                                       "sft.eval_every=0", "sft.checkpoint_every=5", "mesh.fsdp=1"])
+    sft.run(uninterrupted)
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(_cli(run_dir, world, steps), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = run_dir / "sft" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and max(losses(run_dir / "sft"), default=0) >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run: {err.decode()[-2000:]}"
+    killed_at = max(losses(run_dir / "sft"))
+    assert killed_at < steps
+    resumed = subprocess.run(_cli(run_dir, world, steps), cwd=REPO, env=env,
+                             capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    want, got = losses(reference / "sft"), losses(run_dir / "sft")
+    assert sorted(got) == list(range(1, steps + 1))
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=0, atol=1e-6)
+    hand_off = run_dir / "sft" / "guide"
+    assert all((hand_off / f).exists() for f in ("config.json", "model.safetensors",
+                                                  "tokenizer.json", "chat_template.jinja"))
+
+
+def test_finished_stage_is_a_no_op_when_run_again(world, tmp_path, capsys):
+    overrides = [*world, f"run_dir={tmp_path}", "sft.steps=1", "sft.eval_every=0", "mesh.fsdp=1"]
+    sft.run(load_config(None, overrides))
+    before = (tmp_path / "sft" / "metrics.jsonl").read_text()
+    sft.run(load_config(None, overrides))
+    assert "already at step 1" in capsys.readouterr().out
+    assert (tmp_path / "sft" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_sft_on_atomic_strategies_writes_well_formed_strategies(tmp_path):
+    """The embedded default guide, SFT'd on the teacher's atomic strategies, keeps the format."""
+    task = tasks.get("arith", n_validation=32)
+    data = write_accepted(tmp_path / "accepted.jsonl", task.problems("train")[:600])
+    overrides = [f"run_dir={tmp_path}", f"sft.data={data}", "task.options={n_validation: 32}",
+                 "sft.base_guide={warmup_steps: 20}", "sft.steps=60", "sft.batch_size=8",
+                 "sft.lr=3e-3", "sft.warmup_steps=6", "sft.eval_every=60", "sft.eval_problems=32",
+                 "sft.checkpoint_every=0", "mesh.fsdp=1", "metrics.progress=false"]
+    sft.run(load_config(None, overrides))
+    final = [r for r in read_metrics(tmp_path / "sft") if "strategy_valid" in r][-1]
+    assert final["step"] == 60
+    assert final["strategy_valid"] >= 0.95, final
