@@ -131,21 +131,29 @@ def export_guide(cfg: Config, out: Path) -> Path:
     return out
 
 
-def stages(cfg: Config, out: Path) -> list[tuple[str, Callable[[], Any]]]:
-    from exectune_jax import evaluate
-    from exectune_jax.sim.guide import ensure_base_guide
-    from exectune_jax.train import acceptance, grpo, sft
+def _stage(module: str, func: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """A stage call whose module is imported only when the stage runs."""
 
+    def call() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(*args, **kwargs)
+
+    return call
+
+
+def stages(cfg: Config, out: Path) -> list[tuple[str, Callable[[], Any]]]:
     c = stage_configs(cfg)
     return [
-        ("base guide", lambda: ensure_base_guide(cfg)),
-        ("sample", lambda: acceptance.run(c["sample"])),
-        ("sample --unfiltered", lambda: acceptance.run(c["sample_unfiltered"], unfiltered=True)),
-        ("sft", lambda: sft.run(c["sft"])),
-        ("sft_unfiltered", lambda: sft.run(c["sft_unfiltered"])),
-        ("advisor_rl", lambda: grpo.run(c["advisor_rl"])),
-        ("rl", lambda: grpo.run(c["rl"])),
-        ("eval", lambda: evaluate.run(c["eval"])),
+        ("base guide", _stage("exectune_jax.sim.guide", "ensure_base_guide", cfg)),
+        ("sample", _stage("exectune_jax.train.acceptance", "run", c["sample"])),
+        ("sample --unfiltered", _stage("exectune_jax.train.acceptance", "run",
+                                       c["sample_unfiltered"], unfiltered=True)),
+        ("sft", _stage("exectune_jax.train.sft", "run", c["sft"])),
+        ("sft_unfiltered", _stage("exectune_jax.train.sft", "run", c["sft_unfiltered"])),
+        ("advisor_rl", _stage("exectune_jax.train.grpo", "run", c["advisor_rl"])),
+        ("rl", _stage("exectune_jax.train.grpo", "run", c["rl"])),
+        ("eval", _stage("exectune_jax.evaluate", "run", c["eval"])),
         ("export", lambda: export_guide(cfg, out / "export")),
     ]
 
@@ -169,7 +177,7 @@ def run_stages(todo: list[tuple[str, Callable[[], Any]]], logs: Path, *,
     for name, fn in todo:
         bar.set_description(f"demo: {name}")
         start = time.perf_counter()
-        with logged(logs / f"{name.split()[0]}{'_unfiltered' if 'unfiltered' in name else ''}.log"):
+        with logged(logs / f"{name.replace(' --', '_').replace(' ', '_')}.log"):
             fn()
         seconds[name] = time.perf_counter() - start
         bar.write(f"  {name:<20} {seconds[name]:6.1f} s", file=sys.stderr)

@@ -31,6 +31,8 @@ def accuracy_vs_cost(rows: Sequence[Mapping], path: str | Path) -> Path:
             lo, hi = (100 * v for v in r["accuracy_ci"])
             ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt=MARKERS[i % len(MARKERS)],
                         markersize=9, capsize=5, elinewidth=1.5, label=r["method"])
+            ax.annotate(r["method"], (x, y), xytext=(7, 4), textcoords="offset points",
+                        fontsize=10, color=f"C{i % 10}")
         ax.set_xlabel(f"core cost (USD per {USD_SCALE:,} problems)")
         ax.set_ylabel("accuracy (%, 95% Wilson CI)")
         ax.set_title("Accuracy vs core API cost")
@@ -42,55 +44,68 @@ def accuracy_vs_cost(rows: Sequence[Mapping], path: str | Path) -> Path:
     return path
 
 
-def curve_panels(records: Sequence[Mapping]) -> dict[str, list[str]]:
-    """Which logged scalars go in which panel: reward terms, executability, cost."""
-    keys = sorted({k for r in records for k, v in r.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    panels = {
-        "reward terms": [k for k in keys if k.startswith("reward")],
-        "executability / format": [k for k in keys
-                                   if k.startswith(("executab", "format", "leak", "accuracy"))],
-        "core cost (USD per step)": [k for k in keys if "usd" in k],
-    }
-    return {title: ks for title, ks in panels.items() if ks}
+def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in records
+           if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    return tuple(list(a) for a in zip(*pts)) if pts else ([], [])
 
 
-def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path | None:
-    """Training curves of one or more RL runs (name -> metrics.jsonl records), one row of panels.
+def reward_keys(records: Sequence[Mapping]) -> list[str]:
+    """Every `reward_<term>` of a run that is ever non-zero."""
+    keys = sorted({k for r in records for k in r if k.startswith("reward_")})
+    return [k for k in keys if any(_series(records, k)[1])]
 
-    Returns None when no run logged anything plottable.
+
+def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
+              terms_of: str | None = None) -> Path | None:
+    """RL training curves in four panels, one colour per run: total reward; the reward terms of
+    run `terms_of` (default: the last run); executability with its 95% band and format validity;
+    the core's cost per strategy.
+
+    `runs` maps a run name to its metrics.jsonl records. Returns None when nothing was logged.
     """
-    panels: dict[str, list[str]] = {}
-    for records in runs.values():
-        for title, ks in curve_panels(records).items():
-            panels.setdefault(title, [])
-            panels[title] += [k for k in ks if k not in panels[title]]
-    if not panels:
+    runs = {name: records for name, records in runs.items() if _series(records, "reward")[0]}
+    if not runs:
         return None
+    terms_of = terms_of if terms_of in runs else list(runs)[-1]
     path = Path(path)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), dpi=110,
-                                 squeeze=False)
-        handles = {}
-        for ax, (title, ks) in zip(axes[0], panels.items()):
-            for run_i, (name, records) in enumerate(runs.items()):
-                for k in ks:
-                    pts = [(r["step"], r[k]) for r in records if r.get(k) is not None]
-                    if not pts:
-                        continue
-                    xs, ys = zip(*pts)
-                    label = f"{name}: {k}" if len(runs) > 1 else k
-                    (line,) = ax.plot(xs, ys, linestyle=("-", "--", ":")[run_i % 3],
-                                      linewidth=1.8, label=label)
-                    handles.setdefault(label, line)
+    with plt.rc_context({**STYLE, "font.size": 13, "axes.titlesize": 14, "legend.fontsize": 11}):
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=100)
+        (ax_reward, ax_terms), (ax_exec, ax_cost) = axes
+        for i, (name, records) in enumerate(runs.items()):
+            color = f"C{i}"
+            ax_reward.plot(*_series(records, "reward"), color=color, linewidth=2, label=name)
+            xs, ys = _series(records, "executability")
+            if xs:
+                ax_exec.plot(xs, ys, color=color, linewidth=2, label=f"{name}: executability")
+                _, lo = _series(records, "executability_lo")
+                _, hi = _series(records, "executability_hi")
+                if len(lo) == len(hi) == len(xs):
+                    ax_exec.fill_between(xs, lo, hi, color=color, alpha=0.15)
+            xs, ys = _series(records, "format_valid")
+            if xs:
+                ax_exec.plot(xs, ys, "--", color=color, linewidth=1.5, label=f"{name}: format valid")
+            xs, ys = _series(records, "usd_per_strategy")
+            if xs:
+                ax_cost.plot(xs, [USD_SCALE * y for y in ys], color=color, linewidth=2, label=name)
+        for j, key in enumerate(reward_keys(runs[terms_of])):
+            ax_terms.plot(*_series(runs[terms_of], key), color=f"C{j}", linewidth=1.8,
+                          label=key.removeprefix("reward_"))
+        panels = (
+            (ax_reward, "mean reward per strategy", "reward"),
+            (ax_terms, f"reward terms ({terms_of})", "weighted term"),
+            (ax_exec, "executability (95% CI), format validity", "fraction of strategies"),
+            (ax_cost, f"core cost per {USD_SCALE:,} strategies", "USD"),
+        )
+        for ax, title, ylabel in panels:
             ax.set_title(title)
             ax.set_xlabel("RL step")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("value")
-        fig.legend(handles.values(), handles.keys(), loc="lower center",
-                   ncol=min(4, len(handles)), frameon=False)
-        rows = -(-len(handles) // 4)
-        fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
+            if ax.lines:
+                ax.legend(loc="best")
+        ax_exec.set_ylim(-0.02, 1.02)
+        fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
     return path

@@ -1,0 +1,82 @@
+"""`exectune demo --quick` as a user runs it (a fresh process), and its determinism under faults."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exectune_jax import demo, evaluate
+from exectune_jax.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_demo(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "exectune_jax.cli", "demo", "--quick", "--out", str(out),
+           *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "clean"
+    return out, run_demo(out)
+
+
+def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
+    out, proc = clean_run
+    doc = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in doc["rows"]]
+    assert methods == ["core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl",
+                       "exectune", "core_strong"]
+    for row in doc["rows"]:
+        assert list(row) == list(evaluate.ROW_FIELDS)
+        assert row["failed_calls"] == 0
+    assert doc["skipped"] == []
+    for name in ("results.md", "accuracy_vs_cost.png", "rl_curves.png", "ledger.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    for stage in ("sft", "sft_unfiltered", "advisor_rl", "rl"):
+        assert (out / stage / "metrics.jsonl").stat().st_size > 0, stage
+    assert (out / "export" / "config.json").exists()
+    assert list((out / "export").glob("*.safetensors"))
+    assert "| exectune |" in proc.stdout  # the closing table
+
+
+def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path):
+    """Retries and the cache make API faults invisible in the results (and the seed fixes them)."""
+    out, _ = clean_run
+    faulty = tmp_path / "faulty"
+    faulty.mkdir()
+    shutil.copytree(out / "base_guide", faulty / "base_guide")  # no API calls in it; saves time
+    run_demo(faulty, "sim.fault_rate=0.2", "sim.latency_ms=2")
+    ledger = [json.loads(line) for line in (faulty / "ledger.jsonl").read_text().splitlines()]
+    assert ledger  # calls went through the faulty server
+    assert (faulty / "results.json").read_text() == (out / "results.json").read_text()
+
+
+def test_demo_sizes_fill_only_fields_the_user_left_at_their_defaults(tmp_path):
+    cfg = load_config(None, ["sft.steps=7", f"run_dir={tmp_path}"])
+    sized = demo.prepare(cfg, str(tmp_path / "out"), quick=True)
+    assert sized.sft.steps == 7
+    assert sized.rl.steps == demo.QUICK_SIZES["rl.steps"]
+    assert sized.run_dir == str(tmp_path / "out")
+    assert Config().rl.steps != demo.QUICK_SIZES["rl.steps"]
+
+
+def test_every_stage_points_at_the_one_sim_server():
+    cfg = demo.with_sim_url(Config(), "http://127.0.0.1:1234")
+    assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"
+    assert cfg.api.teacher.base_url == "http://127.0.0.1:1234/v1"
+    staged = demo.stage_configs(cfg)
+    assert staged["advisor_rl"].rl.preset == "advisor"
+    assert staged["rl"].rl.init.endswith("sft/guide")
+    assert staged["sft_unfiltered"].sft.data.endswith("sample_unfiltered/accepted.jsonl")
