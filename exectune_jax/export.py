@@ -1,0 +1,315 @@
+"""`exectune export`: ship a trained guide as a Hugging Face checkpoint, optionally to the Hub.
+
+    exectune export runs/a runs/a/export --dtype bf16 [--push-to-hub user/guide]
+
+SOURCE may be a run directory (the newest stage guide: rl/guide, else sft/guide, else their latest
+checkpoints), a stage directory (its guide/, else its newest checkpoint), a guide (an HF
+directory) or an orbax checkpoint directory of a stage (`<stage>/checkpoints` or one step in it).
+A checkpoint holds parameters only, so it is restored into the architecture of a guide of the same
+run (the stage's guide/, the configured init, the SFT guide or the demo base guide), whose
+tokenizer it also takes.
+
+The export is a full HF directory written by `models.hf.save` (config.json with the dtype,
+safetensors, tokenizer with its chat template, generation_config.json) plus a README.md model card
+(`model_card.py`). It is written beside OUT and renamed over it, so a reader never sees half an
+export; every file is checked for API key values before it is kept or uploaded.
+
+Training stages may call `export_guide` every N steps for a loadable snapshot of the live model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from exectune_jax import model_card, parallel
+from exectune_jax.config import Config
+from exectune_jax.errors import UserError
+from exectune_jax.models import hf
+from exectune_jax.models.transformer import Transformer
+
+DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
+GUIDE_DIR, CHECKPOINT_DIR, BASE_GUIDE_DIR = "guide", "checkpoints", "base_guide"
+CHECKPOINT_META = "meta"  # an item every checkpoint step holds (train/checkpoint.py)
+TOKEN_ENV = "HF_TOKEN"
+EXPECTED = ("expected a run directory (holding {stages}), a stage directory (holding guide/ or "
+            "checkpoints/), a guide (an HF directory with config.json) or a checkpoint directory")
+
+
+class ExportError(UserError):
+    """A source that cannot be exported, or an export that cannot be written or pushed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What SOURCE points at
+
+
+@dataclass(frozen=True)
+class Source:
+    """A guide directory, or one step of a checkpoint directory plus the guide giving its shape."""
+
+    guide: Path  # HF directory: the weights when `step` is None, else architecture + tokenizer
+    label: str  # how the card names what was exported, relative to the run directory
+    stage_dir: Path | None = None
+    run_dir: Path | None = None
+    checkpoints: Path | None = None
+    step: int | None = None
+
+
+def _is_guide(path: Path) -> bool:
+    return (path / hf.CONFIG_FILE).is_file()
+
+
+def _steps(path: Path) -> list[int]:
+    """Complete orbax step directories (digits only; orbax's temporary names are not)."""
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _stages(cfg: Config) -> tuple[str, ...]:
+    """Stage directories of a run, newest first."""
+    return (cfg.rl.name, cfg.sft.name)
+
+
+def _expected(cfg: Config) -> str:
+    return EXPECTED.format(stages=" or ".join(f"{s}/" for s in _stages(cfg)))
+
+
+def architecture_guide(cfg: Config, stage_dir: Path, run_dir: Path) -> Path | None:
+    """The first guide of the run that fixes a checkpoint's shapes and tokenizer.
+
+    Every stage fine-tunes the same architecture, so any of them will do; the stage's own guide
+    comes first, then what the config says the run started from.
+    """
+    candidates = [stage_dir / GUIDE_DIR, cfg.rl.init, cfg.sft.init, cfg.model.path,
+                  run_dir / cfg.sft.name / GUIDE_DIR, run_dir / BASE_GUIDE_DIR]
+    return next((Path(c) for c in candidates if c and _is_guide(Path(c))), None)
+
+
+def _checkpoint_source(cfg: Config, checkpoints: Path, step: int) -> Source:
+    stage_dir = checkpoints.parent
+    run_dir = stage_dir.parent
+    arch = architecture_guide(cfg, stage_dir, run_dir)
+    if arch is None:
+        raise ExportError(
+            f"{checkpoints}: a checkpoint holds parameters only, and no guide of this run gives "
+            f"their shapes (looked for {stage_dir.name}/{GUIDE_DIR}, {cfg.sft.name}/{GUIDE_DIR}, "
+            f"{BASE_GUIDE_DIR}, model.path, sft.init, rl.init); pass the training --config"
+        )
+    label = f"{stage_dir.name}/{checkpoints.name}/{step}"
+    return Source(arch, label, stage_dir, run_dir, checkpoints, step)
+
+
+def _stage_source(cfg: Config, stage_dir: Path) -> Source | None:
+    if _is_guide(stage_dir / GUIDE_DIR):
+        return Source(stage_dir / GUIDE_DIR, f"{stage_dir.name}/{GUIDE_DIR}", stage_dir,
+                      stage_dir.parent)
+    steps = _steps(stage_dir / CHECKPOINT_DIR)
+    return _checkpoint_source(cfg, stage_dir / CHECKPOINT_DIR, steps[-1]) if steps else None
+
+
+def resolve_source(cfg: Config, source: str | os.PathLike) -> Source:
+    """Which guide or checkpoint SOURCE means; a one-line ExportError when it means none."""
+    path = Path(source)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such directory; {_expected(cfg)}")
+    if _is_guide(path):
+        if path.name == GUIDE_DIR:  # a stage's hand-off: the card can report its run
+            return Source(path, f"{path.parent.name}/{path.name}", path.parent, path.parent.parent)
+        return Source(path, path.name)
+    if path.name.isdigit() and (path / CHECKPOINT_META).is_dir():
+        return _checkpoint_source(cfg, path.parent, int(path.name))
+    steps = _steps(path)
+    if steps:
+        return _checkpoint_source(cfg, path, steps[-1])
+    found = _stage_source(cfg, path)
+    if found is not None:
+        return found
+    for stage in _stages(cfg):
+        if (path / stage).is_dir():
+            found = _stage_source(cfg, path / stage)
+            if found is not None:
+                return found
+    raise ExportError(f"{path}: nothing to export here; {_expected(cfg)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{path}: no usable tokenizer ({first}); a guide directory must hold "
+                          "its tokenizer files (tokenizer.json, tokenizer_config.json)") from None
+
+
+def restore_checkpoint(checkpoints: Path, step: int, arch: Path, mesh, dtype) -> Transformer:
+    """Parameters of one checkpoint step in the shape of guide `arch`, as `dtype`, on `mesh`."""
+    from exectune_jax.train.checkpoint import Checkpointer
+
+    mcfg = hf.read_config(arch)
+    with parallel.use_mesh(mesh):
+        abstract = nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0), param_dtype=dtype))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    ckpt = Checkpointer(checkpoints, keep=max(1, len(_steps(checkpoints))))
+    try:
+        state, _ = ckpt.restore(step, target={"params": params}, mesh=mesh)
+    finally:
+        ckpt.close()
+    return nnx.merge(graphdef, state["params"])
+
+
+def load_source(cfg: Config, src: Source, dtype=jnp.float32) -> tuple[Transformer, Any]:
+    """(model with `dtype` parameters, tokenizer) of a resolved source, sharded on `cfg.mesh`."""
+    tokenizer = load_tokenizer(src.guide)
+    mesh = parallel.make_mesh(cfg.mesh)
+    if src.step is None:
+        model, _ = hf.load(src.guide, mesh=mesh, dtype=dtype)
+    else:
+        model = restore_checkpoint(src.checkpoints, src.step, src.guide, mesh, dtype)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def cast(model: Transformer, dtype) -> Transformer:
+    """A copy of `model` whose parameters are stored in `dtype` (what hf.save writes)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), params))
+
+
+def _check_out(out: Path) -> None:
+    """OUT is replaced whole, so it must be new, empty, or an earlier export."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_guide(out))):
+        raise ExportError(f"{out}: exists and is not an exported guide; the export replaces its "
+                          "output directory, so give a new or empty directory")
+
+
+def _dtype_name(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return jnp.dtype(DTYPES[dtype]).name
+
+
+def export_guide(model: Transformer, cfg: Config, tokenizer, out_dir: str | os.PathLike,
+                 dtype: str = "bf16", *, stage: str | None = None) -> Path:
+    """Write `model` (any dtype, any mesh) and its tokenizer to `out_dir` as an HF checkpoint
+    in `dtype` ("bf16" | "fp32") with a model card; returns `out_dir`.
+
+    For snapshots during training: `stage` names the stage directory under `cfg.run_dir` whose
+    metrics the card reports (the calling stage's own name). Every process of a multi-process
+    run must call it; process 0 writes.
+    """
+    run_dir = Path(cfg.run_dir)
+    return write_export(model, tokenizer, out_dir, dtype, cfg,
+                        stage_dir=run_dir / stage if stage else None,
+                        run_dir=run_dir if run_dir.is_dir() else None, label=stage or "model")
+
+
+def write_export(model: Transformer, tokenizer, out_dir: str | os.PathLike, dtype: str,
+                 cfg: Config, *, stage_dir: Path | None, run_dir: Path | None,
+                 label: str, repo_id: str | None = None) -> Path:
+    """hf.save in `dtype` + model card, written beside `out_dir` and renamed over it."""
+    out = Path(out_dir)
+    name = _dtype_name(dtype)
+    _check_out(out)
+    tmp = out.with_name(f".{out.name}.export-tmp")
+    writer = jax.process_index() == 0
+    if writer:
+        shutil.rmtree(tmp, ignore_errors=True)
+    hf.save(cast(model, DTYPES[dtype]), model.cfg, tmp, tokenizer=tokenizer)
+    if not writer:
+        return out
+    try:
+        facts = model_card.gather(cfg, tmp, name=repo_id or out.name, dtype=name, source=label,
+                                  stage_dir=stage_dir, run_dir=run_dir)
+        (tmp / "README.md").write_text(model_card.render(facts))
+        _refuse_secrets(tmp, cfg)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _refuse_secrets(directory: Path, cfg: Config) -> None:
+    hits = model_card.find_secrets(directory, model_card.secret_values(cfg))
+    if hits:
+        file, env = hits[0]
+        raise ExportError(f"{file.name}: would contain the value of ${env}; nothing was exported "
+                          "(remove the key from the run's files and config, which must hold "
+                          "only the variable's name)")
+
+
+def export(cfg: Config, source: str | os.PathLike, out: str | os.PathLike,
+           dtype: str = "bf16", *, repo_id: str | None = None) -> Path:
+    """Resolve SOURCE, load it, write the HF export to OUT; returns OUT.
+
+    `repo_id` is the Hub name the model card's usage example loads (default: OUT's name).
+    """
+    src = resolve_source(cfg, source)
+    _dtype_name(dtype)
+    _check_out(Path(out))
+    model, tokenizer = load_source(cfg, src, DTYPES[dtype])
+    return write_export(model, tokenizer, out, dtype, cfg, stage_dir=src.stage_dir,
+                        run_dir=src.run_dir, label=src.label, repo_id=repo_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub
+
+
+def hub_token(repo_id: str) -> str:
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise ExportError(f"--push-to-hub {repo_id}: set ${TOKEN_ENV} to a Hub token with write "
+                          "access (an environment variable; it is never written anywhere)")
+    return token
+
+
+def push(out: str | os.PathLike, repo_id: str, *, token: str | None = None,
+         endpoint: str | None = None, private: bool = False) -> str:
+    """Create `repo_id` if needed and upload the export; returns the commit URL.
+
+    The token comes from the HF_TOKEN environment variable unless given; `endpoint` is the Hub
+    URL (default: huggingface_hub's own).
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token or hub_token(repo_id))
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(out), repo_id=repo_id,
+                                 commit_message="Upload ExecTune guide")
+    except Exception as e:  # HTTP, auth and validation errors all mean the upload failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"--push-to-hub {repo_id}: upload failed ({type(e).__name__}: "
+                          f"{first}); the export in {out} was kept") from None
+    return str(getattr(info, "commit_url", info))
+
+
+def run(cfg: Config, source: str, out: str, push_to_hub: str | None = None,
+        dtype: str = "bf16") -> int:
+    if push_to_hub:
+        hub_token(push_to_hub)  # a missing token fails before the export's minutes of work
+    path = export(cfg, source, out, dtype, repo_id=push_to_hub)
+    print(f"exectune export: {dtype} guide at {path}")
+    if push_to_hub:
+        print(f"exectune export: pushed to {push_to_hub}: {push(path, push_to_hub)}")
+    return 0
