@@ -143,7 +143,7 @@ def logical_to_spec(names: Sequence[str | None] | PartitionSpec) -> PartitionSpe
 def logical_to_sharding(
     names: Sequence[str | None] | PartitionSpec, mesh: Mesh, shape: Sequence[int] | None = None
 ) -> NamedSharding:
-    """NamedSharding on `mesh` for logical names; with `shape`, dims that do not divide stay whole."""
+    """NamedSharding on `mesh` for logical names; with `shape`, non-dividing dims stay whole."""
     spec = logical_to_spec(names)
     if shape is not None:
         spec = fit_spec(spec, shape, dict(mesh.shape))
@@ -226,7 +226,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def local_batch_slice(mesh: Mesh, global_batch_size: int) -> slice:
     """Rows of the global batch that this process must load (for `global_batch`)."""
     shards = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
-    rows = sorted({(idx[0].start or 0, idx[0].stop or global_batch_size) for idx in shards.values()})
+    rows = sorted({(i[0].start or 0, i[0].stop or global_batch_size) for i in shards.values()})
     start, stop = rows[0][0], rows[-1][1]
     if sum(b - a for a, b in rows) != stop - start:
         raise ValueError(
@@ -239,13 +239,30 @@ def local_batch_slice(mesh: Mesh, global_batch_size: int) -> slice:
 def global_batch(local: Any, mesh: Mesh) -> Any:
     """Assemble a global batch (pytree of arrays) from each process's rows.
 
-    Every process passes the rows `local_batch_slice` names; in a single process that is the
-    whole batch and this is a sharded device_put.
+    Each process passes its own, different rows (same count everywhere); in a single process
+    that is the whole batch and this is a sharded device_put. To rebuild one exact global batch
+    (tests), pass the rows `local_batch_slice` names; for training any split of i.i.d. rows is
+    as good.
     """
-    sharding = batch_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
-    )
+    sharding, ways = batch_sharding(mesh), _local_batch_shards(mesh)
+
+    def one(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        if x.shape[0] % ways:
+            raise UserError(
+                f"a batch of {x.shape[0]} rows per process does not split over this process's "
+                f"{ways} data*fsdp shards; make the batch size a multiple of "
+                f"{ways * jax.process_count()} (data*fsdp of mesh {dict(mesh.shape)})"
+            )
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(one, local)
+
+
+def _local_batch_shards(mesh: Mesh) -> int:
+    """How many distinct batch shards this process's devices hold."""
+    devices, here = mesh.devices, jax.process_index()
+    return len({at[:2] for at in np.ndindex(devices.shape) if devices[at].process_index == here})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,14 +35,16 @@ if [[ $# -eq 0 ]]; then
   exit 2
 fi
 if [[ -z "$port" ]]; then
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')"
 fi
 
 mkdir -p "$logs"
 rm -f "$logs"/process*.rc "$logs"/process*.rc.tmp "$logs"/process*.pid
 common=("JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "JAX_NUM_PROCESSES=$num")
 if [[ -n "$devices" ]]; then
-  common+=("JAX_PLATFORMS=cpu" "XLA_FLAGS=${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices")
+  common+=("JAX_PLATFORMS=cpu"
+           "XLA_FLAGS=${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices")
 fi
 
 # Each process runs under a small watcher that records its pid and exit status in files, so the

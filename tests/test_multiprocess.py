@@ -93,8 +93,9 @@ PSUM_SCRIPT = textwrap.dedent("""
     mesh = parallel.make_mesh()
     total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))
     local = np.full((jax.local_device_count(),), jax.process_index(), np.float32)
+    summed = float(total(parallel.global_batch(local, mesh)))
     print(f"process {{jax.process_index()}} of {{jax.process_count()}}: "
-          f"devices={{jax.device_count()}} sum={{float(total(parallel.global_batch(local, mesh)))}}")
+          f"devices={{jax.device_count()}} sum={{summed}}")
     model = Transformer(tt.CFG, rngs=nnx.Rngs(0))
     expected = float(np.sum(np.asarray(model.embed[...])))
     parallel.shard_model(model, parallel.make_mesh(1, 2, 2))
@@ -162,7 +163,8 @@ def _sft_world(root: Path) -> list[str]:
 
 
 def _sft_losses(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
+    lines = (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
     return [r["loss"] for r in rows if "loss" in r]
 
 

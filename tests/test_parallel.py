@@ -87,6 +87,11 @@ def test_global_batch_splits_rows_over_data_and_fsdp():
     np.testing.assert_array_equal(np.asarray(batch), rows)
 
 
+def test_a_batch_that_does_not_split_over_data_and_fsdp_says_which_multiple_to_use():
+    with pytest.raises(UserError, match="multiple of 4"):
+        parallel.global_batch({"tokens": np.zeros((6, 3))}, parallel.make_mesh(2, 2, 2))
+
+
 def test_with_logical_constraint_is_a_no_op_without_a_mesh():
     x = np.ones((2, 3, 4), np.float32)
     assert parallel.with_logical_constraint(x, ("batch", "length", "embed")) is x

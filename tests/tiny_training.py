@@ -46,7 +46,8 @@ LEARNING_RATE = 3e-3
 def dataset(seed: int = 0) -> grain.IterDataset:
     """Shuffled random token rows in batches: the iterator state matters for resume."""
     rows = np.random.default_rng(seed).integers(0, CFG.vocab_size, (96, SEQ), dtype=np.int32)
-    return grain.MapDataset.source(list(rows)).shuffle(seed=seed).repeat().batch(BATCH).to_iter_dataset()
+    ds = grain.MapDataset.source(list(rows)).shuffle(seed=seed).repeat().batch(BATCH)
+    return ds.to_iter_dataset()
 
 
 def build(mesh) -> tuple[Transformer, nnx.Optimizer]:
