@@ -120,7 +120,11 @@ def test_a_half_written_step_is_never_picked_up(tmp_path):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state={"w": {"x": jnp.ones(2)}})
     (tmp_path / "2.orbax-checkpoint-tmp-1764358800").mkdir()  # a save killed before finalizing
-    assert Checkpointer(tmp_path).latest_step() == 1
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 1
+        assert ckpt.save(2, state={"w": {"x": jnp.full(2, 2.0)}})  # the resumed run saves again
+    state, _ = Checkpointer(tmp_path).restore(target={"w": {"x": jnp.zeros(2)}})
+    np.testing.assert_array_equal(state["w"]["x"], [2, 2])
 
 
 def test_a_fresh_directory_has_no_step_and_restore_says_so(tmp_path):
