@@ -274,14 +274,18 @@ def render(f: CardFacts) -> str:
 # Reading a run (side effects: files under the run directory and the export)
 
 
+RECIPE_FILES = ("config.yaml", "demo_config.yaml")  # resolved configs a run leaves behind
+
+
 def recipe_config(cfg: Config, stage_dir: Path | None, run_dir: Path | None) -> tuple[Config, str]:
-    """The config the run was trained with when it left one (config.yaml in the stage or run
-    directory), else the one `exectune export` was given."""
+    """The config the run was trained with when it left one (a resolved config file in the stage
+    or run directory), else the one `exectune export` was given."""
     from exectune_jax.config import load_config
 
     for d in (stage_dir, run_dir):
-        if d is not None and (d / "config.yaml").is_file():
-            return load_config(d / "config.yaml"), f"`{d.name}/config.yaml` written by the run"
+        for name in RECIPE_FILES:
+            if d is not None and (d / name).is_file():
+                return load_config(d / name), f"`{d.name}/{name}` written by the run"
     return cfg, "the config given to `exectune export`"
 
 

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exectune_jax import cli, export
-from exectune_jax.config import load_config
+from exectune_jax.config import dump, load_config
 from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt
 from exectune_jax.gcop import prompts
@@ -147,6 +147,17 @@ def test_model_card_has_front_matter_recipe_data_metrics_and_evaluation(run_dir,
     assert "| sft | loss | 0.666667 | 3 |" in card and "| sft | strategy_valid | 0.75 | 3 |" in card
     assert "| exectune | 91.0 |" in card
     assert "](plots/accuracy_vs_cost.png)" in card and (out / "plots" / "accuracy_vs_cost.png").exists()
+
+
+def test_model_card_recipe_comes_from_the_config_the_run_left_behind(run_dir, tmp_path):
+    root = tmp_path / "run"
+    (root / "rl").mkdir(parents=True)
+    (root / "rl" / "guide").symlink_to(run_dir / "sft" / "guide")
+    dump(cfg_for(root, "rl.steps=123", "rl.beta=0.5"), root / "demo_config.yaml")
+    out = export.export(cfg_for(root), root, tmp_path / "export", "bf16")
+    card = (out / "README.md").read_text()
+    assert "123 steps" in card and "beta=0.5" in card
+    assert "Recipe from `run/demo_config.yaml` written by the run" in card
 
 
 def test_run_dir_export_prefers_the_rl_guide_then_sft_then_the_newest_checkpoint(tmp_path):
