@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
+from exectune_jax import parallel
 from exectune_jax.errors import UserError
 from exectune_jax.models.transformer import Transformer, init_cache
 
@@ -73,10 +75,11 @@ def generate(
     gen_len = _bucket(max_new_tokens)
 
     graphdef, state = nnx.split(model)
+    tokens, positions, segments = _on_model_mesh(state, (tokens, positions, segments))
     logits, cache = _prefill(
         graphdef, state, tokens, positions, segments, cache_len=tokens.shape[1] + gen_len
     )
-    next_positions = jnp.asarray(positions[:, -1] + 1)
+    next_positions = positions[:, -1] + 1
     out_tokens, out_logprobs, lengths, finished, _ = _decode(
         graphdef,
         state,
@@ -110,6 +113,21 @@ def generate(
         finished=finished,
         lengths=np.array([len(r) for r in rows], np.int32),
         texts=texts,
+    )
+
+
+def _on_model_mesh(state, arrays):
+    """Splits the batch over the data axes when the model lives on a mesh; else leaves it.
+
+    Without this every device would decode the whole batch; with it the prompts, the cache and
+    the decode loop are sharded like a training batch.
+    """
+    sharding = jax.tree.leaves(state)[0].sharding
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1:
+        return tuple(jnp.asarray(a) for a in arrays)
+    return tuple(
+        jax.device_put(a, parallel.logical_to_sharding(("batch", None), sharding.mesh, a.shape))
+        for a in arrays
     )
 
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import EOS, VOCAB, char_tokenizer
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from exectune_jax import parallel
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, sampler
 from exectune_jax.models.transformer import init_cache
@@ -176,3 +178,19 @@ def test_bad_arguments_are_refused_before_any_compile(llama):
         sampler.generate(model, [[1], []], max_new_tokens=4, temperature=0.0)
     with pytest.raises(UserError, match="outside"):
         sampler.generate(model, [[VOCAB]], max_new_tokens=4, temperature=0.0)
+
+
+def test_model_on_an_8_device_mesh_generates_the_same_tokens_with_a_sharded_batch(
+    llama, hf_checkpoint
+):
+    _, model = llama
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    sharded, _ = hf.load(hf_checkpoint("llama")[1], mesh=mesh)
+    prompts = PROMPTS + [PROMPTS[0][:2]]  # 4 rows: one per (data, fsdp) shard
+    (placed,) = sampler._on_model_mesh(nnx.state(sharded), (np.zeros((4, 16), np.int32),))
+    assert placed.sharding.spec == P(("data", "fsdp"), None)
+    want = sampler.generate(model, prompts, max_new_tokens=8, temperature=0.0)
+    got = sampler.generate(sharded, prompts, max_new_tokens=8, temperature=0.0)
+    assert got.tokens == want.tokens
+    np.testing.assert_allclose(np.concatenate(got.logprobs), np.concatenate(want.logprobs),
+                               atol=1e-5)
