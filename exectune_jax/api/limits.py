@@ -48,7 +48,7 @@ class TokenBucket:
         with self._lock:
             self._refill()
             need = min(n, self.capacity)
-            if self._level >= need:
+            if self._level >= need - 1e-9:  # tolerance: float refill must not stall a waiter
                 self._level -= n
                 return 0.0
             return (need - self._level) / self.rate

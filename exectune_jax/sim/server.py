@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import threading
 import time
 import uuid
@@ -317,6 +318,11 @@ class _Http(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512
     sim: SimServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that give up (timeouts) reset their connections: normal here, not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
