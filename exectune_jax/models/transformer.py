@@ -110,7 +110,7 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Reads an HF config.json dict (v5 `rope_parameters` or legacy `rope_theta`/`rope_scaling`)."""
+        """Reads an HF config.json dict (v5 `rope_parameters` or legacy `rope_scaling`)."""
         model_type = d.get("model_type")
         if model_type not in FAMILIES:
             raise ModelConfigError(
@@ -191,7 +191,9 @@ def _reject_unsupported_hf_features(d: Mapping[str, Any]) -> None:
             f"attention_bias/mlp_bias=true is not supported for model_type {d['model_type']!r}"
         )
     if d.get("use_sliding_window") or "sliding_attention" in (d.get("layer_types") or ()):
-        raise ModelConfigError("sliding-window attention is not supported; set use_sliding_window=false")
+        raise ModelConfigError(
+            "sliding-window attention is not supported; set use_sliding_window=false"
+        )
 
 
 def _rope_from_hf(d: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -422,7 +424,8 @@ class Transformer(nnx.Module):
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = _param(_normal(rngs.params(), (e, vocab), param_dtype), ("embed", "vocab"))
+            head = _normal(rngs.params(), (e, vocab), param_dtype)
+            self.lm_head = _param(head, ("embed", "vocab"))
 
     def __call__(
         self,

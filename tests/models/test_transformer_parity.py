@@ -28,7 +28,8 @@ def ours(model, tokens, positions=None, segment_ids=None):
 
 
 @pytest.mark.parametrize(
-    "family,tied", [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True), ("qwen3", False)]
+    "family,tied",
+    [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True), ("qwen3", False)],
 )
 def test_logits_match_hf_within_1e4_with_same_argmax(hf_checkpoint, family, tied):
     torch_model, path = hf_checkpoint(family, tied)
