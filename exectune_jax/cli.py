@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from exectune_jax.config import ConfigError, load_config
+from exectune_jax.config import load_config
 from exectune_jax.errors import UserError
 
 EPILOG = """\
@@ -31,6 +31,9 @@ examples:
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
 """
+
+# commands that drive devices join a multi-process job when launched as one (launch/*.sh)
+DISTRIBUTED = {"sft", "rl", "eval", "plan"}
 
 # subcommand -> (module, function, help)
 COMMANDS = {
@@ -95,15 +98,16 @@ def _prepare_runtime() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prepare_runtime()
+    module_name, func_name, _ = COMMANDS[args.command]
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"exectune {args.command}: {e}", file=sys.stderr)
-        return 2
-    module_name, func_name, _ = COMMANDS[args.command]
-    func = getattr(importlib.import_module(module_name), func_name)
-    extra = {k: v for k, v in vars(args).items() if k not in ("command", "config", "overrides")}
-    try:
+        if args.command in DISTRIBUTED:
+            from exectune_jax.parallel import init_distributed
+
+            init_distributed()
+        func = getattr(importlib.import_module(module_name), func_name)
+        extra = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "config", "overrides")}
         result = func(cfg, **extra)
     except UserError as e:
         print(f"exectune {args.command}: {e}", file=sys.stderr)

@@ -169,8 +169,6 @@ def _sft_losses(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the exectune CLI does not yet call parallel.init_distributed()",
-                   strict=True)
 def test_exectune_sft_on_two_local_processes_matches_one_process(tmp_path):
     from exectune_jax.config import load_config
     from exectune_jax.train import sft
