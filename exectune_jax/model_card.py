@@ -198,14 +198,17 @@ def _recipe(f: CardFacts) -> str:
 
     rows = [
         ("task", f"`{r['task']['name']}` {r['task']['options'] or ''}".strip()),
-        ("guide initialisation", f"`{f.base_model or r['model']['path'] or 'embedded demo base guide'}`"),
+        ("guide initialisation",
+         f"`{f.base_model or r['model']['path'] or 'embedded demo base guide'}`"),
         ("core (executes strategies)", endpoint(api["core"])),
         ("teacher (stage 1 only)", endpoint(api["teacher"])),
         ("stage 1: acceptance sampling", f"K={sample['proposals']} proposals, "
          f"R={sample['revisions']} revisions, {sample['verify_samples']} verifying execution(s)"),
-        ("stage 2: SFT", f"{sft['steps']} steps, batch {sft['batch_size']} x {sft['seq_len']} tokens, "
+        ("stage 2: SFT", f"{sft['steps']} steps, batch {sft['batch_size']} x {sft['seq_len']} "
+         f"tokens, "
          f"lr {sft['lr']}, warm-up {sft['warmup_steps']}, weight decay {sft['weight_decay']}"),
-        ("stage 3: GRPO", f"{rl['steps']} steps, {rl['prompts_per_step']} prompts x G={rl['group_size']}, "
+        ("stage 3: GRPO", f"{rl['steps']} steps, {rl['prompts_per_step']} prompts x "
+         f"G={rl['group_size']}, "
          f"beta={rl['beta']}, epsilon={rl['clip_eps']}, mu={rl['mu']}, lr {rl['lr']}, "
          f"preset `{rl['preset']}`{', weights ' + str(rl['weights']) if rl['weights'] else ''}"),
         ("dtype (train compute / params)", f"{r['model']['dtype']} / {r['model']['param_dtype']}"),
@@ -232,8 +235,9 @@ def _data(d: Mapping) -> str:
     if d.get("reasons"):
         lines.append("Outcomes: " + ", ".join(f"{k} {v}" for k, v in d["reasons"].items()) + ".")
     if d.get("by_style"):
-        lines.append("Acceptance by teacher style: " + ", ".join(
-            f"{s} {100 * r['rate']:.0f}% ({r['k']}/{r['n']})" for s, r in d["by_style"].items()) + ".")
+        styles = [f"{s} {100 * r['rate']:.0f}% ({r['k']}/{r['n']})"
+                  for s, r in d["by_style"].items()]
+        lines.append("Acceptance by teacher style: " + ", ".join(styles) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -248,9 +252,9 @@ def render(f: CardFacts) -> str:
     """README.md text: YAML front matter, then use, recipe, data, metrics and evaluation."""
     parts = [
         _front_matter(f),
-        f"# {f.name}\n\nA **guide** model trained with exectune-jax (ExecTune). Given a problem, it "
-        "writes a short strategy, numbered steps inside one `<strategy>...</strategy>` block and "
-        "never the answer, that a cheaper black-box **core** model can execute. Weights are "
+        f"# {f.name}\n\nA **guide** model trained with exectune-jax (ExecTune). Given a problem, "
+        "it writes a short strategy, numbered steps inside one `<strategy>...</strategy>` block "
+        "and never the answer, that a cheaper black-box **core** model can execute. Weights are "
         f"stored in {f.dtype}.\n",
         _usage(f),
         _recipe(f),

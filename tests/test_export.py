@@ -1,4 +1,4 @@
-"""exectune export: HF parity of the exported guide, bf16, secrets, checkpoints, sources, Hub push."""
+"""exectune export: HF parity of the exported guide, bf16, secrets, checkpoints, sources, push."""
 
 import base64
 import json
@@ -61,7 +61,8 @@ def run_dir(tmp_path_factory):
                                                            "ci": [0.45, 0.59]},
         "reasons": {"format": 3, "leak": 2}, "by_style": {}}))
     (root / "eval").mkdir()
-    (root / "eval" / "results.md").write_text("| method | accuracy |\n|---|---|\n| exectune | 91.0 |\n")
+    (root / "eval" / "results.md").write_text(
+        "| method | accuracy |\n|---|---|\n| exectune | 91.0 |\n")
     (root / "eval" / "accuracy_vs_cost.png").write_bytes(b"\x89PNG fake")
     return root
 
@@ -72,10 +73,12 @@ def cfg_for(root: Path, *overrides: str):
 
 
 def all_bytes(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in directory.rglob("*") if p.is_file()}
 
 
-def test_exported_guide_loads_in_transformers_and_writes_the_same_greedy_strategies(run_dir, tmp_path):
+def test_exported_guide_loads_in_transformers_and_writes_the_same_greedy_strategies(run_dir,
+                                                                                   tmp_path):
     out = export.export(cfg_for(run_dir), run_dir, tmp_path / "export", "fp32")
     model, _ = hf.load(run_dir / "sft" / "guide")
     tokenizer = AutoTokenizer.from_pretrained(str(out))
@@ -127,7 +130,8 @@ def test_export_refuses_when_a_run_file_would_carry_a_key_into_it(run_dir, tmp_p
     (root / "sft" / "guide").symlink_to(run_dir / "sft" / "guide")
     (root / "eval").mkdir()
     (root / "eval" / "results.md").write_text(f"| method |\n|---|\n| {KEY} |\n")
-    with pytest.raises(export.ExportError, match=f"README.md: would contain the value of \\${KEY_ENV}"):
+    with pytest.raises(export.ExportError,
+                       match=f"README.md: would contain the value of \\${KEY_ENV}"):
         export.export(cfg_for(root, f"api.core.api_key_env={KEY_ENV}"), root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.*"))
@@ -146,7 +150,8 @@ def test_model_card_has_front_matter_recipe_data_metrics_and_evaluation(run_dir,
     assert "100 accepted strategies" in card and "52.1%" in card
     assert "| sft | loss | 0.666667 | 3 |" in card and "| sft | strategy_valid | 0.75 | 3 |" in card
     assert "| exectune | 91.0 |" in card
-    assert "](plots/accuracy_vs_cost.png)" in card and (out / "plots" / "accuracy_vs_cost.png").exists()
+    assert "](plots/accuracy_vs_cost.png)" in card
+    assert (out / "plots" / "accuracy_vs_cost.png").exists()
 
 
 def test_model_card_recipe_comes_from_the_config_the_run_left_behind(run_dir, tmp_path):
@@ -185,7 +190,8 @@ def test_export_from_a_checkpoint_restores_the_checkpoint_parameters(run_dir, tm
     cfg = cfg_for(root)
     tokens = jnp.arange(16, dtype=jnp.int32)[None]
     expected = np.asarray(trained(tokens, tokens))
-    for source in (root, root / "rl", root / "rl" / "checkpoints", root / "rl" / "checkpoints" / "7"):
+    checkpoints = root / "rl" / "checkpoints"
+    for source in (root, root / "rl", checkpoints, checkpoints / "7"):
         out = export.export(cfg, source, tmp_path / "export", "fp32")
         back, _ = hf.load(out)
         np.testing.assert_allclose(np.asarray(back(tokens, tokens)), expected, atol=1e-5)
@@ -267,7 +273,8 @@ class HubStandIn:
                     for line in body.decode().splitlines():
                         item = json.loads(line)
                         if item["key"] == "file":
-                            hub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                            value = item["value"]
+                            hub.files[value["path"]] = base64.b64decode(value["content"])
                     return self.reply({"commitUrl": f"{hub.url}/me/guide/commit/{'a' * 40}",
                                        "commitOid": "a" * 40})
                 self.send_error(404)

@@ -25,11 +25,12 @@ TINY = [
     "sft.steps=2",
     "sft.batch_size=4",
     "sft.eval_every=0",
-    "sft.base_guide={vocab_size: 320, hidden_size: 32, intermediate_size: 64, num_layers: 1, "
+    "sft.base_guide={hidden_size: 32, intermediate_size: 64, num_layers: 1, "
     "num_heads: 2, num_kv_heads: 1, warmup_steps: 2, warmup_batch_size: 2}",
     "rl.steps=1",
     "rl.group_size=2",
     "rl.prompts_per_step=2",
+    "rl.micro_batch=4",
     "rl.core_only_samples=1",
     "rl.held_out=0",
     "rl.max_new_tokens=32",
@@ -104,7 +105,8 @@ def test_quickstart_runs_the_demo_shows_results_and_loads_the_export_with_transf
     assert "installed exectune-jax" not in shown  # the install cell is a no-op when importable
 
 
-def test_real_api_notebook_falls_back_to_the_simulated_endpoints_without_a_key(kernel_env, tmp_path):
+def test_real_api_notebook_falls_back_to_the_simulated_endpoints_without_a_key(kernel_env,
+                                                                              tmp_path):
     nb = execute("real_api.ipynb", tmp_path, kernel_env, OFFLINE_SIZES=TINY)
     shown = outputs(nb)
     run_dir = tmp_path / "runs" / "real_api_offline"
