@@ -165,6 +165,20 @@ class Checkpointer:
                 else ""
             )
             raise self._unreadable(step, f"item(s) {missing} not in the checkpoint{hint}")
+        if DATA in names:
+            self._check_data_processes(step)
+
+    def _check_data_processes(self, step: int) -> None:
+        """grain keeps one file per process: resuming with another process count cannot work."""
+        mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        saved = sorted(p.name for p in (self.step_dir(step) / DATA).iterdir())
+        if mine not in saved:
+            raise CheckpointError(
+                f"checkpoint {self.step_dir(step)} holds the data-iterator state of another "
+                f"process count ({', '.join(saved) or 'none'}; this run needs {mine}); resume "
+                "with the same number of processes, or pass data_iter=None to restore the rest "
+                "and restart the data order"
+            )
 
     def _unreadable(self, step: int, cause: object) -> CheckpointError:
         earlier = [s for s in self.all_steps() if s < step]

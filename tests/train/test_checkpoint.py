@@ -157,6 +157,20 @@ def test_asking_for_a_data_iterator_a_checkpoint_lacks_says_what_to_do(tmp_path)
         Checkpointer(tmp_path).restore(target={}, data_iter=iter(_iterator_dataset()))
 
 
+def test_data_state_saved_by_another_process_count_is_refused_with_the_way_out(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state={"w": {"x": jnp.ones(2)}}, data_iter=iter(_iterator_dataset()))
+    data = tmp_path / "1" / "data"
+    for i in range(2):  # what a two-process run leaves
+        (data / f"process_{i}-of-2.json").write_text((data / "process_0-of-1.json").read_text())
+    (data / "process_0-of-1.json").unlink()
+    with pytest.raises(CheckpointError, match="pass data_iter=None") as info:
+        Checkpointer(tmp_path).restore(target={}, data_iter=iter(_iterator_dataset()))
+    assert "process_0-of-2.json, process_1-of-2.json" in str(info.value)
+    state, _ = Checkpointer(tmp_path).restore(target={"w": {"x": jnp.zeros(2)}})
+    np.testing.assert_array_equal(state["w"]["x"], [1, 1])
+
+
 def test_reserved_item_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         Checkpointer(tmp_path).save(1, state={"meta": {"x": jnp.ones(2)}})
