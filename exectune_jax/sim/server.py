@@ -20,30 +20,18 @@ import math
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from exectune_jax.api.limits import TokenBucket
 from exectune_jax.sim import tokens
+from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, malformed_body, openai_error,
+                                   openai_response, parse_anthropic_request, parse_openai_request)
 
 FAULT_KINDS = ("server_error", "timeout", "disconnect", "truncated", "malformed")
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
-OPENAI_KEYS = frozenset({
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n",
-    "stop", "stream", "stream_options", "user", "metadata", "store", "frequency_penalty",
-    "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "response_format", "service_tier",
-    "tools", "tool_choice", "parallel_tool_calls",
-})
-ANTHROPIC_KEYS = frozenset({
-    "model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences",
-    "stream", "metadata", "tools", "tool_choice", "thinking", "service_tier",
-})
-
-
-class BadRequest(Exception):
-    """A request the real API would refuse with 400."""
 
 
 def sim_base_url(root: str, provider: str) -> str:
@@ -57,147 +45,6 @@ def fault_for(seed: int, digest: str, arrival: int, rate: float, kinds: tuple[st
     if int.from_bytes(h[:8], "big") / 2**64 >= rate:
         return None
     return kinds[int.from_bytes(h[8:12], "big") % len(kinds)]
-
-
-class RateLimiter:
-    """A token bucket that answers how long to wait instead of blocking."""
-
-    def __init__(self, rpm: float, burst: float | None = None):
-        self.rate = rpm / 60.0
-        self.capacity = burst if burst is not None else max(1.0, self.rate)
-        self.level = self.capacity
-        self.stamp = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> float:
-        """0 when a request may pass now, else the seconds until one may."""
-        with self.lock:
-            now = time.monotonic()
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.level >= 1.0:
-                self.level -= 1.0
-                return 0.0
-            return (1.0 - self.level) / self.rate
-
-
-def _text(content: Any, where: str) -> str:
-    """Message content as a string: a string, or a list of text parts/blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    raise BadRequest(f"{where}: content must be a string or a list of text blocks")
-
-
-def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise BadRequest(f"{key}: must be a number between {lo} and {hi}")
-    return float(value)
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest(f"{key}: must be an integer >= 1")
-    return value
-
-
-def parse_openai_request(body: Any) -> dict:
-    """Validate a chat-completions body -> {model, messages, max_tokens, temperature, seed}."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - OPENAI_KEYS)
-    if unknown:
-        raise BadRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}")
-    if not isinstance(body.get("model"), str):
-        raise BadRequest("model: required string")
-    if body.get("stream"):
-        raise BadRequest("stream: streaming is not supported by the simulated server")
-    if body.get("n", 1) != 1:
-        raise BadRequest("n: only n=1 is supported by the simulated server")
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise BadRequest("messages: required non-empty array")
-    messages = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise BadRequest(f"messages[{i}].role: must be system, developer, user or assistant")
-        role = "system" if m["role"] == "developer" else m["role"]
-        messages.append({"role": role, "content": _text(m.get("content"), f"messages[{i}]")})
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 4096))
-    seed = body.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise BadRequest("seed: must be an integer")
-    return {"model": body["model"], "messages": messages,
-            "max_tokens": _positive_int(max_tokens, "max_tokens"),
-            "temperature": _number(body, "temperature", 0.0, 2.0, 1.0), "seed": seed}
-
-
-def parse_anthropic_request(body: Any) -> dict:
-    """Validate a Messages body -> {model, messages (system first), max_tokens, temperature, seed}."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - ANTHROPIC_KEYS)
-    if unknown:
-        raise BadRequest(f"{unknown[0]}: Extra inputs are not permitted")
-    if not isinstance(body.get("model"), str):
-        raise BadRequest("model: Field required")
-    if "max_tokens" not in body:
-        raise BadRequest("max_tokens: Field required")
-    if body.get("stream"):
-        raise BadRequest("stream: streaming is not supported by the simulated server")
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise BadRequest("messages: at least one message is required")
-    messages = []
-    if "system" in body:
-        messages.append({"role": "system", "content": _text(body["system"], "system")})
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise BadRequest(f'messages.{i}.role: Input should be "user" or "assistant"')
-        messages.append({"role": m["role"], "content": _text(m.get("content"), f"messages.{i}")})
-    return {"model": body["model"], "messages": messages,
-            "max_tokens": _positive_int(body["max_tokens"], "max_tokens"),
-            "temperature": _number(body, "temperature", 0.0, 1.0, 1.0), "seed": 0}
-
-
-def openai_error(status: int, message: str) -> dict:
-    kind, code = {
-        400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
-        404: ("invalid_request_error", "model_not_found"), 429: ("requests", "rate_limit_exceeded"),
-    }.get(status, ("server_error", None))
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-def anthropic_error(status: int, message: str) -> dict:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
-
-
-def openai_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int,
-                    seed: int) -> dict:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-        "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": "length" if stop == "max_tokens" else "stop"}],
-        "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                  "total_tokens": input_tokens + output_tokens},
-        "system_fingerprint": f"fp_sim_{seed}",
-    }
-
-
-def anthropic_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int) -> dict:
-    return {
-        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if stop == "max_tokens" else "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-    }
 
 
 def _default_models(name: str) -> Any:
@@ -228,7 +75,7 @@ class SimServer:
             raise ValueError(f"fault_kinds must be a non-empty subset of {FAULT_KINDS}")
         self.host, self.port = host, port
         self.latency_s = latency_ms / 1000.0
-        self.limiter = RateLimiter(rpm, burst) if rpm else None
+        self.limiter = TokenBucket(rpm / 60.0, burst or max(1.0, rpm / 60.0)) if rpm else None
         self.fault_rate, self.seed, self.hang_s, self.fault_kinds = fault_rate, seed, hang_s, fault_kinds
         self._lookup = models.get if isinstance(models, Mapping) else (models or _default_models)
         self._api_key = api_key
@@ -373,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             sim._count("client_errors")
             return self._error(fmt, 401, "invalid or missing API key")
         if sim.limiter is not None:
-            wait = sim.limiter.take()
+            wait = sim.limiter.try_acquire(1)
             if wait > 0:
                 sim._count("rate_limited")
                 headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
@@ -416,18 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "truncated":
             return self._send(200, data[: len(data) // 2])
         if fault == "malformed":
-            return self._send(200, *_malformed(fmt, len(raw)))
+            return self._send(200, *malformed_body(fmt, len(raw)))
         sim._count("ok")
         self._send(200, data)
-
-
-def _malformed(fmt: str, variant: int) -> tuple[bytes, dict, str]:
-    """A 200 whose body is not what the format promises: an HTML error page, or JSON missing
-    the fields a client needs (as proxies and overloaded gateways sometimes return)."""
-    if variant % 2:
-        return b"<html><body><h1>502 Bad Gateway</h1></body></html>", {}, "text/html"
-    body = {"object": "chat.completion", "choices": []} if fmt == "openai" else {"type": "message", "content": None}
-    return json.dumps(body).encode(), {}, "application/json"
 
 
 def serve_forever(cfg_sim: Any) -> None:
