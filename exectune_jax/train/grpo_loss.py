@@ -18,15 +18,24 @@ import jax.numpy as jnp
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """log pi(target) under the sampling temperature: logits [B,T,V], targets [B,T] -> [B,T]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    """log pi(target) under the sampling temperature: logits [B,T,V], targets [B,T] -> [B,T].
+
+    Written as logit[target] - logsumexp(logits) rather than through log_softmax, so neither
+    the forward nor the backward pass keeps a second [B,T,V] array of log-probs alive.
+    """
+    scaled = logits.astype(jnp.float32) / temperature
+    picked = jnp.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
 def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """Entropy of the sampling distribution at each position: [B,T,V] -> [B,T]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    """Entropy of the sampling distribution at each position: [B,T,V] -> [B,T].
+
+    H = logsumexp(z) - sum(softmax(z) * z), which XLA fuses into one pass over the logits.
+    """
+    scaled = logits.astype(jnp.float32) / temperature
+    lse = jax.nn.logsumexp(scaled, axis=-1)
+    return lse - jnp.sum(jnp.exp(scaled - lse[..., None]) * scaled, axis=-1)
 
 
 def clipped_surrogate(

@@ -1,9 +1,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
-from exectune_jax.train import grpo_loss
+from exectune_jax.errors import UserError
+from exectune_jax.models import sampler
+from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.train import grpo_loss, rl_step
 from exectune_jax.train.advantages import group_advantages, group_rewards
 
 
@@ -89,3 +94,122 @@ def test_on_policy_loss_gradient_is_advantage_weighted_log_likelihood():
         return per_token.sum()
 
     np.testing.assert_allclose(jax.grad(loss)(old), [[-0.7, -0.7]], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device programs on a tiny model
+
+
+TINY = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=64, intermediate_size=128,
+                   num_layers=2, num_heads=4, num_kv_heads=2, eos_token_id=1)
+LAYOUT = rl_step.Layout(rows=4, micro=2, seq_len=12)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Params, a deterministic batch and the compiled programs, shared by the tests below."""
+    graphdef, params = nnx.split(Transformer(TINY, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(2, 64, n).tolist() for n in (3, 4, 2, 5)]
+    completions = [rng.integers(2, 64, n).tolist() for n in (5, 2, 6, 4)]
+    logprob_fn = rl_step.make_logprob_fn(graphdef)
+    probe = rl_step.build_batch(prompts, completions, [np.zeros(len(c)) for c in completions],
+                                np.zeros(4), np.ones(4, bool), LAYOUT)
+    on_policy = np.asarray(logprob_fn(params, probe))
+    old = [on_policy.reshape(4, -1)[i, len(p) - 1: len(p) - 1 + len(c)]
+           for i, (p, c) in enumerate(zip(prompts, completions))]
+    batch = rl_step.build_batch(prompts, completions, old, np.array([1.0, -0.5, 0.25, -0.75]),
+                                np.ones(4, bool), LAYOUT)
+    tx = optax.sgd(0.1)
+    step = rl_step.make_train_step(graphdef, tx, clip_eps=0.2, beta=0.04)
+    return dict(graphdef=graphdef, params=params, batch=batch, tx=tx, step=step,
+                logprob_fn=logprob_fn, prompts=prompts, completions=completions)
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def test_build_batch_masks_exactly_the_completion_targets():
+    batch = rl_step.build_batch([[5, 6, 7]], [[8, 9]], [np.array([-0.1, -0.2])], np.array([2.0]),
+                                np.array([True]), rl_step.Layout(rows=1, micro=1, seq_len=6))
+    np.testing.assert_array_equal(batch["tokens"][0, 0], [5, 6, 7, 8, 9, 0])
+    # targets are tokens[1:] = 6 7 8 9 0: the completion tokens 8, 9 sit at target slots 2, 3
+    np.testing.assert_array_equal(batch["mask"][0, 0], [0, 0, 1, 1, 0])
+    np.testing.assert_allclose(batch["old_logp"][0, 0], [0, 0, -0.1, -0.2, 0])
+    excluded = rl_step.build_batch([[5]], [[8]], [np.array([-0.1])], np.array([1.0]),
+                                   np.array([False]), rl_step.Layout(rows=1, micro=1, seq_len=3))
+    assert not excluded["mask"].any()
+
+
+def test_build_batch_rejects_sequences_longer_than_the_context():
+    with pytest.raises(UserError, match="model.max_seq_len"):
+        rl_step.build_batch([[1] * 5], [[2] * 3], [np.zeros(3)], np.zeros(1), np.ones(1, bool),
+                            rl_step.Layout(rows=1, micro=1, seq_len=6))
+
+
+def test_scanned_forward_matches_the_model(tiny):
+    model = nnx.merge(tiny["graphdef"], tiny["params"])
+    tokens = jnp.asarray(tiny["batch"]["tokens"][0])
+    positions = jnp.asarray(tiny["batch"]["positions"][0])
+    np.testing.assert_allclose(rl_step.scanned_logits(model, tokens, positions),
+                               model(tokens, positions), atol=1e-5)
+
+
+def test_first_update_is_on_policy_with_zero_kl(tiny):
+    ref = tiny["logprob_fn"](tiny["params"], tiny["batch"])
+    params = _copy(tiny["params"])
+    _, _, stats = tiny["step"](params, tiny["tx"].init(params), tiny["batch"], ref)
+    assert float(stats["ratio"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(stats["kl"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(stats["clip_frac"]) == 0.0
+    assert float(stats["tokens"]) == sum(len(c) for c in tiny["completions"])
+
+
+def test_micro_batching_gives_the_full_batch_update(tiny):
+    ref = tiny["logprob_fn"](tiny["params"], tiny["batch"])
+    whole = {k: v.reshape(1, 4, *v.shape[2:]) for k, v in tiny["batch"].items()}
+    whole_ref = jnp.reshape(ref, (1, 4, -1))
+    step_whole = rl_step.make_train_step(tiny["graphdef"], tiny["tx"], clip_eps=0.2, beta=0.04)
+    a = _copy(tiny["params"])
+    b = _copy(tiny["params"])
+    new_a, _, sa = tiny["step"](a, tiny["tx"].init(a), tiny["batch"], ref)
+    new_b, _, sb = step_whole(b, tiny["tx"].init(b), whole, whole_ref)
+    assert float(sa["loss"]) == pytest.approx(float(sb["loss"]), abs=1e-6)
+    for x, y in zip(jax.tree.leaves(new_a), jax.tree.leaves(new_b)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_batch_without_scored_tokens_moves_neither_weights_nor_optimizer(tiny):
+    empty = {**tiny["batch"], "mask": np.zeros_like(tiny["batch"]["mask"])}
+    ref = tiny["logprob_fn"](tiny["params"], empty)
+    tx = optax.adam(0.1)
+    params = _copy(tiny["params"])
+    opt = tx.init(params)
+    before = jax.tree.map(np.asarray, (params, opt))
+    step = rl_step.make_train_step(tiny["graphdef"], tx, clip_eps=0.2, beta=0.04)
+    after = step(params, opt, empty, ref)[:2]
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(x, np.asarray(y))
+
+
+def test_positive_advantage_raises_its_completion_likelihood(tiny):
+    ref = tiny["logprob_fn"](tiny["params"], tiny["batch"])
+    params = _copy(tiny["params"])
+    new, _, _ = tiny["step"](params, tiny["tx"].init(params), tiny["batch"], ref)
+    after = np.asarray(tiny["logprob_fn"](new, tiny["batch"]))
+    mask = tiny["batch"]["mask"] > 0
+    gain = ((after - np.asarray(ref)) * mask).sum(-1).reshape(-1)
+    adv = tiny["batch"]["advantages"].reshape(-1)
+    assert gain[adv > 0].min() > 0 and gain[adv < 0].max() < 0
+
+
+def test_sampler_log_probs_are_the_ratio_denominator(tiny):
+    model = nnx.merge(tiny["graphdef"], tiny["params"])
+    out = sampler.generate(model, tiny["prompts"], max_new_tokens=6, rng=jax.random.key(1),
+                           stop_token_ids=())
+    batch = rl_step.build_batch(tiny["prompts"], out.tokens, out.logprobs, np.zeros(4),
+                                np.ones(4, bool), LAYOUT)
+    recomputed = np.asarray(tiny["logprob_fn"](tiny["params"], batch))
+    mask = batch["mask"] > 0
+    np.testing.assert_allclose(recomputed[mask], batch["old_logp"][mask], atol=1e-5)

@@ -1,0 +1,356 @@
+"""Stage 3 (`exectune rl`): structure-aware GRPO with the core in the loop.
+
+Each step takes P problems, samples G strategies per problem on device, has the host pool
+execute them with the core and score them (train/rewards.py), normalises rewards within each
+group (train/advantages.py) and applies mu clipped-ratio updates with a KL penalty to the frozen
+reference (train/grpo_loss.py, train/rl_step.py).
+
+Overlap: labelling runs on background threads. Before updating on batch t the loop has already
+sampled batches up to t + rl.staleness, so with staleness >= 1 the device samples batch t+1
+(from the weights before update t) while the core labels batch t. Stale samples are handled by
+the clipped importance ratio against the log-probs recorded when they were sampled.
+rl.staleness = 0 is the plain synchronous loop.
+
+Resume: a checkpoint holds policy, optimizer state, reference, RNG, the prompt iterator and the
+rollouts already sampled but not yet trained on (their labels are recomputed from the call
+cache, so a resumed run repeats no paid call and reproduces the same metrics). A batch whose
+calls all failed is reported and skipped: the weights do not move.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from exectune_jax import parallel
+from exectune_jax.api.pool import open_pool
+from exectune_jax.config import Config, to_dict
+from exectune_jax.data import tasks
+from exectune_jax.data.pipeline import rl_prompt_iterator
+from exectune_jax.errors import UserError
+from exectune_jax.models import hf
+from exectune_jax.train import rewards, rl_step
+from exectune_jax.train.advantages import group_advantages, group_rewards
+from exectune_jax.train.checkpoint import Checkpointer
+from exectune_jax.train.metrics import MetricsWriter, progress_bar
+from exectune_jax.train.optim import make_optimizer
+from exectune_jax.train.rollouts import (
+    LabelContext,
+    Labelled,
+    Rollout,
+    held_out,
+    label_rollout,
+    outcome_metrics,
+    sample_rollout,
+)
+
+HELD_OUT_FILE = "heldout.json"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TIMING_KEYS = ("time", "step_s", "sample_s", "update_s", "pool_wait_s", "device_busy", "label_s")
+
+
+def resolve_init(cfg: Config) -> Path:
+    """The guide RL starts from (and keeps as its KL reference)."""
+    path = Path(cfg.rl.init) if cfg.rl.init else Path(cfg.run_dir) / cfg.sft.name / "guide"
+    if not (path / "config.json").exists():
+        hint = "set rl.init" if cfg.rl.init else "run `exectune sft` first or set rl.init"
+        raise UserError(f"RL start guide {path} not found (no config.json); {hint}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Device state
+
+
+@dataclass
+class Learner:
+    """Policy, optimizer state and frozen reference on the mesh, with their compiled programs."""
+
+    graphdef: nnx.GraphDef
+    params: Any
+    opt_state: Any
+    reference: Any
+    mesh: Any
+    layout: rl_step.Layout
+    train_step: Any
+    logprob_fn: Any
+    compute_dtype: Any
+    pad_id: int
+
+    def sampling_model(self):
+        """The policy in the compute dtype (what every layer casts its weights to anyway)."""
+        params = self.params
+        if any(x.dtype != self.compute_dtype for x in jax.tree.leaves(params)):
+            params = rl_step.cast_state(params, self.compute_dtype)
+        return nnx.merge(self.graphdef, params)
+
+    def update(self, rollout: Rollout, labelled: Labelled, group_size: int, mu: int) -> dict | None:
+        """mu GRPO updates on one labelled rollout; None (weights untouched) when nothing counts."""
+        values, valid = group_rewards(labelled.rewards, group_size)
+        if not valid.any():
+            return None
+        adv = group_advantages(values, valid).reshape(-1)
+        host = rl_step.build_batch(rollout.prompts, rollout.completions, rollout.logprobs, adv,
+                                   valid.reshape(-1), self.layout, self.pad_id)
+        shardings = rl_step.batch_shardings(self.mesh, self.layout)
+        batch = {k: jax.device_put(v, shardings[k]) for k, v in host.items()}
+        with parallel.use_mesh(self.mesh):
+            ref_logp = self.logprob_fn(self.reference, batch)
+            for _ in range(mu):
+                self.params, self.opt_state, stats = self.train_step(
+                    self.params, self.opt_state, batch, ref_logp)
+        return {k: float(v) for k, v in jax.device_get(stats).items()}
+
+
+def build_learner(cfg: Config, init: Path, mesh) -> tuple[Learner, Any]:
+    dtype = DTYPES[cfg.model.dtype]
+    model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype], compute_dtype=dtype)
+    graphdef, params = nnx.split(model)
+    reference = jax.jit(lambda p: rl_step.cast_state(p, dtype))(params)
+    tx = make_optimizer(cfg.rl.lr, cfg.rl.steps * cfg.rl.mu, cfg.rl.warmup_steps,
+                        cfg.rl.weight_decay, cfg.rl.clip_norm)
+    opt_shardings = rl_step.tree_shardings(jax.eval_shape(tx.init, params), mesh)
+    with parallel.use_mesh(mesh):
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    layout = rl_step.make_layout(cfg.rl.prompts_per_step * cfg.rl.group_size,
+                                 cfg.rl.micro_batch, cfg.model.max_seq_len)
+    learner = Learner(
+        graphdef=graphdef, params=params, opt_state=opt_state, reference=reference, mesh=mesh,
+        layout=layout,
+        train_step=rl_step.make_train_step(graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta),
+        logprob_fn=rl_step.make_logprob_fn(graphdef), compute_dtype=dtype,
+        pad_id=mcfg.pad_token_id if mcfg.pad_token_id is not None else 0,
+    )
+    return learner, mcfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: device state + rollouts sampled but not yet trained on
+
+
+def _rollout_arrays(r: Rollout, seq_len: int, max_new: int) -> dict[str, np.ndarray]:
+    n = len(r.prompts)
+    out = {
+        "prompts": np.zeros((n, seq_len), np.int32), "prompt_len": np.zeros(n, np.int32),
+        "completions": np.zeros((n, max_new), np.int32), "completion_len": np.zeros(n, np.int32),
+        "logprobs": np.zeros((n, max_new), np.float32),
+    }
+    for i, (p, c, lp) in enumerate(zip(r.prompts, r.completions, r.logprobs, strict=True)):
+        out["prompts"][i, : len(p)] = p
+        out["prompt_len"][i] = len(p)
+        out["completions"][i, : len(c)] = c
+        out["completion_len"][i] = len(c)
+        out["logprobs"][i, : len(c)] = lp[: len(c)]
+    return out
+
+
+def _rollout_from(arrays: dict, meta: dict, problems_by_id: dict, group_size: int) -> Rollout:
+    a = {k: np.asarray(v) for k, v in arrays.items()}
+    n = len(a["prompt_len"])
+    return Rollout(
+        index=meta["index"], policy_step=meta["policy_step"],
+        problems=[problems_by_id[i] for i in meta["ids"]], group_size=group_size,
+        prompts=[a["prompts"][i, : a["prompt_len"][i]].tolist() for i in range(n)],
+        completions=[a["completions"][i, : a["completion_len"][i]].tolist() for i in range(n)],
+        logprobs=[a["logprobs"][i, : a["completion_len"][i]] for i in range(n)],
+        texts=list(meta["texts"]), sample_s=0.0,
+    )
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, it,
+                    pending: list[Rollout], cfg: Config) -> None:
+    state = {"params": learner.params, "opt_state": _flat(learner.opt_state),
+             "reference": learner.reference, "rng": {"key": key_data}}
+    for k, r in enumerate(pending):
+        state[f"pending{k}"] = _rollout_arrays(r, cfg.model.max_seq_len, cfg.rl.max_new_tokens)
+    meta = {
+        "step": step,
+        "pending": [{"index": r.index, "policy_step": r.policy_step,
+                     "ids": [p.id for p in r.problems], "texts": r.texts} for r in pending],
+        "config": to_dict(cfg),
+    }
+    ckpt.save(step, state=state, data_iter=it, meta=meta)
+
+
+def restore_checkpoint(ckpt: Checkpointer, learner: Learner, key_data, it, problems_by_id,
+                       cfg: Config) -> tuple[int, Any, list[Rollout]]:
+    step = ckpt.latest_step()
+    _, meta = ckpt.restore(step, target={})
+    n, max_new = cfg.rl.prompts_per_step * cfg.rl.group_size, cfg.rl.max_new_tokens
+    template = _rollout_arrays(
+        Rollout(0, 0, [], cfg.rl.group_size, [[]] * n, [[]] * n, [np.zeros(0)] * n, [""] * n),
+        cfg.model.max_seq_len, max_new)
+    target = {"params": learner.params, "opt_state": _flat(learner.opt_state),
+              "reference": learner.reference, "rng": {"key": key_data}}
+    for k in range(len(meta["pending"])):
+        target[f"pending{k}"] = template
+    state, meta = ckpt.restore(step, target=target, data_iter=it, mesh=learner.mesh)
+    learner.params = state["params"]
+    learner.reference = state["reference"]
+    treedef = jax.tree.structure(learner.opt_state)
+    learner.opt_state = jax.tree.unflatten(treedef, [state["opt_state"][k] for k in
+                                                     sorted(state["opt_state"])])
+    pending = [_rollout_from(state[f"pending{k}"], m, problems_by_id, cfg.rl.group_size)
+               for k, m in enumerate(meta["pending"])]
+    return int(meta["step"]), state["rng"]["key"], pending
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _held_out_report(before: dict, after: dict) -> str:
+    def fmt(d, k):
+        return f"{d[k]:.3f} [{d[k + '_lo']:.3f}, {d[k + '_hi']:.3f}]"
+
+    return "\n".join([
+        f"held-out ({after['n']} problems)   before                  after",
+        f"  accuracy        {fmt(before, 'accuracy'):<24}{fmt(after, 'accuracy')}",
+        f"  executability   {fmt(before, 'executability'):<24}{fmt(after, 'executability')}",
+        f"  USD/problem     {before['usd_per_problem']:<24.6f}{after['usd_per_problem']:.6f}",
+        f"  format valid    {before['format_valid']:<24.3f}{after['format_valid']:.3f}",
+        f"  leak rate       {before['leak_rate']:<24.3f}{after['leak_rate']:.3f}",
+    ])
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) RL to cfg.rl.steps; returns the summary written to summary.json."""
+    rl = cfg.rl
+    spec = rewards.make_spec(rl.preset, rl.weights)
+    if rl.staleness < 0 or rl.mu < 1 or rl.group_size < 2:
+        raise UserError("config: need rl.staleness >= 0, rl.mu >= 1 and rl.group_size >= 2")
+    stage = Path(cfg.run_dir) / rl.name
+    stage.mkdir(parents=True, exist_ok=True)
+    init = resolve_init(cfg)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    mesh = parallel.make_mesh(cfg.mesh)
+    learner, mcfg = build_learner(cfg, init, mesh)
+    task = tasks.get(cfg.task.name, **cfg.task.options)
+    problems = task.problems("train")
+    problems_by_id = {p.id: p for p in problems}
+    it = rl_prompt_iterator(problems, rl.prompts_per_step, cfg.seed)
+    key_data = jax.random.key_data(jax.random.key(cfg.seed))
+    ckpt = Checkpointer(stage / "checkpoints", keep=rl.keep_checkpoints)
+    start, pending_rollouts = 0, []
+    if ckpt.latest_step() is not None:
+        start, key_data, pending_rollouts = restore_checkpoint(
+            ckpt, learner, key_data, it, problems_by_id, cfg)
+    rng = jax.random.wrap_key_data(jnp.asarray(key_data))
+    writer = MetricsWriter(stage, tensorboard=cfg.metrics.tensorboard)
+    writer.truncate_after(start)
+    heldout_path = stage / HELD_OUT_FILE
+    heldout = json.loads(heldout_path.read_text()) if heldout_path.exists() else {}
+    validation = task.problems("validation")[: rl.held_out]
+
+    with open_pool(cfg, cfg.run_dir) as pool, \
+            ThreadPoolExecutor(rl.staleness + 1, thread_name_prefix="label") as labeller:
+        core = cfg.api.core
+        ctx = LabelContext(
+            pool=pool, task=task, spec=spec, stage=rl.name,
+            price=lambda i, o: pool.ledger.prices.usd(core.model, i, o),
+            core_alone=rewards.CoreAloneCache(stage / "core_alone.json") if spec.uses_core_alone else None,
+            core_alone_samples=rl.core_only_samples, judge_max_tokens=rl.judge_max_tokens,
+        )
+
+        def evaluate() -> dict:
+            with parallel.use_mesh(mesh):
+                return held_out(ctx, learner.sampling_model(), tokenizer, validation,
+                                max_new_tokens=rl.max_new_tokens).as_dict()
+
+        if validation and "before" not in heldout:
+            heldout["before"] = evaluate()
+            heldout_path.write_text(json.dumps(heldout, indent=2) + "\n")
+
+        def sample(index: int, policy_step: int) -> Rollout:
+            with parallel.use_mesh(mesh):
+                return sample_rollout(
+                    learner.sampling_model(), tokenizer, next(it), task.family, spec,
+                    index=index, policy_step=policy_step, group_size=rl.group_size,
+                    max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+                    top_p=rl.top_p, rng=rng)
+
+        queue: collections.deque[tuple[Rollout, Future]] = collections.deque(
+            (r, labeller.submit(label_rollout, ctx, r)) for r in pending_rollouts)
+        produced = start + len(queue)
+        bar = progress_bar(rl.steps, initial=start, desc=rl.name, enabled=cfg.metrics.progress)
+        for t in range(start, rl.steps):
+            t0 = time.perf_counter()
+            sample_s = 0.0
+            while produced < min(rl.steps, t + rl.staleness + 1):
+                r = sample(produced, t)
+                sample_s += r.sample_s
+                queue.append((r, labeller.submit(label_rollout, ctx, r)))
+                produced += 1
+            rollout, future = queue.popleft()
+            w0 = time.perf_counter()
+            labelled = future.result()
+            pool_wait_s = time.perf_counter() - w0
+            u0 = time.perf_counter()
+            stats = learner.update(rollout, labelled, rl.group_size, rl.mu)
+            update_s = time.perf_counter() - u0
+            step_s = time.perf_counter() - t0
+            record = {
+                "loss": None if stats is None else stats.pop("loss"),
+                **(stats or {}),
+                **outcome_metrics(rollout, labelled, spec),
+                "update_skipped": int(stats is None),
+                "staleness": t - rollout.policy_step,
+                "step_s": step_s, "sample_s": sample_s, "update_s": update_s,
+                "pool_wait_s": pool_wait_s, "label_s": labelled.label_s,
+                "device_busy": (sample_s + update_s) / step_s if step_s > 0 else None,
+            }
+            if stats is None:
+                print(f"{rl.name} step {t + 1}: no scored sample ({labelled.errors or 'all excluded'});"
+                      " weights unchanged", file=sys.stderr)
+            writer.log(t + 1, **record)
+            bar.update()
+            bar.set_postfix(reward=f"{record['reward'] or 0:.3f}", acc=f"{record['accuracy'] or 0:.2f}")
+            if (t + 1) % rl.checkpoint_every == 0 or t + 1 == rl.steps:
+                pool.checkpoint()
+                save_checkpoint(ckpt, t + 1, learner, key_data, it, [r for r, _ in queue], cfg)
+            if pool.stopped:
+                ckpt.wait()
+                pool.raise_if_stopped()
+        bar.close()
+        ckpt.wait()
+        if validation and heldout.get("after_step") != rl.steps:
+            heldout["after"] = evaluate()
+            heldout["after_step"] = rl.steps
+            heldout_path.write_text(json.dumps(heldout, indent=2) + "\n")
+        totals = pool.ledger.totals()
+    writer.close()
+    ckpt.close()
+    out_dir = stage / "guide"
+    hf.save(nnx.merge(learner.graphdef, learner.params), mcfg, out_dir, tokenizer=tokenizer)
+    summary = {
+        "steps": rl.steps, "preset": rl.preset, "init": str(init), "heldout": heldout,
+        "ledger": {k: v for k, v in totals.items() if k in (rl.name, "core_only", "rl_eval", "judge")},
+    }
+    (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run(cfg: Config, **_: Any) -> int:
+    summary = train(cfg)
+    held = summary["heldout"]
+    if "before" in held and "after" in held:
+        print(_held_out_report(held["before"], held["after"]))
+    print(f"{cfg.rl.name}: guide written to {Path(cfg.run_dir) / cfg.rl.name / 'guide'}")
+    return 0

@@ -1,0 +1,231 @@
+"""The device side of GRPO: batch layout, log-probs under a set of weights, the update step.
+
+The weights live as an nnx.State (`params`) next to the model's graph definition, so the same
+pure functions serve the live policy, the frozen reference and `exectune plan`, which compiles
+them from abstract shapes only. A batch is laid out on the host as micro-batches
+[n_micro, micro, L] (each row: prompt, then completion, then padding), so the update scans over
+micro-batches with a bounded activation footprint and the per-row dimension is split over the
+mesh's batch axes.
+
+Log-probs are those of the model at temperature 1 (no filtering), matching what the sampler
+records, so on-policy ratios start at exactly 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from exectune_jax import parallel
+from exectune_jax.errors import UserError
+from exectune_jax.models import transformer
+from exectune_jax.models.transformer import Transformer
+from exectune_jax.train import grpo_loss
+
+BATCH_KEYS = ("tokens", "positions", "mask", "old_logp", "advantages")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Static shape of every RL batch: one compiled train step for the whole run."""
+
+    rows: int  # P * G sequences
+    micro: int  # rows per micro-batch
+    seq_len: int  # L = prompt + completion budget
+
+    @property
+    def n_micro(self) -> int:
+        return self.rows // self.micro
+
+
+def make_layout(rows: int, micro_batch: int, seq_len: int) -> Layout:
+    micro = rows if micro_batch <= 0 else micro_batch
+    if rows % micro:
+        raise UserError(
+            f"config: rl.micro_batch={micro_batch} must divide rl.prompts_per_step * "
+            f"rl.group_size = {rows}"
+        )
+    return Layout(rows=rows, micro=micro, seq_len=seq_len)
+
+
+def build_batch(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    old_logprobs: Sequence[np.ndarray],
+    advantages: np.ndarray,
+    included: np.ndarray,
+    layout: Layout,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """Host arrays [n_micro, micro, ...]; `included` False rows (failed calls) get no loss at all.
+
+    mask[t] = 1 when token t+1 is a completion token of an included row; old_logp[t] is the
+    sampler's log-prob of token t+1.
+    """
+    n, L = layout.rows, layout.seq_len
+    if len(prompts) != n:
+        raise ValueError(f"batch has {len(prompts)} rows, layout expects {n}")
+    tokens = np.full((n, L), pad_id, np.int32)
+    mask = np.zeros((n, L - 1), np.float32)
+    old = np.zeros((n, L - 1), np.float32)
+    for i, (p, c, lp) in enumerate(zip(prompts, completions, old_logprobs, strict=True)):
+        if len(p) + len(c) > L:
+            raise UserError(
+                f"a prompt of {len(p)} tokens plus {len(c)} new tokens exceeds "
+                f"model.max_seq_len={L}; raise model.max_seq_len or lower rl.max_new_tokens"
+            )
+        tokens[i, : len(p)] = p
+        tokens[i, len(p): len(p) + len(c)] = c
+        span = slice(len(p) - 1, len(p) - 1 + len(c))
+        old[i, span] = np.asarray(lp, np.float32)[: len(c)]
+        mask[i, span] = float(included[i])
+    positions = np.broadcast_to(np.arange(L, dtype=np.int32), (n, L))
+    flat = {
+        "tokens": tokens,
+        "positions": positions,
+        "mask": mask,
+        "old_logp": old,
+        "advantages": np.asarray(advantages, np.float32).reshape(n),
+    }
+    return {k: v.reshape(layout.n_micro, layout.micro, *v.shape[1:]) for k, v in flat.items()}
+
+
+def batch_shardings(mesh: Mesh, layout: Layout) -> dict[str, NamedSharding]:
+    """Micro-batch rows split over the mesh's batch axes (replicated if they do not divide)."""
+    spec = parallel.fit_spec(
+        PartitionSpec(None, parallel.BATCH_AXES), (layout.n_micro, layout.micro), dict(mesh.shape)
+    )
+    return dict.fromkeys(BATCH_KEYS, NamedSharding(mesh, spec))
+
+
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+    """Shardings for any pytree holding nnx Variables (params, optimizer state) on `mesh`.
+
+    Variables follow their logical annotations; plain leaves (step counters) are replicated.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(x: Any) -> Any:
+        if isinstance(x, nnx.Variable):
+            return parallel.state_shardings(x, mesh)
+        return replicated
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def cast_state(params: Any, dtype: Any) -> Any:
+    """A copy of the weights in `dtype` (the frozen reference only ever runs forward)."""
+    return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device programs
+
+
+def scanned_logits(model: Transformer, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """The model's forward (no cache), with its blocks run as one rematerialised `lax.scan`.
+
+    Same numbers as `model(tokens, positions)`; what changes is memory. A Python loop of blocks
+    lets XLA keep every block's activations (and every all-gathered weight) alive until the
+    backward pass; scanning a `jax.checkpoint`ed block keeps only each block's input and
+    recomputes one block at a time, on every backend. That is what lets a 1.7B guide's update
+    fit 16 GiB. Tied to the block interface of models/transformer.py; a test checks parity.
+    """
+    cfg = model.cfg
+    segments = jnp.ones_like(tokens, dtype=jnp.int32)
+    slots = jnp.arange(tokens.shape[1])
+    mask = transformer.attention_mask(segments, slots, segments, slots)
+    inv_freq = transformer.rope_inverse_frequencies(cfg)
+    x = jnp.take(model.embed[...], tokens, axis=0).astype(model.dtype)
+    x = parallel.with_logical_constraint(x, transformer.ACTIVATION_AXES)
+    block_def = nnx.graphdef(model.layers[0])
+    stacked = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(b) for b in model.layers])
+
+    @jax.checkpoint
+    def block(x, weights):
+        out, _ = nnx.merge(block_def, weights)(x, positions, mask, inv_freq, None, None)
+        return out, None
+
+    x, _ = jax.lax.scan(block, x, stacked)
+    x = model.final_norm(x)
+    head = model.embed[...].T if model.lm_head is None else model.lm_head[...]
+    return jnp.einsum("bte,ev->btv", x, head.astype(model.dtype), preferred_element_type=jnp.float32)
+
+
+def _sequence_logits(graphdef, params, micro):
+    logits = scanned_logits(nnx.merge(graphdef, params), micro["tokens"], micro["positions"])
+    return logits[:, :-1], micro["tokens"][:, 1:]
+
+
+def make_logprob_fn(graphdef: nnx.GraphDef):
+    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token."""
+
+    def logprobs(params, batch):
+        def one(micro):
+            logits, targets = _sequence_logits(graphdef, params, micro)
+            return grpo_loss.token_logprobs(logits, targets)
+
+        return jax.lax.map(one, {k: batch[k] for k in ("tokens", "positions")})
+
+    return jax.jit(logprobs)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    clip_eps: float, beta: float):
+    """jit fn(params, opt_state, batch, ref_logp) -> (params, opt_state, stats).
+
+    Gradients are summed over micro-batches of a loss already divided by the batch's total
+    number of completion tokens, so the result equals one full-batch token-mean step. A batch
+    without any completion token (every call failed) leaves params and optimizer untouched.
+    """
+
+    def loss_fn(params, micro, ref_logp, n_tokens):
+        logits, targets = _sequence_logits(graphdef, params, micro)
+        logp = grpo_loss.token_logprobs(logits, targets)
+        per_token, diag = grpo_loss.grpo_token_loss(
+            logp, micro["old_logp"], ref_logp, micro["advantages"], clip_eps=clip_eps, beta=beta
+        )
+        mask = micro["mask"]
+        entropy = grpo_loss.token_entropy(jax.lax.stop_gradient(logits))
+        sums = {
+            "kl": jnp.sum(diag["kl"] * mask),
+            "clip_frac": jnp.sum(diag["clip_frac"] * mask),
+            "entropy": jnp.sum(entropy * mask),
+            "ratio": jnp.sum(jnp.exp(jax.lax.stop_gradient(logp) - micro["old_logp"]) * mask),
+        }
+        return jnp.sum(per_token * mask) / n_tokens, sums
+
+    def step(params, opt_state, batch, ref_logp):
+        n_tokens = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+
+        def accumulate(carry, xs):
+            grads, loss, sums = carry
+            micro, ref = xs
+            (l, s), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, ref, n_tokens)
+            sums = jax.tree.map(jnp.add, sums, s)
+            return (jax.tree.map(jnp.add, grads, g), loss + l, sums), None
+
+        init_sums = dict.fromkeys(("kl", "clip_frac", "entropy", "ratio"), jnp.float32(0.0))
+        (grads, loss, sums), _ = jax.lax.scan(
+            accumulate, (zeros, jnp.float32(0.0), init_sums), (batch, ref_logp)
+        )
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        has_tokens = jnp.sum(batch["mask"]) > 0
+        keep = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda a, b: jnp.where(has_tokens, a, b), new, old
+        )
+        stats = {k: v / n_tokens for k, v in sums.items()}
+        stats.update(loss=loss, grad_norm=optax.tree.norm(grads), tokens=jnp.sum(batch["mask"]))
+        return keep(new_params, params), keep(new_opt, opt_state), stats
+
+    return jax.jit(step, donate_argnums=(0, 1))
