@@ -6,10 +6,10 @@ could score. Per call, in order:
 
 1. cache: an identical earlier call (same endpoint model, messages, sampling, sample index)
    is replayed at no cost; an identical call still in flight is shared, not paid twice;
-2. budget: a call starts only if the spend so far, plus the estimated cost of the calls in
-   flight, plus this one, stays within `budget_usd`; otherwise the pool stops for good
-   (`stopped`, `stop_reason`) and every later call resolves to `budget_exceeded`, so the
-   caller can checkpoint and exit;
+2. budget: a call starts only if the spend so far (the run directory's ledger, earlier runs
+   included), plus the estimated cost of the calls in flight, plus this one, stays within
+   `budget_usd`; otherwise the pool stops for good (`stopped`, `stop_reason`) and every
+   later call resolves to `budget_exceeded`, so the caller can checkpoint and exit;
 3. circuit breaker per endpoint, then the 429 cool-down, RPM and TPM token buckets;
 4. the HTTP call, with bounded concurrency (one worker thread per concurrent call);
 5. retries with exponential backoff and jitter for 408/409/429/5xx, timeouts, connection
