@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ from exectune_jax import parallel
 from exectune_jax.api.pool import open_pool
 from exectune_jax.config import Config, to_dict
 from exectune_jax.data import tasks
-from exectune_jax.data.pipeline import rl_prompt_iterator
+from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf
 from exectune_jax.train import rewards, rl_step
@@ -49,15 +50,38 @@ from exectune_jax.train.rollouts import (
     LabelContext,
     Labelled,
     Rollout,
+    guide_prompt,
     held_out,
     label_rollout,
     outcome_metrics,
     sample_rollout,
 )
 
+log = logging.getLogger(__name__)
+
 HELD_OUT_FILE = "heldout.json"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TIMING_KEYS = ("time", "step_s", "sample_s", "update_s", "pool_wait_s", "device_busy", "label_s")
+
+
+def prompts_that_fit(problems: list, tokenizer, family: str, spec, cfg: Config) -> list:
+    """Problems whose guide prompt leaves room for rl.max_new_tokens in model.max_seq_len.
+
+    Checked once up front (like SFT's over-long rows), so a long prompt is a warning with a
+    count, not an error in the middle of a run.
+    """
+    room = cfg.model.max_seq_len - cfg.rl.max_new_tokens
+    kept = [p for p in problems
+            if len(encode_prompt(tokenizer, guide_prompt(p, family, spec))) <= room]
+    if not kept:
+        raise UserError(
+            f"no {cfg.task.name} train prompt fits model.max_seq_len={cfg.model.max_seq_len} "
+            f"with rl.max_new_tokens={cfg.rl.max_new_tokens}; raise model.max_seq_len"
+        )
+    if len(kept) < len(problems):
+        log.warning("RL skips %d of %d train problems whose prompt exceeds %d tokens (raise "
+                    "model.max_seq_len to keep them)", len(problems) - len(kept), len(problems), room)
+    return kept
 
 
 def resolve_init(cfg: Config) -> Path:
@@ -243,7 +267,7 @@ def train(cfg: Config) -> dict:
     mesh = parallel.make_mesh(cfg.mesh)
     learner, mcfg = build_learner(cfg, init, mesh)
     task = tasks.get(cfg.task.name, **cfg.task.options)
-    problems = task.problems("train")
+    problems = prompts_that_fit(task.problems("train"), tokenizer, task.family, spec, cfg)
     problems_by_id = {p.id: p for p in problems}
     it = rl_prompt_iterator(problems, rl.prompts_per_step, cfg.seed)
     key_data = jax.random.key_data(jax.random.key(cfg.seed))
@@ -257,7 +281,8 @@ def train(cfg: Config) -> dict:
     writer.truncate_after(start)
     heldout_path = stage / HELD_OUT_FILE
     heldout = json.loads(heldout_path.read_text()) if heldout_path.exists() else {}
-    validation = task.problems("validation")[: rl.held_out]
+    validation = prompts_that_fit(task.problems("validation"), tokenizer, task.family, spec,
+                                  cfg)[: rl.held_out] if rl.held_out else []
 
     with open_pool(cfg, cfg.run_dir) as pool, \
             ThreadPoolExecutor(rl.staleness + 1, thread_name_prefix="label") as labeller:

@@ -1,3 +1,11 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,10 +13,12 @@ import optax
 import pytest
 from flax import nnx
 
+from exectune_jax.config import load_config
 from exectune_jax.errors import UserError
-from exectune_jax.models import sampler
+from exectune_jax.models import hf, sampler
 from exectune_jax.models.transformer import ModelConfig, Transformer
-from exectune_jax.train import grpo_loss, rl_step
+from exectune_jax.train import grpo, grpo_loss, rewards, rl_step
+from exectune_jax.train.metrics import read_metrics
 from exectune_jax.train.advantages import group_advantages, group_rewards
 
 
@@ -213,3 +223,104 @@ def test_sampler_log_probs_are_the_ratio_denominator(tiny):
     recomputed = np.asarray(tiny["logprob_fn"](tiny["params"], batch))
     mask = batch["mask"] > 0
     np.testing.assert_allclose(recomputed[mask], batch["old_logp"][mask], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage end to end: a tiny guide, the embedded sim core, a few steps
+
+
+@pytest.fixture(scope="session")
+def tiny_guide(tmp_path_factory) -> Path:
+    from exectune_jax.data import tasks
+    from exectune_jax.sim.guide import BaseGuideSpec, build_base_guide
+
+    out = tmp_path_factory.mktemp("guide") / "guide"
+    spec = BaseGuideSpec(vocab_size=400, hidden_size=64, intermediate_size=128, num_layers=2,
+                         num_heads=4, num_kv_heads=2, warmup_steps=2, warmup_batch_size=4)
+    build_base_guide(tasks.get("arith", **TASK).problems("train"), spec, 0, out)
+    return out
+
+
+TASK = {"n_train": 64, "n_validation": 8, "n_test": 8}
+
+
+def rl_overrides(run_dir, guide, *extra) -> list[str]:
+    return [
+        f"run_dir={run_dir}", f"rl.init={guide}", "mesh.fsdp=1", "metrics.progress=false",
+        *(f"task.options.{k}={v}" for k, v in TASK.items()),
+        "rl.preset=advisor", "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=4",
+        "rl.micro_batch=4", "rl.max_new_tokens=16", "rl.held_out=4", "rl.checkpoint_every=1",
+        "model.max_seq_len=256",
+        *extra,
+    ]
+
+
+def test_rl_stage_logs_every_metric_and_writes_the_guide(tmp_path, tiny_guide):
+    cfg = load_config(None, rl_overrides(tmp_path, tiny_guide))
+    summary = grpo.train(cfg)
+    rows = read_metrics(tmp_path / "rl")
+    assert [r["step"] for r in rows] == [1, 2]
+    expected = {"loss", "kl", "entropy", "accuracy", "format_valid", "leak_rate", "executability",
+                "executability_lo", "executability_hi", "core_input_tokens", "core_output_tokens",
+                "usd", "device_busy", "pool_wait_s", "staleness",
+                *(f"reward_{t}" for t in rewards.TERMS)}
+    assert expected <= set(rows[0])
+    assert rows[0]["scored"] == 8 and rows[0]["failed_calls"] == 0
+    assert rows[1]["staleness"] == 1  # batch 2 was sampled while batch 1 was being labelled
+    assert (tmp_path / "rl" / "guide" / "config.json").exists()
+    assert {"before", "after"} <= set(summary["heldout"])
+    assert summary["ledger"]["rl"]["calls"] >= 16
+
+
+def test_a_batch_whose_core_calls_all_fail_is_reported_and_moves_no_weight(
+        tmp_path, tiny_guide, capsys):
+    cfg = load_config(None, rl_overrides(
+        tmp_path, tiny_guide, "rl.steps=1", "rl.held_out=0", "api.max_retries=0",
+        "api.core.base_url=http://127.0.0.1:9", "api.core.timeout_s=2"))
+    grpo.train(cfg)
+    (row,) = read_metrics(tmp_path / "rl")
+    assert row["update_skipped"] == 1 and row["loss"] is None
+    assert row["failed_calls"] == 8 and row["scored"] == 0
+    assert "weights unchanged" in capsys.readouterr().err
+    before = hf.load(tiny_guide)[0]
+    after = hf.load(tmp_path / "rl" / "guide")[0]
+    for x, y in zip(jax.tree.leaves(nnx.state(before)), jax.tree.leaves(nnx.state(after))):
+        np.testing.assert_array_equal(x, y)
+
+
+def _learning_metrics(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in grpo.TIMING_KEYS}
+            for r in read_metrics(run_dir / "rl")]
+
+
+def _paid(run_dir: Path) -> tuple[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    paid = [r for r in rows if not r["cached"]]
+    return len(paid), sum(r["usd"] for r in paid)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_identical_metrics_and_no_repeated_paid_calls(
+        tmp_path, tiny_guide):
+    args = rl_overrides("{dir}", tiny_guide, "rl.steps=4", "rl.checkpoint_every=2")
+    command = [sys.executable, "-m", "exectune_jax.cli", "rl"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def launch(run_dir):
+        return subprocess.Popen(command + [a.format(dir=run_dir) for a in args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert launch(whole).wait(timeout=600) == 0
+    victim = launch(killed)
+    deadline = time.time() + 600
+    while not (killed / "rl" / "checkpoints" / "2").exists():
+        assert victim.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed / "rl" / "summary.json").exists()
+    resumed = launch(killed)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    assert _learning_metrics(killed) == _learning_metrics(whole)
+    assert _paid(killed) == pytest.approx(_paid(whole))
