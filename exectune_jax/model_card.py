@@ -87,13 +87,28 @@ def scrub(value: Any, secrets: Iterable[str], key: str = "") -> Any:
     return value
 
 
+def _file_contains(file: Path, needles: Iterable[bytes], chunk: int = 1 << 24) -> set[bytes]:
+    """The needles found in `file`, read in chunks (weights may be many GB) that overlap by the
+    longest needle, so a needle split across two chunks is still found."""
+    needles = set(needles)
+    overlap = max(map(len, needles), default=1) - 1
+    found, tail = set(), b""
+    with open(file, "rb") as f:
+        while block := f.read(chunk):
+            window = tail + block
+            found |= {n for n in needles if n in window}
+            tail = window[-overlap:] if overlap else b""
+    return found
+
+
 def find_secrets(directory: Path, secrets: Mapping[str, str]) -> list[tuple[Path, str]]:
     """(file, variable name) for every file under `directory` whose bytes contain a secret."""
     needles = {v.encode(): n for v, n in secrets.items()}
+    if not needles:
+        return []
     hits = []
     for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        data = file.read_bytes()
-        hits += [(file, name) for needle, name in needles.items() if needle in data]
+        hits += [(file, needles[n]) for n in sorted(_file_contains(file, needles))]
     return hits
 
 
@@ -139,14 +154,18 @@ def guide_instruction(cfg: Config) -> str | None:
     return prompts.guide_messages(probe, family)[0]["content"].strip()
 
 
+TIMING = re.compile(r"^(step|time|lr|device_busy|tokens_per_s)$|_s$")
+
+
 def last_metrics(path: Path) -> dict[str, tuple[int, float]]:
-    """metric -> (step, value) of its last record in a metrics.jsonl; numbers only."""
+    """metric -> (step, value) of its last record in a metrics.jsonl: numbers that describe the
+    model (losses, rewards, rates), not the machine it ran on (times, throughput)."""
     from exectune_jax.train.metrics import read_metrics
 
     out: dict[str, tuple[int, float]] = {}
     for record in read_metrics(path):
         for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not TIMING.search(k) and isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[k] = (int(record.get("step", 0)), v)
     return out
 

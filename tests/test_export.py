@@ -16,7 +16,7 @@ from flax import nnx
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from exectune_jax import cli, export
+from exectune_jax import cli, export, model_card
 from exectune_jax.config import dump, load_config
 from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt
@@ -52,7 +52,8 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     tiny_guide(root / "sft" / "guide")
     (root / "sft" / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": s, "loss": 2.0 / s, "lr": 1e-3}) + "\n" for s in (1, 2, 3))
+        "".join(json.dumps({"step": s, "loss": 2.0 / s, "time": 1.7e9, "step_s": 0.5}) + "\n"
+                for s in (1, 2, 3))
         + json.dumps({"step": 3, "strategy_valid": 0.75}) + "\n")
     (root / "sample").mkdir()
     (root / "sample" / "summary.json").write_text(json.dumps({
@@ -137,6 +138,15 @@ def test_export_refuses_when_a_run_file_would_carry_a_key_into_it(run_dir, tmp_p
     assert not list(tmp_path.glob(".out.*"))
 
 
+def test_secret_scan_finds_a_key_split_across_read_chunks(tmp_path):
+    data = b"x" * 50 + KEY.encode() + b"y" * 50
+    (tmp_path / "weights.bin").write_bytes(data)
+    for chunk in (7, 64, len(data)):
+        found = model_card._file_contains(tmp_path / "weights.bin", {KEY.encode(), b"absent"},
+                                          chunk=chunk)
+        assert found == {KEY.encode()}
+
+
 def test_model_card_has_front_matter_recipe_data_metrics_and_evaluation(run_dir, tmp_path):
     cfg = cfg_for(run_dir, "model.path=Qwen/Qwen3-1.7B", "sft.steps=3", "rl.group_size=4")
     out = export.export(cfg, run_dir, tmp_path / "export", "bf16", repo_id="me/arith-guide")
@@ -149,6 +159,7 @@ def test_model_card_has_front_matter_recipe_data_metrics_and_evaluation(run_dir,
     assert "Exported from `sft/guide`" in card and "G=4" in card and "3 steps" in card
     assert "100 accepted strategies" in card and "52.1%" in card
     assert "| sft | loss | 0.666667 | 3 |" in card and "| sft | strategy_valid | 0.75 | 3 |" in card
+    assert "| sft | time |" not in card and "step_s" not in card  # the machine, not the model
     assert "| exectune | 91.0 |" in card
     assert "](plots/accuracy_vs_cost.png)" in card
     assert (out / "plots" / "accuracy_vs_cost.png").exists()
