@@ -124,7 +124,7 @@ def export_guide(cfg: Config, out: Path) -> Path:
     except ImportError:
         export = None
     if export is not None:
-        export.run(cfg, source=str(source), out=str(out), push_to_hub=None, dtype="fp32")
+        export.run(cfg, source=str(source), out=str(out), push_to_hub=None, dtype="bf16")
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(source, out)
