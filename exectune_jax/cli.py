@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Overrides may come anywhere, also after options (`export SRC OUT --dtype fp32 k=v`)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    late = [a for a in rest if "=" in a and not a.startswith("-")]
+    unknown = [a for a in rest if a not in late]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*getattr(args, "overrides", []), *late]
+    return args
+
+
 def _prepare_runtime() -> None:
     """Process-wide setup every command needs before JAX or grain start."""
     from absl import flags
@@ -96,7 +108,7 @@ def _prepare_runtime() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _prepare_runtime()
     module_name, func_name, _ = COMMANDS[args.command]
     try:

@@ -74,3 +74,12 @@ def test_several_files_layer_in_order(tmp_path):
     (tmp_path / "topo.yaml").write_text("mesh:\n  fsdp: 8\n  tensor: 1\n")
     cfg = load_config([tmp_path / "task.yaml", tmp_path / "topo.yaml"])
     assert (cfg.sft.steps, cfg.mesh.fsdp) == (5, 8)
+
+
+def test_overrides_may_follow_options():
+    from exectune_jax.cli import parse_args
+
+    args = parse_args(["export", "runs/a", "out", "--dtype", "fp32", "seed=3"])
+    assert (args.source, args.out, args.dtype, args.overrides) == ("runs/a", "out", "fp32", ["seed=3"])
+    args = parse_args(["sft", "--config", "a.yaml", "sft.steps=3", "--config", "b.yaml", "seed=1"])
+    assert args.config == ["a.yaml", "b.yaml"] and args.overrides == ["sft.steps=3", "seed=1"]
