@@ -258,6 +258,8 @@ def train(cfg: Config) -> dict:
     spec = rewards.make_spec(rl.preset, rl.weights)
     if rl.staleness < 0 or rl.mu < 1 or rl.group_size < 2:
         raise UserError("config: need rl.staleness >= 0, rl.mu >= 1 and rl.group_size >= 2")
+    if spec.uses_judge and cfg.api.judge is None:
+        raise UserError("config: rl.weights.judge > 0 needs a judge endpoint; set api.judge")
     stage = Path(cfg.run_dir) / rl.name
     stage.mkdir(parents=True, exist_ok=True)
     init = resolve_init(cfg)
@@ -327,6 +329,9 @@ def train(cfg: Config) -> dict:
             w0 = time.perf_counter()
             labelled = future.result()
             pool_wait_s = time.perf_counter() - w0
+            if pool.stopped:  # budget reached: resume from the last checkpoint, replaying the cache
+                ckpt.wait()
+                pool.raise_if_stopped()
             u0 = time.perf_counter()
             stats = learner.update(rollout, labelled, rl.group_size, rl.mu)
             update_s = time.perf_counter() - u0
@@ -350,9 +355,6 @@ def train(cfg: Config) -> dict:
             if (t + 1) % rl.checkpoint_every == 0 or t + 1 == rl.steps:
                 pool.checkpoint()
                 save_checkpoint(ckpt, t + 1, learner, key_data, it, [r for r, _ in queue], cfg)
-            if pool.stopped:
-                ckpt.wait()
-                pool.raise_if_stopped()
         bar.close()
         ckpt.wait()
         if validation and heldout.get("after_step") != rl.steps:

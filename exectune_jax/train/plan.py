@@ -163,12 +163,22 @@ def model_config(cfg: Config):
         )
     if (Path(path) / "config.json").exists():
         return hf.read_config(path)
-    if path in KNOWN_ARCHITECTURES:
-        return ModelConfig.from_hf(KNOWN_ARCHITECTURES[path])
+    known = known_architecture(path)
+    if known is not None:
+        return ModelConfig.from_hf(known)
     raise PlanError(
         f"config: `model.path` is {path!r}: no config.json there and not a known architecture "
         f"({', '.join(KNOWN_ARCHITECTURES)}); a plan needs only the checkpoint's config.json"
     )
+
+
+def known_architecture(path: str) -> dict[str, Any] | None:
+    """A hub id, or a local path named like one (`models/Qwen3-1.7B`) not downloaded yet."""
+    name = Path(path).name.lower()
+    for hub_id, fields in KNOWN_ARCHITECTURES.items():
+        if path == hub_id or name == hub_id.split("/")[-1].lower():
+            return fields
+    return None
 
 
 def _dtype(name: str):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,24 +229,28 @@ class CoreAloneCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.rates: dict[str, float] = {}
+        self._lock = threading.Lock()  # several batches may be labelled at once
         if self.path.exists():
             self.rates = json.loads(self.path.read_text())
 
     def missing(self, ids: Sequence[str]) -> list[str]:
-        return [i for i in dict.fromkeys(ids) if i not in self.rates]
+        with self._lock:
+            return [i for i in dict.fromkeys(ids) if i not in self.rates]
 
     def update(self, rates: Mapping[str, float | None]) -> None:
-        fresh = {k: v for k, v in rates.items() if v is not None and k not in self.rates}
-        if not fresh:
-            return
-        self.rates.update(fresh)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.rates, sort_keys=True))
-        os.replace(tmp, self.path)
+        with self._lock:
+            fresh = {k: v for k, v in rates.items() if v is not None and k not in self.rates}
+            if not fresh:
+                return
+            self.rates.update(fresh)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.rates, sort_keys=True))
+            os.replace(tmp, self.path)
 
     def get(self, problem_id: str) -> float | None:
-        return self.rates.get(problem_id)
+        with self._lock:
+            return self.rates.get(problem_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ def _measure_core_alone(ctx: LabelContext, problems: Sequence[Problem]) -> None:
     """p0 for problems not measured yet: several core-only calls each, cached in the stage dir."""
     if ctx.core_alone is None:
         return
-    todo = [p for p in problems if p.id in set(ctx.core_alone.missing([q.id for q in problems]))]
-    todo = list({p.id: p for p in todo}.values())
+    missing = set(ctx.core_alone.missing([p.id for p in problems]))
+    todo = list({p.id: p for p in problems if p.id in missing}.values())
     if not todo:
         return
     n = ctx.core_alone_samples

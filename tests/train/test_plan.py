@@ -62,9 +62,9 @@ def test_a_mesh_that_cannot_hold_the_state_names_what_does_not_fit(tmp_path):
 @pytest.mark.slow
 def test_qwen3_1_7b_gsm8k_rl_fits_tpu_v5e_8(tmp_path, capsys):
     """G = 8, 16 prompts, 512 new tokens, sharded over fsdp = 8: within 16 GiB per chip."""
-    cfg = load_config("configs/tpu-v5e-8.yaml", [
-        f"run_dir={tmp_path}", "model.path=Qwen/Qwen3-1.7B", "model.max_seq_len=1024",
-    ])
+    cfg = load_config(["configs/gsm8k-qwen3-1.7b.yaml", "configs/tpu-v5e-8.yaml"],
+                      [f"run_dir={tmp_path}"])
+    assert plan.known_architecture(cfg.model.path) is not None  # checkpoint not downloaded
     assert (cfg.rl.group_size, cfg.rl.prompts_per_step, cfg.rl.max_new_tokens) == (8, 16, 512)
     assert plan.run(cfg, "tpu-v5e-8") == 0
     saved = json.loads((tmp_path / "plan.json").read_text())
