@@ -149,3 +149,15 @@ def test_markdown_table_and_plots_are_written(evaluated):
     assert md[0].startswith("| method |") and len(md) == 2 + 5
     png = (evaluated / "eval" / "accuracy_vs_cost.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rl_curves_plot_logged_runs_and_skip_runs_without_rewards(tmp_path):
+    from exectune_jax import plots
+
+    records = [{"step": s, "reward": 0.1 * s, "reward_success": 0.1 * s, "reward_cost": 0.0,
+                "executability": 0.5, "executability_lo": 0.4, "executability_hi": 0.6,
+                "format_valid": 1.0, "usd_per_strategy": 1e-3} for s in range(1, 4)]
+    assert plots.reward_keys(records) == ["reward_success"]  # all-zero terms are left out
+    assert plots.rl_curves({"a": [{"step": 1, "loss": 0.3}]}, tmp_path / "none.png") is None
+    path = plots.rl_curves({"advisor_rl": records, "exectune": records}, tmp_path / "rl.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
