@@ -127,7 +127,9 @@ _CLOSINGS = (
 def advice(problem: Problem, seed: int = 0) -> str:
     """Free-form advice in prose (no tags, no numbered steps), as an instruct model might write.
 
-    It names the operations and the problem's own numbers but never the answer.
+    It names the operations and the problem's numbers that matter, in the order they appear,
+    but never an intermediate result or the answer. Warming up on it teaches the base guide to
+    copy numbers out of a problem, a skill any instruct model brings along.
     """
     rng = random.Random(f"advice/{seed}/{problem.id}")
     program = problem.meta["program"]
@@ -139,11 +141,16 @@ def advice(problem: Problem, seed: int = 0) -> str:
         parts.append(
             f"Begin by {_GERUNDS[first_op]} {q[int(left[1:])]} and {q[int(right[1:])]}."
         )
-    verbs = [_VERBS[op] for op in ops]
-    listed = verbs[0] if len(verbs) == 1 else ", ".join(verbs[:-1]) + " and " + verbs[-1]
-    parts.append(f"You will need to {listed}.")
+    used = sorted({int(ref[1:]) for _, *refs in program for ref in refs if ref.startswith("q")})
+    numbers = [str(problem.meta["quantities"][i]) for i in used]
+    parts.append(f"The numbers that matter are {_listing(numbers)}.")
+    parts.append(f"You will need to {_listing([_VERBS[op] for op in ops])}.")
     parts.append(rng.choice(_CLOSINGS))
     return " ".join(parts)
+
+
+def _listing(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def tokenizer_corpus(problems: Sequence[Problem], family: str = "math") -> Iterable[str]:

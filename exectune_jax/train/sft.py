@@ -210,7 +210,6 @@ def run(cfg: Config, **_: Any) -> int:
     bar = progress_bar(sc.steps, initial=start, desc=f"sft {sc.name}",
                        enabled=cfg.metrics.progress and pi == 0)
     last = time.perf_counter()
-    step = start
     try:
         with parallel.use_mesh(mesh):
             for step in range(start + 1, sc.steps + 1):
@@ -235,9 +234,7 @@ def run(cfg: Config, **_: Any) -> int:
                 if sc.checkpoint_every and step % sc.checkpoint_every == 0 and step < sc.steps:
                     checkpoint(step)
     except KeyboardInterrupt:
-        if step > start:
-            checkpoint(step)
-        ckpt.close()
+        ckpt.close()  # let an in-flight save finish: the next run resumes from it
         raise
     finally:
         bar.close()
