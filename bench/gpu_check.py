@@ -99,16 +99,19 @@ def jax_sft(cfg: ModelConfig, batch: int, seq_len: int, iters: int) -> dict:
     return {"step_s": seconds, "tokens_per_s": batch * seq_len / seconds, "compile_s": compile_s}
 
 
-def torch_sft(cfg: ModelConfig, batch: int, seq_len: int, iters: int) -> dict | None:
-    try:
-        import torch
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-    except ImportError:
-        return None
+def torch_qwen3(cfg: ModelConfig):
+    """(torch, the same architecture as a transformers model on the best device, device)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf_cfg = Qwen3Config(**{k: v for k, v in cfg.to_hf().items() if k != "architectures"})
-    model = Qwen3ForCausalLM(hf_cfg).to(device)
-    model.config._attn_implementation = "sdpa"
+    hf_cfg._attn_implementation = "sdpa"
+    return torch, Qwen3ForCausalLM(hf_cfg).to(device), device
+
+
+def torch_sft(cfg: ModelConfig, batch: int, seq_len: int, iters: int) -> dict:
+    torch, model, device = torch_qwen3(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=device == "cuda")
     ids = torch.randint(2, cfg.vocab_size, (batch, seq_len), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16)
@@ -145,15 +148,9 @@ def jax_decode(cfg: ModelConfig, batch: int, prompt_len: int, new: int) -> dict:
     return {"s": seconds, "new_tokens_per_s": batch * new / seconds, "compile_s": compile_s}
 
 
-def torch_decode(cfg: ModelConfig, batch: int, prompt_len: int, new: int) -> dict | None:
-    try:
-        import torch
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-    except ImportError:
-        return None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf_cfg = Qwen3Config(**{k: v for k, v in cfg.to_hf().items() if k != "architectures"})
-    model = Qwen3ForCausalLM(hf_cfg).to(device=device, dtype=torch.bfloat16).eval()
+def torch_decode(cfg: ModelConfig, batch: int, prompt_len: int, new: int) -> dict:
+    torch, model, device = torch_qwen3(cfg)
+    model = model.to(dtype=torch.bfloat16).eval()
     ids = torch.randint(2, cfg.vocab_size, (batch, prompt_len), device=device)
 
     def one():
