@@ -177,8 +177,17 @@ def run_stages(todo: list[tuple[str, Callable[[], Any]]], logs: Path, *,
     for name, fn in todo:
         bar.set_description(f"demo: {name}")
         start = time.perf_counter()
-        with logged(logs / f"{name.replace(' --', '_').replace(' ', '_')}.log"):
-            fn()
+        log = logs / f"{name.replace(' --', '_').replace(' ', '_')}.log"
+        try:
+            with logged(log):
+                fn()
+        except BaseException:
+            bar.close()
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            print("\n".join(tail), file=sys.stderr)
+            print(f"exectune demo: stage `{name}` stopped; its log is {log}. Run the same "
+                  "command again to resume from the finished stages.", file=sys.stderr)
+            raise
         seconds[name] = time.perf_counter() - start
         bar.write(f"  {name:<20} {seconds[name]:6.1f} s", file=sys.stderr)
         bar.update()
@@ -200,7 +209,13 @@ def collect_outputs(cfg: Config, out: Path) -> list[Path]:
 def closing_summary(out: Path, seconds: Mapping[str, float]) -> str:
     import json
 
-    lines = ["", (out / "results.md").read_text().rstrip(), ""]
+    lines = [""]
+    sample = out / "sample" / "summary.json"
+    if sample.exists():
+        acc = json.loads(sample.read_text())["chain_acceptance"]
+        lines.append(f"acceptance sampling: {acc['rate']:.1%} of teacher proposal chains accepted "
+                     f"[{acc['ci'][0]:.1%}, {acc['ci'][1]:.1%}] ({acc['k']}/{acc['n']})")
+    lines += ["", (out / "results.md").read_text().rstrip(), ""]
     total = json.loads((out / "ledger_totals.json").read_text()) \
         if (out / "ledger_totals.json").exists() else None
     if total is not None:
