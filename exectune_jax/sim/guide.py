@@ -18,6 +18,7 @@ Its size and warm-up are the defaults below, overridable with `sft.base_guide.<f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -67,7 +68,7 @@ class BaseGuideSpec:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_position_embeddings: int = 1024
-    warmup_steps: int = 150  # LM warm-up optimizer steps on prompts + free-form advice
+    warmup_steps: int = 100  # LM warm-up optimizer steps on prompts + free-form advice
     warmup_batch_size: int = 8  # packed rows per step
     warmup_seq_len: int = 256
     warmup_lr: float = 3e-3
@@ -268,37 +269,39 @@ def build_base_guide(problems: Sequence[Problem], spec: BaseGuideSpec, seed: int
     return losses
 
 
-def _marker(cfg: Config, spec: BaseGuideSpec, options: dict) -> dict:
-    return {"seed": cfg.seed, "task_options": options, "spec": dataclasses.asdict(spec)}
+def _marker(seed: int, spec: BaseGuideSpec, problems: Sequence[Problem]) -> dict:
+    """What the guide is a function of: seed, spec and the corpus (not how options spelled it)."""
+    corpus = hashlib.sha256("\n".join(p.prompt for p in problems).encode()).hexdigest()
+    return {"seed": seed, "spec": dataclasses.asdict(spec), "corpus_sha256": corpus}
 
 
 def ensure_base_guide(cfg: Config) -> Path:
-    """run_dir/base_guide, built on first use (seconds on a CPU) and reused afterwards.
+    """run_dir/base_guide, built on first use (a minute on a CPU) and reused afterwards.
 
     The demo guide knows the arith world, so its corpus is the arith train split (with the
-    config's task options when the task is arith). A directory built from a different seed or
-    spec is refused rather than silently reused: stages after it were trained from it.
+    config's task options when the task is arith). A directory built from another seed, spec or
+    corpus is refused rather than silently reused: later stages were trained from it.
     """
     spec = spec_from_config(cfg)
     options = dict(cfg.task.options) if cfg.task.name == "arith" else {}
+    problems = tasks.get("arith", **options).problems("train")
     out = Path(cfg.run_dir) / BASE_GUIDE_DIR
-    marker = _marker(cfg, spec, options)
+    marker = _marker(cfg.seed, spec, problems)
     if out.exists():
         found = out / MARKER
         built = json.loads(found.read_text()) if found.exists() else {}
         if {k: built.get(k) for k in marker} != json.loads(json.dumps(marker)):
             raise UserError(
-                f"{out}: built with other settings than this run's (seed, task.options, "
+                f"{out}: built with other settings than this run's (seed, arith task.options, "
                 f"sft.base_guide); use another run_dir or delete {out}"
             )
         return out
-    problems = tasks.get("arith", **options).problems("train")
     if not problems:
         raise UserError("the demo guide needs arith train problems; set task.options.n_train > 0")
     tmp = out.parent / f".{BASE_GUIDE_DIR}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     losses = build_base_guide(problems, spec, cfg.seed, tmp)
-    (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1:]}, indent=2) + "\n")
+    (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1]}, indent=2) + "\n")
     try:
         os.replace(tmp, out)
     except OSError:  # another process finished first; its result is identical
