@@ -122,16 +122,16 @@ class SftConfig:
     name: str = "sft"  # stage directory under run_dir (the demo also trains "sft_unfiltered")
     data: str | None = None  # accepted.jsonl; None = run_dir/<sample.out>/accepted.jsonl
     init: str | None = None  # HF guide to start from; None = model.path (or the demo base guide)
-    steps: int = 300
-    batch_size: int = 16
+    steps: int = 200  # optimizer steps
+    batch_size: int = 8  # packed rows of seq_len tokens per micro-batch (global, all processes)
     seq_len: int = 256
-    lr: float = 1e-3
-    warmup_steps: int = 20
+    lr: float = 3e-3  # peak; tuned for the demo guide (use ~1e-5 for a 1-2B model)
+    warmup_steps: int = 10
     weight_decay: float = 0.01
     clip_norm: float = 1.0
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches averaged per optimizer step
     eval_every: int = 100  # eval loss + strategy validity every N steps (and at the end); 0 = never
-    checkpoint_every: int = 100
+    checkpoint_every: int = 50
     keep_checkpoints: int = 2
     held_out: float = 0.05  # fraction of accepted problems kept out of training for the eval loss
     eval_problems: int = 16  # validation problems the guide greedily writes strategies for
