@@ -252,6 +252,28 @@ def _held_out_report(before: dict, after: dict) -> str:
     ])
 
 
+def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None,
+                spec: rewards.RewardSpec, timing: dict[str, float]) -> dict:
+    """One metrics.jsonl line: update statistics, outcome metrics, staleness and timings.
+
+    `device_busy` is the fraction of the step's wall time the device spent sampling or
+    updating; `pool_wait_s` the time the loop sat waiting for the core's labels.
+    """
+    skipped = stats is None
+    stats = dict(stats or {})
+    busy = timing["sample_s"] + timing["update_s"]
+    return {
+        "loss": stats.pop("loss", None),
+        **stats,
+        **outcome_metrics(rollout, labelled, spec),
+        "update_skipped": int(skipped),
+        "staleness": t - rollout.policy_step,
+        **timing,
+        "label_s": labelled.label_s,
+        "device_busy": busy / timing["step_s"] if timing["step_s"] > 0 else None,
+    }
+
+
 def train(cfg: Config) -> dict:
     """Run (or resume) RL to cfg.rl.steps; returns the summary written to summary.json."""
     rl = cfg.rl
@@ -335,17 +357,9 @@ def train(cfg: Config) -> dict:
             u0 = time.perf_counter()
             stats = learner.update(rollout, labelled, rl.group_size, rl.mu)
             update_s = time.perf_counter() - u0
-            step_s = time.perf_counter() - t0
-            record = {
-                "loss": None if stats is None else stats.pop("loss"),
-                **(stats or {}),
-                **outcome_metrics(rollout, labelled, spec),
-                "update_skipped": int(stats is None),
-                "staleness": t - rollout.policy_step,
-                "step_s": step_s, "sample_s": sample_s, "update_s": update_s,
-                "pool_wait_s": pool_wait_s, "label_s": labelled.label_s,
-                "device_busy": (sample_s + update_s) / step_s if step_s > 0 else None,
-            }
+            timing = {"step_s": time.perf_counter() - t0, "sample_s": sample_s,
+                      "update_s": update_s, "pool_wait_s": pool_wait_s}
+            record = step_record(t, rollout, labelled, stats, spec, timing)
             if stats is None:
                 print(f"{rl.name} step {t + 1}: no scored sample ({labelled.errors or 'all excluded'});"
                       " weights unchanged", file=sys.stderr)

@@ -198,7 +198,9 @@ def outcome_metrics(rollout: Rollout, labelled: Labelled, spec: RewardSpec) -> d
     out["core_input_tokens"] = sum(o.input_tokens for o in called)
     out["core_output_tokens"] = sum(o.output_tokens for o in called)
     out["usd"] = sum(labelled.labels[i].usd for i in scored)
-    out["usd_per_strategy"] = _mean([labelled.labels[i].usd for i in scored])
+    out["usd_per_strategy"] = _mean([labelled.labels[i].usd for i in scored])  # gated ones: $0
+    out["usd_per_call"] = _mean([labelled.labels[i].usd for i in scored
+                                 if labelled.labels[i].executed])
     out["completion_tokens"] = _mean([float(len(c)) for c in rollout.completions])
     return out
 
