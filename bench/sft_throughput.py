@@ -26,7 +26,6 @@ if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -44,19 +43,22 @@ LR, WEIGHT_DECAY, CLIP = 3e-3, 0.01, 1.0
 def batches(batch: int, seq: int, n: int):
     """`n` packed SFT batches of atomic strategies, and the model config of the demo guide."""
     problems = tasks.get("arith").problems("train")
-    tokenizer = guide.train_tokenizer(guide.tokenizer_corpus(problems), guide.BaseGuideSpec.vocab_size)
+    spec = guide.BaseGuideSpec()
+    tokenizer = guide.train_tokenizer(guide.tokenizer_corpus(problems), spec.vocab_size)
     examples = [
-        pipeline.encode_example(tokenizer, prompts.guide_messages(p, "math"), guide.gold_strategy(p), p.id)
+        pipeline.encode_example(
+            tokenizer, prompts.guide_messages(p, "math"), guide.gold_strategy(p), p.id
+        )
         for p in problems
     ]
     examples = [e for e in examples if len(e.inputs) <= seq]
     it = pipeline.sft_iterator(examples, seq_len=seq, batch_size=batch, seed=0,
                                process_index=0, process_count=1)
-    return [next(it) for _ in range(n)], guide.guide_model_config(tokenizer, guide.BaseGuideSpec())
+    return [next(it) for _ in range(n)], guide.guide_model_config(tokenizer, spec)
 
 
 class Ours:
-    def __init__(self, mcfg, steps: int):
+    def __init__(self, mcfg):
         model = Transformer(mcfg, rngs=nnx.Rngs(0))
         opt = nnx.Optimizer(model, make_optimizer(LR, 10_000, 0, WEIGHT_DECAY, CLIP), wrt=nnx.Param)
         graphdef, self.state = nnx.split((model, opt))
@@ -90,15 +92,18 @@ class Torch:
         t = seg.shape[1]
         causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
         allowed = (seg[:, :, None] == seg[:, None, :]) & causal
-        mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        return (torch.from_numpy(b["tokens"]).long(), torch.from_numpy(b["positions"]).long(),
-                mask[:, None], torch.from_numpy(b["targets"]).long(), torch.from_numpy(b["loss_mask"]).float())
+        blocked = torch.finfo(torch.float32).min
+        mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, blocked)
+        as_long = {k: torch.from_numpy(b[k]).long() for k in ("tokens", "positions", "targets")}
+        return (as_long["tokens"], as_long["positions"], mask[:, None], as_long["targets"],
+                torch.from_numpy(b["loss_mask"]).float())
 
     def run(self, data) -> float:
         t = time.perf_counter()
         for b in data:
             tokens, positions, mask, targets, loss_mask = self.tensors(b)
-            logits = self.model(input_ids=tokens, position_ids=positions, attention_mask=mask).logits
+            logits = self.model(input_ids=tokens, position_ids=positions,
+                                attention_mask=mask).logits
             ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                                    reduction="none")
             loss = (ce * loss_mask.flatten()).sum() / loss_mask.sum().clamp(min=1)
@@ -118,18 +123,19 @@ def main() -> None:
     args = ap.parse_args()
     data, mcfg = batches(args.batch, args.seq, args.steps)
     tokens = args.batch * args.seq * args.steps
-    ours, ref = Ours(mcfg, args.steps), Torch(mcfg)
+    ours, ref = Ours(mcfg), Torch(mcfg)
     ours.run(data[:1])  # compile
     ref.run(data[:1])
     rates = {"ours": [], "torch": []}
     for r in range(args.rounds):
         rates["ours"].append(tokens / ours.run(data))
         rates["torch"].append(tokens / ref.run(data))
-        print(f"round {r}: ours {rates['ours'][-1]:.0f} tok/s, torch {rates['torch'][-1]:.0f} tok/s",
-              flush=True)
+        print(f"round {r}: ours {rates['ours'][-1]:.0f} tok/s, "
+              f"torch {rates['torch'][-1]:.0f} tok/s", flush=True)
     ours_rate, torch_rate = (statistics.median(rates[k]) for k in ("ours", "torch"))
-    print(f"model: {sum(p.numel() for p in ref.model.parameters())} params, batch {args.batch}x{args.seq}, "
-          f"{jax.device_count()} JAX device(s), torch threads {torch.get_num_threads()}")
+    params = sum(p.numel() for p in ref.model.parameters())
+    print(f"model: {params} params, batch {args.batch}x{args.seq}, {jax.device_count()} JAX "
+          f"device(s), torch threads {torch.get_num_threads()}")
     print(f"sft_throughput: {ours_rate / torch_rate:.2f}x {ours_rate:.0f} vs {torch_rate:.0f}")
 
 

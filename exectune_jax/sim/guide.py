@@ -3,10 +3,10 @@
 Real runs start from an off-the-shelf instruct model that speaks English but has never seen our
 `<strategy>` format. The demo cannot download one, so it builds a stand-in:
 
-1. a byte-level BPE tokenizer trained on arith problems, atomic strategies (in the step language
-   the simulated teacher writes and the simulated core follows) and free-form advice. Digits are split
-   one per token so a small model can copy numbers token by token; the chat template, EOS and
-   PAD are special tokens;
+1. a byte-level BPE tokenizer trained on arith problems, atomic strategies (in the step
+   language the simulated teacher writes and the simulated core follows) and free-form advice.
+   Digits are split one per token so a small model can copy numbers token by token; the chat
+   template, EOS and PAD are special tokens;
 2. a tiny Llama (`BaseGuideSpec`) given a short language-model warm-up on guide and advisor
    prompts followed by free-form advice written *without* the strategy format.
 
@@ -87,7 +87,9 @@ def spec_from_config(cfg: Config) -> BaseGuideSpec:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not kind:
-            raise ConfigError(f"config: `sft.base_guide.{key}` must be {kind.__name__}, got {value!r}")
+            raise ConfigError(
+                f"config: `sft.base_guide.{key}` must be {kind.__name__}, got {value!r}"
+            )
         values[key] = value
     return BaseGuideSpec(**values)
 
@@ -97,7 +99,7 @@ def spec_from_config(cfg: Config) -> BaseGuideSpec:
 
 
 def strategy_steps(problem: Problem) -> list[str]:
-    """The gold program of an arith problem as the teacher's atomic steps (the core follows them)."""
+    """The gold program of an arith problem as the teacher's atomic steps (the core follows)."""
     program = Program(tuple(map(tuple, problem.meta["program"])), tuple(problem.meta["quantities"]))
     return teacher.atomic(program)
 
@@ -108,7 +110,9 @@ def gold_strategy(problem: Problem) -> str:
 
 
 _VERBS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "divide"}
-_GERUNDS = {"add": "adding", "subtract": "subtracting", "multiply": "multiplying", "divide": "dividing"}
+_GERUNDS = {
+    "add": "adding", "subtract": "subtracting", "multiply": "multiplying", "divide": "dividing",
+}
 _OPENINGS = (
     "Read the problem one sentence at a time and keep a running count.",
     "Track how the amount changes with each event in the story.",
@@ -156,9 +160,10 @@ def _listing(words: Sequence[str]) -> str:
 
 def tokenizer_corpus(problems: Sequence[Problem], family: str = "math") -> Iterable[str]:
     """Every kind of text the guide will read or write: prompts, strategies, advice."""
+    first = problems[0]
     instructions = {
-        prompts.guide_messages(problems[0], family)[0]["content"].removeprefix(problems[0].prompt),
-        prompts.advisor_messages(problems[0], family)[0]["content"].removeprefix(problems[0].prompt),
+        make(first, family)[0]["content"].removeprefix(first.prompt)
+        for make in (prompts.guide_messages, prompts.advisor_messages)
     }
     yield from sorted(instructions)
     for p in problems:

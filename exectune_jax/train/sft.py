@@ -120,7 +120,9 @@ def init_guide(cfg: Config) -> Path:
 
 
 def data_path(cfg: Config) -> Path:
-    return Path(cfg.sft.data) if cfg.sft.data else Path(cfg.run_dir) / cfg.sample.out / "accepted.jsonl"
+    if cfg.sft.data:
+        return Path(cfg.sft.data)
+    return Path(cfg.run_dir) / cfg.sample.out / "accepted.jsonl"
 
 
 def load_tokenizer(path: Path):
@@ -246,8 +248,8 @@ def run(cfg: Config, **_: Any) -> int:
     nnx.update((model, opt), state)
     guide = _write_guide(model, mcfg, tokenizer, out_dir / GUIDE_DIR)
     if pi == 0:
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
-        print(f"sft {sc.name}: step {sc.steps}{', ' + summary if summary else ''}; guide at {guide}")
+        scores = "".join(f", {k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
+        print(f"sft {sc.name}: step {sc.steps}{scores}; guide at {guide}")
     return 0
 
 

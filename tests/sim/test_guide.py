@@ -73,12 +73,14 @@ def test_base_guide_is_deterministic_from_the_seed_and_reused(tmp_path):
     a, b = built
     for f in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    model, mcfg = hf.load(a)
-    assert mcfg.vocab_size == len(AutoTokenizer.from_pretrained(str(a)))
-    assert mcfg.tie_word_embeddings and mcfg.eos_token_id == AutoTokenizer.from_pretrained(str(a)).eos_token_id
+    _, mcfg = hf.load(a)
+    tokenizer = AutoTokenizer.from_pretrained(str(a))
+    assert mcfg.vocab_size == len(tokenizer)
+    assert mcfg.tie_word_embeddings and mcfg.eos_token_id == tokenizer.eos_token_id
     stamp = (a / "model.safetensors").stat().st_mtime_ns
     same_corpus = "task.options={n_train: 60, n_validation: 4, n_test: 4, min_steps: 2}"
-    assert guide.ensure_base_guide(load_config(None, [f"run_dir={tmp_path / 'a'}", same_corpus, TINY])) == a
+    again = load_config(None, [f"run_dir={tmp_path / 'a'}", same_corpus, TINY])
+    assert guide.ensure_base_guide(again) == a
     assert (a / "model.safetensors").stat().st_mtime_ns == stamp
     other_seed = load_config(None, [f"run_dir={tmp_path / 'a'}", TASK, TINY, "seed=1"])
     with pytest.raises(UserError, match="built with other settings"):

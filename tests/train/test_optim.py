@@ -2,7 +2,6 @@
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from exectune_jax.train.optim import decay_mask, lr_schedule, make_optimizer

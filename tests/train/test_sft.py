@@ -21,7 +21,8 @@ from exectune_jax.train.metrics import read_metrics
 REPO = Path(__file__).resolve().parents[2]
 TASK = "task.options={n_train: 200, n_validation: 16, n_test: 8}"
 TINY_GUIDE = ("sft.base_guide={vocab_size: 512, hidden_size: 64, intermediate_size: 128, "
-              "num_layers: 2, num_heads: 4, num_kv_heads: 2, warmup_steps: 3, warmup_batch_size: 2}")
+              "num_layers: 2, num_heads: 4, num_kv_heads: 2, warmup_steps: 3, "
+              "warmup_batch_size: 2}")
 
 
 def write_accepted(path: Path, problems) -> Path:
@@ -65,7 +66,8 @@ def test_sharded_run_matches_single_device(world, tmp_path):
         runs[mesh] = losses(run_dir / "sft")
     single, sharded = runs["1,1,1"], runs["2,2,2"]
     assert sorted(single) == sorted(sharded) == [1, 2, 3]
-    np.testing.assert_allclose([sharded[s] for s in single], list(single.values()), rtol=0, atol=1e-5)
+    np.testing.assert_allclose([sharded[s] for s in single], list(single.values()),
+                               rtol=0, atol=1e-5)
 
 
 def _cli(run_dir: Path, world, steps: int) -> list[str]:
