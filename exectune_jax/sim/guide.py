@@ -133,8 +133,9 @@ def advice(problem: Problem, seed: int = 0) -> str:
     """Free-form advice in prose (no tags, no numbered steps), as an instruct model might write.
 
     It names the operations and the problem's numbers that matter, in the order they appear,
-    but never an intermediate result or the answer. Warming up on it teaches the base guide to
-    copy numbers out of a problem, a skill any instruct model brings along.
+    but never an intermediate result or the answer: copying numbers out of a problem is what an
+    instruct model does unprompted (the demo guide's short warm-up does not master it; SFT
+    must teach it).
     """
     rng = random.Random(f"advice/{seed}/{problem.id}")
     program = problem.meta["program"]
@@ -242,7 +243,7 @@ def warmup_examples(
 
 
 def warm_up(model: Transformer, examples: Sequence[Example], spec: BaseGuideSpec, seed: int):
-    """A few hundred plain (single-device) LM steps; returns the per-step losses."""
+    """`spec.warmup_steps` plain (single-device) LM steps; returns the per-step losses."""
     from exectune_jax.train.optim import make_optimizer
     from exectune_jax.train.sft import make_train_step
 
