@@ -83,7 +83,13 @@ def ci(k: int, n: int) -> list[float]:
 
 
 def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
-    """The row's numbers; `ref` is the reference row's first_correct (None: no test)."""
+    """The row's numbers; `ref` is the reference row's first_correct (None: no test).
+
+    accuracy is pass@1 (each problem's first execution), so rows pair up for McNemar;
+    executability averages all `eval.samples` executions of each problem's strategy, the
+    guide-averaged e(x, s) of the paper. usd_per_problem is per scored core execution, and
+    guide_tokens counts what the guide generated (self-hosted, so not priced).
+    """
     first = data.first_correct()
     n, k = len(first), sum(first.values())
     flat = [o for os_ in data.outcomes for o in os_]
