@@ -5,34 +5,44 @@ the core and teacher APIs for every stage; then: base guide -> acceptance sampli
 unfiltered) -> SFT on each -> advisor-style RL from the base guide and ExecTune RL from the
 filtered SFT guide -> the method table -> HF export of the final guide.
 
-Sizes: the demo picks sizes for a few CPU minutes (`--quick`: a smoke run of the plumbing). They
-fill only fields the config left at their defaults, so any dotted override still wins. Each
-stage writes its usual directory under the output dir and resumes from it when run again.
-Stage chatter goes to logs/<stage>.log; the terminal shows one progress line per stage and the
-closing table. results.json holds no timings or paths: the same seed gives the same file, with
-or without injected API faults.
+Each stage runs in its own process (`python -m exectune_jax.demo STAGE CONFIG`), writing its
+usual directory under the output dir and its chatter to logs/<stage>.log. Stages that do not
+depend on each other run side by side: a tiny model's training step keeps about one core busy,
+so on two cores the two SFT runs (and the two RL runs) cost the wall time of one. The terminal
+shows one progress line for the whole demo, then the closing table. Run again, it resumes from
+what the stages finished.
+
+Sizes: the demo picks sizes for its time budget (`--quick`: a smoke run of the plumbing). They
+fill only fields the config left at their defaults, so any dotted override still wins.
+results.json holds no timings or paths: the same seed gives the same file, with or without
+injected API faults.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
+import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exectune_jax.config import Config, dump
+from exectune_jax.config import Config, dump, load_config
 
 # Filled in only where the config still holds the default (dotted key -> value).
 DEMO_SIZES: dict[str, Any] = {
-    "task.options": {"n_train": 400, "n_validation": 32, "n_test": 200},
-    "sample.n_problems": 200,
-    "sft.steps": 200,
+    "task.options": {"n_train": 2000, "n_validation": 32, "n_test": 200},
+    "sft.steps": 1000,
+    "sft.lr": 2e-3,
     "sft.eval_every": 0,
+    "sft.checkpoint_every": 250,
     "rl.steps": 12,
+    "rl.held_out": 0,
     "eval.n_problems": 200,
 }
 QUICK_SIZES: dict[str, Any] = {
@@ -50,8 +60,17 @@ QUICK_SIZES: dict[str, Any] = {
     "rl.prompts_per_step": 4,
     "rl.core_only_samples": 2,
     "rl.checkpoint_every": 2,
+    "rl.held_out": 0,
     "eval.n_problems": 48,
 }
+# Phases run in order; the chains of a phase run side by side; a chain's stages run in order.
+PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("base_guide",), ("sample", "sample_unfiltered")),
+    (("sft",), ("sft_unfiltered",)),
+    (("advisor_rl",), ("rl",)),
+    (("eval",),),
+    (("export",),),
+)
 OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "rl_curves.png")
 
 
@@ -97,6 +116,7 @@ def stage_configs(cfg: Config) -> dict[str, Config]:
     """The config each stage runs with; stage directories follow the run-dir layout."""
     run_dir = Path(cfg.run_dir)
     return {
+        "base_guide": cfg,
         "sample": with_values(cfg, {"sample.out": "sample"}),
         "sample_unfiltered": with_values(cfg, {"sample.out": "sample_unfiltered"}),
         "sft": with_values(cfg, {"sft.name": "sft",
@@ -109,90 +129,196 @@ def stage_configs(cfg: Config) -> dict[str, Config]:
         "rl": with_values(cfg, {"rl.name": "rl", "rl.preset": "exectune",
                                 "rl.init": str(run_dir / "sft" / "guide")}),
         "eval": cfg,
+        "export": cfg,
     }
 
 
+def stage_steps(cfg: Config, stage: str) -> tuple[Path, int] | None:
+    """(metrics.jsonl, total steps) of a training stage, for the progress line."""
+    if stage.startswith("sft"):
+        return Path(cfg.run_dir) / cfg.sft.name / "metrics.jsonl", cfg.sft.steps
+    if stage in ("rl", "advisor_rl"):
+        return Path(cfg.run_dir) / cfg.rl.name / "metrics.jsonl", cfg.rl.steps
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
-# Stages (side effects)
+# One stage (runs in the child process)
 
 
 def export_guide(cfg: Config, out: Path) -> Path:
-    """The final guide as a standalone HF checkpoint (the export command when available)."""
-    source = Path(cfg.run_dir) / "rl" / "guide"
-    try:
-        from exectune_jax import export
-    except ImportError:
-        export = None
-    if export is not None:
-        export.run(cfg, source=str(source), out=str(out), push_to_hub=None, dtype="bf16")
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(source, out)
+    """The final guide as a standalone HF checkpoint, written by the export command."""
+    from exectune_jax import export
+
+    export.run(cfg, source=str(Path(cfg.run_dir) / "rl" / "guide"), out=str(out),
+               push_to_hub=None, dtype="bf16")
     return out
 
 
-def _stage(module: str, func: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
-    """A stage call whose module is imported only when the stage runs."""
+def run_stage(stage: str, cfg: Config) -> Any:
+    if stage == "base_guide":
+        from exectune_jax.sim.guide import ensure_base_guide
 
-    def call() -> Any:
-        import importlib
+        return ensure_base_guide(cfg)
+    if stage.startswith("sample"):
+        from exectune_jax.train import acceptance
 
-        return getattr(importlib.import_module(module), func)(*args, **kwargs)
+        return acceptance.run(cfg, unfiltered=stage == "sample_unfiltered")
+    if stage.startswith("sft"):
+        from exectune_jax.train import sft
 
-    return call
+        return sft.run(cfg)
+    if stage in ("rl", "advisor_rl"):
+        from exectune_jax.train import grpo
 
+        return grpo.run(cfg)
+    if stage == "eval":
+        from exectune_jax import evaluate
 
-def stages(cfg: Config, out: Path) -> list[tuple[str, Callable[[], Any]]]:
-    c = stage_configs(cfg)
-    return [
-        ("base guide", _stage("exectune_jax.sim.guide", "ensure_base_guide", cfg)),
-        ("sample", _stage("exectune_jax.train.acceptance", "run", c["sample"])),
-        ("sample --unfiltered", _stage("exectune_jax.train.acceptance", "run",
-                                       c["sample_unfiltered"], unfiltered=True)),
-        ("sft", _stage("exectune_jax.train.sft", "run", c["sft"])),
-        ("sft_unfiltered", _stage("exectune_jax.train.sft", "run", c["sft_unfiltered"])),
-        ("advisor_rl", _stage("exectune_jax.train.grpo", "run", c["advisor_rl"])),
-        ("rl", _stage("exectune_jax.train.grpo", "run", c["rl"])),
-        ("eval", _stage("exectune_jax.evaluate", "run", c["eval"])),
-        ("export", lambda: export_guide(cfg, out / "export")),
-    ]
-
-
-@contextlib.contextmanager
-def logged(path: Path):
-    """Send a stage's own prints and progress bars to its log file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        yield
+        return evaluate.run(cfg)
+    if stage == "export":
+        return export_guide(cfg, Path(cfg.run_dir) / "export")
+    raise ValueError(f"unknown demo stage {stage!r}")
 
 
-def run_stages(todo: list[tuple[str, Callable[[], Any]]], logs: Path, *,
-               show: bool) -> dict[str, float]:
-    """Run the stages in order under one progress bar; returns seconds per stage."""
-    from tqdm.auto import tqdm
+def child_main(argv: Sequence[str]) -> int:
+    """`python -m exectune_jax.demo STAGE CONFIG`: one stage, as its own process."""
+    from absl import flags
 
-    seconds = {}
-    bar = tqdm(total=len(todo), desc="demo", unit="stage", file=sys.stderr, disable=not show,
-               bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}")
-    for name, fn in todo:
-        bar.set_description(f"demo: {name}")
-        start = time.perf_counter()
-        log = logs / f"{name.replace(' --', '_').replace(' ', '_')}.log"
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags (see the CLI's runtime set-up)
+        flags.FLAGS.mark_as_parsed()
+    stage, path = argv
+    result = run_stage(stage, load_config(path))
+    return result if isinstance(result, int) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule (parent process)
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, returncode: int, log: Path):
+        super().__init__(f"stage `{stage}` exited with {returncode}; its log is {log}")
+        self.stage, self.log = stage, log
+
+
+class Runner:
+    """Runs the phases' chains as child processes, keeping one status line up to date."""
+
+    def __init__(self, configs: Mapping[str, Config], logs: Path, *, show: bool):
+        self.configs, self.logs, self.show = configs, logs, show
+        self.seconds: dict[str, float] = {}
+        self.running: dict[str, subprocess.Popen] = {}
+        self.failure: StageFailed | None = None
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+
+    def _chain(self, stages: Sequence[str]) -> None:
+        for stage in stages:
+            if self.failure is not None:
+                return
+            config_path = self.logs / f"{stage}.yaml"
+            # the demo's status line replaces the stage's own bars, which would only clutter logs
+            dump(with_values(self.configs[stage], {"metrics.progress": False}), config_path)
+            log = self.logs / f"{stage}.log"
+            start = time.perf_counter()
+            with open(log, "a") as f:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "exectune_jax.demo", stage, str(config_path)],
+                    stdout=f, stderr=subprocess.STDOUT, env=child_env())
+                with self._lock:
+                    self.running[stage] = proc
+                code = proc.wait()
+            with self._lock:
+                del self.running[stage]
+                self.seconds[stage] = time.perf_counter() - start
+                if code != 0 and self.failure is None:
+                    self.failure = StageFailed(stage, code, log)
+            if code != 0:
+                return
+            self._say(f"  {stage:<18} done in {self.seconds[stage]:6.1f} s")
+
+    def _say(self, text: str) -> None:
+        if self.show:
+            sys.stderr.write("\r\033[K" + text + "\n")
+            sys.stderr.flush()
+
+    def status(self, phase: int) -> str:
+        parts = []
+        with self._lock:
+            names = list(self.running)
+        for stage in names:
+            parts.append(stage + progress_of(self.configs[stage], stage))
+        elapsed = time.perf_counter() - self._started
+        return (f"demo [{phase + 1}/{len(PHASES)}] {' | '.join(parts) or '...'}  "
+                f"{int(elapsed // 60):02d}:{int(elapsed % 60):02d}")
+
+    def run(self, phases: Sequence[Sequence[Sequence[str]]]) -> dict[str, float]:
+        self.logs.mkdir(parents=True, exist_ok=True)
         try:
-            with logged(log):
-                fn()
+            for i, chains in enumerate(phases):
+                threads = [threading.Thread(target=self._chain, args=(c,), daemon=True)
+                           for c in chains]
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    if self.failure is not None:
+                        self.stop_all()
+                    if self.show:
+                        sys.stderr.write("\r\033[K" + self.status(i))
+                        sys.stderr.flush()
+                    time.sleep(0.5)
+                if self.failure is not None:
+                    raise self.failure
         except BaseException:
-            bar.close()
-            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-            print("\n".join(tail), file=sys.stderr)
-            print(f"exectune demo: stage `{name}` stopped; its log is {log}. Run the same "
-                  "command again to resume from the finished stages.", file=sys.stderr)
+            self.stop_all()
             raise
-        seconds[name] = time.perf_counter() - start
-        bar.write(f"  {name:<20} {seconds[name]:6.1f} s", file=sys.stderr)
-        bar.update()
-    bar.close()
-    return seconds
+        finally:
+            if self.show:
+                sys.stderr.write("\r\033[K")
+        return self.seconds
+
+    def stop_all(self) -> None:
+        """End the stage processes this runner started (they resume on the next run)."""
+        with self._lock:
+            procs = list(self.running.values())
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def progress_of(cfg: Config, stage: str) -> str:
+    """" 340/1000" from the stage's metrics.jsonl, or "" when it has no step count."""
+    found = stage_steps(cfg, stage)
+    if found is None or not found[0].exists():
+        return ""
+    path, total = found
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        try:
+            return f" {json.loads(line)['step']}/{total}"
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ""
+
+
+def child_env() -> dict[str, str]:
+    """The parent's environment with the persistent compile cache the CLI would set."""
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                   str(Path.home() / ".cache" / "exectune-jax" / "xla"))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Closing
 
 
 def collect_outputs(cfg: Config, out: Path) -> list[Path]:
@@ -206,9 +332,18 @@ def collect_outputs(cfg: Config, out: Path) -> list[Path]:
     return found
 
 
-def closing_summary(out: Path, seconds: Mapping[str, float]) -> str:
-    import json
+def spend(ledger: Path) -> tuple[float, float]:
+    """(USD paid, USD replayed from the cache) over the whole ledger, all stages."""
+    paid = replayed = 0.0
+    if ledger.exists():
+        for line in ledger.read_text().splitlines():
+            row = json.loads(line)
+            paid += row["usd"]
+            replayed += row["replayed_usd"]
+    return paid, replayed
 
+
+def closing_summary(out: Path, seconds: Mapping[str, float], wall: float) -> str:
     lines = [""]
     sample = out / "sample" / "summary.json"
     if sample.exists():
@@ -216,13 +351,11 @@ def closing_summary(out: Path, seconds: Mapping[str, float]) -> str:
         lines.append(f"acceptance sampling: {acc['rate']:.1%} of teacher proposal chains accepted "
                      f"[{acc['ci'][0]:.1%}, {acc['ci'][1]:.1%}] ({acc['k']}/{acc['n']})")
     lines += ["", (out / "results.md").read_text().rstrip(), ""]
-    total = json.loads((out / "ledger_totals.json").read_text()) \
-        if (out / "ledger_totals.json").exists() else None
-    if total is not None:
-        lines.append(f"API spend (simulated, prices read {total['prices_read_on']}): "
-                     f"USD {total['usd']:.4f}")
+    paid, replayed = spend(out / "ledger.jsonl")
+    lines.append(f"simulated API spend: USD {paid:.4f} paid, USD {replayed:.4f} replayed from "
+                 "the call cache")
     lines.append("time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
-                 + f"; total {sum(seconds.values()):.0f}s")
+                 + f"; wall {wall:.0f}s")
     lines.append(f"outputs in {out}: results.json, results.md, plots, <stage>/metrics.jsonl, "
                  "export/ (the final guide), ledger.jsonl, logs/")
     return "\n".join(lines)
@@ -232,8 +365,7 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
     """The demo's config: output dir, then sizes where the user did not choose."""
     if out is not None:
         cfg = with_values(cfg, {"run_dir": out})
-    cfg = sized(cfg, QUICK_SIZES if quick else DEMO_SIZES)
-    return cfg
+    return sized(cfg, QUICK_SIZES if quick else DEMO_SIZES)
 
 
 def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
@@ -243,11 +375,24 @@ def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     dump(cfg, root / "demo_config.yaml")
+    start = time.perf_counter()
     with SimServer.from_config(cfg.sim) as server:
         print(f"exectune demo{' --quick' if quick else ''}: sim API at {server.url}, "
               f"output in {root}", file=sys.stderr)
-        staged = with_sim_url(cfg, server.url)
-        seconds = run_stages(stages(staged, root), root / "logs", show=cfg.metrics.progress)
+        configs = stage_configs(with_sim_url(cfg, server.url))
+        runner = Runner(configs, root / "logs", show=cfg.metrics.progress)
+        try:
+            seconds = runner.run(PHASES)
+        except StageFailed as e:
+            tail = e.log.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+            print(f"exectune demo: {e}. Run the same command again to resume from the "
+                  "finished stages.", file=sys.stderr)
+            return 1
     collect_outputs(cfg, root)
-    print(closing_summary(root, seconds))
+    print(closing_summary(root, seconds, time.perf_counter() - start))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

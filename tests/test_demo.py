@@ -77,6 +77,26 @@ def test_every_stage_points_at_the_one_sim_server():
     assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"
     assert cfg.api.teacher.base_url == "http://127.0.0.1:1234/v1"
     staged = demo.stage_configs(cfg)
+    assert {s for phase in demo.PHASES for chain in phase for s in chain} == set(staged)
     assert staged["advisor_rl"].rl.preset == "advisor"
     assert staged["rl"].rl.init.endswith("sft/guide")
     assert staged["sft_unfiltered"].sft.data.endswith("sample_unfiltered/accepted.jsonl")
+
+
+def test_stage_configs_survive_the_yaml_hand_off_to_the_stage_process(tmp_path):
+    from exectune_jax.config import dump
+
+    cfg = demo.prepare(load_config(None, ["api.core.max_tokens=300"]), str(tmp_path), quick=True)
+    for stage, staged in demo.stage_configs(demo.with_sim_url(cfg, "http://h:1")).items():
+        dump(staged, tmp_path / f"{stage}.yaml")
+        assert load_config(tmp_path / f"{stage}.yaml") == staged, stage
+
+
+def test_a_stage_that_fails_stops_the_demo_and_names_its_log(tmp_path):
+    """A stage process that exits non-zero (here: an unknown task) ends the run with its log."""
+    cfg = demo.prepare(load_config(None, ["task.name=no_such_task"]), str(tmp_path), quick=True)
+    runner = demo.Runner(demo.stage_configs(cfg), tmp_path / "logs", show=False)
+    with pytest.raises(demo.StageFailed) as failed:
+        runner.run([(("sample",),)])
+    assert failed.value.log == tmp_path / "logs" / "sample.log"
+    assert "no_such_task" in failed.value.log.read_text()
