@@ -36,15 +36,18 @@ from exectune_jax.config import Config, dump, load_config
 
 # Filled in only where the config still holds the default (dotted key -> value).
 DEMO_SIZES: dict[str, Any] = {
-    "task.options": {"n_train": 2000, "n_validation": 32, "n_test": 200},
+    # The tiny guide learns to copy a problem's numbers into steps only from a few thousand
+    # distinct problems (from 200 it memorises them and writes wrong numbers on new ones), so
+    # acceptance sampling covers the whole 2,000-problem train split.
+    "task.options": {"n_train": 2000, "n_validation": 32, "n_test": 500},
+    "sft.base_guide": {"warmup_steps": 300},  # a longer warm-up: SFT then generalises sooner
     "sft.steps": 1000,
     "sft.lr": 2e-3,
     "sft.eval_every": 0,
     "sft.checkpoint_every": 250,
-    "rl.steps": 12,
-    "rl.lr": 3e-5,  # 1e-4 undoes the SFT guide's accuracy within 12 steps at this model size
-    "rl.held_out": 0,
-    "eval.n_problems": 200,
+    "rl.steps": 20,
+    "rl.lr": 3e-5,  # 1e-4 undid the SFT guide's accuracy (93% -> 84.5%) within 12 steps
+    "rl.held_out": 0,  # the eval stage measures every guide on the test split anyway
 }
 QUICK_SIZES: dict[str, Any] = {
     "task.options": {"n_train": 64, "n_validation": 8, "n_test": 48},
@@ -344,6 +347,52 @@ def spend(ledger: Path) -> tuple[float, float]:
     return paid, replayed
 
 
+PAPER_ROWS = ("core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl")
+
+
+def pattern_checks(rows: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> list[tuple[bool, str]]:
+    """The paper's pattern, criterion by criterion: (holds, what was compared).
+
+    The rows of the paper's table are compared with `exectune`; a stronger core alone is a
+    reference point (the paper reports ExecTune close to a stronger core at a lower price), so it
+    is described, not judged. Rows missing from the table are left out.
+    """
+    by = {r["method"]: r for r in rows}
+    ours = by.get("exectune")
+    if ours is None:
+        return []
+    others = [by[m] for m in PAPER_ROWS if m in by]
+    checks = [(all(ours["accuracy"] > r["accuracy"] for r in others),
+               "exectune has the highest accuracy of the method rows")]
+    for r in others:
+        p = r["mcnemar_p_vs_exectune"]
+        checks.append((ours["accuracy"] > r["accuracy"] and p is not None and p < alpha,
+                       f"exectune above {r['method']}: {ours['accuracy']:.1%} vs {r['accuracy']:.1%}, "
+                       f"McNemar p = {p:.3g}" if p is not None else f"exectune vs {r['method']}: no p"))
+    for m in ("sft_unfiltered", "advisor_rl"):
+        if m in by and by[m]["executability"] is not None and ours["executability"] is not None:
+            checks.append((ours["executability"] > by[m]["executability"],
+                           f"executability above {m}: {ours['executability']:.1%} vs "
+                           f"{by[m]['executability']:.1%}"))
+    if "core_only" in by:
+        checks.append((ours["usd_per_problem"] < by["core_only"]["usd_per_problem"],
+                       f"USD per problem below core_only: {ours['usd_per_problem']:.6f} vs "
+                       f"{by['core_only']['usd_per_problem']:.6f}"))
+    return checks
+
+
+def reference_line(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """ExecTune beside the stronger core alone: accuracy gap and price ratio."""
+    by = {r["method"]: r for r in rows}
+    if "exectune" not in by or "core_strong" not in by:
+        return None
+    ours, strong = by["exectune"], by["core_strong"]
+    return (f"reference: core_strong alone {strong['accuracy']:.1%} at USD "
+            f"{strong['usd_per_problem']:.6f}/problem; exectune {ours['accuracy']:.1%} at "
+            f"{ours['usd_per_problem'] / strong['usd_per_problem']:.0%} of its price "
+            f"(McNemar p = {strong['mcnemar_p_vs_exectune']:.3g})")
+
+
 def closing_summary(out: Path, seconds: Mapping[str, float], wall: float) -> str:
     lines = [""]
     sample = out / "sample" / "summary.json"
@@ -352,6 +401,15 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float) -> str
         lines.append(f"acceptance sampling: {acc['rate']:.1%} of teacher proposal chains accepted "
                      f"[{acc['ci'][0]:.1%}, {acc['ci'][1]:.1%}] ({acc['k']}/{acc['n']})")
     lines += ["", (out / "results.md").read_text().rstrip(), ""]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    checks = pattern_checks(rows)
+    if checks:
+        lines.append(f"the paper's pattern: {sum(ok for ok, _ in checks)}/{len(checks)} criteria hold")
+        lines += [f"  [{'x' if ok else ' '}] {text}" for ok, text in checks]
+    reference = reference_line(rows)
+    if reference:
+        lines.append(reference)
+    lines.append("")
     paid, replayed = spend(out / "ledger.jsonl")
     lines.append(f"simulated API spend: USD {paid:.4f} paid, USD {replayed:.4f} replayed from "
                  "the call cache")

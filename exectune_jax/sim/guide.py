@@ -109,9 +109,9 @@ def gold_strategy(problem: Problem) -> str:
     return strategy.render(strategy_steps(problem))
 
 
-_VERBS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "divide"}
-_GERUNDS = {
-    "add": "adding", "subtract": "subtracting", "multiply": "multiplying", "divide": "dividing",
+_PHRASES = {
+    "add": "adding {b} to {a}", "subtract": "subtracting {b} from {a}",
+    "multiply": "multiplying {a} by {b}", "divide": "dividing {a} by {b}",
 }
 _OPENINGS = (
     "Read the problem one sentence at a time and keep a running count.",
@@ -120,6 +120,7 @@ _OPENINGS = (
     "Go through the story in order and update the number after every event.",
     "Work out what is there at the start, then follow each change.",
 )
+_CONNECTORS = ("First", "Then", "Next", "After that", "Later")
 _CLOSINGS = (
     "Check your arithmetic before you give the final number.",
     "Make sure you answer exactly what the question asks.",
@@ -132,31 +133,29 @@ _CLOSINGS = (
 def advice(problem: Problem, seed: int = 0) -> str:
     """Free-form advice in prose (no tags, no numbered steps), as an instruct model might write.
 
-    It names the operations and the problem's numbers that matter, in the order they appear,
-    but never an intermediate result or the answer: copying numbers out of a problem is what an
-    instruct model does unprompted (the demo guide's short warm-up does not master it; SFT
-    must teach it).
+    It walks through the story in order, one sentence per event, naming the operation and the
+    problem's numbers it uses, but never an intermediate result or the answer. Reading a story
+    in order and copying its numbers is what an off-the-shelf instruct model does unprompted;
+    the strategy format, step references and what the core can follow are left for SFT. No
+    sentence has the shape of a step the core follows, so the core treats this advice as
+    unfollowable, as it treats a real instruct model's prose.
     """
     rng = random.Random(f"advice/{seed}/{problem.id}")
-    program = problem.meta["program"]
-    ops = list(dict.fromkeys(op for op, _, _ in program))
+    q = problem.meta["quantities"]
     parts = [rng.choice(_OPENINGS)]
-    first_op, left, right = program[0]
-    if left.startswith("q") and right.startswith("q") and rng.random() < 0.6:
-        q = problem.meta["quantities"]
-        parts.append(
-            f"Begin by {_GERUNDS[first_op]} {q[int(left[1:])]} and {q[int(right[1:])]}."
-        )
-    used = sorted({int(ref[1:]) for _, *refs in program for ref in refs if ref.startswith("q")})
-    numbers = [str(problem.meta["quantities"][i]) for i in used]
-    parts.append(f"The numbers that matter are {_listing(numbers)}.")
-    parts.append(f"You will need to {_listing([_VERBS[op] for op in ops])}.")
+    for j, (op, left, right) in enumerate(problem.meta["program"]):
+        a, b = (_mention(ref, q, j) for ref in (left, right))
+        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < 0.5 else "Then"
+        parts.append(f"{connector} think about {_PHRASES[op].format(a=a, b=b)}.")
     parts.append(rng.choice(_CLOSINGS))
     return " ".join(parts)
 
 
-def _listing(words: Sequence[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+def _mention(ref: str, quantities: Sequence[int], step: int) -> str:
+    """A program operand in prose: the problem's number, or an earlier amount without its value."""
+    if ref.startswith("q"):
+        return str(quantities[int(ref[1:])])
+    return "the amount so far" if int(ref[1:]) == step - 1 else "an earlier amount"
 
 
 def tokenizer_corpus(problems: Sequence[Problem], family: str = "math") -> Iterable[str]:

@@ -2,7 +2,10 @@
 
 The teacher proposes K strategies per training problem; the *target core* executes each one and
 only strategies that are well formed, do not leak the answer and lead the core to a verified
-correct answer are kept. A failed proposal goes back to the teacher with the failure, up to R
+correct answer at no more than the cost of the core alone are kept. The cost check is the
+paper's cost-sensitive utility (J = V - lambda T) applied to the data: a strategy the core cannot
+follow is ignored, and the core then solves the problem its own way at its usual price plus the
+strategy's tokens, so a right answer alone does not show that the strategy was executable. A failed proposal goes back to the teacher with the failure, up to R
 times. The point is that the guide is later trained only on strategies this core has been seen
 to execute, so the data is chosen by the core, not by the teacher's taste.
 
@@ -32,7 +35,7 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many
 from exectune_jax.gcop.executability import wilson
 
-REASONS = ("format", "leak", "wrong_answer", "api_failure")
+REASONS = ("format", "leak", "wrong_answer", "costly", "api_failure")
 _STYLE = re.compile(r"^\s*style:\s*([\w-]+)\s*$", re.MULTILINE | re.IGNORECASE)
 _BLOCK = re.compile(r"<strategy>.*?</strategy>", re.DOTALL)
 
@@ -80,21 +83,43 @@ def judge_reply(problem: Problem, family: str, attempt: int, revision: int,
     return base
 
 
-def verdict(candidate: Candidate, outcomes: Sequence[Outcome]) -> Candidate:
-    """Accept only when every verification execution was correct; a wrong one beats a failed call."""
+def verdict(candidate: Candidate, outcomes: Sequence[Outcome], budget_usd: float | None = None,
+            ) -> Candidate:
+    """Accept only when every verification execution was correct and, when `budget_usd` is
+    given, none cost more than it; a wrong answer beats a failed call."""
     wrong = [o for o in outcomes if o.correct is False]
     if wrong:
         return replace(candidate, status="wrong_answer", detail=wrong[0].reason or "wrong answer")
     failed = [o for o in outcomes if o.correct is None]
     if failed:
         return replace(candidate, status="api_failure", detail=f"core call failed: {failed[0].error}")
+    costly = [o for o in outcomes if budget_usd is not None and o.usd > budget_usd]
+    if costly:
+        return replace(candidate, status="costly",
+                       detail=f"USD {costly[0].usd:.6f} with the strategy, above {budget_usd:.6f}")
     return replace(candidate, status="accepted", detail="")
+
+
+def cost_budgets(alone: Sequence[Outcome], problems: Sequence[Problem], ratio: float | None,
+                 ) -> dict[str, float]:
+    """Problem id -> the most USD a strategy's execution may cost: `ratio` times the core alone.
+
+    Problems whose core-alone call failed get no budget (no cost check), as does every
+    problem when `ratio` is None.
+    """
+    if ratio is None:
+        return {}
+    return {p.id: ratio * o.usd for p, o in zip(problems, alone) if o.correct is not None}
 
 
 def feedback(candidate: Candidate) -> str:
     """What the teacher is told when asked to revise."""
     if candidate.status == "wrong_answer":
         return f"The core followed your strategy and got it wrong: {candidate.detail}."
+    if candidate.status == "costly":
+        return ("The core reached the answer, but at more than it costs without a strategy "
+                f"({candidate.detail}): it could not follow your steps as written. Use one "
+                "simple operation per step on numbers from the problem or earlier results.")
     if candidate.status == "leak":
         return f"Your strategy gives the answer away ({candidate.detail}); describe steps only."
     return f"Your strategy is not in the required format ({candidate.detail})."
@@ -117,6 +142,10 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
     open_items = [(p, k, prompts.teacher_propose_messages(p, family))
                   for p in problems for k in range(sc.proposals)]
     rounds = 1 if unfiltered else sc.revisions + 1
+    budgets: dict[str, float] = {}
+    if not unfiltered and sc.max_cost_vs_core is not None:
+        alone = execute_many(pool, task, [(p, None) for p in problems], stage=f"{stage}.core_alone")
+        budgets = cost_budgets(alone, problems, sc.max_cost_vs_core)
     done: list[Candidate] = []
     for revision in range(rounds):
         if not open_items or pool.stopped:
@@ -129,24 +158,28 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
         if unfiltered:
             done += [c if c.status else replace(c, status="accepted") for c in judged]
             break
-        judged = execute_pending(pool, task, judged, sc.verify_samples, f"{stage}.core")
+        judged = execute_pending(pool, task, judged, sc.verify_samples, f"{stage}.core", budgets)
         done += judged
         open_items = [(c.problem, c.attempt,
                        prompts.teacher_revise_messages(c.problem, family,
                                                        c.completion or c.reply, feedback(c)))
-                      for c in judged if c.status in ("format", "leak", "wrong_answer")]
+                      for c in judged if c.status in ("format", "leak", "wrong_answer", "costly")]
     return done
 
 
-def execute_pending(pool, task, judged: list[Candidate], verify: int, stage: str) -> list[Candidate]:
-    """Run the core `verify` times (sample indices 0..verify-1) on each undecided candidate."""
+def execute_pending(pool, task, judged: list[Candidate], verify: int, stage: str,
+                    budgets: Mapping[str, float] | None = None) -> list[Candidate]:
+    """Run the core `verify` times (sample indices 0..verify-1) on each undecided candidate;
+    `budgets` (problem id -> USD) caps what one execution may cost."""
+    budgets = budgets or {}
     pending = [i for i, c in enumerate(judged) if not c.status]
     items = [(judged[i].problem, judged[i].completion) for i in pending for _ in range(verify)]
     indices = [v for _ in pending for v in range(verify)]
     outcomes = execute_many(pool, task, items, stage=stage, sample_index=indices) if items else []
     out = list(judged)
     for j, i in enumerate(pending):
-        out[i] = verdict(judged[i], outcomes[j * verify:(j + 1) * verify])
+        out[i] = verdict(judged[i], outcomes[j * verify:(j + 1) * verify],
+                         budgets.get(judged[i].problem.id))
     return out
 
 
