@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.gcop.execute import Outcome, execute_many
+from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import executability, wilson
 
 REFERENCE = "exectune"
@@ -178,12 +178,6 @@ def guide_texts(guide_dir: Path, problems: Sequence[Problem], family: str, *, ad
         texts += [t.strip() for t in out.texts]
         generated += int(out.lengths.sum())
     return texts, generated
-
-
-def priced(outcomes: Sequence[Outcome], prices, model: str) -> list[Outcome]:
-    """Outcomes with USD recomputed from their tokens: a call replayed from the cache is billed
-    0 by the ledger, but it costs the same to a deployment, so rows compare fairly."""
-    return [replace(o, usd=prices.usd(model, o.input_tokens, o.output_tokens)) for o in outcomes]
 
 
 def execute_row(pool, task, problems: Sequence[Problem], texts: Sequence[str | None] | None, *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exectune_jax.api.pool import Request, Result
 from exectune_jax.data.tasks.base import Problem, Task, Verdict
@@ -51,6 +51,12 @@ def outcome(result: Result, verdict: Verdict | None) -> Outcome:
                        result.usd, result.error, result.cached)
     return Outcome(verdict.correct, verdict.extracted, verdict.reason, result.input_tokens,
                    result.output_tokens, result.usd, None, result.cached)
+
+
+def priced(outcomes: Sequence[Outcome], prices, model: str) -> list[Outcome]:
+    """Outcomes with USD recomputed from their tokens: a call replayed from the cache is billed
+    0 by the ledger, but it costs the same to a deployment, so rows compare fairly."""
+    return [replace(o, usd=prices.usd(model, o.input_tokens, o.output_tokens)) for o in outcomes]
 
 
 def execute_many(pool, task: Task, items: Sequence[tuple[Problem, str | None]], *, stage: str,

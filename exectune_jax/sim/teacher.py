@@ -7,6 +7,11 @@ core: `atomic` (one followable operation per step), `compound` (two operations i
 `wrong` (one wrong operation or operand) and `leak` (states the final answer). The style is
 named on a line after the block, outside it, so acceptance can report rates per style. When
 asked to revise a strategy the core failed on, it writes an atomic one with high probability.
+
+Like a strong model, it has a habit: it folds a count-times-size multiplication into the step
+that uses it ("Multiply 9 by 12, then add 26 to that."), so most of its first proposals on
+problems with such a step are compound. A guide that imitates the teacher's proposals learns
+the habit, and the core cannot follow it; acceptance sampling keeps only what the core follows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from exectune_jax.sim.core import sample_rng
 from exectune_jax.sim.steps import render_operand, render_step, show
 
 PROPOSE_STYLES = {"atomic": 0.50, "compound": 0.12, "verbose": 0.12, "vague": 0.10, "wrong": 0.10, "leak": 0.06}
+HABIT_STYLES = {"atomic": 0.20, "compound": 0.60, "verbose": 0.06, "vague": 0.05, "wrong": 0.05, "leak": 0.04}
 REVISE_STYLES = {"atomic": 0.80, "compound": 0.05, "verbose": 0.05, "vague": 0.05, "wrong": 0.05}
 
 _VAGUE = ("that", "the previous result", "the total", "this amount", "the running total", "it")
@@ -46,7 +52,10 @@ class SimTeacher:
         program = parse_problem(prompts.problem_text(messages)) if family == "math" else None
         if program is None:
             return render(_GENERIC[family]) + "\nstyle: generic"
-        weights = REVISE_STYLES if prompts.previous_strategy(messages) is not None else PROPOSE_STYLES
+        if prompts.previous_strategy(messages) is not None:
+            weights = REVISE_STYLES
+        else:
+            weights = HABIT_STYLES if habit_sites(program) else PROPOSE_STYLES
         style = rng.choices(list(weights), weights=list(weights.values()))[0]
         steps = write(program, style, rng)
         if steps is None:
@@ -64,13 +73,21 @@ def atomic(program: Program, rng: random.Random | None = None) -> list[str]:
     return [render_step(op, render_operand(a, q), render_operand(b, q)) for op, a, b in program.ops]
 
 
+def habit_sites(program: Program) -> list[int]:
+    """Steps j that multiply two problem numbers and whose result step j + 1 uses at once."""
+    ops = program.ops
+    return [j for j in range(len(ops) - 1)
+            if ops[j][0] == "multiply" and ops[j][1][0] == ops[j][2][0] == "q" and f"r{j}" in ops[j + 1][1:]]
+
+
 def _compound(program: Program, rng: random.Random) -> list[str] | None:
-    """Merge an operation into the next one when the next uses its result."""
+    """Merge an operation into the next one when the next uses its result (always at a habit site)."""
     q, ops = program.quantities, program.ops
     mergeable = [j for j in range(len(ops) - 1) if f"r{j}" in ops[j + 1][1:]]
     if not mergeable:
         return None
-    merged = {j for j in mergeable if rng.random() < 0.5} or {rng.choice(mergeable)}
+    habit = set(habit_sites(program))
+    merged = {j for j in mergeable if j in habit or rng.random() < 0.5} or {rng.choice(mergeable)}
     merged = {j for j in sorted(merged) if j - 1 not in merged}
     new_index, steps, n = {}, [], 0
     for j, (op, a, b) in enumerate(ops):

@@ -32,7 +32,7 @@ from exectune_jax.config import Config, SampleConfig
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks import Problem
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.gcop.execute import Outcome, execute_many
+from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import wilson
 
 REASONS = ("format", "leak", "wrong_answer", "costly", "api_failure")
@@ -131,7 +131,7 @@ def teacher_requests(items: Sequence[tuple[Problem, int, list[dict]]], stage: st
 
 
 def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig, *,
-                      unfiltered: bool, stage: str) -> list[Candidate]:
+                      unfiltered: bool, stage: str, core_model: str) -> list[Candidate]:
     """All teacher replies of all proposal chains, each with its final status.
 
     Round r asks the teacher for every chain still open (proposals in round 0, revisions
@@ -144,7 +144,8 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
     rounds = 1 if unfiltered else sc.revisions + 1
     budgets: dict[str, float] = {}
     if not unfiltered and sc.max_cost_vs_core is not None:
-        alone = execute_many(pool, task, [(p, None) for p in problems], stage=f"{stage}.core_alone")
+        alone = priced(execute_many(pool, task, [(p, None) for p in problems],
+                                    stage=f"{stage}.core_alone"), pool.ledger.prices, core_model)
         budgets = cost_budgets(alone, problems, sc.max_cost_vs_core)
     done: list[Candidate] = []
     for revision in range(rounds):
@@ -158,7 +159,8 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
         if unfiltered:
             done += [c if c.status else replace(c, status="accepted") for c in judged]
             break
-        judged = execute_pending(pool, task, judged, sc.verify_samples, f"{stage}.core", budgets)
+        judged = execute_pending(pool, task, judged, sc.verify_samples, f"{stage}.core",
+                                 budgets, core_model)
         done += judged
         open_items = [(c.problem, c.attempt,
                        prompts.teacher_revise_messages(c.problem, family,
@@ -168,14 +170,14 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
 
 
 def execute_pending(pool, task, judged: list[Candidate], verify: int, stage: str,
-                    budgets: Mapping[str, float] | None = None) -> list[Candidate]:
+                    budgets: Mapping[str, float], core_model: str) -> list[Candidate]:
     """Run the core `verify` times (sample indices 0..verify-1) on each undecided candidate;
-    `budgets` (problem id -> USD) caps what one execution may cost."""
-    budgets = budgets or {}
+    `budgets` (problem id -> USD at list price, replays included) caps one execution's cost."""
     pending = [i for i, c in enumerate(judged) if not c.status]
     items = [(judged[i].problem, judged[i].completion) for i in pending for _ in range(verify)]
     indices = [v for _ in pending for v in range(verify)]
-    outcomes = execute_many(pool, task, items, stage=stage, sample_index=indices) if items else []
+    outcomes = priced(execute_many(pool, task, items, stage=stage, sample_index=indices),
+                      pool.ledger.prices, core_model) if items else []
     out = list(judged)
     for j, i in enumerate(pending):
         out[i] = verdict(judged[i], outcomes[j * verify:(j + 1) * verify],
@@ -285,7 +287,8 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
     task, problems = training_problems(cfg)
     with open_pool(cfg, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample,
-                                       unfiltered=unfiltered, stage=stage)
+                                       unfiltered=unfiltered, stage=stage,
+                                       core_model=cfg.api.core.model)
         totals = pool.ledger.totals()
         pool.raise_if_stopped()  # a partial dataset is never written: rerun to continue
     summary = summarize(candidates, len(problems), cfg.sample, unfiltered=unfiltered)

@@ -9,7 +9,7 @@ from exectune_jax.data.tasks.arith import parse_problem, run_program
 from exectune_jax.data.tasks.base import Problem
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.strategy import OPEN, leaks, parse
-from exectune_jax.sim import models
+from exectune_jax.sim import models, teacher
 from exectune_jax.sim.steps import Claim, Unfollowable, follow, read_step, show
 
 
@@ -38,17 +38,31 @@ def read_all(p, steps):
 
 
 def test_teacher_is_deterministic_in_messages_and_seed(task):
-    p = task.problems("test")[0]
+    p = next(p for p in task.problems("test") if p.meta["steps"] >= 5)
     assert propose(p, 1) == propose(p, 1)
     assert len({propose(p, s) for s in range(12)}) > 2
 
 
 def test_teacher_writes_every_style_in_roughly_the_intended_mix(replies):
-    counts = collections.Counter(style_of(r) for _, r in replies)
-    share = {k: v / len(replies) for k, v in counts.items()}
+    plain = [r for p, r in replies if not teacher.habit_sites(parse_problem(p.prompt))]
+    counts = collections.Counter(style_of(r) for r in plain)
+    share = {k: v / len(plain) for k, v in counts.items()}
     assert set(share) == {"atomic", "compound", "verbose", "vague", "wrong", "leak"}
-    assert 0.40 <= share["atomic"] <= 0.60
-    assert all(v >= 0.03 for v in share.values())
+    assert 0.35 <= share["atomic"] <= 0.65
+    assert all(v >= 0.02 for v in share.values())
+
+
+def test_teacher_habitually_folds_a_multiplication_into_the_step_that_uses_it(replies):
+    habitual = [(p, r) for p, r in replies if teacher.habit_sites(parse_problem(p.prompt))]
+    counts = collections.Counter(style_of(r) for _, r in habitual)
+    assert counts.most_common(1)[0][0] == "compound"
+    assert counts["compound"] / len(habitual) >= 0.5
+    for p, r in habitual:
+        if style_of(r) == "compound":
+            program = parse_problem(p.prompt)
+            j = teacher.habit_sites(program)[0]
+            a, b = (str(program.quantities[int(ref[1:])]) for ref in program.ops[j][1:])
+            assert f"Multiply {a} by {b}, then " in r
 
 
 def test_style_line_is_outside_a_well_formed_block(replies):
