@@ -211,6 +211,9 @@ class Runner:
 
     def __init__(self, configs: Mapping[str, Config], logs: Path, *, show: bool):
         self.configs, self.logs, self.show = configs, logs, show
+        # a terminal gets one status line rewritten in place; a log file a line every half minute
+        self.tty = sys.stderr.isatty()
+        self._last_line = float("-inf")
         self.seconds: dict[str, float] = {}
         self.running: dict[str, subprocess.Popen] = {}
         self.failure: StageFailed | None = None
@@ -244,8 +247,18 @@ class Runner:
 
     def _say(self, text: str) -> None:
         if self.show:
-            sys.stderr.write("\r\033[K" + text + "\n")
+            sys.stderr.write(("\r\033[K" if self.tty else "") + text + "\n")
             sys.stderr.flush()
+
+    def _show_status(self, phase: int) -> None:
+        if not self.show:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K" + self.status(phase))
+        elif time.perf_counter() - self._last_line >= 30:
+            self._last_line = time.perf_counter()
+            sys.stderr.write(self.status(phase) + "\n")
+        sys.stderr.flush()
 
     def status(self, phase: int) -> str:
         parts = []
@@ -268,9 +281,7 @@ class Runner:
                 while any(t.is_alive() for t in threads):
                     if self.failure is not None:
                         self.stop_all()
-                    if self.show:
-                        sys.stderr.write("\r\033[K" + self.status(i))
-                        sys.stderr.flush()
+                    self._show_status(i)
                     time.sleep(0.5)
                 if self.failure is not None:
                     raise self.failure
@@ -278,7 +289,7 @@ class Runner:
             self.stop_all()
             raise
         finally:
-            if self.show:
+            if self.show and self.tty:
                 sys.stderr.write("\r\033[K")
         return self.seconds
 

@@ -49,6 +49,7 @@ def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
     assert (out / "export" / "config.json").exists()
     assert list((out / "export").glob("*.safetensors"))
     assert "| exectune |" in proc.stdout  # the closing table
+    assert "the paper's pattern:" in proc.stdout  # and its criteria, each marked
 
 
 def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path):
@@ -100,3 +101,32 @@ def test_a_stage_that_fails_stops_the_demo_and_names_its_log(tmp_path):
         runner.run([(("sample",),)])
     assert failed.value.log == tmp_path / "logs" / "sample.log"
     assert "no_such_task" in failed.value.log.read_text()
+
+
+def table_row(method, accuracy, p=None, usd=0.0004, executability=None):
+    return {"method": method, "accuracy": accuracy, "mcnemar_p_vs_exectune": p,
+            "usd_per_problem": usd, "executability": executability}
+
+
+PAPER_TABLE = [table_row("core_only", 0.70, 1e-9, usd=0.0008), table_row("base_guide", 0.71, 1e-8, executability=0.71),
+               table_row("sft_unfiltered", 0.78, 1e-5, executability=0.78),
+               table_row("exectune_sft", 0.88, 0.004, executability=0.88),
+               table_row("advisor_rl", 0.72, 1e-8, executability=0.72),
+               table_row("exectune", 0.93, usd=0.0003, executability=0.93)]
+
+
+def test_pattern_checks_hold_for_the_papers_ordering_and_ignore_the_reference_core():
+    rows = [*PAPER_TABLE, table_row("core_strong", 0.97, 0.01, usd=0.003)]
+    checks = demo.pattern_checks(rows)
+    assert all(ok for ok, _ in checks) and len(checks) == 9
+    assert "above core_strong" not in " ".join(text for _, text in checks)
+    assert "core_strong alone 97.0%" in demo.reference_line(rows)
+
+
+def test_pattern_checks_name_each_criterion_that_fails():
+    rows = [r if r["method"] != "exectune_sft" else table_row("exectune_sft", 0.91, 0.3, executability=0.91)
+            for r in PAPER_TABLE]
+    rows[0] = table_row("core_only", 0.70, 1e-9, usd=0.0002)
+    failed = [text for ok, text in demo.pattern_checks(rows) if not ok]
+    assert failed == ["exectune above exectune_sft: 93.0% vs 91.0%, McNemar p = 0.3",
+                      "USD per problem below core_only: 0.000300 vs 0.000200"]
