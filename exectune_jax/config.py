@@ -110,9 +110,10 @@ class SampleConfig:
     proposals: int = 4  # K strategies proposed per problem
     revisions: int = 2  # R teacher revisions of a failed strategy
     verify_samples: int = 1  # core executions that must all be correct to accept
-    # ... and cost at most this multiple of the core alone on the problem (null: no cost check).
-    # A strategy the core cannot follow is ignored and costs the core's own attempt plus its tokens.
-    max_cost_vs_core: float | None = 1.0
+    # ... and, when set, cost at most this multiple of the core alone on the problem (one more
+    # core call per problem). A strategy the core cannot follow is ignored and costs the core's
+    # own attempt plus its tokens; null (the paper's acceptance) keeps it when the answer is right.
+    max_cost_vs_core: float | None = None
     n_problems: int | None = None  # None = the whole train split
     unfiltered: bool = False  # keep every well-formed strategy (the "SFT guide" baseline)
     out: str = "sample"  # stage directory under run_dir: accepted.jsonl, rejected.jsonl, summary.json

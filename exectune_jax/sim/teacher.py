@@ -26,7 +26,7 @@ from exectune_jax.sim.core import sample_rng
 from exectune_jax.sim.steps import render_operand, render_step, show
 
 PROPOSE_STYLES = {"atomic": 0.50, "compound": 0.12, "verbose": 0.12, "vague": 0.10, "wrong": 0.10, "leak": 0.06}
-HABIT_STYLES = {"atomic": 0.20, "compound": 0.60, "verbose": 0.06, "vague": 0.05, "wrong": 0.05, "leak": 0.04}
+HABIT_STYLES = {"atomic": 0.10, "compound": 0.80, "verbose": 0.03, "vague": 0.03, "wrong": 0.02, "leak": 0.02}
 REVISE_STYLES = {"atomic": 0.80, "compound": 0.05, "verbose": 0.05, "vague": 0.05, "wrong": 0.05}
 
 _VAGUE = ("that", "the previous result", "the total", "this amount", "the running total", "it")

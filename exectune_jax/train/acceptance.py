@@ -2,12 +2,16 @@
 
 The teacher proposes K strategies per training problem; the *target core* executes each one and
 only strategies that are well formed, do not leak the answer and lead the core to a verified
-correct answer at no more than the cost of the core alone are kept. The cost check is the
-paper's cost-sensitive utility (J = V - lambda T) applied to the data: a strategy the core cannot
-follow is ignored, and the core then solves the problem its own way at its usual price plus the
-strategy's tokens, so a right answer alone does not show that the strategy was executable. A failed proposal goes back to the teacher with the failure, up to R
+correct answer are kept. A failed proposal goes back to the teacher with the failure, up to R
 times. The point is that the guide is later trained only on strategies this core has been seen
 to execute, so the data is chosen by the core, not by the teacher's taste.
+
+A right answer does not prove the core followed the strategy: a core that cannot follow one
+ignores it and solves the problem its own way, at its usual price plus the strategy's tokens.
+`sample.max_cost_vs_core` adds the paper's cost-sensitive utility (J = V - lambda T) to the
+check: a strategy whose execution costs more than that multiple of the core alone is rejected as
+`costly` and revised. It is off by default, as in the paper, where structure-aware RL is what
+removes such strategies from the guide.
 
 Every round is one batch over all problems (proposals, then executions, then revisions), so the
 pool runs the calls of every problem concurrently; the call cache makes an interrupted run cheap
