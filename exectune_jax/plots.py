@@ -20,19 +20,29 @@ MARKERS = "osD^v<>PX*h"
 USD_SCALE = 1000  # plot cost per 1,000 problems: per-problem costs are fractions of a cent
 
 
+def isolated(points: Sequence[tuple[float, float]], near: float = 0.06) -> list[bool]:
+    """For each point, whether no other lies within `near` of the x and y spans of all points
+    (a label there would collide with a neighbour's; the legend still names every point)."""
+    spans = [max(v) - min(v) or 1.0 for v in zip(*points)] if points else [1.0, 1.0]
+    return [all(abs(x - u) > near * spans[0] or abs(y - v) > near * spans[1]
+                for j, (u, v) in enumerate(points) if j != i)
+            for i, (x, y) in enumerate(points)]
+
+
 def accuracy_vs_cost(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """One point per method: x = core USD per 1,000 problems, y = accuracy with its 95% CI."""
+    """One point per method: x = core USD per 1,000 problems, y = accuracy with its 95% CI;
+    points with room beside them are also labelled in place."""
     path = Path(path)
+    points = [(r["usd_per_problem"] * USD_SCALE, 100 * r["accuracy"]) for r in rows]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
-        for i, r in enumerate(rows):
-            x = r["usd_per_problem"] * USD_SCALE
-            y = 100 * r["accuracy"]
+        for i, (r, (x, y), label) in enumerate(zip(rows, points, isolated(points))):
             lo, hi = (100 * v for v in r["accuracy_ci"])
             ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt=MARKERS[i % len(MARKERS)],
                         markersize=9, capsize=5, elinewidth=1.5, label=r["method"])
-            ax.annotate(r["method"], (x, y), xytext=(7, 4), textcoords="offset points",
-                        fontsize=10, color=f"C{i % 10}")
+            if label:
+                ax.annotate(r["method"], (x, y), xytext=(7, 4), textcoords="offset points",
+                            fontsize=10, color=f"C{i % 10}")
         ax.set_xlabel(f"core cost (USD per {USD_SCALE:,} problems)")
         ax.set_ylabel("accuracy (%, 95% Wilson CI)")
         ax.set_title("Accuracy vs core API cost")

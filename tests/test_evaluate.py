@@ -161,3 +161,12 @@ def test_rl_curves_plot_logged_runs_and_skip_runs_without_rewards(tmp_path):
     assert plots.rl_curves({"a": [{"step": 1, "loss": 0.3}]}, tmp_path / "none.png") is None
     path = plots.rl_curves({"advisor_rl": records, "exectune": records}, tmp_path / "rl.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_points_crowded_by_a_neighbour_get_no_in_place_label():
+    from exectune_jax import plots
+
+    # two methods at nearly the same cost and accuracy, two far from everything
+    points = [(0.84, 73.0), (0.99, 72.8), (0.36, 88.6), (3.1, 87.2)]
+    assert plots.isolated(points) == [False, False, True, True]
+    assert plots.isolated([(1.0, 50.0)]) == [True]
