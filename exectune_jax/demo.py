@@ -381,7 +381,7 @@ def pattern_checks(rows: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> li
         p = r["mcnemar_p_vs_exectune"]
         checks.append((ours["accuracy"] > r["accuracy"] and p is not None and p < alpha,
                        f"exectune above {r['method']}: {ours['accuracy']:.1%} vs {r['accuracy']:.1%}, "
-                       f"McNemar p = {p:.3g}" if p is not None else f"exectune vs {r['method']}: no p"))
+                       f"McNemar p = {_p(p)}"))
     for m in ("sft_unfiltered", "advisor_rl"):
         if m in by and by[m]["executability"] is not None and ours["executability"] is not None:
             checks.append((ours["executability"] > by[m]["executability"],
@@ -400,10 +400,15 @@ def reference_line(rows: Sequence[Mapping[str, Any]]) -> str | None:
     if "exectune" not in by or "core_strong" not in by:
         return None
     ours, strong = by["exectune"], by["core_strong"]
+    price = (f"{ours['usd_per_problem'] / strong['usd_per_problem']:.0%} of its price"
+             if strong["usd_per_problem"] > 0 else f"USD {ours['usd_per_problem']:.6f}/problem")
     return (f"reference: core_strong alone {strong['accuracy']:.1%} at USD "
-            f"{strong['usd_per_problem']:.6f}/problem; exectune {ours['accuracy']:.1%} at "
-            f"{ours['usd_per_problem'] / strong['usd_per_problem']:.0%} of its price "
-            f"(McNemar p = {strong['mcnemar_p_vs_exectune']:.3g})")
+            f"{strong['usd_per_problem']:.6f}/problem; exectune {ours['accuracy']:.1%} at {price} "
+            f"(McNemar p = {_p(strong['mcnemar_p_vs_exectune'])})")
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def closing_summary(out: Path, seconds: Mapping[str, float], wall: float) -> str:
