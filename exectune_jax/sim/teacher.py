@@ -10,8 +10,9 @@ asked to revise a strategy the core failed on, it writes an atomic one with high
 
 Like a strong model, it has a habit: it folds a count-times-size multiplication into the step
 that uses it ("Multiply 9 by 12, then add 26 to that."), so most of its first proposals on
-problems with such a step are compound. A guide that imitates the teacher's proposals learns
-the habit, and the core cannot follow it; acceptance sampling keeps only what the core follows.
+problems with such a step are compound. The core cannot follow the habit and falls back on
+its own attempt: a guide that imitates the teacher's proposals learns it, acceptance sampling
+drops it only where that attempt was wrong, and structure-aware RL trains the rest away.
 """
 
 from __future__ import annotations
