@@ -197,7 +197,7 @@ tokenizer = AutoTokenizer.from_pretrained("{f.name}")
 model = AutoModelForCausalLM.from_pretrained("{f.name}")
 problem = "Tom has 3 boxes of 12 pencils and gives away 5. How many pencils are left?"
 messages = [{{"role": "user", "content": problem + "\\n" + {instruction!r}}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,
                                        return_tensors="pt", return_dict=True)
 out = model.generate(**inputs, max_new_tokens=128, do_sample=False, stop_strings=["</strategy>"],
                      tokenizer=tokenizer)

@@ -110,10 +110,16 @@ def _check_row(row: Any, path: Path, lineno: int) -> dict:
     return row
 
 
+# Chat-template switches for every guide prompt. A guide's reply is the strategy itself, so
+# templates with a reasoning mode (Qwen3) get it off: an empty think block, no thinking tokens.
+# Templates that do not read a variable ignore it.
+TEMPLATE_KWARGS = {"enable_thinking": False}
+
+
 def encode_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
     """Token ids of the chat prompt, ending with the assistant turn header."""
     text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True, **TEMPLATE_KWARGS
     )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

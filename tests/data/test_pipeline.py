@@ -177,3 +177,23 @@ def test_rl_prompt_batches_cover_each_problem_once_per_epoch_and_resume(problems
 def test_empty_problem_list_is_a_user_error():
     with pytest.raises(pipeline.UserError, match="no problems"):
         pipeline.rl_prompt_iterator([], batch_size=2, seed=0)
+
+
+# The generation-prompt logic of Qwen3's chat template (reasoning mode on unless switched off).
+QWEN3_LIKE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n"
+              "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+              "{% endif %}{% endif %}")
+
+
+def test_guide_prompts_switch_off_a_templates_reasoning_mode(problems, tokenizer):
+    messages = prompts.guide_messages(problems[0], "math")
+    plain = pipeline.encode_prompt(tokenizer, messages)
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = QWEN3_LIKE
+        text = tokenizer.decode(pipeline.encode_prompt(tokenizer, messages))
+    finally:
+        tokenizer.chat_template = original
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert pipeline.encode_prompt(tokenizer, messages) == plain  # templates without the switch
