@@ -272,10 +272,10 @@ def serve_forever(cfg_sim: Any) -> None:
     """Run the server from a SimConfig in the foreground until interrupted, printing its URL."""
     server = SimServer.from_config(cfg_sim)
     root = server.start()
-    print(f"sim server listening on {root}", flush=True)
-    print(f"  OpenAI-compatible base_url: {sim_base_url(root, 'openai')}", flush=True)
-    print(f"  Anthropic base_url:         {sim_base_url(root, 'anthropic')}", flush=True)
-    try:
+    try:  # an interrupt that lands while the URLs print also stops the server cleanly
+        print(f"sim server listening on {root}", flush=True)
+        print(f"  OpenAI-compatible base_url: {sim_base_url(root, 'openai')}", flush=True)
+        print(f"  Anthropic base_url:         {sim_base_url(root, 'anthropic')}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
