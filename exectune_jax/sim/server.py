@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -268,8 +269,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, data)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_forever(cfg_sim: Any) -> None:
-    """Run the server from a SimConfig in the foreground until interrupted, printing its URL."""
+    """Run the server from a SimConfig in the foreground until interrupted, printing its URL.
+
+    SIGINT and SIGTERM both stop it cleanly, even when it was started with SIGINT ignored (as a
+    shell script's background job is).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     server = SimServer.from_config(cfg_sim)
     root = server.start()
     try:  # an interrupt that lands while the URLs print also stops the server cleanly

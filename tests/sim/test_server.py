@@ -192,9 +192,12 @@ def test_from_config_and_base_urls():
     assert sim_base_url("http://h:1", "anthropic") == "http://h:1"
 
 
-def test_serve_sim_command_prints_its_url_serves_and_exits_cleanly_on_interrupt():
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_sim_command_prints_its_url_serves_and_exits_cleanly_on_interrupt(stop):
+    # started with SIGINT ignored, as a script's background job is: it must still stop on it
     proc = subprocess.Popen([sys.executable, "-m", "exectune_jax.cli", "serve-sim", "sim.latency_ms=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         line = proc.stdout.readline()
         assert line.startswith("sim server listening on http://127.0.0.1:"), line
@@ -202,7 +205,7 @@ def test_serve_sim_command_prints_its_url_serves_and_exits_cleanly_on_interrupt(
         body = {"model": "sim-core", "messages": [{"role": "user", "content": "What is 2 + 3?"}]}
         assert requests.post(root + "/v1/chat/completions", json=body, timeout=10).status_code == 200
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert json.dumps(err).count("Traceback") == 0
