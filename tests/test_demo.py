@@ -108,7 +108,8 @@ def table_row(method, accuracy, p=None, usd=0.0004, executability=None):
             "usd_per_problem": usd, "executability": executability}
 
 
-PAPER_TABLE = [table_row("core_only", 0.70, 1e-9, usd=0.0008), table_row("base_guide", 0.71, 1e-8, executability=0.71),
+PAPER_TABLE = [table_row("core_only", 0.70, 1e-9, usd=0.0008),
+               table_row("base_guide", 0.71, 1e-8, executability=0.71),
                table_row("sft_unfiltered", 0.78, 1e-5, executability=0.78),
                table_row("exectune_sft", 0.88, 0.004, executability=0.88),
                table_row("advisor_rl", 0.72, 1e-8, executability=0.72),
