@@ -195,9 +195,9 @@ def test_from_config_and_base_urls():
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_serve_sim_command_prints_its_url_serves_and_exits_cleanly_on_interrupt(stop):
     # started with SIGINT ignored, as a script's background job is: it must still stop on it
-    proc = subprocess.Popen([sys.executable, "-m", "exectune_jax.cli", "serve-sim", "sim.latency_ms=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    command = [sys.executable, "-m", "exectune_jax.cli", "serve-sim", "sim.latency_ms=1"]
+    proc = subprocess.Popen(["bash", "-c", 'trap "" INT; exec "$@"', "bash", *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("sim server listening on http://127.0.0.1:"), line
