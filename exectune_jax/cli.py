@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _prepare_runtime() -> None:
+def prepare_runtime() -> None:
     """Process-wide setup every command needs before JAX or grain start."""
     from absl import flags
 
@@ -109,7 +109,7 @@ def _prepare_runtime() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _prepare_runtime()
+    prepare_runtime()
     module_name, func_name, _ = COMMANDS[args.command]
     try:
         cfg = load_config(args.config, args.overrides)

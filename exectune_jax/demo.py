@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,6 @@ DEMO_SIZES: dict[str, Any] = {
     "sft.eval_every": 0,
     "sft.checkpoint_every": 250,
     "rl.steps": 30,
-    "rl.lr": 1e-4,
     "rl.held_out": 0,  # the eval stage measures every guide on the test split anyway
 }
 QUICK_SIZES: dict[str, Any] = {
@@ -189,10 +187,9 @@ def run_stage(stage: str, cfg: Config) -> Any:
 
 def child_main(argv: Sequence[str]) -> int:
     """`python -m exectune_jax.demo STAGE CONFIG`: one stage, as its own process."""
-    from absl import flags
+    from exectune_jax.cli import prepare_runtime
 
-    if not flags.FLAGS.is_parsed():  # grain reads absl flags (see the CLI's runtime set-up)
-        flags.FLAGS.mark_as_parsed()
+    prepare_runtime()
     stage, path = argv
     result = run_stage(stage, load_config(path))
     return result if isinstance(result, int) else 0
@@ -234,7 +231,7 @@ class Runner:
             with open(log, "a") as f:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "exectune_jax.demo", stage, str(config_path)],
-                    stdout=f, stderr=subprocess.STDOUT, env=child_env())
+                    stdout=f, stderr=subprocess.STDOUT)
                 with self._lock:
                     self.running[stage] = proc
                 code = proc.wait()
@@ -326,14 +323,6 @@ def progress_of(cfg: Config, stage: str) -> str:
     return ""
 
 
-def child_env() -> dict[str, str]:
-    """The parent's environment with the persistent compile cache the CLI would set."""
-    env = dict(os.environ)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                   str(Path.home() / ".cache" / "exectune-jax" / "xla"))
-    return env
-
-
 # ---------------------------------------------------------------------------------------------
 # Closing
 
@@ -350,14 +339,16 @@ def collect_outputs(cfg: Config, out: Path) -> list[Path]:
 
 
 def spend(ledger: Path) -> tuple[float, float]:
-    """(USD paid, USD replayed from the cache) over the whole ledger, all stages."""
-    paid = replayed = 0.0
-    if ledger.exists():
-        for line in ledger.read_text().splitlines():
-            row = json.loads(line)
-            paid += row["usd"]
-            replayed += row["replayed_usd"]
-    return paid, replayed
+    """(USD paid, USD replayed from the cache) over the whole ledger, all stages.
+
+    Stages that ran side by side appended to one ledger, so each left totals of its own view;
+    reopening the ledger reads every record and rewrites ledger_totals.json whole.
+    """
+    from exectune_jax.api.ledger import Ledger
+
+    with Ledger(ledger) as book:
+        stages = book.totals().values()
+    return sum(t["usd"] for t in stages), sum(t["replayed_usd"] for t in stages)
 
 
 PAPER_ROWS = ("core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl")

@@ -104,15 +104,10 @@ def verdict(candidate: Candidate, outcomes: Sequence[Outcome], budget_usd: float
     return replace(candidate, status="accepted", detail="")
 
 
-def cost_budgets(alone: Sequence[Outcome], problems: Sequence[Problem], ratio: float | None,
+def cost_budgets(alone: Sequence[Outcome], problems: Sequence[Problem], ratio: float,
                  ) -> dict[str, float]:
     """Problem id -> the most USD a strategy's execution may cost: `ratio` times the core alone.
-
-    Problems whose core-alone call failed get no budget (no cost check), as does every
-    problem when `ratio` is None.
-    """
-    if ratio is None:
-        return {}
+    Problems whose core-alone call failed get no budget (no cost check)."""
     return {p.id: ratio * o.usd for p, o in zip(problems, alone) if o.correct is not None}
 
 
