@@ -339,11 +339,7 @@ def collect_outputs(cfg: Config, out: Path) -> list[Path]:
 
 
 def spend(ledger: Path) -> tuple[float, float]:
-    """(USD paid, USD replayed from the cache) over the whole ledger, all stages.
-
-    Stages that ran side by side appended to one ledger, so each left totals of its own view;
-    reopening the ledger reads every record and rewrites ledger_totals.json whole.
-    """
+    """(USD paid, USD replayed from the cache) over the whole ledger, all stages."""
     from exectune_jax.api.ledger import Ledger
 
     with Ledger(ledger) as book:
