@@ -7,8 +7,9 @@ one layer (an unprivileged user, a kernel without namespaces) does not open the 
 - kernel: new mount, network, PID and IPC namespaces where the OS permits (directly as root,
   in a new user namespace otherwise). In the mount namespace the scratch directory, /tmp,
   /var/tmp and /dev/shm are fresh size-capped tmpfs, and the home directory (where tokens
-  and credentials live) is an empty one holding only the Python installation, if it lives
-  there. Started as root, the code runs as user `nobody` with no capabilities;
+  and credentials live) is an empty one; each holds only the import directories (the Python
+  installation, a venv) that lived under it, bound back read-only. Started as root, the code
+  runs as user `nobody` with no capabilities;
 - rlimits: address space, CPU seconds, file size, process count, open files, no core dumps;
 - a wall-clock timeout, then SIGKILL to the whole process group (with a PID namespace, to
   every descendant, even one that started its own session);

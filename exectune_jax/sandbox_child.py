@@ -31,11 +31,14 @@ _PR_SET_KEEPCAPS = 8
 _PR_SET_NO_NEW_PRIVS = 38
 _CAPABILITY_VERSION_3 = 0x20080522
 _CAP_DAC_READ_SEARCH = 2
+_MS_RDONLY = 0x1
 _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
+_MS_REMOUNT = 0x20
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
+_MS_RELATIME = 0x200000
 _MNT_DETACH = 2
 _TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -144,23 +147,23 @@ def _import_dirs(packages: list[str]) -> list[str]:
 
 
 def private_mounts(config: dict, homes: list[str], keep: list[str]) -> list[str]:
-    """In the new mount namespace: fresh size-capped tmpfs on /tmp, /var/tmp, /dev/shm and the
-    scratch directory; home directories replaced by empty ones that hold only the import
-    directories under them (bind-mounted back). Mounts are private (`enter_namespaces`), so
-    nothing here is visible to the host. Each step is best effort; returns the homes still
-    in view, for the audit hook to guard instead.
+    """In the new mount namespace: fresh size-capped tmpfs on /tmp, /var/tmp, /dev/shm, the home
+    directories and the scratch directory, each holding only the import directories that
+    lived under it (bind-mounted back read-only: a venv under /tmp still imports). Mounts are
+    private (`enter_namespaces`), so nothing here is visible to the host. Each step is best
+    effort; returns the homes still in view, for the audit hook to guard instead.
     """
     mount = _mounter()
     work = config["work"]
     files = _read_tree(work)
     options = f"size={config['scratch_mb']}m"
     for tmp in _TMP_DIRS:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            _try(mount, "tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=1777")
+        if os.path.isdir(tmp) and not os.path.islink(tmp) and not any(_within(tmp, d) for d in keep):
+            _try(_cover, tmp, [d for d in keep if _within(d, tmp)], mount, f"{options},mode=1777")
     visible = [
         home for home in homes
-        if any(home == d or home.startswith(d + os.sep) for d in keep)
-        or not _try(_hide, home, [d for d in keep if d.startswith(home + os.sep)], mount, options)
+        if any(_within(home, d) for d in keep)
+        or not _try(_cover, home, [d for d in keep if _within(d, home)], mount, f"{options},mode=0755")
     ]
     if os.path.isdir(work):
         if not _try(mount, "tmpfs", work, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0700"):
@@ -171,6 +174,10 @@ def private_mounts(config: dict, homes: list[str], keep: list[str]) -> list[str]
     return visible
 
 
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
 def _try(step: Callable, *args) -> bool:
     try:
         step(*args)
@@ -179,26 +186,33 @@ def _try(step: Callable, *args) -> bool:
     return True
 
 
-def _hide(home: str, keep: list[str], mount: Callable, options: str) -> None:
-    """Cover `home` with an empty tmpfs, then bind the `keep` directories back in place."""
-    keep = [d for d in keep if not any(d.startswith(k + os.sep) for k in keep)]
-    staged = []
-    for i, directory in enumerate(keep):
-        stage = f"/tmp/.sandbox-keep-{i}"  # inside the private /tmp
-        os.mkdir(stage)
-        mount(directory, stage, None, _MS_BIND | _MS_REC)
-        staged.append(stage)
-    mount("tmpfs", home, "tmpfs", _MS_NOSUID | _MS_NODEV, f"{options},mode=0755")
+def _cover(directory: str, keep: list[str], mount: Callable, options: str) -> None:
+    """Cover `directory` with an empty tmpfs, then bind the `keep` directories back in place,
+    read-only. Each is held open first: the binds come from those handles, as the tmpfs hides
+    the paths."""
+    keep = [d for d in keep if not any(d != k and _within(d, k) for k in keep)]
+    held = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d in keep]
     try:
-        for directory, stage in zip(keep, staged):
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-            mount(stage, directory, None, _MS_BIND | _MS_REC)
-    except OSError:
-        ctypes.CDLL(None).umount2(home.encode(), _MNT_DETACH)  # back to a visible home, not a broken one
-        raise
-    for stage in staged:
-        ctypes.CDLL(None).umount2(stage.encode(), _MNT_DETACH)
-        os.rmdir(stage)
+        mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+        try:
+            for target, fd in zip(keep, held):
+                os.makedirs(target, mode=0o755, exist_ok=True)
+                mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+                _try(_read_only, target, mount)  # the audit hook refuses writes there as well
+        except OSError:
+            ctypes.CDLL(None).umount2(directory.encode(), _MNT_DETACH)  # back to visible, not broken
+            raise
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _read_only(target: str, mount: Callable) -> None:
+    """Remount a bind read-only, keeping the flags a user namespace may not clear."""
+    found = os.statvfs(target).f_flag
+    same = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME  # equal to the MS_ bits
+    flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | (found & same) | (_MS_RELATIME if found & os.ST_RELATIME else 0)
+    mount(None, target, None, flags)
 
 
 def _mounter() -> Callable:

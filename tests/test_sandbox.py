@@ -4,6 +4,7 @@ within its time limit, leaving no process, file or secret behind on the host."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pwd
 import signal
@@ -110,7 +111,7 @@ def test_bad_limits_are_refused_with_the_field_name(limit):
 
 
 def test_memory_too_small_for_the_program_is_named_memory_not_a_crash():
-    result = run("x = 1", memory_mb=4)
+    result = run("x = bytes(1 << 20)", memory_mb=4)  # 1 MiB, a fresh mapping whatever the heap holds
     assert (result.passed, result.reason) == (False, "memory")
 
 
@@ -407,3 +408,55 @@ def test_classify_names_the_end_from_what_the_host_saw(timed_out, returncode, re
 )
 def test_reason_for_maps_exceptions_to_names(exc, reason):
     assert sandbox.reason_for(exc) == reason
+
+
+# ---------------------------------------------------------------- import directories under /tmp
+
+VENV_PROBE = """
+import json, os, sys
+from exectune_jax import sandbox
+
+site = sys.argv[1]
+result = sandbox.run(
+    "import ctypes, os\\n"
+    "import probe_pkg\\n"
+    "print('value', probe_pkg.VALUE)\\n"
+    "fd = ctypes.CDLL(None, use_errno=True).open(probe_pkg.__file__.encode(), os.O_WRONLY | os.O_TRUNC)\\n"
+    "print('native write', 'refused' if fd < 0 else 'allowed')\\n",
+    timeout_s=10,
+)
+print(json.dumps({"packages": sandbox._package_dirs(), "passed": result.passed, "reason": result.reason,
+                  "stdout": result.stdout, "stderr": result.stderr[-2000:]}))
+"""
+
+
+@pytest.fixture()
+def venv_under_tmp():
+    """A real virtual environment inside /tmp, one package in its site-packages."""
+    root = Path(tempfile.mkdtemp(prefix="exectune-venv-test-", dir="/tmp"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+        python = root / "venv" / "bin" / "python"
+        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        (Path(site) / "probe_pkg").mkdir(parents=True)
+        (Path(site) / "probe_pkg" / "__init__.py").write_text("VALUE = 42\n")
+        yield python, site
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+@pytest.mark.skipif(not sandbox.namespaces()["mount"], reason="no mount namespace on this host")
+def test_a_venv_under_tmp_stays_importable_and_read_only_under_the_fresh_tmp(venv_under_tmp):
+    python, site = venv_under_tmp
+    assert site.startswith("/tmp/")
+    repo = str(Path(__file__).resolve().parents[1])
+    found = subprocess.run([str(python), "-c", VENV_PROBE, site], capture_output=True, text=True,
+                           env={"PATH": os.environ["PATH"], "PYTHONPATH": repo}, timeout=60)
+    assert found.returncode == 0, found.stderr
+    report = json.loads(found.stdout.splitlines()[-1])
+    assert site in report["packages"]  # the sandbox of that venv really imports from under /tmp
+    assert (report["passed"], report["reason"]) == (True, "ok"), report["stderr"]
+    assert "value 42" in report["stdout"]
+    assert "native write refused" in report["stdout"]
+    assert (Path(site) / "probe_pkg" / "__init__.py").read_text() == "VALUE = 42\n"

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
+import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from exectune_jax.data import tasks
+from exectune_jax.data.tasks import code as code_module
 from exectune_jax.data.tasks.base import DataError
 from exectune_jax.data.tasks.code import complete_function, extract_code, indent_body
 
+REPO = Path(__file__).resolve().parents[2]
 WORKERS = 4  # checks mostly wait on their child process
 
 PERTURB = """
@@ -298,3 +304,48 @@ def test_kodcode_bad_row_names_file_line_and_field(tmp_path, change, message):
     path = write_jsonl(tmp_path / "kodcode.jsonl", [KODCODE_ROWS[1], bad])
     with pytest.raises(DataError, match=rf"{path}{message}"):
         tasks.get("kodcode", path=str(path)).problems("train")
+
+
+WITHOUT_PYTEST = """
+import json, sys
+from exectune_jax import sandbox
+from exectune_jax.data import tasks
+from exectune_jax.data.tasks import code, kodcode
+from exectune_jax.errors import UserError
+
+path, row = sys.argv[1], json.loads(sys.argv[2])
+try:
+    tasks.get("kodcode", path=path)
+    built = "built"
+except UserError as e:
+    built = str(e)
+result = sandbox.run(kodcode.RUNNER, files={"solution.py": row["solution"], "test_solution.py": row["test"]})
+try:
+    verdict = repr(code.verdict_of(result, row["solution"], "kodcode"))
+except sandbox.SandboxError as e:
+    verdict = "excluded: " + str(e)
+print(json.dumps({"built": built, "verdict": verdict}))
+"""
+
+
+def test_kodcode_without_pytest_is_one_line_error_and_never_a_wrong_answer(tmp_path, kodcode_file):
+    """A real virtual environment without pytest: building the task is a one-line user error,
+    and a check that still got there is excluded (SandboxError), not scored as wrong."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    here = [p for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])]
+    found = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "python"), "-c", WITHOUT_PYTEST, kodcode_file, json.dumps(KODCODE_ROWS[0])],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join([str(REPO), *dict.fromkeys(here)])},
+    )
+    assert found.returncode == 0, found.stderr
+    report = json.loads(found.stdout.splitlines()[-1])
+    assert report["built"].startswith("task kodcode checks replies with pytest inside the sandbox")
+    assert "No module named 'pytest'" in report["built"] and "pip install" in report["built"]
+    assert "\n" not in report["built"]
+    assert report["verdict"].startswith("excluded: task kodcode: the test program verifier dependency missing")
+
+
+def test_kodcode_probe_finds_pytest_in_the_sandbox_of_this_install():
+    assert code_module.unimportable(("pytest",)) == ""
+    assert "No module named 'exectune_no_such_module'" in code_module.unimportable(("exectune_no_such_module",))

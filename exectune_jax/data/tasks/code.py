@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from functools import lru_cache
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from exectune_jax.data.tasks.base import DataError, Problem, Verdict, read_jsonl
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|```[ \t]*$|\Z)", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = ("", "python", "py", "python3", "py3")
 NO_CODE = "no code found"
+# How a test program says its own imports failed, before any of the reply's code ran.
+VERIFIER_MISSING = "verifier dependency missing"
 
 
 def extract_code(text: str, entry_point: str | None = None) -> str | None:
@@ -77,6 +80,7 @@ class CodeTask:
 
     family = "code"
     name = "code"
+    requires: tuple[str, ...] = ()  # modules the test program itself imports in the sandbox
 
     def __init__(self, timeout_s: float = 10.0, memory_mb: int = 512) -> None:
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -84,6 +88,12 @@ class CodeTask:
         if not (isinstance(memory_mb, int) and memory_mb >= 64):
             raise DataError(f"task option memory_mb={memory_mb!r}: must be a whole number >= 64")
         self.timeout_s, self.memory_mb = float(timeout_s), memory_mb
+        failure = unimportable(self.requires)
+        if failure:
+            raise DataError(
+                f"task {self.name} checks replies with {', '.join(self.requires)} inside the sandbox, which cannot "
+                f"import it here ({failure}); install the project's dependencies: pip install -c constraints.txt -e ."
+            )
 
     def test_program(self, problem: Problem, code: str) -> tuple[str, dict[str, str]]:
         """(program, extra files) that runs `code` against the problem's tests."""
@@ -101,7 +111,29 @@ class CodeTask:
         result = sandbox.run(
             program, timeout_s=self.timeout_s, memory_mb=self.memory_mb, files=files, env=self.sandbox_env()
         )
-        return Verdict(correct=result.passed, extracted=code, reason="" if result.passed else result.reason)
+        return verdict_of(result, code, self.name)
+
+
+def verdict_of(result: sandbox.SandboxResult, code: str, task: str) -> Verdict:
+    """The verdict of a sandboxed run; a test program that could not import its own
+    dependencies judged nothing, so that is a `SandboxError` (excluded and counted), never a
+    wrong answer."""
+    missing = f"RuntimeError: {VERIFIER_MISSING}"
+    if not result.passed and result.detail.startswith(missing):
+        raise sandbox.SandboxError(f"task {task}: the test program {result.detail.removeprefix('RuntimeError: ')}")
+    return Verdict(correct=result.passed, extracted=code, reason="" if result.passed else result.reason)
+
+
+@lru_cache(maxsize=None)
+def unimportable(modules: tuple[str, ...]) -> str:
+    """Why the sandbox cannot import `modules` ("" when it can), found by trying it once."""
+    if not modules:
+        return ""
+    try:
+        probe = sandbox.run("".join(f"import {m}\n" for m in modules), timeout_s=30)
+    except sandbox.SandboxError:
+        return ""  # no sandbox here at all: every check reports that, excluded and counted
+    return "" if probe.passed else " ".join((probe.detail or probe.reason).split())
 
 
 # ---------------------------------------------------------------- reading rows

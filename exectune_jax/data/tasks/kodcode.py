@@ -18,12 +18,15 @@ import re
 
 from exectune_jax.data.tasks import register
 from exectune_jax.data.tasks.base import DataError, Problem, check_split
-from exectune_jax.data.tasks.code import CodeTask, Rows, hub_rows, local_rows
+from exectune_jax.data.tasks.code import VERIFIER_MISSING, CodeTask, Rows, hub_rows, local_rows
 
 REQUIRED = {"question": str, "solution": str}
-RUNNER = """\
-import pytest
-
+RUNNER = f"""\
+try:
+    import pytest
+except ImportError as e:  # before any of the reply's code runs: the checker's failure, not the reply's
+    raise RuntimeError("{VERIFIER_MISSING}: " + str(e)) from None
+""" + """
 status = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "-c", "/dev/null", "--rootdir", ".", "test_solution.py"])
 assert status == 0, f"pytest exit status {int(status)}: " + {1: "a test failed", 2: "collection failed", 5: "no tests"}.get(int(status), "error")
 """
@@ -70,8 +73,11 @@ def to_problem(row: dict, where: str, split: str, index: int) -> Problem:
 
 
 class KodCodeTask(CodeTask):
+    requires = ("pytest",)
+
     def __init__(self, path: str | None = None, hf_id: str | None = None, n_validation: int = 100,
                  n_test: int = 500, seed: int = 0, name: str = "kodcode", **limits) -> None:
+        self.name = name  # before the base class checks the sandbox can import pytest, naming the task
         super().__init__(**limits)
         if (path is None) == (hf_id is None):
             raise DataError(
@@ -81,7 +87,7 @@ class KodCodeTask(CodeTask):
         for option, value in (("n_validation", n_validation), ("n_test", n_test)):
             if not isinstance(value, int) or value < 0:
                 raise DataError(f"task option {option}={value!r}: must be a whole number >= 0")
-        self.name, self.path, self.hf_id = name, path, hf_id
+        self.path, self.hf_id = path, hf_id
         self.n_validation, self.n_test, self.seed = n_validation, n_test, seed
         self._splits: dict[str, list[Problem]] | None = None
 
