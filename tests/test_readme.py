@@ -1,19 +1,47 @@
-"""The README's two set-up commands are the ones CI and users run."""
+"""The README's set-up commands are the ones CI and users run, verbatim."""
 
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest"
-DEMO_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/exectune demo"
+INSTALL_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ."
+DEMO_COMMAND = ".venv/bin/exectune demo"
+TEST_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]' "
+                "&& .venv/bin/pytest")
 
 
-def test_ci_runs_the_readme_test_command_verbatim():
+def bash_blocks(text: str) -> list[list[str]]:
+    blocks, current = [], None
+    for line in text.splitlines():
+        if line.strip() == "```bash":
+            current = []
+        elif line.strip() == "```" and current is not None:
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_the_first_block_is_the_plain_install_then_the_demo_near_the_top():
     readme = (REPO / "README.md").read_text()
-    ci = (REPO / ".ci" / "run").read_text()
-    assert TEST_COMMAND in readme
-    assert TEST_COMMAND in ci.splitlines()
+    assert bash_blocks(readme)[0] == [INSTALL_COMMAND, DEMO_COMMAND]
+    assert INSTALL_COMMAND in readme.splitlines()[:20]
 
 
-def test_readme_names_the_demo_command_near_the_top():
-    head = (REPO / "README.md").read_text().splitlines()[:40]
-    assert any(DEMO_COMMAND in line for line in head)
+def test_ci_runs_the_plain_install_and_quick_demo_then_the_test_command_verbatim():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert bash_blocks(readme)[1] == [TEST_COMMAND]
+    install = ci.index(INSTALL_COMMAND)
+    demo = next(i for i, line in enumerate(ci) if line.startswith(f"{DEMO_COMMAND} --quick"))
+    test = next(i for i, line in enumerate(ci) if line.startswith(TEST_COMMAND))
+    assert install < demo < test
+    assert ci[test - 1] == "status=0" and "rm -rf .venv" in ci[install - 1] and "rm -rf .venv" in ci[demo + 1:test]
+
+
+def test_every_package_in_the_constraints_is_pinned_exactly():
+    pins = [line for line in (REPO / "constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert pins and all(line.count("==") == 1 and " " not in line for line in pins)
+    names = {line.split("==")[0] for line in pins}
+    assert {"jax", "jaxlib", "jinja2", "pytest", "torch", "wandb", "peft"} <= names
