@@ -1,8 +1,12 @@
-"""Both notebooks run top to bottom in a fresh kernel on the embedded default, at tiny sizes.
+"""Both notebooks run top to bottom in a fresh kernel on the embedded default, at tiny sizes,
+after their install cell has installed the package from this checkout.
 
 Sizes come in the way papermill would pass them: a cell injected after the one tagged
-"parameters". The kernel is this interpreter (a kernelspec installed into a temporary prefix), with
-one CPU device as a user has, and no API key in its environment.
+"parameters". The kernel runs in a fresh virtual environment in which exectune_jax is NOT
+importable: it sees this interpreter's packages (jax, torch, ipykernel...) through a .pth file,
+as a Colab runtime has its own, and the notebook's install cell runs the user's path, pip
+install -c constraints.txt -e CHECKOUT, with the checkout and `--no-deps --no-build-isolation`
+(offline: the dependencies are there already). One CPU device as a user has, no API key.
 """
 
 import json
@@ -41,17 +45,32 @@ TINY = [
 KEY_ENVS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def kernel_env(tmp_path_factory):
-    """Environment for a python3 kernel that runs this interpreter, found via JUPYTER_PATH."""
-    prefix = tmp_path_factory.mktemp("kernel")
-    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix),
-                    "--name", "python3"], check=True, capture_output=True)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and k not in KEY_ENVS}
-    env["JUPYTER_PATH"] = str(prefix / "share" / "jupyter")
+    """A python3 kernel in a fresh venv that has this interpreter's packages but not exectune_jax."""
+    root = tmp_path_factory.mktemp("kernel")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    here = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(site) / "host_packages.pth").write_text("\n".join(here) + "\n")
+    subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(root), "--name", "python3"],
+                   check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH") and k not in KEY_ENVS}
+    env["JUPYTER_PATH"] = str(root / "share" / "jupyter")
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PIP_NO_INDEX"] = "1"
+    check = subprocess.run([str(python), "-c", "import exectune_jax"], env=env, capture_output=True, cwd=root)
+    assert check.returncode != 0, "the kernel must start without exectune_jax, as a fresh runtime does"
     return env
+
+
+INSTALL = {"CHECKOUT": str(REPO), "PIP_OPTIONS": ["--no-deps", "--no-build-isolation"]}
+
+
+def installed_from_the_checkout(shown: str) -> bool:
+    return f"installed exectune-jax from {REPO}" in shown
 
 
 def with_parameters(nb, **values):
@@ -94,7 +113,7 @@ def steps(metrics: Path) -> list[int]:
 
 def test_quickstart_runs_the_demo_shows_results_and_loads_the_export_with_transformers(
         kernel_env, tmp_path):
-    nb = execute("quickstart.ipynb", tmp_path, kernel_env, OVERRIDES=TINY)
+    nb = execute("quickstart.ipynb", tmp_path, kernel_env, OVERRIDES=TINY, **INSTALL)
     shown = outputs(nb)
     out = tmp_path / "runs" / "quickstart"
     assert steps(out / "sft" / "metrics.jsonl") == [1, 2]  # the tiny sizes were used
@@ -102,15 +121,18 @@ def test_quickstart_runs_the_demo_shows_results_and_loads_the_export_with_transf
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert (out / "hf_guide" / "README.md").exists() and "model.safetensors" in shown
     assert "format:" in shown and "core + guide" in shown
-    assert "installed exectune-jax" not in shown  # the install cell is a no-op when importable
+    assert installed_from_the_checkout(shown)
 
 
 def test_real_api_notebook_falls_back_to_the_simulated_endpoints_without_a_key(kernel_env,
                                                                               tmp_path):
-    nb = execute("real_api.ipynb", tmp_path, kernel_env, OFFLINE_SIZES=TINY)
+    nb = execute("real_api.ipynb", tmp_path, kernel_env, OFFLINE_SIZES=TINY, **INSTALL)
     shown = outputs(nb)
     run_dir = tmp_path / "runs" / "real_api_offline"
+    assert installed_from_the_checkout(shown)
     assert "no ANTHROPIC_API_KEY found" in shown
+    estimate = shown.index("estimated USD")
+    assert "against the budget api.budget_usd" in shown and estimate < shown.index("accepted ")
     assert steps(run_dir / "sft" / "metrics.jsonl") == [1, 2]
     assert "| exectune |" in shown and "USD" in shown
     assert (run_dir / "hf_guide" / "config.json").exists()
