@@ -654,7 +654,8 @@ def section_help(cls: type, prefix: str) -> str:
     """`--help` text for one section: each field with its default and doc."""
     default = cls()
     docs = field_docs(cls)
-    lines = [f"config section `{prefix.rstrip('.')}`" + (f": {section_doc(cls)}" if section_doc(cls) else "")]
+    title = f"config section `{prefix.rstrip('.')}`" if prefix else "top-level config fields"
+    lines = [title + (f": {section_doc(cls)}" if prefix and section_doc(cls) else "")]
     for f in dataclasses.fields(cls):
         value = getattr(default, f.name)
         shown = type(value).__name__ + " section" if dataclasses.is_dataclass(value) else _flow(value)
