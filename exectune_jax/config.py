@@ -110,12 +110,12 @@ class ApiConfig:
         "budget_usd": "[0, inf)",
     }
 
-    core: EndpointConfig = field(default_factory=EndpointConfig)
-    teacher: EndpointConfig = field(
+    core: EndpointConfig = field(default_factory=EndpointConfig)  # executes the strategies
+    teacher: EndpointConfig = field(  # proposes and revises strategies (stage 1)
         default_factory=lambda: EndpointConfig(model="sim-teacher", temperature=1.0)
     )
-    judge: EndpointConfig | None = None
-    core_strong: EndpointConfig | None = field(
+    judge: EndpointConfig | None = None  # the optional LLM judge of rl.weights.judge
+    core_strong: EndpointConfig | None = field(  # a bigger core: a reference row in eval
         default_factory=lambda: EndpointConfig(model="sim-core-strong")
     )
     concurrency: int = 32  # calls in flight at once
@@ -607,8 +607,9 @@ def field_docs(cls: type) -> dict[str, str]:
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = (tok.string.lstrip("#").strip(), tok.line.lstrip().startswith("#"))
     docs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
     for node in ast.parse(source).body[0].body:
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+        if not isinstance(node, ast.AnnAssign) or getattr(node.target, "id", None) not in names:
             continue
         above, line = [], node.lineno - 1
         while line in comments and comments[line][1]:

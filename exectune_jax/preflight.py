@@ -6,12 +6,12 @@ seconds, not a billed teacher round or minutes of Hub retries:
 
 - `run_dir` is a writable directory;
 - a config sized for an accelerator (`mesh.platform`) finds one, not only CPU devices;
+- `metrics.wandb` has the wandb package to log with;
 - every guide the stage loads (`model.path`, `sft.init`, `rl.init`, the SFT hand-off) is a
   local directory with config.json, *.safetensors weights and tokenizer files; nothing is ever
   looked up on the Hub;
 - every endpoint the stage calls has its key variable set and a price in the price table;
-- every split and data file the stage reads has rows (the interval estimates need n >= 1);
-- `metrics.wandb` has the wandb package to log with.
+- every split and data file the stage reads has rows (the interval estimates need n >= 1).
 
 Numeric fields are range-checked earlier, when the config is built (config.validate).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from exectune_jax.config import Config
 from exectune_jax.errors import UserError
 
@@ -44,15 +45,15 @@ def check(cfg: Config, stage: str, *, unfiltered: bool = False, out: str | None 
     writable_dir(Path(cfg.run_dir), "run_dir")
     if stage in DEVICE_STAGES:
         accelerator(cfg.mesh.platform)
+    if stage in ("sft", "rl", "demo") and cfg.metrics.wandb:
+        from exectune_jax.train.metrics import require_wandb
+
+        require_wandb(cfg.metrics.wandb)
     for field, path, fix in guides(cfg, stage):
         guide_dir(path, field, fix)
     for name in endpoints(cfg, stage, unfiltered=unfiltered or cfg.sample.unfiltered):
         endpoint_ready(cfg, name)
     data(cfg, stage)
-    if stage in ("sft", "rl", "demo") and cfg.metrics.wandb:
-        from exectune_jax.train.metrics import require_wandb
-
-        require_wandb(cfg.metrics.wandb)
 
 
 # ---------------------------------------------------------------------------------------------
