@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("source", help="a run directory, a stage directory or a checkpoint")
             p.add_argument("out", help="output directory for the HF checkpoint")
-            p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload (token from $HF_TOKEN or `hf auth login`)")
+            p.add_argument("--push-to-hub", metavar="REPO_ID",
+                           help="upload (token from $HF_TOKEN or `hf auth login`)")
             p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
         if name == "demo":
             p.add_argument("--out", help="output directory (default: run_dir)")

@@ -527,7 +527,8 @@ def validate(config: Config) -> None:
         for name, interval in type(section).RANGES.items() if hasattr(section, "RANGES") else ():
             value = getattr(section, name)
             if value is not None and not in_range(value, interval):
-                raise ConfigError(f"config: `{prefix}{name}` is {value!r}; it must be in {interval}")
+                raise ConfigError(
+                    f"config: `{prefix}{name}` is {value!r}; it must be in {interval}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,7 +606,8 @@ def field_docs(cls: type) -> dict[str, str]:
     comments: dict[int, tuple[str, bool]] = {}  # line -> (text, whole line)
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = (tok.string.lstrip("#").strip(), tok.line.lstrip().startswith("#"))
+            whole_line = tok.line.lstrip().startswith("#")
+            comments[tok.start[0]] = (tok.string.lstrip("#").strip(), whole_line)
     docs = {}
     names = {f.name for f in dataclasses.fields(cls)}
     for node in ast.parse(source).body[0].body:

@@ -98,7 +98,8 @@ def guides(cfg: Config, stage: str) -> list[tuple[str, Path, str]]:
     if stage == "sft":
         if cfg.sft.init:
             return [("sft.init", Path(cfg.sft.init), _download(cfg.sft.init))]
-        return [("model.path", Path(cfg.model.path), _download(cfg.model.path))] if cfg.model.path else []
+        path = cfg.model.path
+        return [("model.path", Path(path), _download(path))] if path else []
     if stage == "rl":
         if cfg.rl.init:
             return [("rl.init", Path(cfg.rl.init), "set rl.init to a guide directory")]

@@ -75,10 +75,11 @@ def check_resume(cfg: Config, stage_dir: Path, kind: str) -> None:
 
 
 def record(cfg: Config, stage_dir: Path, *, write: bool = True) -> Path:
-    """Write the config the stage runs with to `stage_dir/config.yaml` (process 0 only)."""
+    """Create `stage_dir` and write the config the stage runs with to its config.yaml (when
+    `write`: process 0 of a multi-process run)."""
     path = stage_dir / CONFIG_FILE
+    stage_dir.mkdir(parents=True, exist_ok=True)
     if write:
-        stage_dir.mkdir(parents=True, exist_ok=True)
         dump(cfg, path)
     return path
 
