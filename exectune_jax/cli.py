@@ -29,6 +29,7 @@ examples:
   exectune plan --config configs/gsm8k-qwen3-1.7b.yaml --config configs/tpu-v5e-8.yaml \
                 --accelerator tpu-v5e-8
   exectune export runs/a/rl runs/a/export --dtype bf16
+  exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
