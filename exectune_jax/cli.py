@@ -8,12 +8,14 @@ Stage modules are imported lazily so `exectune --help` is instant and errors sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
 
-from exectune_jax.config import load_config
+from exectune_jax.config import Config, EndpointConfig, load_config, render, section_help
 from exectune_jax.errors import UserError
 
 EPILOG = """\
@@ -27,6 +29,7 @@ examples:
   exectune plan --config configs/gsm8k-qwen3-1.7b.yaml --config configs/tpu-v5e-8.yaml \
                 --accelerator tpu-v5e-8
   exectune export runs/a/rl runs/a/export --dtype bf16
+  exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
@@ -45,7 +48,12 @@ COMMANDS = {
     "eval": ("exectune_jax.evaluate", "run", "the method table: accuracy, executability, cost"),
     "plan": ("exectune_jax.train.plan", "run", "compile ahead of time and report per-device memory"),
     "export": ("exectune_jax.export", "run", "write a Hugging Face checkpoint (and push it)"),
+    "config": ("exectune_jax.cli", "show_config", "print the resolved config with each field's doc"),
 }
+# the config sections each command's --help documents (`config --help`: all of them)
+HELP_SECTIONS = {"serve-sim": ("sim",), "sample": ("sample",), "sft": ("sft",), "rl": ("rl",),
+                 "eval": ("eval",), "plan": ("mesh",), "export": ("export",),
+                 "demo": ("model", "task", "metrics")}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -64,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (_, _, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=sections_help(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "export":
             p.add_argument("source", help="a run directory, a stage directory or a checkpoint")
             p.add_argument("out", help="output directory for the HF checkpoint")
-            p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload (token from HF_TOKEN)")
+            p.add_argument("--push-to-hub", metavar="REPO_ID",
+                           help="upload (token from $HF_TOKEN or `hf auth login`)")
             p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
         if name == "demo":
             p.add_argument("--out", help="output directory (default: run_dir)")
@@ -81,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
                            help="named accelerator to check the fit against (e.g. tpu-v5e-8)")
         _add_config_args(p)
     return parser
+
+
+def sections_help(command: str) -> str:
+    """The docs of the config fields `command` reads: the text its --help ends with."""
+    default = Config()
+    if command == "config":
+        names = [f.name for f in dataclasses.fields(Config)
+                 if dataclasses.is_dataclass(getattr(default, f.name))]
+        parts = [section_help(Config, ""), section_help(EndpointConfig, "api.<endpoint>.")]
+    else:
+        names, parts = list(HELP_SECTIONS.get(command, ())), []
+    parts += [section_help(type(getattr(default, n)), n + ".") for n in names]
+    return "\n\n".join(parts)
+
+
+def show_config(cfg: Config, **_: object) -> int:
+    """`exectune config`: the resolved config as YAML, each field with its doc."""
+    print(render(cfg))
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,6 +134,23 @@ def prepare_runtime() -> None:
         Path.home() / ".cache" / "exectune-jax" / "xla"
     )
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    # JAX models need no PyTorch; transformers' advice that it is missing is only noise
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    configure_logging()
+
+
+def configure_logging() -> None:
+    """Once per process: the package's INFO lines (`resumed sft from step N`, skipped rows) go to
+    stderr as plain lines; other libraries keep their own levels."""
+    logger = logging.getLogger("exectune_jax")
+    if any(getattr(h, "exectune", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.exectune = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

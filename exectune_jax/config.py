@@ -9,13 +9,21 @@ every section are the embedded offline default, so `Config()` alone runs the dem
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import math
+import re
+import textwrap
+import tokenize
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -33,9 +41,11 @@ class ConfigError(UserError):
 class ModelConfig:
     """The guide model."""
 
+    RANGES: ClassVar[dict[str, str]] = {"max_seq_len": "[1, inf)"}
+
     path: str | None = None  # HF checkpoint dir; None = the embedded demo guide, built on first use
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
-    param_dtype: str = "float32"
+    param_dtype: str = "float32"  # stored parameter dtype: float32 | bfloat16
     max_seq_len: int = 256  # prompt + strategy tokens the guide ever sees
 
 
@@ -43,14 +53,25 @@ class ModelConfig:
 class MeshConfig:
     """Device mesh; -1 fills the remaining devices."""
 
-    data: int = 1
-    fsdp: int = -1
-    tensor: int = 1
+    RANGES: ClassVar[dict[str, str]] = {
+        "data": "[-1, inf)",
+        "fsdp": "[-1, inf)",
+        "tensor": "[-1, inf)",
+    }
+
+    data: int = 1  # data-parallel replicas
+    fsdp: int = -1  # parameter, optimizer and batch sharding
+    tensor: int = 1  # tensor (model) parallel shards
+    # the device kind this topology is sized for: gpu | tpu; None = any, CPU included. A stage
+    # that finds only CPU devices for a gpu or tpu config stops and names the missing install
+    platform: str | None = None
 
 
 @dataclass
 class TaskConfig:
-    name: str = "arith"
+    """The problems: a registered task and its options."""
+
+    name: str = "arith"  # arith | gsm8k | humaneval | mbpp | kodcode | jsonl (any registered task)
     options: dict[str, Any] = field(default_factory=dict)  # keyword options of tasks.get(name, ...)
 
 
@@ -58,35 +79,53 @@ class TaskConfig:
 class EndpointConfig:
     """One black-box model. The key is read from the environment variable `api_key_env`."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_tokens": "[1, inf)",
+        "temperature": "[0, 2]",
+        "timeout_s": "(0, inf)",
+    }
+
     provider: str = "openai"  # openai (any OpenAI-compatible server) | anthropic
-    base_url: str = SIM_URL
-    model: str = "sim-core"
-    api_key_env: str | None = None
-    max_tokens: int = 512
-    temperature: float = 0.0
-    timeout_s: float = 60.0
+    base_url: str = SIM_URL  # server root; "sim" = the embedded loopback server
+    model: str = "sim-core"  # the provider's model name (priced by api.prices)
+    api_key_env: str | None = None  # environment variable holding the key; None = no key
+    max_tokens: int = 512  # reply token limit per call
+    temperature: float = 0.0  # sampling temperature of the replies
+    timeout_s: float = 60.0  # per HTTP call
 
 
 @dataclass
 class ApiConfig:
     """Everything that talks to paid black-box models goes through one pool with these limits."""
 
-    core: EndpointConfig = field(default_factory=EndpointConfig)
-    teacher: EndpointConfig = field(
+    RANGES: ClassVar[dict[str, str]] = {
+        "concurrency": "[1, inf)",
+        "rpm": "(0, inf)",
+        "tpm": "(0, inf)",
+        "max_retries": "[0, inf)",
+        "backoff_base_s": "[0, inf)",
+        "backoff_max_s": "[0, inf)",
+        "circuit_breaker_failures": "[1, inf)",
+        "circuit_breaker_cooldown_s": "[0, inf)",
+        "budget_usd": "[0, inf)",
+    }
+
+    core: EndpointConfig = field(default_factory=EndpointConfig)  # executes the strategies
+    teacher: EndpointConfig = field(  # proposes and revises strategies (stage 1)
         default_factory=lambda: EndpointConfig(model="sim-teacher", temperature=1.0)
     )
-    judge: EndpointConfig | None = None
-    core_strong: EndpointConfig | None = field(
+    judge: EndpointConfig | None = None  # the optional LLM judge of rl.weights.judge
+    core_strong: EndpointConfig | None = field(  # a bigger core: a reference row in eval
         default_factory=lambda: EndpointConfig(model="sim-core-strong")
     )
-    concurrency: int = 32
+    concurrency: int = 32  # calls in flight at once
     rpm: float | None = None  # requests per minute; None = unlimited
     tpm: float | None = None  # tokens per minute; None = unlimited
-    max_retries: int = 8
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 10.0
+    max_retries: int = 8  # per call, for 408/409/429/5xx, timeouts and connection errors
+    backoff_base_s: float = 0.05  # first retry delay (doubles per retry, with jitter)
+    backoff_max_s: float = 10.0  # longest retry delay
     circuit_breaker_failures: int = 50  # consecutive failures that open the breaker
-    circuit_breaker_cooldown_s: float = 5.0
+    circuit_breaker_cooldown_s: float = 5.0  # how long an open breaker refuses calls
     budget_usd: float | None = None  # stop starting new calls past this spend
     prices: str | None = None  # price table YAML; None = the packaged configs/prices.yaml
 
@@ -95,17 +134,33 @@ class ApiConfig:
 class SimConfig:
     """The embedded loopback server standing in for the core and teacher APIs."""
 
-    host: str = "127.0.0.1"
+    RANGES: ClassVar[dict[str, str]] = {
+        "port": "[0, 65535]",
+        "latency_ms": "[0, inf)",
+        "rpm": "(0, inf)",
+        "fault_rate": "[0, 1)",
+        "seed": "[0, inf)",
+    }
+
+    host: str = "127.0.0.1"  # address to listen on
     port: int = 0  # 0 = a free port
-    latency_ms: float = 0.0
+    latency_ms: float = 0.0  # added to every reply
     rpm: float | None = None  # answer 429 with Retry-After above this rate
     fault_rate: float = 0.0  # fraction of requests answered with an injected fault
-    seed: int = 0
+    seed: int = 0  # of the simulated models and faults
 
 
 @dataclass
 class SampleConfig:
     """Stage 1: teacher-guided acceptance sampling."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "proposals": "[1, inf)",
+        "revisions": "[0, inf)",
+        "verify_samples": "[1, inf)",
+        "max_cost_vs_core": "(0, inf)",
+        "n_problems": "[1, inf)",
+    }
 
     proposals: int = 4  # K strategies proposed per problem
     revisions: int = 2  # R teacher revisions of a failed strategy
@@ -123,20 +178,37 @@ class SampleConfig:
 class SftConfig:
     """Stage 2: supervised fine-tuning on (problem, strategy) pairs."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "seq_len": "[8, inf)",
+        "lr": "(0, inf)",
+        "warmup_steps": "[0, inf)",
+        "weight_decay": "[0, inf)",
+        "clip_norm": "[0, inf)",
+        "grad_accum": "[1, inf)",
+        "eval_every": "[0, inf)",
+        "checkpoint_every": "[0, inf)",
+        "keep_checkpoints": "[1, inf)",
+        "held_out": "[0, 1)",
+        "eval_problems": "[0, inf)",
+        "eval_max_new_tokens": "[1, inf)",
+    }
+
     name: str = "sft"  # stage directory under run_dir (the demo also trains "sft_unfiltered")
     data: str | None = None  # accepted.jsonl; None = run_dir/<sample.out>/accepted.jsonl
     init: str | None = None  # HF guide to start from; None = model.path (or the demo base guide)
     steps: int = 200  # optimizer steps
     batch_size: int = 8  # packed rows of seq_len tokens per micro-batch (global, all processes)
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per packed row
     lr: float = 3e-3  # peak; tuned for the demo guide (use ~1e-5 for a 1-2B model)
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
-    clip_norm: float = 1.0
+    warmup_steps: int = 10  # linear warm-up, then cosine decay to 10% of lr
+    weight_decay: float = 0.01  # AdamW, on matrices only
+    clip_norm: float = 1.0  # global gradient norm clip; 0 = off
     grad_accum: int = 1  # micro-batches averaged per optimizer step
     eval_every: int = 100  # eval loss + strategy validity every N steps (and at the end); 0 = never
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
+    checkpoint_every: int = 50  # steps between checkpoints (and at the end); 0 = end only
+    keep_checkpoints: int = 2  # newest checkpoints kept
     held_out: float = 0.05  # fraction of accepted problems kept out of training for the eval loss
     eval_problems: int = 16  # validation problems the guide greedily writes strategies for
     eval_max_new_tokens: int = 160  # strategy token budget when checking validity
@@ -148,38 +220,70 @@ class SftConfig:
 class RlConfig:
     """Stage 3: structure-aware GRPO (symbols as in the paper: G, beta, epsilon, mu)."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": "[1, inf)",
+        "group_size": "[2, inf)",
+        "prompts_per_step": "[1, inf)",
+        "beta": "[0, inf)",
+        "clip_eps": "(0, inf)",
+        "mu": "[1, inf)",
+        "lr": "(0, inf)",
+        "max_new_tokens": "[1, inf)",
+        "temperature": "(0, inf)",
+        "top_p": "(0, 1]",
+        "staleness": "[0, inf)",
+        "core_only_samples": "[1, inf)",
+        "checkpoint_every": "[1, inf)",
+        "keep_checkpoints": "[1, inf)",
+        "micro_batch": "[0, inf)",
+        "warmup_steps": "[0, inf)",
+        "weight_decay": "[0, inf)",
+        "clip_norm": "[0, inf)",
+        "judge_max_tokens": "[1, inf)",
+        "held_out": "[0, inf)",
+    }
+
     name: str = "rl"  # stage directory under run_dir (the demo also trains "advisor_rl")
-    steps: int = 40
+    steps: int = 40  # GRPO steps (one batch of prompts each)
     group_size: int = 8  # G
-    prompts_per_step: int = 8
+    prompts_per_step: int = 8  # P problems per step
     beta: float = 0.04  # KL weight to the frozen reference
     clip_eps: float = 0.2  # epsilon of the clipped ratio objective
     mu: int = 1  # policy updates per batch
     lr: float = 1e-4  # the demo guide's (3e-4 undid its SFT accuracy); a 1.7B guide wants ~1e-6
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 96  # strategy token budget per sample
+    temperature: float = 1.0  # sampling temperature of the guide
+    top_p: float = 1.0  # nucleus sampling; 1 = off
     staleness: int = 1  # batches the sampler may run ahead of labelling; 0 = synchronous
     preset: str = "exectune"  # exectune | advisor
     weights: dict[str, float] = field(default_factory=dict)  # overrides of the preset's weights
     core_only_samples: int = 4  # samples per problem to estimate core-alone success
     init: str | None = None  # HF guide to start from (and the KL reference); None = run_dir/sft/guide
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 2
+    checkpoint_every: int = 10  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept
     micro_batch: int = 16  # sequences per forward/backward pass (bounds activations); 0 = all
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
+    warmup_steps: int = 0  # linear warm-up of lr, in updates
+    weight_decay: float = 0.0  # AdamW, on matrices only
+    clip_norm: float = 1.0  # global gradient norm clip; 0 = off
     judge_max_tokens: int = 8  # the optional LLM judge replies with one number
     held_out: int = 64  # validation problems for the before/after accuracy report; 0 = none
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    n_problems: int | None = None
+    """The method table: every guide, and the core alone, on the same problems."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "n_problems": "[1, inf)",
+        "samples": "[1, inf)",
+        "max_new_tokens": "[1, inf)",
+        "batch_size": "[1, inf)",
+    }
+
+    split: str = "test"  # the task split scored: test | validation | train
+    n_problems: int | None = None  # None = the whole split
     samples: int = 1  # core executions per (problem, strategy)
-    max_new_tokens: int = 96
+    max_new_tokens: int = 96  # guide token budget per strategy
     # method -> guide HF dir (relative to run_dir unless absolute); a missing dir skips the row
     guides: dict[str, str] = field(default_factory=lambda: {
         "base_guide": "base_guide", "sft_unfiltered": "sft_unfiltered/guide",
@@ -192,14 +296,35 @@ class EvalConfig:
 
 @dataclass
 class MetricsConfig:
-    tensorboard: bool = False
-    progress: bool = True
+    """What a training stage reports besides metrics.jsonl."""
+
+    tensorboard: bool = False  # TensorBoard event files in <stage>/tensorboard
+    progress: bool = True  # a progress bar on the terminal
+    wandb: str | None = None  # W&B project to log metrics and the resolved config to; None = off
+
+
+@dataclass
+class ResumeConfig:
+    """What a resumed stage may differ in from the config it started with."""
+
+    # dotted fields (e.g. [sft.lr]) a resume may change; a change in any other field that
+    # alters the run stops the stage
+    allow_changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportConfig:
+    """The exported guide's model card."""
+
+    license: str = "apache-2.0"  # the card's `license:` (Hub license id); match the base model's
 
 
 @dataclass
 class Config:
-    run_dir: str = "runs/demo"
-    seed: int = 0
+    RANGES: ClassVar[dict[str, str]] = {"seed": "[0, inf)"}
+
+    run_dir: str = "runs/demo"  # every stage writes under here; the same run_dir resumes
+    seed: int = 0  # data order, splits, sampling and initialisation
     model: ModelConfig = field(default_factory=ModelConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -210,6 +335,8 @@ class Config:
     rl: RlConfig = field(default_factory=RlConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -393,8 +520,165 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"config: `api.{name}.provider` is {ep.provider!r}; choose openai or anthropic"
             )
-    if not 0.0 <= config.sim.fault_rate < 1.0:
-        raise ConfigError("config: `sim.fault_rate` must be in [0, 1)")
+    if config.mesh.platform not in (None, "gpu", "tpu"):
+        raise ConfigError(f"config: `mesh.platform` is {config.mesh.platform!r}; choose gpu, tpu "
+                          "or null (any device)")
+    for prefix, section in sections(config):
+        for name, interval in type(section).RANGES.items() if hasattr(section, "RANGES") else ():
+            value = getattr(section, name)
+            if value is not None and not in_range(value, interval):
+                raise ConfigError(
+                    f"config: `{prefix}{name}` is {value!r}; it must be in {interval}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid ranges: each section declares `RANGES = {field: "[lo, hi)"}` for its numeric fields
+
+_INTERVAL = re.compile(r"^([\[(])\s*(\S+?)\s*,\s*(\S+?)\s*([\])])$")
+
+
+@functools.cache
+def parse_interval(text: str) -> tuple[float, float, bool, bool]:
+    """"[1, inf)" -> (1.0, inf, True, False): bounds and whether each is included."""
+    m = _INTERVAL.match(text)
+    if m is None:
+        raise ValueError(f"range {text!r} is not an interval like [0, 1) or (0, inf)")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    return lo, hi, m.group(1) == "[", m.group(4) == "]"
+
+
+def in_range(value: float, interval: str) -> bool:
+    lo, hi, lo_in, hi_in = parse_interval(interval)
+    above = value >= lo if lo_in else value > lo
+    below = value <= hi if hi_in else value < hi
+    return above and below and not math.isnan(value)
+
+
+def sections(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted prefix, section) for `config` and every nested section that is set."""
+    yield prefix, config
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from sections(value, f"{prefix}{f.name}.")
+
+
+def _scalar(tp: Any) -> Any:
+    """int for `int | None`, and so on; the annotation itself when it is not optional."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def section_types(cls: type = None) -> Iterator[type]:  # type: ignore[assignment]
+    """Every section class reachable from `cls` (default: Config), each once."""
+    seen: list[type] = []
+
+    def walk(c: type) -> None:
+        if c in seen:
+            return
+        seen.append(c)
+        for tp in typing.get_type_hints(c).values():
+            inner = _scalar(tp)
+            if dataclasses.is_dataclass(inner):
+                walk(inner)
+
+    walk(cls or Config)
+    return iter(seen)
+
+
+def numeric_fields(cls: type) -> list[str]:
+    """Fields of section `cls` that hold a number (int or float, optional or not)."""
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if _scalar(hints[f.name]) in (int, float)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Field documentation: the comments beside (and just above) each field where it is declared
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its doc: the full-line comments right above the field, then the comment
+    trailing its line. Read from the class source, so the docs live where the field does."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, whole line)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            whole_line = tok.line.lstrip().startswith("#")
+            comments[tok.start[0]] = (tok.string.lstrip("#").strip(), whole_line)
+    docs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for node in ast.parse(source).body[0].body:
+        if not isinstance(node, ast.AnnAssign) or getattr(node.target, "id", None) not in names:
+            continue
+        above, line = [], node.lineno - 1
+        while line in comments and comments[line][1]:
+            above.insert(0, comments[line][0])
+            line -= 1
+        trailing = [comments[n][0] for n in range(node.lineno, node.end_lineno + 1)
+                    if n in comments and not comments[n][1]]
+        docs[node.target.id] = " ".join(above + trailing)
+    return docs
+
+
+def section_doc(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return "" if doc.startswith(f"{cls.__name__}(") else doc.split("\n\n")[0].replace("\n", " ")
+
+
+def _flow(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False).strip()
+    return text.removesuffix("...").strip()
+
+
+def render(config: Any, indent: int = 0, width: int = 100) -> str:
+    """The config as YAML (loadable again with `--config`) with each field's doc as a comment."""
+    lines = []
+    pad = "  " * indent
+    docs = field_docs(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        nested = dataclasses.is_dataclass(value)
+        doc = docs.get(f.name) or (section_doc(type(value)) if nested else "")
+        head = f"{pad}{f.name}:" + ("" if nested else f" {_flow(value)}")
+        if doc and len(head) + len(doc) + 4 <= width:
+            lines.append(f"{head}  # {doc}")
+        else:
+            lines += textwrap.wrap(doc, width, initial_indent=f"{pad}# ", subsequent_indent=f"{pad}# ")
+            lines.append(head)
+        if nested:
+            lines.append(render(value, indent + 1, width))
+    return "\n".join(lines)
+
+
+def section_help(cls: type, prefix: str) -> str:
+    """`--help` text for one section: each field with its default and doc."""
+    default = cls()
+    docs = field_docs(cls)
+    title = f"config section `{prefix.rstrip('.')}`" if prefix else "top-level config fields"
+    lines = [title + (f": {section_doc(cls)}" if prefix and section_doc(cls) else "")]
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        shown = type(value).__name__ + " section" if dataclasses.is_dataclass(value) else _flow(value)
+        lines.append(f"  {prefix}{f.name}={shown}")
+        if docs.get(f.name):
+            lines += textwrap.wrap(docs[f.name], 92, initial_indent="      ",
+                                   subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted field -> value over every section (mappings and lists stay whole values)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = value
+    return out
 
 
 def to_dict(config: Any) -> dict:

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from exectune_jax import preflight, resume
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
-from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import executability, wilson
@@ -282,18 +282,17 @@ def run(cfg: Config) -> int:
     from exectune_jax.api import open_pool
     from exectune_jax.data import tasks
 
+    preflight.check(cfg, "eval")
     task = tasks.get(cfg.task.name, **cfg.task.options)
     problems = task.problems(cfg.eval.split)
     if cfg.eval.n_problems is not None:
         problems = problems[: cfg.eval.n_problems]
-    if not problems:
-        raise UserError(f"eval: task {cfg.task.name} has no {cfg.eval.split} problems; "
-                        "set eval.split or the task's size options")
+    out = Path(cfg.run_dir) / cfg.eval.out
+    resume.record(cfg, out)
     with open_pool(cfg, cfg.run_dir) as pool:
         rows, skipped = collect(cfg, pool, task, problems)
         pool.raise_if_stopped()
     doc = results(cfg, rows, skipped, len(problems))
-    out = Path(cfg.run_dir) / cfg.eval.out
     write_outputs(out, doc, rl_metrics(cfg))
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from exectune_jax import model_card, parallel
+from exectune_jax import model_card, parallel, preflight
 from exectune_jax.config import Config
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf
@@ -276,10 +276,14 @@ def export(cfg: Config, source: str | os.PathLike, out: str | os.PathLike,
 
 
 def hub_token(repo_id: str) -> str:
-    token = os.environ.get(TOKEN_ENV)
+    """$HF_TOKEN, else the token `hf auth login` stored (huggingface_hub's standard lookup)."""
+    from huggingface_hub import get_token
+
+    token = os.environ.get(TOKEN_ENV) or get_token()
     if not token:
-        raise ExportError(f"--push-to-hub {repo_id}: set ${TOKEN_ENV} to a Hub token with write "
-                          "access (an environment variable; it is never written anywhere)")
+        raise ExportError(f"--push-to-hub {repo_id}: no Hub token; log in with `hf auth login` "
+                          f"(or huggingface-cli login), or set ${TOKEN_ENV} to a token with write "
+                          "access (it is never written anywhere)")
     return token
 
 
@@ -287,7 +291,7 @@ def push(out: str | os.PathLike, repo_id: str, *, token: str | None = None,
          endpoint: str | None = None, private: bool = False) -> str:
     """Create `repo_id` if needed and upload the export; returns the commit URL.
 
-    The token comes from the HF_TOKEN environment variable unless given; `endpoint` is the Hub
+    The token comes from HF_TOKEN or the stored Hub login unless given; `endpoint` is the Hub
     URL (default: huggingface_hub's own).
     """
     from huggingface_hub import HfApi
@@ -306,6 +310,7 @@ def push(out: str | os.PathLike, repo_id: str, *, token: str | None = None,
 
 def run(cfg: Config, source: str, out: str, push_to_hub: str | None = None,
         dtype: str = "bf16") -> int:
+    preflight.check(cfg, "export", out=out)
     if push_to_hub:
         hub_token(push_to_hub)  # a missing token fails before the export's minutes of work
     path = export(cfg, source, out, dtype, repo_id=push_to_hub)

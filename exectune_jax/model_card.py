@@ -131,6 +131,7 @@ class CardFacts:
     metrics: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
     eval_table: str | None = None  # eval/results.md
     plots: tuple[str, ...] = ()  # files copied beside the card, relative paths
+    license: str | None = None  # the Hub license id (export.license)
 
 
 def base_model_id(cfg: Config) -> str | None:
@@ -180,6 +181,8 @@ def read_json(path: Path) -> dict | None:
 
 def _front_matter(f: CardFacts) -> str:
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation"}
+    if f.license:
+        meta["license"] = f.license
     if f.base_model:
         meta["base_model"] = f.base_model
     meta["tags"] = list(TAGS)
@@ -339,5 +342,5 @@ def gather(cfg: Config, out: Path, *, name: str, dtype: str, source: str,
         name=name, dtype=dtype, source=source, recipe=scrub(to_dict(recipe_cfg), secrets),
         recipe_origin=origin, base_model=base_model_id(recipe_cfg),
         instruction=guide_instruction(recipe_cfg), data=data, metrics=metrics,
-        eval_table=table, plots=tuple(plots),
+        eval_table=table, plots=tuple(plots), license=cfg.export.license,
     )

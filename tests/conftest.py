@@ -10,6 +10,7 @@ from absl import flags  # noqa: E402
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
+import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -25,3 +26,14 @@ def gsm8k_dir() -> Path:
     if not (path / "test.jsonl").exists():
         pytest.skip("GSM8K files not found beside the checkout (../shared/data/gsm8k)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def package_logger_as_found():
+    """`cli.main` sets the package logger up for a terminal; the next test gets it as it was."""
+    logger = logging.getLogger("exectune_jax")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

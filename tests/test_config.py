@@ -83,3 +83,81 @@ def test_overrides_may_follow_options():
     assert (args.source, args.out, args.dtype, args.overrides) == ("runs/a", "out", "fp32", ["seed=3"])
     args = parse_args(["sft", "--config", "a.yaml", "sft.steps=3", "--config", "b.yaml", "seed=1"])
     assert args.config == ["a.yaml", "b.yaml"] and args.overrides == ["sft.steps=3", "seed=1"]
+
+
+def test_every_numeric_field_of_every_section_declares_a_valid_range():
+    from exectune_jax.config import numeric_fields, parse_interval, section_types
+
+    for section in section_types():
+        ranges = getattr(section, "RANGES", {})
+        numeric = numeric_fields(section)
+        assert sorted(set(numeric) - set(ranges)) == [], f"{section.__name__}: no declared range"
+        assert sorted(set(ranges) - set(numeric)) == [], f"{section.__name__}: range of no field"
+        for interval in ranges.values():
+            parse_interval(interval)
+    assert section_types().__next__() is Config
+
+
+def test_defaults_lie_inside_their_declared_ranges():
+    from exectune_jax.config import in_range, sections
+
+    for prefix, section in sections(Config()):
+        for name, interval in getattr(type(section), "RANGES", {}).items():
+            value = getattr(section, name)
+            assert value is None or in_range(value, interval), f"{prefix}{name}={value}"
+
+
+@pytest.mark.parametrize("override,interval", [("sft.batch_size=0", "[1, inf)"),
+                                               ("sft.steps=-5", "[1, inf)"),
+                                               ("sim.fault_rate=1.0", "[0, 1)"),
+                                               ("api.core.temperature=3", "[0, 2]"),
+                                               ("api.judge={temperature: -1}", "[0, 2]")])
+def test_a_value_outside_its_range_names_the_field_and_the_range(override, interval):
+    key = override.split("=")[0].replace("api.judge", "api.judge.temperature")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert f"`{key}`" in str(e.value) and interval in str(e.value)
+
+
+def test_every_field_has_its_declared_doc():
+    import dataclasses
+
+    from exectune_jax.config import field_docs, section_doc, section_types
+
+    for section in section_types():
+        docs = field_docs(section)
+        for f in dataclasses.fields(section):
+            inner = getattr(section(), f.name)
+            assert docs.get(f.name) or (dataclasses.is_dataclass(inner) and section_doc(type(inner))), \
+                f"{section.__name__}.{f.name} has no doc"
+    assert field_docs(Config().sft.__class__)["steps"] == "optimizer steps"
+    assert field_docs(Config().sample.__class__)["max_cost_vs_core"].startswith("... and, when set")
+
+
+def test_exectune_config_prints_every_field_with_its_doc_and_reads_back(tmp_path, capsys):
+    import dataclasses
+
+    from exectune_jax.config import field_docs, sections
+
+    assert main(["config", "sft.lr=1e-4", "rl.steps=3"]) == 0
+    out = capsys.readouterr().out
+    for prefix, section in sections(load_config()):
+        for f in dataclasses.fields(section):
+            doc = field_docs(type(section)).get(f.name)
+            lines = [line for line in out.splitlines() if line.strip().startswith(f"{f.name}:")]
+            assert lines, f"{prefix}{f.name} not printed"
+            if doc:
+                assert doc.split()[-1] in out, f"{prefix}{f.name}: doc not printed"
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(out)
+    assert load_config(printed) == load_config(None, ["sft.lr=1e-4", "rl.steps=3"])
+
+
+def test_stage_help_lists_its_sections_field_docs(capsys):
+    from exectune_jax.config import SftConfig, section_help
+
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    out = capsys.readouterr().out
+    assert section_help(SftConfig, "sft.") in out
+    assert "sft.steps=200" in out and "optimizer steps" in out

@@ -154,6 +154,7 @@ def test_model_card_has_front_matter_recipe_data_metrics_and_evaluation(run_dir,
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "transformers"
     assert front["base_model"] == "Qwen/Qwen3-1.7B"
+    assert front["license"] == "apache-2.0"  # export.license's default
     assert {"exectune", "gcop"} <= set(front["tags"])
     assert 'from_pretrained("me/arith-guide")' in card
     assert "Exported from `sft/guide`" in card and "G=4" in card and "3 steps" in card
@@ -246,12 +247,35 @@ def test_export_guide_snapshots_a_live_model_and_replaces_the_previous_snapshot(
     assert "| sft | loss |" in (out / "README.md").read_text()
 
 
+def test_model_card_license_comes_from_the_export_config(run_dir, tmp_path):
+    out = export.export(cfg_for(run_dir, "export.license=mit"), run_dir, tmp_path / "export")
+    front = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    assert front["license"] == "mit"
+
+
+def test_hub_token_comes_from_the_stored_login_when_hf_token_is_unset(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv(export.TOKEN_ENV, raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    stored = tmp_path / "token"
+    stored.write_text("hf_stored_login_token\n")  # what `hf auth login` leaves
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(stored))
+    assert export.hub_token("me/guide") == "hf_stored_login_token"
+    monkeypatch.setenv(export.TOKEN_ENV, "hf_from_the_environment")
+    assert export.hub_token("me/guide") == "hf_from_the_environment"
+
+
 def test_push_without_a_token_fails_first_with_a_one_line_error(run_dir, tmp_path, monkeypatch,
                                                               capsys):
+    from huggingface_hub import constants
+
     monkeypatch.delenv(export.TOKEN_ENV, raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login"))
     code = cli.main(["export", str(run_dir), str(tmp_path / "out"), "--push-to-hub", "me/guide"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "set $HF_TOKEN" in err
+    assert code == 2 and err.count("\n") == 1 and "set $HF_TOKEN" in err and "hf auth login" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from exectune_jax import preflight, resume
 from exectune_jax.api import Request
 from exectune_jax.config import Config, SampleConfig
 from exectune_jax.data import tasks
@@ -280,9 +281,10 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
     from exectune_jax.api import open_pool
 
     unfiltered = unfiltered or cfg.sample.unfiltered
+    preflight.check(cfg, "sample", unfiltered=unfiltered)
     stage = cfg.sample.out
     out = Path(cfg.run_dir) / stage
-    out.mkdir(parents=True, exist_ok=True)
+    resume.record(cfg, out)
     task, problems = training_problems(cfg)
     with open_pool(cfg, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from exectune_jax import parallel
+from exectune_jax import parallel, preflight, resume
 from exectune_jax.api.pool import open_pool
 from exectune_jax.config import Config, to_dict
 from exectune_jax.data import tasks
@@ -276,14 +276,18 @@ def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None
 
 def train(cfg: Config) -> dict:
     """Run (or resume) RL to cfg.rl.steps; returns the summary written to summary.json."""
+    preflight.check(cfg, "rl")
     rl = cfg.rl
     spec = rewards.make_spec(rl.preset, rl.weights)
-    if rl.staleness < 0 or rl.mu < 1 or rl.group_size < 2:
-        raise UserError("config: need rl.staleness >= 0, rl.mu >= 1 and rl.group_size >= 2")
-    if spec.uses_judge and cfg.api.judge is None:
-        raise UserError("config: rl.weights.judge > 0 needs a judge endpoint; set api.judge")
     stage = Path(cfg.run_dir) / rl.name
-    stage.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(stage / "checkpoints", keep=rl.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        try:
+            resume.check_resume(cfg, stage, "rl")
+        except resume.ResumeError:
+            ckpt.close()
+            raise
+    resume.record(cfg, stage, write=jax.process_index() == 0)
     init = resolve_init(cfg)
     from transformers import AutoTokenizer
 
@@ -295,13 +299,14 @@ def train(cfg: Config) -> dict:
     problems_by_id = {p.id: p for p in problems}
     it = rl_prompt_iterator(problems, rl.prompts_per_step, cfg.seed)
     key_data = jax.random.key_data(jax.random.key(cfg.seed))
-    ckpt = Checkpointer(stage / "checkpoints", keep=rl.keep_checkpoints)
     start, pending_rollouts = 0, []
     if ckpt.latest_step() is not None:
         start, key_data, pending_rollouts = restore_checkpoint(
             ckpt, learner, key_data, it, problems_by_id, cfg)
+        resume.resumed(rl.name, start)
     rng = jax.random.wrap_key_data(jnp.asarray(key_data))
-    writer = MetricsWriter(stage, tensorboard=cfg.metrics.tensorboard)
+    writer = MetricsWriter(stage, tensorboard=cfg.metrics.tensorboard, wandb=cfg.metrics.wandb,
+                           config=to_dict(cfg), name=rl.name)
     writer.truncate_after(start)
     heldout_path = stage / HELD_OUT_FILE
     heldout = json.loads(heldout_path.read_text()) if heldout_path.exists() else {}

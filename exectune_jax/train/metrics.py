@@ -1,9 +1,12 @@
-"""Training metrics: a JSONL file always, TensorBoard when asked, and a progress bar.
+"""Training metrics: a JSONL file always, TensorBoard or Weights & Biases when asked, a progress bar.
 
 `metrics.jsonl` is the record every later step (evaluation, plots, tests) reads, so each line is
 one complete JSON object written with a single `write` on an O_APPEND descriptor: a run killed
 mid-write never leaves half a line. After a resume, `truncate_after(step)` drops the lines the
 killed run wrote past its last checkpoint, so the file tells one consistent story.
+
+`metrics.wandb=PROJECT` also logs every record, and the resolved config, to a W&B run in the
+stage directory (`WANDB_MODE=offline` keeps it local); a resumed stage continues the same run.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ import json
 import math
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from exectune_jax.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"  # the stage's W&B run, so a resume logs into the same one
 
 
 def _plain(value: Any) -> Any:
@@ -50,17 +57,41 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def require_wandb(project: str) -> Any:
+    """The wandb module, or one line saying how to install it."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(f"metrics.wandb={project} needs the wandb package: pip install "
+                        "'exectune-jax[wandb]' (or set metrics.wandb=null)") from None
+    return wandb
+
+
+def wandb_run(project: str, directory: Path, name: str, config: Mapping[str, Any] | None) -> Any:
+    """A W&B run for one stage directory: the same run id on every resume."""
+    wandb = require_wandb(project)
+    id_file = directory / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(directory),
+                      config=dict(config or {}), reinit="create_new")
+
+
 class MetricsWriter:
-    """`log(step, **scalars)` appends one JSON line (and TensorBoard scalars when enabled).
+    """`log(step, **scalars)` appends one JSON line (and TensorBoard / W&B scalars when enabled).
 
     `enabled=False` (e.g. on every process but the first of a multi-host run) makes it a no-op.
+    `wandb` is a W&B project name; `config` (the resolved config as plain data) goes with it.
     """
 
-    def __init__(self, directory: str | Path, tensorboard: bool = False, *, enabled: bool = True):
+    def __init__(self, directory: str | Path, tensorboard: bool = False, *, enabled: bool = True,
+                 wandb: str | None = None, config: Mapping[str, Any] | None = None,
+                 name: str | None = None):
         self.directory = Path(directory)
         self.path = self.directory / METRICS_FILE
         self.enabled = enabled
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -68,6 +99,8 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(logdir=str(self.directory / "tensorboard"))
+        if wandb:
+            self._wandb = wandb_run(wandb, self.directory, name or self.directory.name, config)
 
     def log(self, step: int, **scalars: Any) -> None:
         if not self.enabled:
@@ -78,11 +111,13 @@ class MetricsWriter:
             os.write(fd, line)
         finally:
             os.close(fd)
+        numbers = {k: v for k, v in ((k, _plain(v)) for k, v in scalars.items())
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            for key, value in scalars.items():
-                value = _plain(value)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, int(step))
+            for key, value in numbers.items():
+                self._tb.add_scalar(key, value, int(step))
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=int(step))
 
     def truncate_after(self, step: int) -> None:
         """Drop records with a step beyond `step` (written by a run that was then interrupted)."""
@@ -100,6 +135,9 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> MetricsWriter:
         return self

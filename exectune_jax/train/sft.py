@@ -29,8 +29,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from exectune_jax import parallel
-from exectune_jax.config import Config
+from exectune_jax import parallel, preflight, resume
+from exectune_jax.config import Config, to_dict
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf, sampler
@@ -161,9 +161,17 @@ def strategy_validity(model, tokenizer, problems, family: str, max_new_tokens: i
 
 
 def run(cfg: Config, **_: Any) -> int:
+    preflight.check(cfg, "sft")
     sc = cfg.sft
     out_dir = stage_dir(cfg)
     ckpt = Checkpointer(out_dir / CHECKPOINT_DIR, keep=sc.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        try:
+            resume.check_resume(cfg, out_dir, "sft")
+        except resume.ResumeError:
+            ckpt.close()
+            raise
+    resume.record(cfg, out_dir, write=jax.process_index() == 0)
     if ckpt.latest_step() == sc.steps and (out_dir / GUIDE_DIR / hf.CONFIG_FILE).exists():
         ckpt.close()
         print(f"sft {sc.name}: already at step {sc.steps}; guide at {out_dir / GUIDE_DIR}")
@@ -182,8 +190,9 @@ def run(cfg: Config, **_: Any) -> int:
         opt = parallel.shard_model(nnx.Optimizer(model, tx, wrt=nnx.Param), mesh)
     it = pipeline.sft_iterator(data.train, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                seed=cfg.seed, process_index=pi, process_count=pc)
-    writer = MetricsWriter(out_dir, tensorboard=cfg.metrics.tensorboard, enabled=pi == 0)
-    start = _resume(ckpt, model, opt, it, mesh, writer)
+    writer = MetricsWriter(out_dir, tensorboard=cfg.metrics.tensorboard, enabled=pi == 0,
+                           wandb=cfg.metrics.wandb, config=to_dict(cfg), name=sc.name)
+    start = _resume(ckpt, model, opt, it, mesh, writer, sc.name)
     if start == 0:
         writer.log(0, train_examples=len(data.train), held_out_examples=len(data.held_out),
                    dropped_rows=data.dropped)
@@ -257,7 +266,7 @@ def _ckpt_state(model, opt) -> dict:
     return {"params": nnx.state(model, nnx.Param), "opt": nnx.state(opt)}
 
 
-def _resume(ckpt: Checkpointer, model, opt, it, mesh, writer: MetricsWriter) -> int:
+def _resume(ckpt: Checkpointer, model, opt, it, mesh, writer: MetricsWriter, name: str) -> int:
     """Restore the newest checkpoint into model, optimizer and data iterator; returns its step."""
     step = ckpt.latest_step()
     if step is None:
@@ -266,8 +275,9 @@ def _resume(ckpt: Checkpointer, model, opt, it, mesh, writer: MetricsWriter) -> 
     nnx.update(model, state["params"])
     nnx.update(opt, state["opt"])
     writer.truncate_after(step)
-    log.info("resumed from %s at step %d", ckpt.step_dir(step), step)
-    return int(meta.get("step", step))
+    step = int(meta.get("step", step))
+    resume.resumed(name, step)
+    return step
 
 
 def _write_guide(model, mcfg, tokenizer, path: Path) -> Path:

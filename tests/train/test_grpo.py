@@ -322,5 +322,6 @@ def test_resume_after_sigkill_gives_identical_metrics_and_no_repeated_paid_calls
     assert not (killed / "rl" / "summary.json").exists()
     resumed = launch(killed)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    assert "resumed rl from step " in resumed.stderr.read().decode()
     assert _learning_metrics(killed) == _learning_metrics(whole)
     assert _paid(killed) == pytest.approx(_paid(whole))

@@ -135,3 +135,43 @@ def test_sft_on_atomic_strategies_writes_well_formed_strategies(tmp_path):
     final = [r for r in read_metrics(tmp_path / "sft") if "strategy_valid" in r][-1]
     assert final["step"] == 200
     assert final["strategy_valid"] >= 0.95, final
+
+
+def test_resume_refuses_a_changed_lr_and_an_unchanged_resume_says_so(world, tmp_path):
+    """The stage's config.yaml is what a resume is held to; the CLI shows the resume line."""
+    import shutil
+
+    from exectune_jax.config import load_config as load
+
+    overrides = [*world, f"run_dir={tmp_path}", "sft.steps=3", "sft.eval_every=0",
+                 "sft.checkpoint_every=1", "sft.keep_checkpoints=3", "mesh.fsdp=1"]
+    sft.run(load_config(None, overrides))
+    stage = tmp_path / "sft"
+    assert load(stage / "config.yaml") == load_config(None, overrides)
+    shutil.rmtree(stage / "checkpoints" / "3")  # as if killed after step 2's checkpoint
+    shutil.rmtree(stage / "guide")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "exectune_jax.cli", "sft", *overrides]
+    changed = subprocess.run([*cli, "sft.lr=1e-4"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    [line] = changed.stderr.strip().splitlines()
+    assert "sft.lr 0.003 -> 0.0001" in line and "new run_dir" in line
+    assert "resume.allow_changes=[sft.lr]" in line
+    assert not (stage / "guide").exists()  # refused before training
+    same = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "resumed sft from step 2" in same.stderr
+    assert (stage / "guide" / "config.json").exists()
+
+
+def test_resume_changes_ignore_fields_that_do_not_change_the_run():
+    from exectune_jax.resume import changes
+
+    before = load_config(None, ["sft.lr=1e-3"])
+    after = load_config(None, ["sft.lr=2e-3", "sft.checkpoint_every=7", "api.budget_usd=5",
+                               "mesh.fsdp=1", "api.core.base_url=http://h:1/v1", "rl.lr=1e-3"])
+    assert [k for k, _, _ in changes(before, after, "sft")] == ["sft.lr"]
+    assert [k for k, _, _ in changes(before, after, "rl")] == ["rl.lr"]
+    judged = load_config(None, ["api.judge={model: j}"])
+    assert "api.judge" in [k for k, _, _ in changes(load_config(), judged, "rl")]
