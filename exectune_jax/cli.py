@@ -107,6 +107,21 @@ def prepare_runtime() -> None:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
 
 
+def prepare_stage(command: str, cfg) -> None:
+    """Build what a stage starts from but may not build itself.
+
+    SFT with no starting guide in the config starts from the demo base guide; its builder
+    (`sim/guide.py`) is a user of the training library, so the CLI builds it, not the stage.
+    """
+    if command == "sft":
+        from exectune_jax.train.sft import starts_from_base_guide
+
+        if starts_from_base_guide(cfg):
+            from exectune_jax.sim.guide import ensure_base_guide
+
+            ensure_base_guide(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prepare_runtime()
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
             init_distributed()
         func = getattr(importlib.import_module(module_name), func_name)
+        prepare_stage(args.command, cfg)
         extra = {k: v for k, v in vars(args).items()
                  if k not in ("command", "config", "overrides")}
         result = func(cfg, **extra)
