@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from exectune_jax.config import load_config
+from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 
 EPILOG = """\
@@ -133,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 
             init_distributed()
         func = getattr(importlib.import_module(module_name), func_name)
-        prepare_stage(args.command, cfg)
         extra = {k: v for k, v in vars(args).items()
                  if k not in ("command", "config", "overrides")}
-        result = func(cfg, **extra)
+        with tasks.reading_as(args.command):
+            prepare_stage(args.command, cfg)
+            result = func(cfg, **extra)
     except UserError as e:
         print(f"exectune {args.command}: {e}", file=sys.stderr)
         return 2

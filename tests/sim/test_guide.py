@@ -96,7 +96,7 @@ def test_unknown_base_guide_key_names_the_key(tmp_path):
         guide.ensure_base_guide(cfg)
 
 
-def test_sft_command_builds_the_base_guide_the_stage_itself_refuses_to_build(tmp_path):
+def test_sft_command_builds_the_base_guide_the_stage_itself_refuses_to_build_and_reads_no_test(tmp_path):
     problems = tasks.get("arith", n_train=60, n_validation=4, n_test=4).problems("train")
     data = tmp_path / "accepted.jsonl"
     data.write_text("".join(json.dumps({"id": p.id, "messages": prompts.guide_messages(p, "math"),
@@ -108,6 +108,8 @@ def test_sft_command_builds_the_base_guide_the_stage_itself_refuses_to_build(tmp
     with pytest.raises(UserError, match="exectune sft"):
         sft.run(load_config(None, args))
     assert not (tmp_path / "run" / "base_guide").exists()
+    before = len(tasks.reads())
     assert main(["sft", *args]) == 0
+    assert set(tasks.reads()[before:]) == {("sft", "arith", "train"), ("sft", "arith", "validation")}
     assert (tmp_path / "run" / "base_guide" / guide.MARKER).exists()
     assert (tmp_path / "run" / "sft" / "guide" / "config.json").exists()
