@@ -42,6 +42,7 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import ModelConfig, Transformer
 from exectune_jax.sim import teacher
+from exectune_jax.sim.world import WORLD
 from exectune_jax.train.sft import base_guide_dir
 from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config, warm_up
 
@@ -101,16 +102,16 @@ def advice(problem: Problem, seed: int = 0) -> str:
     It walks through the story in order, one sentence per event, naming the operation and the
     problem's numbers it uses, but never an intermediate result or the answer. Reading a story
     in order and copying its numbers is what an off-the-shelf instruct model does unprompted;
-    the strategy format, step references and what the core can follow are left for SFT. No
-    sentence has the shape of a step the core follows, so the core treats this advice as
-    unfollowable, as it treats a real instruct model's prose.
+    the strategy format, step references and what the core can follow are left for SFT. The
+    core reads each sentence that names an operation as a prose step (`sim/follow.py`): it
+    carries some out, and "an earlier amount" is a vague reference it often will not.
     """
     rng = random.Random(f"advice/{seed}/{problem.id}")
     q = problem.meta["quantities"]
     parts = [rng.choice(_OPENINGS)]
     for j, (op, left, right) in enumerate(problem.meta["program"]):
         a, b = (_mention(ref, q, j) for ref in (left, right))
-        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < 0.5 else "Then"
+        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < WORLD.advice_connector_rate else "Then"
         parts.append(f"{connector} think about {_PHRASES[op].format(a=a, b=b)}.")
     parts.append(rng.choice(_CLOSINGS))
     return " ".join(parts)
