@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from exectune_jax.data import tasks
@@ -10,7 +12,7 @@ from exectune_jax.sim import models, tokens
 from exectune_jax.sim.core import SimCore
 from exectune_jax.sim import follow
 from exectune_jax.sim.world import WORLD
-from exectune_jax.sim.teacher import atomic
+from exectune_jax.sim.teacher import atomic, write
 
 P = Problem(
     id="p", split="test", answer="27",
@@ -165,9 +167,6 @@ def test_replays_make_the_same_follow_decisions(task):
 
 
 def write_compound(p):
-    import random
-
-    from exectune_jax.sim.teacher import write
     return write(parse_problem(p.prompt), "compound", random.Random(p.id)) or atomic(parse_problem(p.prompt))
 
 
