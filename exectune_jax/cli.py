@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from exectune_jax.config import Config, EndpointConfig, load_config, render, section_help
+from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 
 EPILOG = """\
@@ -153,6 +154,23 @@ def configure_logging() -> None:
     logger.propagate = False
 
 
+def prepare_stage(command: str, cfg) -> None:
+    """Build what a stage starts from but may not build itself.
+
+    SFT with no starting guide in the config starts from the demo base guide; its builder
+    (`sim/guide.py`) is a user of the training library, so the CLI builds it, not the stage.
+    """
+    if command == "sft":
+        from exectune_jax.train.sft import starts_from_base_guide
+
+        if starts_from_base_guide(cfg):
+            from exectune_jax import preflight
+            from exectune_jax.sim.guide import ensure_base_guide
+
+            preflight.check(cfg, "sft")  # before the base guide's warm-up, as before any work
+            ensure_base_guide(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prepare_runtime()
@@ -166,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         func = getattr(importlib.import_module(module_name), func_name)
         extra = {k: v for k, v in vars(args).items()
                  if k not in ("command", "config", "overrides")}
-        result = func(cfg, **extra)
+        with tasks.reading_as(args.command):
+            prepare_stage(args.command, cfg)
+            result = func(cfg, **extra)
     except UserError as e:
         print(f"exectune {args.command}: {e}", file=sys.stderr)
         return 2

@@ -212,7 +212,7 @@ class SftConfig:
     held_out: float = 0.05  # fraction of accepted problems kept out of training for the eval loss
     eval_problems: int = 16  # validation problems the guide greedily writes strategies for
     eval_max_new_tokens: int = 160  # strategy token budget when checking validity
-    # demo guide size and warm-up: overrides of sim/guide.py BaseGuideSpec (used when building it)
+    # demo guide size and warm-up: overrides of train/warmup.py BaseGuideSpec (used when building it)
     base_guide: dict[str, Any] = field(default_factory=dict)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from exectune_jax import preflight
 from exectune_jax.config import Config, dump, load_config
+from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 
 # Filled in only where the config still holds the default (dotted key -> value).
@@ -41,7 +42,7 @@ DEMO_SIZES: dict[str, Any] = {
     # same ~7,500 accepted strategies, 2,000 problems x 4 proposals gave 66% on the test split
     # and 8,000 problems x 1 proposal 89% (it memorises repeated problems instead). Acceptance
     # sampling therefore covers 8,000 problems with one proposal chain each (plus revisions).
-    "task.options": {"n_train": 8000, "n_validation": 32, "n_test": 500},
+    "task.options": {"n_train": 8000, "n_validation": 500, "n_test": 500},
     "sample.proposals": 1,
     "sft.base_guide": {"warmup_steps": 300},  # a longer warm-up: SFT then generalises sooner
     "sft.steps": 900,
@@ -194,7 +195,8 @@ def child_main(argv: Sequence[str]) -> int:
     prepare_runtime()
     stage, path = argv
     try:
-        result = run_stage(stage, load_config(path))
+        with tasks.reading_as(stage):
+            result = run_stage(stage, load_config(path))
     except UserError as e:  # one line in the stage's log, as the CLI prints it
         print(f"exectune demo {stage}: {e}", file=sys.stderr)
         return 2

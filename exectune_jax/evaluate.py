@@ -23,6 +23,7 @@ from exectune_jax.data.tasks import Problem
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import executability, wilson
+from exectune_jax.sim.world import WORLD
 
 REFERENCE = "exectune"
 ROW_ORDER = ("core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl",
@@ -245,6 +246,7 @@ def results(cfg: Config, rows: Sequence[RowData], skipped: list, n_problems: int
         "problems": n_problems,
         "samples_per_problem": cfg.eval.samples,
         "core_model": cfg.api.core.model,
+        "world": WORLD.summary(),  # the simulated world's version and hash (sim endpoints)
         "reference": REFERENCE if ref is not None else None,
         "rows": [row_summary(r, ref) for r in rows],
         "skipped": skipped,

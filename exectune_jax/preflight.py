@@ -184,12 +184,15 @@ def endpoint_ready(cfg: Config, name: str) -> None:
 
 
 def data(cfg: Config, stage: str) -> None:
-    """Every split and file the stage reads has at least one row."""
+    """Every split and file the stage reads has at least one row.
+
+    The demo checks its training split only: its eval stage, the one reader of the test split
+    (data/tasks guards it), checks that split before its first call."""
     if stage == "sft":
         sft_data(cfg)
         return
     reads = {"sample": ["train"], "rl": ["train"] + (["validation"] if cfg.rl.held_out else []),
-             "eval": [cfg.eval.split], "demo": ["train", cfg.eval.split]}[stage]
+             "eval": [cfg.eval.split], "demo": ["train"]}[stage]
     from exectune_jax.data import tasks
 
     task = tasks.get(cfg.task.name, **cfg.task.options)

@@ -14,6 +14,7 @@ from exectune_jax.gcop.execute import Outcome
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import guide as sim_guide
+from exectune_jax.sim.world import WORLD
 
 
 def outcome(correct, tokens=(10, 5)):
@@ -126,6 +127,7 @@ def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
         assert 0.0 <= lo <= row["accuracy"] <= hi <= 1.0
         assert row["usd_total"] > 0 and row["core_input_tokens"] > 0
     assert doc["skipped"] == [{"method": "sft_unfiltered", "reason": "no guide at missing/guide"}]
+    assert doc["world"] == {"version": WORLD.version, "hash": WORLD.hash}
     text = json.dumps(doc)
     assert str(evaluated) not in text and "/tmp" not in text and "time" not in text
 

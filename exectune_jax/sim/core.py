@@ -5,11 +5,14 @@ falls under a success rate that drops with the number of steps, flipped by a lit
 per-sample noise. Real cores are consistent per problem, and so is this one: a strategy that
 worked once through the core's own skill keeps working on replay.
 
-Given a strategy it *executes* it. Every step must be one the core can follow (see
-`sim/steps.py`); then it follows all of them faithfully, so a wrong strategy yields a wrong
-answer, and it writes one short line per step instead of its own long reasoning. If any step
-cannot be followed it drops the strategy and solves the problem its own way. Free-form advice
-(no tags) is treated the same way, sentence by sentence.
+Given a strategy (or free-form advice) it *executes* it step by step (`sim/follow.py`: each
+step is carried out with a probability set by what it asks, decided by a stable hash). It
+writes one short line per step it carries out, so a wrong strategy yields a wrong answer. At
+the first step it does not carry out it goes on with its own reasoning from there: what it
+computed so far stays, and if that was on track (every result so far is one of the problem's
+true intermediate amounts) it solves the rest alone with the success rate of the operations
+left, so advice that names the right operations helps even when not followed to the end.
+Every number it behaves by is a field of `sim/world.py`'s `WorldSpec`.
 """
 
 from __future__ import annotations
@@ -18,20 +21,17 @@ import hashlib
 import json
 import random
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 
 from exectune_jax.data.tasks.answers import numbers_in
 from exectune_jax.data.tasks.arith import Program, apply_op, operand_value, parse_problem, run_program
 from exectune_jax.gcop import prompts
-from exectune_jax.gcop.strategy import OPEN, parse
-from exectune_jax.sim.steps import SYMBOLS, Step, Unfollowable, follow, read_step, show
+from exectune_jax.sim import follow
+from exectune_jax.sim.steps import SYMBOLS, show
+from exectune_jax.sim.world import WORLD, WorldSpec
 
-# name -> (success at k steps = clamp(intercept - slope * k), per-sample flip rate, slip rate per followed step)
-PROFILES = {
-    "sim-core": (1.11, 0.09, 0.03, 0.003),
-    "sim-core-strong": (1.09, 0.055, 0.02, 0.002),
-}
-_FLOOR, _CEIL = 0.03, 0.98
+PROFILES = {"sim-core": "core", "sim-core-strong": "core_strong"}  # name -> WorldSpec field
 
 _ATTEMPT = {
     "add": "More are added here, so I add {b} to the current amount of {a}:",
@@ -58,57 +58,50 @@ def sample_rng(name: str, messages, temperature: float, seed: int) -> random.Ran
     return random.Random(unit(name, canon, round(float(temperature), 6), int(seed)))
 
 
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    followed: bool | None  # the core carried out every step of the strategy; None: no strategy
+
+
 class SimCore:
     """A core model with the behaviour profile `name` ("sim-core" or "sim-core-strong")."""
 
-    def __init__(self, name: str = "sim-core") -> None:
+    def __init__(self, name: str = "sim-core", world: WorldSpec = WORLD) -> None:
         if name not in PROFILES:
             raise ValueError(f"unknown simulated core {name!r}; known: {', '.join(PROFILES)}")
         self.name = name
-        self.intercept, self.slope, self.flip, self.slip = PROFILES[name]
+        self.world = world
+        self.profile = getattr(world, PROFILES[name])
 
     def solo_rate(self, steps: int) -> float:
         """Probability the core alone solves a problem of `steps` operations."""
-        return min(_CEIL, max(_FLOOR, self.intercept - self.slope * steps))
+        rate = self.profile.intercept - self.profile.slope * steps
+        return min(self.world.success_ceil, max(self.world.success_floor, rate))
 
     def complete(self, messages, *, max_tokens: int = 512, temperature: float = 0.0, seed: int = 0) -> str:
+        return self.respond(messages, temperature=temperature, seed=seed).text
+
+    def respond(self, messages, *, temperature: float = 0.0, seed: int = 0) -> Reply:
+        """The reply and whether the core followed the whole strategy (its ground truth)."""
         rng = sample_rng(self.name, messages, temperature, seed)
         problem = prompts.problem_text(messages)
         if prompts.family_of(messages) == "code":
-            return _code_reply(problem)
+            return Reply(_code_reply(problem), None)
         strategy = prompts.strategy_text(messages)
-        known = frozenset(numbers_in(problem))
-        note = ""
-        if strategy is not None:
-            steps, why = _read_strategy(strategy, known)
-            if steps is not None:
-                followed = self._follow(steps, rng)
-                if followed is not None:
-                    return followed
-                why = "a step of the strategy cannot be carried out"
-            note = f"I cannot follow the strategy ({why}), so I will solve the problem my own way.\n"
-        return note + self._attempt(problem, rng)
-
-    # ------------------------------------------------------------ with a strategy
-
-    def _follow(self, steps: list[Step], rng: random.Random) -> str | None:
-        slips = {i: Fraction(rng.choice((1, -1, 10))) for i in range(len(steps)) if rng.random() < self.slip}
-        try:
-            done, claim = follow(steps, slips)
-        except (ValueError, ZeroDivisionError):
-            return None
-        lines = ["I will follow the strategy."]
-        for i, (step, a, b, r) in enumerate(done, start=1):
-            lines.append(f"Step {i}: {show(a)} {SYMBOLS[step.op]} {show(b)} = {show(r)}.")
-        if claim is not None:
-            lines.append(f"The strategy says the answer is {claim}.")
-            answer = claim
-        elif done:
-            answer = show(done[-1][3])
-        else:
-            return None
-        lines.append(f"The answer is {answer}.")
-        return "\n".join(lines)
+        if strategy is None:
+            return Reply(self._attempt(problem, rng), None)
+        run = follow.execute(
+            strategy, frozenset(numbers_in(problem)), self.world,
+            carried_out=lambda i, p: unit("follow", self.name, problem, strategy, i) < p,
+            slip=lambda: Fraction(rng.choice((1, -1, 10))) if rng.random() < self.profile.slip else Fraction(0),
+        )
+        if run.followed_all:
+            return Reply(_followed(run), True)
+        if not run.done:
+            note = f"I cannot follow the strategy ({run.reason}), so I will solve the problem my own way.\n"
+            return Reply(note + self._attempt(problem, rng), False)
+        return Reply(self._continue(problem, run, rng), False)
 
     # ------------------------------------------------------------ on its own
 
@@ -116,52 +109,71 @@ class SimCore:
         program = parse_problem(problem)
         if program is None:
             return _guess(problem, rng)
-        solved = (unit("latent", problem) < self.solo_rate(len(program.ops))) != (rng.random() < self.flip)
-        ops = program.ops if solved else _mistake(program, rng)
-        return _reasoning(Program(ops, program.quantities), rng)
+        return self._reason(problem, program, 0, True, rng)
+
+    def _reason(self, problem: str, program: Program, start: int, on_track: bool, rng: random.Random) -> str:
+        """Its own reasoning over the program's operations from `start`; right only when on track
+        and the operations left fall under its success rate (flipped by sampling noise)."""
+        solved = on_track and (
+            (unit("latent", problem) < self.solo_rate(len(program.ops) - start)) != (rng.random() < self.profile.flip))
+        ops = program.ops if solved else _mistake(program, rng, min(start, len(program.ops) - 1))
+        return _reasoning(Program(ops, program.quantities), rng, start, self.world.own_filler_per_step)
+
+    def _continue(self, problem: str, run: follow.Execution, rng: random.Random) -> str:
+        """Followed part of the strategy, then its own reasoning from the step it stopped at."""
+        lines = ["I will follow the strategy."] + _step_lines(run)
+        lines.append(f"I cannot carry out the rest ({run.reason}), so I continue my own way.")
+        program = parse_problem(problem)
+        if program is None:
+            return "\n".join(lines) + "\n" + _guess(problem, rng)
+        gold = run_program(program)
+        on_track = all(d.result in gold for d in run.done)
+        start = len({r for r in gold if any(d.result == r for d in run.done)}) if on_track else len(run.done)
+        return "\n".join(lines) + "\n" + self._reason(problem, program, min(start, len(program.ops)), on_track, rng)
 
 
-def _read_strategy(text: str, known: frozenset[str]) -> tuple[list[Step] | None, str]:
-    """The core's reading of a strategy block or of free-form advice: steps, or why not."""
-    if OPEN in text:
-        parsed = parse(text)
-        if not parsed.ok:
-            return None, f"it is not well formed: {parsed.error.kind}"
-        sentences = list(parsed.steps)
+def _step_lines(run: follow.Execution) -> list[str]:
+    return [f"Step {i}: {show(d.a)} {SYMBOLS[d.op]} {show(d.b)} = {show(d.result)}."
+            for i, d in enumerate(run.done, start=1)]
+
+
+def _followed(run: follow.Execution) -> str:
+    lines = ["I will follow the strategy.", *_step_lines(run)]
+    if run.claim is not None:
+        lines.append(f"The strategy says the answer is {run.claim}.")
+        answer = run.claim
     else:
-        lines = (re.sub(r"^\s*[0-9]+[.)]\s+", "", line) for line in text.splitlines())
-        sentences = [s for line in lines for s in re.split(r"(?<=[.!?])\s+", line.strip()) if s.strip()]
-    if not sentences:
-        return None, "it is empty"
-    steps = [read_step(s, i, known) for i, s in enumerate(sentences)]
-    for step in steps:
-        if isinstance(step, Unfollowable):
-            return None, step.reason
-    return steps, ""
+        answer = show(run.done[-1].result)
+    lines.append(f"The answer is {answer}.")
+    return "\n".join(lines)
 
 
-def _reasoning(program: Program, rng: random.Random) -> str:
-    """The core's own chain of thought: a long line per operation, then the final answer."""
-    lines = ["Let me work through the problem step by step."]
+def _reasoning(program: Program, rng: random.Random, start: int = 0, filler: int = 1) -> str:
+    """The core's own chain of thought from operation `start`: a long line per operation (with
+    `filler` checking sentences), then the final answer."""
+    lines = ["Let me work through the problem step by step."] if start == 0 else []
     results: list[Fraction] = []
     for i, (op, left, right) in enumerate(program.ops, start=1):
         a = operand_value(left, program.quantities, results)
         b = operand_value(right, program.quantities, results)
         results.append(apply_op(op, a, b))
-        lead = _ATTEMPT[op].format(a=show(a), b=show(b))
-        lines.append(f"Step {i}: {lead} {show(a)} {SYMBOLS[op]} {show(b)} = {show(results[-1])}. {rng.choice(_CHECKS)}")
+        if i > start:
+            lead = _ATTEMPT[op].format(a=show(a), b=show(b))
+            checks = "".join(f" {rng.choice(_CHECKS)}" for _ in range(filler))
+            lines.append(f"Step {i}: {lead} {show(a)} {SYMBOLS[op]} {show(b)} = {show(results[-1])}.{checks}")
     lines.append(f"The answer is {show(results[-1])}.")
     return "\n".join(lines)
 
 
-def _mistake(program: Program, rng: random.Random) -> tuple[tuple[str, str, str], ...]:
-    """The gold program with one plausible error that changes the (integer) answer."""
+def _mistake(program: Program, rng: random.Random, first: int = 0) -> tuple[tuple[str, str, str], ...]:
+    """The gold program with one plausible error at operation `first` or later that changes the
+    (integer) answer."""
     gold = run_program(program)[-1]
     swaps = {"add": "subtract", "subtract": "add", "multiply": "add", "divide": "multiply"}
     n_q = len(program.quantities)
     for _ in range(16):
         ops = list(program.ops)
-        j = rng.randrange(len(ops))
+        j = rng.randrange(first, len(ops))
         op, left, right = ops[j]
         if rng.random() < 0.5:
             ops[j] = (swaps[op], left, right)

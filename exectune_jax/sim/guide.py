@@ -12,7 +12,9 @@ Real runs start from an off-the-shelf instruct model that speaks English but has
 
 That *base guide* is saved as an ordinary HF directory (config, safetensors, tokenizer with a
 chat template) under `run_dir/base_guide`, deterministic from `cfg.seed`, and reused when present.
-Its size and warm-up are the defaults below, overridable with `sft.base_guide.<field>`.
+Its size and warm-up recipe are `train/warmup.py`'s `BaseGuideSpec`, overridable with
+`sft.base_guide.<field>`; this builder is a user of the training library (the warm-up is SFT's
+own train step), never the other way round.
 """
 
 from __future__ import annotations
@@ -24,16 +26,15 @@ import os
 import random
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 
-from exectune_jax.config import Config, ConfigError
+from exectune_jax.config import Config
 from exectune_jax.data import tasks
-from exectune_jax.data.pipeline import Example, encode_example, sft_iterator
+from exectune_jax.data.pipeline import Example, encode_example
 from exectune_jax.data.tasks.arith import Program
 from exectune_jax.data.tasks.base import Problem
 from exectune_jax.errors import UserError
@@ -41,8 +42,10 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import ModelConfig, Transformer
 from exectune_jax.sim import teacher
+from exectune_jax.sim.world import WORLD
+from exectune_jax.train.sft import base_guide_dir
+from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config, warm_up
 
-BASE_GUIDE_DIR = "base_guide"
 MARKER = "base_guide.json"  # what the directory was built from; a mismatch is refused
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
@@ -55,43 +58,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class BaseGuideSpec:
-    """Size and warm-up of the demo guide, sized for seconds of CPU time per stage."""
-
-    vocab_size: int = 1024  # BPE target; the model's vocabulary is the tokenizer's actual size
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    max_position_embeddings: int = 1024
-    warmup_steps: int = 100  # LM warm-up optimizer steps on prompts + free-form advice
-    warmup_batch_size: int = 8  # packed rows per step
-    warmup_seq_len: int = 256
-    warmup_lr: float = 3e-3
-
-
-def spec_from_config(cfg: Config) -> BaseGuideSpec:
-    """`sft.base_guide` overrides on top of the defaults; unknown keys name the field."""
-    fields = {f.name: f for f in dataclasses.fields(BaseGuideSpec)}
-    values = {}
-    for key, value in cfg.sft.base_guide.items():
-        if key not in fields:
-            raise ConfigError(
-                f"config: unknown key `sft.base_guide.{key}` (valid: {', '.join(sorted(fields))})"
-            )
-        kind = type(fields[key].default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not kind:
-            raise ConfigError(
-                f"config: `sft.base_guide.{key}` must be {kind.__name__}, got {value!r}"
-            )
-        values[key] = value
-    return BaseGuideSpec(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,16 +102,16 @@ def advice(problem: Problem, seed: int = 0) -> str:
     It walks through the story in order, one sentence per event, naming the operation and the
     problem's numbers it uses, but never an intermediate result or the answer. Reading a story
     in order and copying its numbers is what an off-the-shelf instruct model does unprompted;
-    the strategy format, step references and what the core can follow are left for SFT. No
-    sentence has the shape of a step the core follows, so the core treats this advice as
-    unfollowable, as it treats a real instruct model's prose.
+    the strategy format, step references and what the core can follow are left for SFT. The
+    core reads each sentence that names an operation as a prose step (`sim/follow.py`): it
+    carries some out, and "an earlier amount" is a vague reference it often will not.
     """
     rng = random.Random(f"advice/{seed}/{problem.id}")
     q = problem.meta["quantities"]
     parts = [rng.choice(_OPENINGS)]
     for j, (op, left, right) in enumerate(problem.meta["program"]):
         a, b = (_mention(ref, q, j) for ref in (left, right))
-        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < 0.5 else "Then"
+        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < WORLD.advice_connector_rate else "Then"
         parts.append(f"{connector} think about {_PHRASES[op].format(a=a, b=b)}.")
     parts.append(rng.choice(_CLOSINGS))
     return " ".join(parts)
@@ -241,26 +207,6 @@ def warmup_examples(
     return out
 
 
-def warm_up(model: Transformer, examples: Sequence[Example], spec: BaseGuideSpec, seed: int):
-    """`spec.warmup_steps` plain (single-device) LM steps; returns the per-step losses."""
-    from exectune_jax.train.optim import make_optimizer
-    from exectune_jax.train.sft import make_train_step
-
-    tx = make_optimizer(spec.warmup_lr, spec.warmup_steps, warmup=max(1, spec.warmup_steps // 10),
-                        weight_decay=0.01, clip_norm=1.0)
-    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, opt))
-    step = make_train_step(graphdef)
-    it = sft_iterator(examples, seq_len=spec.warmup_seq_len, batch_size=spec.warmup_batch_size,
-                      seed=seed, process_index=0, process_count=1)
-    losses = []
-    for _ in range(spec.warmup_steps):
-        state, stats = step(state, next(it))
-        losses.append(float(stats["loss"]))
-    nnx.update((model, opt), state)
-    return losses
-
-
 def build_base_guide(problems: Sequence[Problem], spec: BaseGuideSpec, seed: int, out: Path,
                      family: str = "math") -> list[float]:
     """Tokenizer + warmed-up tiny model written to `out` as an HF directory; returns the losses."""
@@ -290,7 +236,7 @@ def ensure_base_guide(cfg: Config) -> Path:
     spec = spec_from_config(cfg)
     options = dict(cfg.task.options) if cfg.task.name == "arith" else {}
     problems = tasks.get("arith", **options).problems("train")
-    out = Path(cfg.run_dir) / BASE_GUIDE_DIR
+    out = base_guide_dir(cfg)
     marker = _marker(cfg.seed, spec, problems)
     if out.exists():
         found = out / MARKER
@@ -303,7 +249,7 @@ def ensure_base_guide(cfg: Config) -> Path:
         return out
     if not problems:
         raise UserError("the demo guide needs arith train problems; set task.options.n_train > 0")
-    tmp = out.parent / f".{BASE_GUIDE_DIR}.tmp{os.getpid()}"
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     losses = build_base_guide(problems, spec, cfg.seed, tmp)
     (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1]}, indent=2) + "\n")

@@ -10,9 +10,11 @@ asked to revise a strategy the core failed on, it writes an atomic one with high
 
 Like a strong model, it has a habit: it folds a count-times-size multiplication into the step
 that uses it ("Multiply 9 by 12, then add 26 to that."), so most of its first proposals on
-problems with such a step are compound. The core cannot follow the habit and falls back on
-its own attempt: a guide that imitates the teacher's proposals learns it, acceptance sampling
-drops it only where that attempt was wrong, and structure-aware RL trains the rest away.
+problems with such a step are compound. The core carries a compound step out only part of
+the time (`WorldSpec.follow_compound`) and otherwise goes on alone from there: a guide that
+imitates the teacher's proposals learns the habit, acceptance sampling drops it only where
+the core then went wrong, and structure-aware RL trains the rest away. Style mix, habit and
+rates are `WorldSpec` fields.
 """
 
 from __future__ import annotations
@@ -25,10 +27,8 @@ from exectune_jax.gcop import prompts
 from exectune_jax.gcop.strategy import render
 from exectune_jax.sim.core import sample_rng
 from exectune_jax.sim.steps import render_operand, render_step, show
+from exectune_jax.sim.world import WORLD, WorldSpec
 
-PROPOSE_STYLES = {"atomic": 0.50, "compound": 0.12, "verbose": 0.12, "vague": 0.10, "wrong": 0.10, "leak": 0.06}
-HABIT_STYLES = {"atomic": 0.10, "compound": 0.80, "verbose": 0.03, "vague": 0.03, "wrong": 0.02, "leak": 0.02}
-REVISE_STYLES = {"atomic": 0.80, "compound": 0.05, "verbose": 0.05, "vague": 0.05, "wrong": 0.05}
 
 _VAGUE = ("that", "the previous result", "the total", "this amount", "the running total", "it")
 _PREAMBLES = (
@@ -47,29 +47,33 @@ _GENERIC = {
 class SimTeacher:
     name = "sim-teacher"
 
+    def __init__(self, world: WorldSpec = WORLD) -> None:
+        self.world = world
+
     def complete(self, messages, *, max_tokens: int = 512, temperature: float = 1.0, seed: int = 0) -> str:
         rng = sample_rng(self.name, messages, temperature, seed)
         family = prompts.family_of(messages)
         program = parse_problem(prompts.problem_text(messages)) if family == "math" else None
         if program is None:
             return render(_GENERIC[family]) + "\nstyle: generic"
+        w = self.world
         if prompts.previous_strategy(messages) is not None:
-            weights = REVISE_STYLES
+            mix = w.teacher_revise
         else:
-            weights = HABIT_STYLES if habit_sites(program) else PROPOSE_STYLES
-        style = rng.choices(list(weights), weights=list(weights.values()))[0]
-        steps = write(program, style, rng)
+            mix = w.teacher_habit if habit_sites(program) else w.teacher_propose
+        style = rng.choices([s for s, _ in mix], weights=[p for _, p in mix])[0]
+        steps = write(program, style, rng, w)
         if steps is None:
-            style, steps = "atomic", write(program, "atomic", rng)
+            style, steps = "atomic", write(program, "atomic", rng, w)
         return f"{render(steps)}\nstyle: {style}"
 
 
-def write(program: Program, style: str, rng: random.Random) -> list[str] | None:
+def write(program: Program, style: str, rng: random.Random, world: WorldSpec = WORLD) -> list[str] | None:
     """Steps of `style` for `program`, or None when the style does not apply to it."""
-    return _WRITERS[style](program, rng)
+    return _WRITERS[style](program, rng, world)
 
 
-def atomic(program: Program, rng: random.Random | None = None) -> list[str]:
+def atomic(program: Program, rng: random.Random | None = None, world: WorldSpec = WORLD) -> list[str]:
     q = program.quantities
     return [render_step(op, render_operand(a, q), render_operand(b, q)) for op, a, b in program.ops]
 
@@ -81,14 +85,14 @@ def habit_sites(program: Program) -> list[int]:
             if ops[j][0] == "multiply" and ops[j][1][0] == ops[j][2][0] == "q" and f"r{j}" in ops[j + 1][1:]]
 
 
-def _compound(program: Program, rng: random.Random) -> list[str] | None:
+def _compound(program: Program, rng: random.Random, world: WorldSpec) -> list[str] | None:
     """Merge an operation into the next one when the next uses its result (always at a habit site)."""
     q, ops = program.quantities, program.ops
     mergeable = [j for j in range(len(ops) - 1) if f"r{j}" in ops[j + 1][1:]]
     if not mergeable:
         return None
     habit = set(habit_sites(program))
-    merged = {j for j in mergeable if j in habit or rng.random() < 0.5} or {rng.choice(mergeable)}
+    merged = {j for j in mergeable if j in habit or rng.random() < world.teacher_merge_rate} or {rng.choice(mergeable)}
     merged = {j for j in sorted(merged) if j - 1 not in merged}
     new_index, steps, n = {}, [], 0
     for j, (op, a, b) in enumerate(ops):
@@ -107,18 +111,18 @@ def _ref(ref: str, quantities: tuple[int, ...], new_index: dict[int, int]) -> st
     return render_operand(ref, quantities) if ref[0] == "q" else f"the result of step {new_index[int(ref[1:])] + 1}"
 
 
-def _verbose(program: Program, rng: random.Random) -> list[str]:
+def _verbose(program: Program, rng: random.Random, world: WorldSpec) -> list[str]:
     steps = atomic(program)
-    chosen = {j for j in range(len(steps)) if rng.random() < 0.6} or {rng.randrange(len(steps))}
+    chosen = {j for j in range(len(steps)) if rng.random() < world.teacher_verbose_rate} or {rng.randrange(len(steps))}
     return [f"{rng.choice(_PREAMBLES)} {s[0].lower()}{s[1:]}" if j in chosen else s for j, s in enumerate(steps)]
 
 
-def _vague(program: Program, rng: random.Random) -> list[str] | None:
+def _vague(program: Program, rng: random.Random, world: WorldSpec) -> list[str] | None:
     q = program.quantities
     refs = [(j, side) for j, op in enumerate(program.ops) for side in (1, 2) if op[side][0] == "r"]
     if not refs:
         return None
-    chosen = {r for r in refs if rng.random() < 0.6} or {rng.choice(refs)}
+    chosen = {r for r in refs if rng.random() < world.teacher_vague_rate} or {rng.choice(refs)}
     steps = []
     for j, op in enumerate(program.ops):
         parts = [rng.choice(_VAGUE) if (j, side) in chosen else render_operand(op[side], q) for side in (1, 2)]
@@ -126,7 +130,7 @@ def _vague(program: Program, rng: random.Random) -> list[str] | None:
     return steps
 
 
-def _wrong(program: Program, rng: random.Random) -> list[str] | None:
+def _wrong(program: Program, rng: random.Random, world: WorldSpec) -> list[str] | None:
     """Atomic steps with one wrong operation or operand that changes the answer."""
     gold = run_program(program)[-1]
     swaps = {"add": "subtract", "subtract": "add", "multiply": "divide", "divide": "multiply"}
@@ -148,7 +152,7 @@ def _wrong(program: Program, rng: random.Random) -> list[str] | None:
     return None
 
 
-def _leak(program: Program, rng: random.Random) -> list[str]:
+def _leak(program: Program, rng: random.Random, world: WorldSpec) -> list[str]:
     answer: Fraction = run_program(program)[-1]
     return [*atomic(program), f"So the answer is {show(answer)}."]
 

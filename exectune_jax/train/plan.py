@@ -149,10 +149,12 @@ def model_config(cfg: Config):
 
     path = cfg.model.path
     if path is None:
-        built = Path(cfg.run_dir) / "base_guide"
+        from exectune_jax.train.sft import base_guide_dir
+        from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config
+
+        built = base_guide_dir(cfg)
         if (built / "config.json").exists():
             return hf.read_config(built)
-        from exectune_jax.sim.guide import BaseGuideSpec, spec_from_config
 
         spec: BaseGuideSpec = spec_from_config(cfg)
         return ModelConfig(

@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from exectune_jax import parallel, preflight, resume
 from exectune_jax.config import Config, to_dict
 from exectune_jax.data import pipeline, tasks
+from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf, sampler
 from exectune_jax.train.checkpoint import Checkpointer
@@ -41,6 +42,7 @@ from exectune_jax.train.optim import lr_schedule, make_optimizer
 log = logging.getLogger(__name__)
 
 GUIDE_DIR = "guide"
+BASE_GUIDE_DIR = "base_guide"  # under run_dir: the starting guide when the config names none
 CHECKPOINT_DIR = "checkpoints"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -108,15 +110,26 @@ def stage_dir(cfg: Config) -> Path:
     return Path(cfg.run_dir) / cfg.sft.name
 
 
+def base_guide_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / BASE_GUIDE_DIR
+
+
+def starts_from_base_guide(cfg: Config) -> bool:
+    """Whether the config names no starting guide, so SFT starts from the demo base guide."""
+    return not (cfg.sft.init or cfg.model.path)
+
+
 def init_guide(cfg: Config) -> Path:
-    """sft.init, else model.path, else the demo base guide (built on first use)."""
+    """sft.init, else model.path, else the demo base guide (which `exectune sft` builds first)."""
     if cfg.sft.init:
         return Path(cfg.sft.init)
     if cfg.model.path:
         return Path(cfg.model.path)
-    from exectune_jax.sim.guide import ensure_base_guide
-
-    return ensure_base_guide(cfg)
+    path = base_guide_dir(cfg)
+    if not (path / hf.CONFIG_FILE).exists():
+        raise UserError(f"{path}: no starting guide there; set sft.init or model.path, or start "
+                        f"the stage with `exectune sft`, which builds the demo base guide first")
+    return path
 
 
 def data_path(cfg: Config) -> Path:

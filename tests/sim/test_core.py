@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from exectune_jax.data import tasks
@@ -8,8 +10,9 @@ from exectune_jax.gcop import prompts
 from exectune_jax.gcop.strategy import render
 from exectune_jax.sim import models, tokens
 from exectune_jax.sim.core import SimCore
-from exectune_jax.sim.steps import Claim, Operation, Unfollowable, read_step
-from exectune_jax.sim.teacher import atomic
+from exectune_jax.sim import follow
+from exectune_jax.sim.world import WORLD
+from exectune_jax.sim.teacher import atomic, write
 
 P = Problem(
     id="p", split="test", answer="27",
@@ -21,7 +24,7 @@ ATOMIC = render(["Multiply 3 by 5.", "Add the result of step 1 to 12."])
 
 @pytest.fixture(scope="module")
 def task():
-    return tasks.get("arith", n_train=0, n_validation=0, n_test=240)
+    return tasks.get("arith", n_train=0, n_validation=240, n_test=0)
 
 
 def ask(problem, strategy=None, seed=0, core="sim-core", family="math"):
@@ -30,37 +33,82 @@ def ask(problem, strategy=None, seed=0, core="sim-core", family="math"):
 
 
 KNOWN = frozenset({"12", "3", "5"})
+ALWAYS = lambda i, p: p > 0  # noqa: E731 - carries out every step it can at all
+NO_SLIP = lambda: 0  # noqa: E731
+
+
+def run(text, decide=ALWAYS):
+    return follow.execute(text, KNOWN, WORLD, decide, NO_SLIP)
 
 
 @pytest.mark.parametrize(
-    ("text", "index", "expected"),
+    ("text", "kinds"),
     [
-        ("Multiply 3 by 5.", 0, Operation("multiply", ("num", 3), ("num", 5))),
-        ("Add 5 to 12", 0, Operation("add", ("num", 12), ("num", 5))),
-        ("subtract the result of step 1 from 12.", 1, Operation("subtract", ("num", 12), ("step", 0))),
-        ("Divide the result of step 2 by 3.", 2, Operation("divide", ("step", 1), ("num", 3))),
-        ("So the answer is 27.", 3, Claim("27")),
-        ("Add 7 to 12.", 0, Unfollowable("step 1 uses a quantity that is not in the problem or an earlier step")),
-        ("Add the result of step 2 to 12.", 1, Unfollowable(
-            "step 2 uses a quantity that is not in the problem or an earlier step")),
-        ("Multiply 3 by 5, then add 12 to that.", 0, Unfollowable("step 1 is not one operation")),
-        ("Add the previous result to 12.", 1, Unfollowable("step 2 is not one operation")),
-        ("Now carefully look at the boxes she buys and then multiply 3 by 5 please.", 0,
-         Unfollowable("step 1 is too long")),
+        ("Multiply 3 by 5.", {"atomic"}),
+        ("Add 5 to 12", {"atomic"}),
+        ("Then think about adding 5 to the amount so far.", {"prose"}),
+        ("Multiply 3 by 5, then add 12 to that.", {"compound"}),
+        ("Add the previous result to 12.", {"atomic", "vague"}),
+        ("Then think about adding an earlier amount to 12.", {"prose", "vague"}),
+        ("Now carefully look at the boxes she buys and then multiply 3 by 5 please.", {"prose", "verbose"}),
     ],
 )
-def test_core_reads_only_atomic_steps_on_known_quantities(text, index, expected):
-    assert read_step(text, index, KNOWN) == expected
+def test_each_step_is_graded_by_what_it_asks(text, kinds):
+    body = text.rstrip(".")
+    assert follow.kinds(body, follow.phrases(body), WORLD) == kinds
+    assert follow.probability(kinds, WORLD) == min(getattr(WORLD, f"follow_{k}") for k in kinds)
+
+
+def test_follow_probabilities_fall_from_atomic_to_vague():
+    w = WORLD
+    assert w.follow_atomic > w.follow_prose > w.follow_compound > max(w.follow_verbose, w.follow_vague) > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "stopped", "reason"),
+    [
+        (render(["Add 7 to 12."]), 0, "not in the problem"),
+        (render(["Add the result of step 1 to 12."]), 0, "not in the problem or an earlier step"),
+        (render(["Multiply 3 by 5.", "Add the result of step 3 to 12."]), 1, "earlier step"),
+        (render(["Multiply 3 by 5.", "Think about the apples."]), 1, "not an operation"),
+        (render(["Add 3 to 5, then add 12 to that, then add 5 to that."]), 0, "more than two"),
+        ("Think about the boxes first, then the apples.", 0, "names no operation"),
+    ],
+)
+def test_steps_it_cannot_carry_out_stop_the_following_there(text, stopped, reason):
+    done = run(text)
+    assert (done.stopped, done.followed_all) == (stopped, False)
+    assert reason in done.reason
+    assert len({d.step for d in done.done}) == stopped
+
+
+def test_compound_prose_and_vague_steps_compute_what_they_say_when_carried_out():
+    assert run(render(["Multiply 3 by 5, then add 12 to that."])).done[-1].result == 27
+    assert run("First think about multiplying 3 by 5. Then think about adding the amount so far to 12."
+               ).done[-1].result == 27
+    vague = run(render(["Multiply 3 by 5.", "Add 12 to the previous result."]))
+    assert vague.followed_all and vague.done[-1].result == 27
+
+
+def test_prose_sentences_that_name_no_operation_are_commentary_in_advice():
+    done = run("Read the story carefully. Multiply 3 by 5. Then add 12 to the result of step 2. Check it.")
+    assert done.followed_all and done.done[-1].result == 27
+
+
+def test_the_core_stops_at_the_first_step_it_does_not_carry_out():
+    decide = lambda i, p: i < 1  # noqa: E731
+    done = run(render(["Multiply 3 by 5.", "Add 12 to the result of step 1.", "Add 3 to 5."]), decide)
+    assert done.stopped == 1 and [d.result for d in done.done] == [15]
 
 
 def test_core_is_deterministic_in_messages_and_seed(task):
-    for p in task.problems("test")[:20]:
+    for p in task.problems("validation")[:20]:
         assert ask(p, seed=3) == ask(p, seed=3)
-    assert len({ask(p, seed=s) for p in task.problems("test")[:20] for s in range(4)}) > 20
+    assert len({ask(p, seed=s) for p in task.problems("validation")[:20] for s in range(4)}) > 20
 
 
 def test_core_alone_is_consistent_per_problem(task):
-    rows = [[task.check(p, ask(p, seed=s)).correct for s in range(6)] for p in task.problems("test")]
+    rows = [[task.check(p, ask(p, seed=s)).correct for s in range(6)] for p in task.problems("validation")]
     agree = sum(max(sum(r), 6 - sum(r)) for r in rows) / (6 * len(rows))
     assert agree >= 0.93
     ever_and_never = [r for r in rows if 0 < sum(r) < 6]
@@ -69,7 +117,7 @@ def test_core_alone_is_consistent_per_problem(task):
 
 def test_core_alone_success_falls_with_the_number_of_steps(task):
     by_k: dict[int, list[bool]] = {}
-    for p in task.problems("test"):
+    for p in task.problems("validation"):
         by_k.setdefault(p.meta["steps"], []).append(task.check(p, ask(p)).correct)
     rate = {k: sum(v) / len(v) for k, v in by_k.items()}
     assert rate[2] - rate[7] >= 0.25
@@ -92,26 +140,41 @@ def test_core_follows_a_wrong_strategy_faithfully():
 @pytest.mark.parametrize(
     "strategy",
     [
-        render(["Multiply 3 by 5, then add 12 to that."]),
-        render(["Multiply 3 by 5.", "Add the previous result to 12."]),
         render(["Multiply 15 by 1.", "Add 12 to the result of step 1."]),
-        render(["Multiply 3 by 5.", "Add the result of step 3 to 12."]),
-        render(["Divide 3 by 5.", "Look at the problem text once more and add 12 to the result of step 1 now."]),
+        render(["Add the result of step 2 to 12.", "Multiply 3 by 5."]),
         "<strategy>\nMultiply 3 by 5.\n</strategy>",
         "Think about the boxes first, then the apples.",
     ],
 )
-def test_core_drops_a_strategy_it_cannot_follow_and_solves_alone(strategy):
+def test_core_drops_a_strategy_it_cannot_start_and_solves_alone(strategy):
     text = ask(P, strategy)
     assert text.startswith("I cannot follow the strategy")
     assert "Let me work through the problem step by step." in text
     assert extract_answer(text) is not None
 
 
-def test_core_follows_free_form_advice_only_when_every_sentence_is_atomic():
-    assert extract_answer(ask(P, "Multiply 3 by 5. Add 12 to the result of step 1.")).startswith("27")
+def test_core_keeps_what_it_followed_and_goes_on_alone_from_the_first_step_it_cannot_do():
+    text = ask(P, render(["Multiply 3 by 5.", "Add 7 to the result of step 1."]))
+    assert text.startswith("I will follow the strategy.\nStep 1: 3 * 5 = 15.\nI cannot carry out the rest")
+    assert extract_answer(text) == "27"  # on track after step 1; one easy operation left
+
+
+def test_replays_make_the_same_follow_decisions(task):
+    core = models.get("sim-core")
+    for p in task.problems("validation")[:40]:
+        messages = prompts.core_messages(p, "math", render(write_compound(p)))
+        assert core.respond(messages, seed=1).followed == core.respond(messages, seed=2).followed
+
+
+def write_compound(p):
+    return write(parse_problem(p.prompt), "compound", random.Random(p.id)) or atomic(parse_problem(p.prompt))
+
+
+def test_free_form_advice_sentences_are_steps_like_any_other():
+    assert extract_answer(ask(P, "Multiply 3 by 5. Add 12 to the result of step 1.")) == "27"
     assert ask(P, "1. Multiply 3 by 5.\n2. Add 12 to the result of step 1.").startswith("I will follow")
-    assert ask(P, "Multiply 3 by 5. Then think.").startswith("I cannot follow")
+    assert extract_answer(ask(P, "First think about multiplying 3 by 5. Then think about adding the amount "
+                                 "so far to 12. Check your arithmetic.")) == "27"
 
 
 def test_core_takes_a_stated_answer_at_face_value():
@@ -120,19 +183,22 @@ def test_core_takes_a_stated_answer_at_face_value():
 
 
 def test_following_costs_fewer_output_tokens_than_reasoning_alone(task):
-    saved = []
-    for p in task.problems("test")[:60]:
+    saved, followed = [], []
+    core = models.get("sim-core")
+    for p in task.problems("validation")[:60]:
         program = parse_problem(p.prompt)
         alone = tokens.count(ask(p))
-        guided = tokens.count(ask(p, render(atomic(program))))
-        saved.append((alone - guided) / len(program.ops))
-    assert min(saved) > 15
+        reply = core.respond(prompts.core_messages(p, "math", render(atomic(program))))
+        saved.append((alone - tokens.count(reply.text)) / len(program.ops))
+        followed.append(reply.followed)
+    assert min(s for s, f in zip(saved, followed) if f) > 15
+    assert sum(saved) / len(saved) > 15
 
 
 def test_strong_core_solves_more_problems_alone(task):
-    weak = sum(task.check(p, ask(p)).correct for p in task.problems("test"))
-    strong = sum(task.check(p, ask(p, core="sim-core-strong")).correct for p in task.problems("test"))
-    assert strong - weak >= 0.08 * len(task.problems("test"))
+    weak = sum(task.check(p, ask(p)).correct for p in task.problems("validation"))
+    strong = sum(task.check(p, ask(p, core="sim-core-strong")).correct for p in task.problems("validation"))
+    assert strong - weak >= 0.08 * len(task.problems("validation"))
 
 
 def test_core_still_answers_problems_it_cannot_read():

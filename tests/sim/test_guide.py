@@ -5,12 +5,14 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from exectune_jax.cli import main
 from exectune_jax.config import ConfigError, load_config
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf
 from exectune_jax.sim import guide
+from exectune_jax.train import sft
 
 TASK = "task.options={n_train: 60, n_validation: 4, n_test: 4}"
 TINY = ("sft.base_guide={vocab_size: 400, hidden_size: 32, intermediate_size: 64, num_layers: 1, "
@@ -92,3 +94,22 @@ def test_unknown_base_guide_key_names_the_key(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}", "sft.base_guide={hidden: 64}"])
     with pytest.raises(ConfigError, match="sft.base_guide.hidden"):
         guide.ensure_base_guide(cfg)
+
+
+def test_sft_command_builds_the_base_guide_the_stage_itself_refuses_to_build_and_reads_no_test(tmp_path):
+    problems = tasks.get("arith", n_train=60, n_validation=4, n_test=4).problems("train")
+    data = tmp_path / "accepted.jsonl"
+    data.write_text("".join(json.dumps({"id": p.id, "messages": prompts.guide_messages(p, "math"),
+                                        "completion": guide.gold_strategy(p)}) + "\n"
+                            for p in problems[:8]))
+    args = [f"run_dir={tmp_path / 'run'}", TASK, TINY, f"sft.data={data}", "sft.steps=1",
+            "sft.batch_size=2", "sft.seq_len=512", "sft.held_out=0.0", "sft.eval_every=0",
+            "sft.checkpoint_every=0", "mesh.fsdp=1", "metrics.progress=false"]
+    with pytest.raises(UserError, match="exectune sft"):
+        sft.run(load_config(None, args))
+    assert not (tmp_path / "run" / "base_guide").exists()
+    before = len(tasks.reads())
+    assert main(["sft", *args]) == 0
+    assert set(tasks.reads()[before:]) == {("sft", "arith", "train"), ("sft", "arith", "validation")}
+    assert (tmp_path / "run" / "base_guide" / guide.MARKER).exists()
+    assert (tmp_path / "run" / "sft" / "guide" / "config.json").exists()

@@ -131,6 +131,7 @@ def test_sft_on_atomic_strategies_writes_well_formed_strategies(tmp_path):
                  "sft.checkpoint_every=0", "mesh.fsdp=1", "metrics.progress=false"]
     cfg = load_config(None, overrides)
     assert cfg.sft.steps == 200
+    guide.ensure_base_guide(cfg)  # what `exectune sft` builds before the stage
     sft.run(cfg)
     final = [r for r in read_metrics(tmp_path / "sft") if "strategy_valid" in r][-1]
     assert final["step"] == 200

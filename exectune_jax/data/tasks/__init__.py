@@ -7,6 +7,10 @@ Adding a task: put a module in this package that defines a factory and decorates
 
 Modules of this package are imported on the first lookup, so a new file registers itself with
 no other edit. `options` are the keyword options from the config (`task.options`).
+
+Every task `get` returns hands out its splits through `base.note_read`, so a pipeline stage
+(declared with `reading_as`) other than eval cannot read a test split, and `reads()` tells
+which splits a process read.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-from exectune_jax.data.tasks.base import DataError, Problem, Task, Verdict
+from exectune_jax.data.tasks.base import DataError, Problem, Task, Verdict, note_read, reading_as, reads
 
 _FACTORIES: dict[str, Callable[..., Task]] = {}
 _SUPPORT_MODULES = {"base", "answers"}
@@ -55,11 +59,26 @@ def get(name: str, **options: Any) -> Task:
     if name not in _FACTORIES:
         raise DataError(f"unknown task {name!r} (task.name); known tasks: {', '.join(names())}")
     try:
-        return _FACTORIES[name](**options)
+        task = _FACTORIES[name](**options)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
             raise DataError(f"task {name!r}: {e} (check task.options)") from None
         raise
+    return _Guarded(task)
 
 
-__all__ = ["DataError", "Problem", "Task", "Verdict", "get", "names", "register"]
+class _Guarded:
+    """A task whose splits are handed out through the split guard (`base.note_read`)."""
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def problems(self, split: str) -> list[Problem]:
+        note_read(self._task.name, split)
+        return self._task.problems(split)
+
+
+__all__ = ["DataError", "Problem", "Task", "Verdict", "get", "names", "reading_as", "reads", "register"]

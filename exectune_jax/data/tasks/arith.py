@@ -317,12 +317,14 @@ class ArithTask:
     """Seeded splits of generated problems, difficulty spread evenly over the step range.
 
     Splits are generated test first, then validation, then train, each from its own seed and
-    skipping texts already used, so the evaluation splits do not move when `n_train` changes.
+    skipping texts already used, so the three share no problem text and the evaluation splits
+    do not move when `n_train` changes. The validation split (500 by default) is where the
+    world's parameters and the run sizes are chosen; the test split is for the eval stage only.
     """
 
     family = "math"
 
-    def __init__(self, seed: int = 0, n_train: int = 2000, n_validation: int = 200, n_test: int = 300,
+    def __init__(self, seed: int = 0, n_train: int = 2000, n_validation: int = 500, n_test: int = 300,
                  min_steps: int = 2, max_steps: int = 7, name: str = "arith") -> None:
         for key, value in (("n_train", n_train), ("n_validation", n_validation), ("n_test", n_test)):
             if not isinstance(value, int) or value < 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -15,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from exectune_jax.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+TEST_READER = "eval"  # the one stage that may read a test split
 
 
 class DataError(UserError):
@@ -54,6 +56,42 @@ class Task(Protocol):
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+# The stage this process runs (a process runs one stage at a time; threads share it) and every
+# split handed out in this process, as (stage, task, split).
+_stage: str | None = None
+_reads: list[tuple[str | None, str, str]] = []
+
+
+@contextmanager
+def reading_as(stage: str):
+    """Run a stage: inside, tasks hand the test split to the eval stage only."""
+    global _stage
+    outer, _stage = _stage, stage
+    try:
+        yield
+    finally:
+        _stage = outer
+
+
+def note_read(task: str, split: str) -> None:
+    """Record that `split` of `task` is read; refuse the test split to a stage other than eval.
+
+    Outside any stage (a library user, a notebook) every split is open: the guard is on the
+    pipeline, whose settings must be chosen on the validation split.
+    """
+    if split == "test" and _stage not in (None, TEST_READER):
+        raise DataError(
+            f"stage {_stage!r} asked for the test split of task {task!r}; only the {TEST_READER} "
+            f"stage reads it (choose settings on the validation split)"
+        )
+    _reads.append((_stage, task, split))
+
+
+def reads() -> list[tuple[str | None, str, str]]:
+    """Every (stage, task, split) handed out in this process so far, in order."""
+    return list(_reads)
 
 
 def read_jsonl(path: str | Path, required: Mapping[str, type | tuple[type, ...]]) -> Iterator[tuple[int, dict]]:

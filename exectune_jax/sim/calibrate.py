@@ -1,0 +1,70 @@
+"""`python -m exectune_jax.sim.calibrate`: the simulated world measured on the validation split.
+
+Prints, for the core alone and for each kind of strategy the world's guides and teacher write,
+accuracy, the share of strategies the core followed to the end, and output tokens per reply.
+It runs as a stage of its own, so the split guard refuses it the test split: the world's
+values are chosen on these numbers (docs/world.md), never on test.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter, defaultdict
+
+from exectune_jax.data import tasks
+from exectune_jax.data.tasks.arith import parse_problem
+from exectune_jax.gcop import prompts, strategy
+from exectune_jax.sim import guide, models, teacher, tokens
+from exectune_jax.sim.world import WORLD
+
+STYLES = ("atomic", "compound", "verbose", "vague", "wrong", "leak")
+
+
+def measure(problems, task) -> tuple[dict[str, list[tuple[bool, bool | None, int]]], Counter]:
+    core = models.get("sim-core")
+
+    def run(p, text, c=core):
+        reply = c.respond(prompts.core_messages(p, "math", text))
+        return task.check(p, reply.text).correct, reply.followed, tokens.count(reply.text)
+
+    rows = {"core alone": [run(p, None) for p in problems],
+            "strong core alone": [run(p, None, models.get("sim-core-strong")) for p in problems],
+            "base-guide advice (prose)": [run(p, guide.advice(p)) for p in problems]}
+    for style in STYLES:
+        written = ((p, teacher.write(parse_problem(p.prompt), style, random.Random(i))) for i, p in enumerate(problems))
+        rows[f"teacher {style}"] = [run(p, strategy.render(s)) for p, s in written if s]
+    mix, styles = [], Counter()
+    for p in problems:
+        reply = models.get("sim-teacher").complete(prompts.teacher_propose_messages(p, "math"),
+                                                   max_tokens=512, temperature=1.0, seed=0)
+        text, style = reply.rsplit("\nstyle: ", 1)
+        styles[style] += 1
+        mix.append(run(p, text))
+    rows["teacher first proposals"] = mix
+    return rows, styles
+
+
+def main() -> int:
+    task = tasks.get("arith")
+    with tasks.reading_as("calibrate"):
+        problems = task.problems("validation")
+    rows, styles = measure(problems, task)
+    print(f"world {WORLD.version} ({WORLD.hash}), arith validation split, {len(problems)} problems")
+    print("| strategies | n | accuracy | followed to the end | output tokens |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        followed = [f for _, f, _ in r if f is not None]
+        share = f"{sum(followed) / len(followed):.3f}" if followed else "-"
+        print(f"| {name} | {len(r)} | {sum(c for c, _, _ in r) / len(r):.3f} | {share} | "
+              f"{sum(t for _, _, t in r) / len(r):.1f} |")
+    print("teacher first-proposal styles:", dict(styles.most_common()))
+    by_steps = defaultdict(list)
+    for p, (correct, _, _) in zip(problems, rows["core alone"]):
+        by_steps[p.meta["steps"]].append(correct)
+    print("core alone by steps:", {k: round(sum(v) / len(v), 3) for k, v in sorted(by_steps.items())})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
