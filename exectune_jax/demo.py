@@ -406,8 +406,8 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-SMOKE_NOTE = ("smoke run (--quick): sizes that check the plumbing, too small to test the "
-              "paper's pattern; `exectune demo` runs the comparison")
+SMOKE_NOTE = ("smoke run (--quick): sizes that check the plumbing, too small to compare the "
+              "methods; `exectune demo` runs the comparison")
 
 
 def closing_summary(out: Path, seconds: Mapping[str, float], wall: float, *,
