@@ -399,6 +399,9 @@ def _execute(path: str) -> BaseException | None:
         code = compile(source, path, "exec")
     except ValueError as e:  # a NUL byte or invalid UTF-8 in the source
         return SyntaxError(str(e))
+    except SystemError as e:  # the compiler lost an allocation without raising MemoryError
+        _print_exception(e)
+        return MemoryError(str(e))
     except BaseException as e:  # SyntaxError, or MemoryError under a tiny memory limit
         _print_exception(e)
         return e
