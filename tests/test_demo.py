@@ -53,7 +53,7 @@ def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
         assert load_config(out / stage / "config.yaml").run_dir == str(out), stage
     assert "| exectune |" in proc.stdout  # the closing table
     assert demo.SMOKE_NOTE in proc.stdout  # a smoke run says so ...
-    assert "the paper's pattern" not in proc.stdout and "[x]" not in proc.stdout  # ... no verdict
+    assert "criteria hold" not in proc.stdout and "[x]" not in proc.stdout  # ... and no verdict
 
 
 def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path):
