@@ -53,7 +53,7 @@ def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
         assert load_config(out / stage / "config.yaml").run_dir == str(out), stage
     assert "| exectune |" in proc.stdout  # the closing table
     assert demo.SMOKE_NOTE in proc.stdout  # a smoke run says so ...
-    assert "the paper's pattern" not in proc.stdout and "[x]" not in proc.stdout  # ... no verdict
+    assert "criteria hold" not in proc.stdout and "[x]" not in proc.stdout  # ... and no verdict
 
 
 def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path):
@@ -135,3 +135,13 @@ def test_pattern_checks_name_each_criterion_that_fails():
     failed = [text for ok, text in demo.pattern_checks(rows) if not ok]
     assert failed == ["exectune above exectune_sft: 93.0% vs 91.0%, McNemar p = 0.3",
                       "USD per problem below core_only: 0.000300 vs 0.000200"]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_only_a_full_demo_judges_the_papers_pattern(tmp_path, quick):
+    """The same table closes a --quick run as a smoke run, and a full run with the verdict."""
+    (tmp_path / "results.json").write_text(json.dumps({"rows": PAPER_TABLE}))
+    (tmp_path / "results.md").write_text("| method | accuracy |\n")
+    summary = demo.closing_summary(tmp_path, {"sample": 1.0}, 2.0, quick=quick)
+    assert (demo.SMOKE_NOTE in summary) is quick
+    assert ("the paper's pattern: 9/9 criteria hold" in summary) is not quick

@@ -165,7 +165,8 @@ class Ledger:
         """Write the per-stage totals and the price date beside the ledger, atomically."""
         summary = {"prices_read_on": self.prices.read_on, "usd": self.spent_usd(),
                    "stages": self.totals()}
-        tmp = self.totals_path.with_suffix(".json.tmp")
+        # one temp name per process: stages running side by side share the run's ledger
+        tmp = self.totals_path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp, self.totals_path)
         return self.totals_path
