@@ -37,6 +37,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     max_seq_len: int = 256  # prompt + strategy tokens the guide ever sees
+    remat: str = "full"  # what training recomputes per block: none | full | save_dots
 
 
 @dataclass
@@ -382,6 +383,7 @@ def validate(config: Config) -> None:
     choices = {
         "model.dtype": (config.model.dtype, ("float32", "bfloat16")),
         "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
+        "model.remat": (config.model.remat, ("none", "full", "save_dots")),
         "rl.preset": (config.rl.preset, ("exectune", "advisor")),
     }
     for key, (value, allowed) in choices.items():

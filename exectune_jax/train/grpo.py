@@ -139,7 +139,8 @@ class Learner:
 
 def build_learner(cfg: Config, init: Path, mesh) -> tuple[Learner, Any]:
     dtype = DTYPES[cfg.model.dtype]
-    model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype], compute_dtype=dtype)
+    model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype], compute_dtype=dtype,
+                          remat=cfg.model.remat)
     graphdef, params = nnx.split(model)
     reference = jax.jit(lambda p: rl_step.cast_state(p, dtype))(params)
     tx = make_optimizer(cfg.rl.lr, cfg.rl.steps * cfg.rl.mu, cfg.rl.warmup_steps,

@@ -26,8 +26,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exectune_jax import parallel
 from exectune_jax.errors import UserError
-from exectune_jax.models import transformer
-from exectune_jax.models.transformer import Transformer
 from exectune_jax.train import grpo_loss
 
 BATCH_KEYS = ("tokens", "positions", "mask", "old_logp", "advantages")
@@ -130,38 +128,8 @@ def cast_state(params: Any, dtype: Any) -> Any:
 # Device programs
 
 
-def scanned_logits(model: Transformer, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-    """The model's forward (no cache), with its blocks run as one rematerialised `lax.scan`.
-
-    Same numbers as `model(tokens, positions)`; what changes is memory. A Python loop of blocks
-    lets XLA keep every block's activations (and every all-gathered weight) alive until the
-    backward pass; scanning a `jax.checkpoint`ed block keeps only each block's input and
-    recomputes one block at a time, on every backend. That is what lets a 1.7B guide's update
-    fit 16 GiB. Tied to the block interface of models/transformer.py; a test checks parity.
-    """
-    cfg = model.cfg
-    segments = jnp.ones_like(tokens, dtype=jnp.int32)
-    slots = jnp.arange(tokens.shape[1])
-    mask = transformer.attention_mask(segments, slots, segments, slots)
-    inv_freq = transformer.rope_inverse_frequencies(cfg)
-    x = jnp.take(model.embed[...], tokens, axis=0).astype(model.dtype)
-    x = parallel.with_logical_constraint(x, transformer.ACTIVATION_AXES)
-    block_def = nnx.graphdef(model.layers[0])
-    stacked = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(b) for b in model.layers])
-
-    @jax.checkpoint
-    def block(x, weights):
-        out, _ = nnx.merge(block_def, weights)(x, positions, mask, inv_freq, None, None)
-        return out, None
-
-    x, _ = jax.lax.scan(block, x, stacked)
-    x = model.final_norm(x)
-    head = model.embed[...].T if model.lm_head is None else model.lm_head[...]
-    return jnp.einsum("bte,ev->btv", x, head.astype(model.dtype), preferred_element_type=jnp.float32)
-
-
 def _sequence_logits(graphdef, params, micro):
-    logits = scanned_logits(nnx.merge(graphdef, params), micro["tokens"], micro["positions"])
+    logits = nnx.merge(graphdef, params)(micro["tokens"], micro["positions"])
     return logits[:, :-1], micro["tokens"][:, 1:]
 
 

@@ -175,7 +175,7 @@ def run(cfg: Config, **_: Any) -> int:
                                       held_out=sc.held_out, seed=cfg.seed)
     mesh = parallel.make_mesh(cfg.mesh)
     model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype],
-                          compute_dtype=DTYPES[cfg.model.dtype])
+                          compute_dtype=DTYPES[cfg.model.dtype], remat=cfg.model.remat)
     tx = make_optimizer(sc.lr, sc.steps, sc.warmup_steps, sc.weight_decay, sc.clip_norm,
                         grad_accum=sc.grad_accum)
     with parallel.use_mesh(mesh):
