@@ -517,9 +517,16 @@ class Transformer(nnx.Module):
             return x, None
         return x, KVCache(kv[0], kv[1], kv_segments, cache.index + t)
 
+    def head(self) -> jax.Array:
+        """The output projection [E, V] in the compute dtype (the embedding when tied)."""
+        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return head.astype(self.dtype)
+
     def logits(self, x: jax.Array) -> jax.Array:
         """float32 logits [..., V] of final hidden states [..., E]."""
-        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-        return jnp.einsum(
-            "...e,ev->...v", x, head.astype(self.dtype), preferred_element_type=jnp.float32
-        )
+        return project(x, self.head())
+
+
+def project(x: jax.Array, head: jax.Array) -> jax.Array:
+    """float32 logits [..., V] of hidden states [..., E] through head [E, V]."""
+    return jnp.einsum("...e,ev->...v", x, head, preferred_element_type=jnp.float32)

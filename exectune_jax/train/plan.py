@@ -309,11 +309,13 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
             row_sharded((srows,), jnp.int32), key, scalar(jnp.int32), scalar(jnp.float32),
             scalar(jnp.float32), scalar(jnp.int32), stops, pad_id=0, gen_len=gen_len,
             filtered=False), rest),
-        ("reference log-probs", lambda: rl_step.make_logprob_fn(graphdef).lower(ref, batch),
+        ("reference log-probs", lambda: rl_step.make_logprob_fn(
+            graphdef, head_chunk=cfg.model.head_chunk).lower(ref, batch),
          resident["policy"] + resident["optimizer"]),
         ("GRPO update", lambda: rl_step.make_train_step(
-            graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta).lower(
-                params, opt, batch, logp), resident["reference"]),
+            graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta,
+            head_chunk=cfg.model.head_chunk).lower(params, opt, batch, logp),
+         resident["reference"]),
     ]
     out = []
     with parallel.use_mesh(mesh):

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exectune_jax import parallel
 from exectune_jax.errors import UserError
-from exectune_jax.train import grpo_loss
+from exectune_jax.train import grpo_loss, head
 
 BATCH_KEYS = ("tokens", "positions", "mask", "old_logp", "advantages")
 
@@ -128,18 +128,22 @@ def cast_state(params: Any, dtype: Any) -> Any:
 # Device programs
 
 
-def _sequence_logits(graphdef, params, micro):
-    logits = nnx.merge(graphdef, params)(micro["tokens"], micro["positions"])
-    return logits[:, :-1], micro["tokens"][:, 1:]
+def _next_token_stats(graphdef, params, micro, head_chunk):
+    """(log-prob, entropy) [micro, L-1] of each next token, the head run in chunks."""
+    model = nnx.merge(graphdef, params)
+    x, _ = model.hidden(micro["tokens"], micro["positions"])
+    return head.chunked_head(x[:, :-1], model.head(), micro["tokens"][:, 1:], head_chunk)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef):
-    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token."""
+def make_logprob_fn(graphdef: nnx.GraphDef, *, head_chunk: int = 0):
+    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token.
+
+    `head_chunk`: positions per step of the output head (train/head.py; 0 = all at once).
+    """
 
     def logprobs(params, batch):
         def one(micro):
-            logits, targets = _sequence_logits(graphdef, params, micro)
-            return grpo_loss.token_logprobs(logits, targets)
+            return _next_token_stats(graphdef, params, micro, head_chunk)[0]
 
         return jax.lax.map(one, {k: batch[k] for k in ("tokens", "positions")})
 
@@ -147,7 +151,7 @@ def make_logprob_fn(graphdef: nnx.GraphDef):
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    clip_eps: float, beta: float):
+                    clip_eps: float, beta: float, head_chunk: int = 0):
     """jit fn(params, opt_state, batch, ref_logp) -> (params, opt_state, stats).
 
     Gradients are summed over micro-batches of a loss already divided by the batch's total
@@ -156,13 +160,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     """
 
     def loss_fn(params, micro, ref_logp, n_tokens):
-        logits, targets = _sequence_logits(graphdef, params, micro)
-        logp = grpo_loss.token_logprobs(logits, targets)
+        logp, entropy = _next_token_stats(graphdef, params, micro, head_chunk)
         per_token, diag = grpo_loss.grpo_token_loss(
             logp, micro["old_logp"], ref_logp, micro["advantages"], clip_eps=clip_eps, beta=beta
         )
         mask = micro["mask"]
-        entropy = grpo_loss.token_entropy(jax.lax.stop_gradient(logits))
         sums = {
             "kl": jnp.sum(diag["kl"] * mask),
             "clip_frac": jnp.sum(diag["clip_frac"] * mask),
