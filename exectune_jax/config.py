@@ -38,7 +38,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     max_seq_len: int = 256  # prompt + strategy tokens the guide ever sees
     remat: str = "full"  # what training recomputes per block: none | full | save_dots
-    head_chunk: int = 128  # positions per step of the loss head (train/head.py); 0 = all at once
+    head_chunk: int = 64  # positions per step of the loss head (train/head.py); 0 = all at once
 
 
 @dataclass

@@ -260,7 +260,45 @@ def attention_mask(
     return same & causal
 
 
+ATTENTION_SCORE_BYTES = 2**28
+"""Bound on one block of float32 scores [B, H, block, S] on the XLA attention path."""
+MIN_QUERY_BLOCK = 16
+
+
+def query_block(batch: int, heads: int, queries: int, keys: int) -> int:
+    """Query positions per attention step: a power of two keeping scores within the bound."""
+    fit = ATTENTION_SCORE_BYTES // (4 * batch * heads * keys)
+    return max(MIN_QUERY_BLOCK, 1 << max(fit, 1).bit_length() - 1) if fit < queries else queries
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention without the full score matrix: q [B,T,H,D], k/v [B,S,K,D].
+
+    On GPU this is `jax.nn.dot_product_attention` (cuDNN's fused kernel where it applies).
+    Elsewhere the queries run in blocks (`query_block`) through `attend_reference`, each block
+    rematerialised, so neither the forward nor the backward pass holds [B,H,T,S] scores.
+    The mask [B,T,S] is the one from `attention_mask` on every path.
+    """
+    b, t, h, d = q.shape
+    if jax.default_backend() == "gpu":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=d**-0.5)
+    size = query_block(b, h, t, k.shape[1])
+    if size >= t:
+        return attend_reference(q, k, v, mask)
+    pad = -t % size
+    n = (t + pad) // size
+    qs = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, size, h, d).swapaxes(0, 1)
+    ms = jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(b, n, size, -1).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def block(_, xs):
+        return None, attend_reference(xs[0], k, v, xs[1])
+
+    _, out = jax.lax.scan(block, None, (qs, ms))
+    return out.swapaxes(0, 1).reshape(b, n * size, h, d)[:, :t]
+
+
+def attend_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention: q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D].
 
     Scores and softmax run in float32. A fully masked row (a padding query) gets a finite
