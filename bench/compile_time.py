@@ -3,8 +3,9 @@
     python bench/compile_time.py [--layers 2,14,28] [--remat full]
 
 Each program is lowered and compiled from scratch (the persistent compilation cache is off),
-timed in process CPU seconds, on a tiny-width model with 2, 14 and 28 layers. A decoder whose blocks run as one scan compiles in
-about the same time at any depth; a Python loop of blocks grows with it. The last line is
+timed in process CPU seconds, on a tiny-width model with 2, 14 and 28 layers. A decoder whose
+blocks run as one scan compiles in about the same time at any depth; a Python loop of blocks
+grows with it. The last line is
 `compile_time: <deepest / shallowest>x <deepest s> vs <shallowest s>` over the three programs
 together (target: at most 1.5x).
 """

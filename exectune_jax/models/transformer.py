@@ -274,14 +274,16 @@ def query_block(batch: int, heads: int, queries: int, keys: int) -> int:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention without the full score matrix: q [B,T,H,D], k/v [B,S,K,D].
 
-    On GPU this is `jax.nn.dot_product_attention` (cuDNN's fused kernel where it applies).
-    Elsewhere the queries run in blocks (`query_block`) through `attend_reference`, each block
+    On GPU, in half precision with several queries (training, prefill), this is cuDNN's fused
+    kernel through `jax.nn.dot_product_attention`. Otherwise (and for one-token decode steps)
+    the queries run in blocks (`query_block`) through `attend_reference`, each block
     rematerialised, so neither the forward nor the backward pass holds [B,H,T,S] scores.
     The mask [B,T,S] is the one from `attention_mask` on every path.
     """
     b, t, h, d = q.shape
-    if jax.default_backend() == "gpu":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=d**-0.5)
+    if _cudnn_applies(q):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=d**-0.5,
+                                            implementation="cudnn")
     size = query_block(b, h, t, k.shape[1])
     if size >= t:
         return attend_reference(q, k, v, mask)
@@ -296,6 +298,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
     _, out = jax.lax.scan(block, None, (qs, ms))
     return out.swapaxes(0, 1).reshape(b, n * size, h, d)[:, :t]
+
+
+def _cudnn_applies(q: jax.Array) -> bool:
+    """cuDNN's flash attention needs a GPU, fp16/bf16 and a head dim that is a multiple of 8."""
+    d = q.shape[-1]
+    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.default_backend() == "gpu" and half and q.shape[1] > 1 and d % 8 == 0 and d <= 128
 
 
 def attend_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
