@@ -47,6 +47,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"  # stored parameter dtype: float32 | bfloat16
     max_seq_len: int = 256  # prompt + strategy tokens the guide ever sees
+    remat: str = "full"  # what training recomputes per block: none | full | save_dots
+    head_chunk: int = 64  # positions per step of the loss head (train/head.py); 0 = all at once
 
 
 @dataclass
@@ -509,6 +511,7 @@ def validate(config: Config) -> None:
     choices = {
         "model.dtype": (config.model.dtype, ("float32", "bfloat16")),
         "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
+        "model.remat": (config.model.remat, ("none", "full", "save_dots")),
         "rl.preset": (config.rl.preset, ("exectune", "advisor")),
     }
     for key, (value, allowed) in choices.items():

@@ -44,6 +44,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("length", None),
     ("head_dim", None),
+    ("layers", None),  # the stacked blocks' leading axis: every device holds every layer's slice
 )
 """Logical dimension name -> mesh axis (or axes, or None = replicated)."""
 

@@ -56,12 +56,12 @@ def test_shard_model_places_every_parameter_by_its_annotation():
     before = nnx.to_pure_dict(nnx.state(model))
     mesh = parallel.make_mesh(2, 2, 2)
     parallel.shard_model(model, mesh)
-    layer = model.layers[0]
+    layers = model.layers  # stacked: the leading layer axis is never split
     assert model.embed[...].sharding.spec == P("tensor", "fsdp")
-    assert layer.attn.k_proj.kernel[...].sharding.spec == P("fsdp", "tensor")
-    assert layer.attn.o_proj.kernel[...].sharding.spec == P("tensor", "fsdp")
-    assert layer.mlp.down_proj.kernel[...].sharding.spec == P("tensor", "fsdp")
-    assert layer.attn_norm.scale[...].sharding.spec == P(None)
+    assert layers.attn.k_proj.kernel[...].sharding.spec == P(None, "fsdp", "tensor")
+    assert layers.attn.o_proj.kernel[...].sharding.spec == P(None, "tensor", "fsdp")
+    assert layers.mlp.down_proj.kernel[...].sharding.spec == P(None, "tensor", "fsdp")
+    assert layers.attn_norm.scale[...].sharding.spec == P(None, None)
     jax.tree.map(np.testing.assert_array_equal, before, nnx.to_pure_dict(nnx.state(model)))
 
 
@@ -69,9 +69,9 @@ def test_create_sharded_builds_the_same_values_already_sharded():
     mesh = parallel.make_mesh(1, 4, 2)
     model = parallel.create_sharded(lambda: Transformer(tt.CFG, rngs=nnx.Rngs(0)), mesh)
     reference = Transformer(tt.CFG, rngs=nnx.Rngs(0))
-    q = model.layers[1].attn.q_proj.kernel[...]
-    assert q.sharding.mesh == mesh and q.sharding.spec == P("fsdp", "tensor")
-    assert q.addressable_shards[0].data.shape == (16, 32)
+    q = model.layers.attn.q_proj.kernel[...]
+    assert q.sharding.mesh == mesh and q.sharding.spec == P(None, "fsdp", "tensor")
+    assert q.addressable_shards[0].data.shape == (tt.CFG.num_layers, 16, 32)
     # the same random draws; compiled vs eager initialisers may differ in the last bit
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
                  nnx.to_pure_dict(nnx.state(reference)), nnx.to_pure_dict(nnx.state(model)))

@@ -6,7 +6,8 @@ Weights are read with the safetensors numpy API, one tensor at a time, straight 
 final placement, so loading never builds a randomly initialised model first.
 
 The name table below is the whole mapping: HF stores Linear weights as [out, in], we store
-kernels as [in, out], hence the transposes.
+kernels as [in, out], hence the transposes. HF keeps one tensor per layer; our blocks are
+stacked (a leading layer axis), so layer i's tensor is row i of one stacked array.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class HFCheckpointError(UserError):
 @dataclass(frozen=True)
 class TensorName:
     hf: str  # name in the safetensors file
-    path: tuple[str | int, ...]  # path in nnx.state(model)
+    path: tuple[str, ...]  # path in nnx.state(model)
     transpose: bool  # HF Linear [out, in] <-> our kernel [in, out]
+    layer: int | None = None  # row of the stacked array at `path`; None: not a layer tensor
 
 
 _LAYER_TENSORS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -86,7 +88,7 @@ def tensor_names(cfg: ModelConfig) -> list[TensorName]:
     layer_table = {**_LAYER_TENSORS, **_FAMILY_LAYER_TENSORS[cfg.model_type]}
     for i in range(cfg.num_layers):
         for hf, (path, transpose) in layer_table.items():
-            names.append(TensorName(f"model.layers.{i}.{hf}", ("layers", i, *path), transpose))
+            names.append(TensorName(f"model.layers.{i}.{hf}", ("layers", *path), transpose, i))
     names.append(TensorName("model.norm.weight", ("final_norm", "scale"), False))
     if not cfg.tie_word_embeddings:
         names.append(TensorName("lm_head.weight", ("lm_head",), True))
@@ -119,39 +121,54 @@ def load(
     mesh: jax.sharding.Mesh | None = None,
     dtype=jnp.float32,
     compute_dtype=None,
+    remat: str = "none",
 ) -> tuple[Transformer, ModelConfig]:
     """Reads an HF directory into a Transformer with parameters in `dtype`.
 
     With `mesh`, each tensor goes straight to its sharding from parallel.LOGICAL_RULES.
-    `compute_dtype` (default: `dtype`) is the activation dtype, e.g. bfloat16.
+    `compute_dtype` (default: `dtype`) is the activation dtype, e.g. bfloat16; `remat` the
+    Transformer's rematerialisation policy.
     """
     path = Path(path)
     cfg = read_config(path)
     abstract = nnx.eval_shape(
         lambda: Transformer(
-            cfg, rngs=nnx.Rngs(0), dtype=compute_dtype or dtype, param_dtype=dtype
+            cfg, rngs=nnx.Rngs(0), dtype=compute_dtype or dtype, param_dtype=dtype, remat=remat
         )
     )
     graphdef, state = nnx.split(abstract)
     shardings = None if mesh is None else nnx.to_flat_state(parallel.state_shardings(state, mesh))
     shardings = None if shardings is None else {p: v.get_value() for p, v in shardings}
     flat = dict(nnx.to_flat_state(state))
+    groups: dict[tuple[str, ...], list[TensorName]] = {}
+    for name in tensor_names(cfg):
+        groups.setdefault(name.path, []).append(name)
     with _CheckpointReader(path) as reader:
-        for name in tensor_names(cfg):
-            var = flat[name.path]
-            array = reader.read(name.hf)
-            if name.transpose:
-                array = array.T
-            expected = var.get_value().shape
-            if array.shape != expected:
-                raise HFCheckpointError(
-                    f"{reader.file_of(name.hf)}: tensor {name.hf!r} has shape "
-                    f"{tuple(reversed(array.shape)) if name.transpose else array.shape}, but "
-                    f"{path / CONFIG_FILE} implies "
-                    f"{tuple(reversed(expected)) if name.transpose else expected}"
-                )
-            flat[name.path] = var.replace(_place(array.astype(dtype), shardings, name.path))
+        # One stacked array at a time: host memory holds at most one parameter's layers.
+        for target, names in groups.items():
+            var = flat[target]
+            shape = var.get_value().shape
+            expected = shape if names[0].layer is None else shape[1:]
+            arrays = [_read_checked(reader, name, expected, path).astype(dtype) for name in names]
+            array = arrays[0] if names[0].layer is None else np.stack(arrays)
+            del arrays
+            flat[target] = var.replace(_place(array, shardings, target))
     return nnx.merge(graphdef, nnx.from_flat_state(flat)), cfg
+
+
+def _read_checked(reader, name: TensorName, expected: tuple, path: Path) -> np.ndarray:
+    """One HF tensor in our orientation, or an error naming the file, tensor and shapes."""
+    array = reader.read(name.hf)
+    if name.transpose:
+        array = array.T
+    if array.shape != expected:
+        raise HFCheckpointError(
+            f"{reader.file_of(name.hf)}: tensor {name.hf!r} has shape "
+            f"{tuple(reversed(array.shape)) if name.transpose else array.shape}, but "
+            f"{path / CONFIG_FILE} implies "
+            f"{tuple(reversed(expected)) if name.transpose else expected}"
+        )
+    return array
 
 
 def _place(array: np.ndarray, shardings: Mapping | None, path: tuple) -> jax.Array:
@@ -296,11 +313,14 @@ def save(
 
 def _hf_tensors(model: Transformer, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    host: dict[tuple[str, ...], np.ndarray] = {}
     for name in tensor_names(cfg):
-        value = flat[name.path].get_value()
-        if not value.is_fully_addressable:
-            value = multihost_utils.process_allgather(value, tiled=True)
-        array = np.asarray(jax.device_get(value))
+        if name.path not in host:
+            value = flat[name.path].get_value()
+            if not value.is_fully_addressable:
+                value = multihost_utils.process_allgather(value, tiled=True)
+            host[name.path] = np.asarray(jax.device_get(value))
+        array = host[name.path] if name.layer is None else host[name.path][name.layer]
         yield name.hf, np.ascontiguousarray(array.T if name.transpose else array)
 
 

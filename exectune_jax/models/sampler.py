@@ -268,11 +268,14 @@ def ends_with_stop(history: jax.Array, stop_seqs: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
 def _prefill(graphdef, state, tokens, positions, segments, *, cache_len):
-    """Runs the prompts through the model; returns last-position logits and the filled cache."""
+    """Runs the prompts through the model; returns last-position logits and the filled cache.
+
+    Only the last position goes through the head: [B, prompt, vocab] logits are never built.
+    """
     model = nnx.merge(graphdef, state)
     cache = init_cache(model.cfg, tokens.shape[0], cache_len, dtype=model.dtype)
-    logits, cache = model(tokens, positions, segment_ids=segments, cache=cache)
-    return logits[:, -1], cache
+    x, cache = model.hidden(tokens, positions, segment_ids=segments, cache=cache)
+    return model.logits(x[:, -1]), cache
 
 
 @functools.partial(

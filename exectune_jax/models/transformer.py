@@ -260,7 +260,54 @@ def attention_mask(
     return same & causal
 
 
+ATTENTION_SCORE_BYTES = 2**28
+"""Bound on one block of float32 scores [B, H, block, S] on the XLA attention path."""
+MIN_QUERY_BLOCK = 16
+
+
+def query_block(batch: int, heads: int, queries: int, keys: int) -> int:
+    """Query positions per attention step: a power of two keeping scores within the bound."""
+    fit = ATTENTION_SCORE_BYTES // (4 * batch * heads * keys)
+    return max(MIN_QUERY_BLOCK, 1 << max(fit, 1).bit_length() - 1) if fit < queries else queries
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention without the full score matrix: q [B,T,H,D], k/v [B,S,K,D].
+
+    On GPU, in half precision with several queries (training, prefill), this is cuDNN's fused
+    kernel through `jax.nn.dot_product_attention`. Otherwise (and for one-token decode steps)
+    the queries run in blocks (`query_block`) through `attend_reference`, each block
+    rematerialised, so neither the forward nor the backward pass holds [B,H,T,S] scores.
+    The mask [B,T,S] is the one from `attention_mask` on every path.
+    """
+    b, t, h, d = q.shape
+    if _cudnn_applies(q):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=d**-0.5,
+                                            implementation="cudnn")
+    size = query_block(b, h, t, k.shape[1])
+    if size >= t:
+        return attend_reference(q, k, v, mask)
+    pad = -t % size
+    n = (t + pad) // size
+    qs = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, size, h, d).swapaxes(0, 1)
+    ms = jnp.pad(mask, ((0, 0), (0, pad), (0, 0))).reshape(b, n, size, -1).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def block(_, xs):
+        return None, attend_reference(xs[0], k, v, xs[1])
+
+    _, out = jax.lax.scan(block, None, (qs, ms))
+    return out.swapaxes(0, 1).reshape(b, n * size, h, d)[:, :t]
+
+
+def _cudnn_applies(q: jax.Array) -> bool:
+    """cuDNN's flash attention needs a GPU, fp16/bf16 and a head dim that is a multiple of 8."""
+    d = q.shape[-1]
+    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.default_backend() == "gpu" and half and q.shape[1] > 1 and d % 8 == 0 and d <= 128
+
+
+def attend_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention: q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D].
 
     Scores and softmax run in float32. A fully masked row (a padding query) gets a finite
@@ -284,14 +331,14 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Keys/values for every layer plus which slots hold which segment.
+    """Keys/values of every layer, stacked, plus which slots hold which segment.
 
     All rows write at the same slot (`index`), so prompts are left-padded by the sampler; a
     padding slot keeps segment 0 and is never attended by real tokens.
     """
 
-    k: tuple[jax.Array, ...]  # per layer [B, S, K, D]
-    v: tuple[jax.Array, ...]
+    k: jax.Array  # [layers, B, S, K, D]
+    v: jax.Array
     segment_ids: jax.Array  # [B, S] int32, 0 = empty or padding
     index: jax.Array  # int32 scalar: the next slot to write
 
@@ -301,10 +348,10 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     return KVCache(
-        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
         segment_ids=jnp.zeros((batch, max_len), jnp.int32),
         index=jnp.zeros((), jnp.int32),
     )
@@ -360,8 +407,14 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, positions, mask, inv_freq, kv_cache, index):
-        """Returns (output, (k, v)); with kv_cache the new keys are written at slot `index`."""
+    def __call__(self, x, positions, mask, inv_freq, cache):
+        """Returns (output, cache).
+
+        `cache` is None or (k, v, layer, index): the stacked caches [layers, B, S, K, D] of
+        every layer; this layer's new keys are written at [layer, :, index] and it attends
+        over its own slice. Writing into the stacked arrays (a scan carry) keeps the update
+        in place instead of copying a layer's cache on every decode step.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -369,13 +422,15 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        if kv_cache is not None:
-            cached_k, cached_v = kv_cache
-            start = (0, index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), start)
-            v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), start)
+        if cache is not None:
+            all_k, all_v, layer, index = cache
+            start = (layer, 0, index, 0, 0)
+            all_k = jax.lax.dynamic_update_slice(all_k, k[None].astype(all_k.dtype), start)
+            all_v = jax.lax.dynamic_update_slice(all_v, v[None].astype(all_v.dtype), start)
+            k, v = all_k[layer], all_v[layer]
+            cache = (all_k, all_v, layer, index)
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        return self.o_proj(out.reshape(b, t, -1)), (k, v)
+        return self.o_proj(out.reshape(b, t, -1)), cache
 
 
 class MLP(nnx.Module):
@@ -397,29 +452,56 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x, positions, mask, inv_freq, kv_cache, index):
-        h, kv = self.attn(self.attn_norm(x), positions, mask, inv_freq, kv_cache, index)
+    def __call__(self, x, positions, mask, inv_freq, cache):
+        h, cache = self.attn(self.attn_norm(x), positions, mask, inv_freq, cache)
         x = with_logical_constraint(x + h, ACTIVATION_AXES)
         x = with_logical_constraint(x + self.mlp(self.mlp_norm(x)), ACTIVATION_AXES)
-        return x, kv
+        return x, cache
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+"""`model.remat`: what the backward pass keeps of each block. none: everything (fastest, most
+memory); full: only each block's input, the block is recomputed; save_dots: the projection
+matmuls' outputs, everything else recomputed."""
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, param_dtype) -> Block:
+    """One Block whose parameters carry a leading layer axis (logical axis `layers`)."""
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return Block(cfg, rngs=rngs, param_dtype=param_dtype)
+
+    return make(rngs)
 
 
 class Transformer(nnx.Module):
     """Decoder: embed -> N x (attention, SwiGLU MLP) -> RMSNorm -> logits (float32).
 
-    `dtype` is the compute dtype (e.g. bfloat16); parameters are stored in `param_dtype`.
+    The N blocks are one stacked Block run by one `lax.scan`, so compile time and the program
+    do not grow with depth. `dtype` is the compute dtype (e.g. bfloat16); parameters are stored
+    in `param_dtype`; `remat` is a key of REMAT_POLICIES.
     """
 
     def __init__(
-        self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32
+        self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+        remat: str = "none",
     ):
+        if remat not in REMAT_POLICIES:
+            raise ModelConfigError(
+                f"remat {remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}"
+            )
         self.cfg = cfg
         self.dtype = dtype
+        self.remat = remat
         e, vocab = cfg.hidden_size, cfg.vocab_size
         self.embed = _param(_normal(rngs.params(), (vocab, e), param_dtype), ("vocab", "embed"))
-        self.layers = nnx.List(
-            [Block(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
-        )
+        self.layers = stacked_blocks(cfg, rngs, param_dtype)
         self.final_norm = RMSNorm(e, cfg.rms_norm_eps, param_dtype=param_dtype)
         if cfg.tie_word_embeddings:
             self.lm_head = None
@@ -439,6 +521,12 @@ class Transformer(nnx.Module):
 
         segment_ids [B,T] (default all ones) keeps packed sequences from attending each other.
         """
+        x, cache = self.hidden(tokens, positions, segment_ids=segment_ids, cache=cache)
+        logits = self.logits(x)
+        return logits if cache is None else (logits, cache)
+
+    def hidden(self, tokens, positions, *, segment_ids=None, cache: KVCache | None = None):
+        """(final-normed hidden states [B,T,E], updated cache or None): all but the head."""
         t = tokens.shape[1]
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
@@ -446,27 +534,46 @@ class Transformer(nnx.Module):
         if cache is None:
             slots = jnp.arange(t)
             mask = attention_mask(segment_ids, slots, segment_ids, slots)
-            index, kv_segments = None, None
         else:
-            index = cache.index
-            kv_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, index))
+            kv_segments = jax.lax.dynamic_update_slice(
+                cache.segment_ids, segment_ids, (0, cache.index)
+            )
             mask = attention_mask(
-                segment_ids, index + jnp.arange(t), kv_segments, jnp.arange(cache.max_len)
+                segment_ids, cache.index + jnp.arange(t), kv_segments, jnp.arange(cache.max_len)
             )
         inv_freq = rope_inverse_frequencies(self.cfg)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
         x = with_logical_constraint(x, ACTIVATION_AXES)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, (k, v) = layer(x, positions, mask, inv_freq, layer_cache, index)
-            new_k.append(k)
-            new_v.append(v)
+        block_def, stacked = nnx.split(self.layers)
+
+        def block(carry, xs):
+            x, kv = carry
+            weights, layer = xs
+            layer_cache = None if kv is None else (*kv, layer, cache.index)
+            x, layer_cache = nnx.merge(block_def, weights)(x, positions, mask, inv_freq,
+                                                           layer_cache)
+            return (x, None if kv is None else layer_cache[:2]), None
+
+        policy = REMAT_POLICIES[self.remat]
+        if policy is not None:
+            block = jax.checkpoint(block, policy=policy)
+        kv = None if cache is None else (cache.k, cache.v)
+        (x, kv), _ = jax.lax.scan(block, (x, kv), (stacked, jnp.arange(self.cfg.num_layers)))
         x = self.final_norm(x)
-        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-        logits = jnp.einsum(
-            "bte,ev->btv", x, head.astype(self.dtype), preferred_element_type=jnp.float32
-        )
         if cache is None:
-            return logits
-        return logits, KVCache(tuple(new_k), tuple(new_v), kv_segments, index + t)
+            return x, None
+        return x, KVCache(kv[0], kv[1], kv_segments, cache.index + t)
+
+    def head(self) -> jax.Array:
+        """The output projection [E, V] in the compute dtype (the embedding when tied)."""
+        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return head.astype(self.dtype)
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """float32 logits [..., V] of final hidden states [..., E]."""
+        return project(x, self.head())
+
+
+def project(x: jax.Array, head: jax.Array) -> jax.Array:
+    """float32 logits [..., V] of hidden states [..., E] through head [E, V]."""
+    return jnp.einsum("...e,ev->...v", x, head, preferred_element_type=jnp.float32)

@@ -139,7 +139,8 @@ class Learner:
 
 def build_learner(cfg: Config, init: Path, mesh) -> tuple[Learner, Any]:
     dtype = DTYPES[cfg.model.dtype]
-    model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype], compute_dtype=dtype)
+    model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype], compute_dtype=dtype,
+                          remat=cfg.model.remat)
     graphdef, params = nnx.split(model)
     reference = jax.jit(lambda p: rl_step.cast_state(p, dtype))(params)
     tx = make_optimizer(cfg.rl.lr, cfg.rl.steps * cfg.rl.mu, cfg.rl.warmup_steps,
@@ -152,8 +153,10 @@ def build_learner(cfg: Config, init: Path, mesh) -> tuple[Learner, Any]:
     learner = Learner(
         graphdef=graphdef, params=params, opt_state=opt_state, reference=reference, mesh=mesh,
         layout=layout,
-        train_step=rl_step.make_train_step(graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta),
-        logprob_fn=rl_step.make_logprob_fn(graphdef), compute_dtype=dtype,
+        train_step=rl_step.make_train_step(graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta,
+                                           head_chunk=cfg.model.head_chunk),
+        logprob_fn=rl_step.make_logprob_fn(graphdef, head_chunk=cfg.model.head_chunk),
+        compute_dtype=dtype,
         pad_id=mcfg.pad_token_id if mcfg.pad_token_id is not None else 0,
     )
     return learner, mcfg

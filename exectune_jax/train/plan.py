@@ -210,7 +210,8 @@ def abstract_rl_state(cfg: Config, mcfg: Any, mesh: Any):
     dtype, param_dtype = _dtype(cfg.model.dtype), _dtype(cfg.model.param_dtype)
     with parallel.use_mesh(mesh):
         abstract = nnx.eval_shape(
-            lambda: Transformer(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+            lambda: Transformer(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
+                                remat=cfg.model.remat)
         )
     graphdef, params = nnx.split(abstract)
     params = _sds(params, rl_step.tree_shardings(params, mesh))
@@ -282,11 +283,15 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
     prompt = [row_sharded((srows, width), jnp.int32) for _ in range(3)]
     compute = _dtype(cfg.model.dtype)
     cache = jax.eval_shape(lambda: init_cache(mcfg, srows, width + gen_len, compute))
-    cache = jax.tree.map(lambda x: row_sharded(x.shape, x.dtype) if x.ndim else x, cache)
-    cache = jax.tree.map(
-        lambda x: x if x.ndim else jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                        sharding=NamedSharding(mesh, PartitionSpec())),
-        cache,
+
+    def layer_rows_sharded(x):  # stacked [layers, rows, ...]: the rows split like a batch
+        spec = parallel.fit_spec(PartitionSpec(None, parallel.BATCH_AXES), x.shape, dict(mesh.shape))
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+
+    cache = dataclasses.replace(
+        cache, k=layer_rows_sharded(cache.k), v=layer_rows_sharded(cache.v),
+        segment_ids=row_sharded(cache.segment_ids.shape, cache.segment_ids.dtype),
+        index=jax.ShapeDtypeStruct((), cache.index.dtype, sharding=NamedSharding(mesh, PartitionSpec())),
     )
     scalar = lambda d: jax.ShapeDtypeStruct((), d)  # noqa: E731
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -306,11 +311,13 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
             row_sharded((srows,), jnp.int32), key, scalar(jnp.int32), scalar(jnp.float32),
             scalar(jnp.float32), scalar(jnp.int32), stops, pad_id=0, gen_len=gen_len,
             filtered=False), rest),
-        ("reference log-probs", lambda: rl_step.make_logprob_fn(graphdef).lower(ref, batch),
+        ("reference log-probs", lambda: rl_step.make_logprob_fn(
+            graphdef, head_chunk=cfg.model.head_chunk).lower(ref, batch),
          resident["policy"] + resident["optimizer"]),
         ("GRPO update", lambda: rl_step.make_train_step(
-            graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta).lower(
-                params, opt, batch, logp), resident["reference"]),
+            graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta,
+            head_chunk=cfg.model.head_chunk).lower(params, opt, batch, logp),
+         resident["reference"]),
     ]
     out = []
     with parallel.use_mesh(mesh):

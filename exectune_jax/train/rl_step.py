@@ -26,9 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from exectune_jax import parallel
 from exectune_jax.errors import UserError
-from exectune_jax.models import transformer
-from exectune_jax.models.transformer import Transformer
-from exectune_jax.train import grpo_loss
+from exectune_jax.train import grpo_loss, head
 
 BATCH_KEYS = ("tokens", "positions", "mask", "old_logp", "advantages")
 
@@ -130,48 +128,22 @@ def cast_state(params: Any, dtype: Any) -> Any:
 # Device programs
 
 
-def scanned_logits(model: Transformer, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-    """The model's forward (no cache), with its blocks run as one rematerialised `lax.scan`.
+def _next_token_stats(graphdef, params, micro, head_chunk):
+    """(log-prob, entropy) [micro, L-1] of each next token, the head run in chunks."""
+    model = nnx.merge(graphdef, params)
+    x, _ = model.hidden(micro["tokens"], micro["positions"])
+    return head.chunked_head(x[:, :-1], model.head(), micro["tokens"][:, 1:], head_chunk)
 
-    Same numbers as `model(tokens, positions)`; what changes is memory. A Python loop of blocks
-    lets XLA keep every block's activations (and every all-gathered weight) alive until the
-    backward pass; scanning a `jax.checkpoint`ed block keeps only each block's input and
-    recomputes one block at a time, on every backend. That is what lets a 1.7B guide's update
-    fit 16 GiB. Tied to the block interface of models/transformer.py; a test checks parity.
+
+def make_logprob_fn(graphdef: nnx.GraphDef, *, head_chunk: int = 0):
+    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token.
+
+    `head_chunk`: positions per step of the output head (train/head.py; 0 = all at once).
     """
-    cfg = model.cfg
-    segments = jnp.ones_like(tokens, dtype=jnp.int32)
-    slots = jnp.arange(tokens.shape[1])
-    mask = transformer.attention_mask(segments, slots, segments, slots)
-    inv_freq = transformer.rope_inverse_frequencies(cfg)
-    x = jnp.take(model.embed[...], tokens, axis=0).astype(model.dtype)
-    x = parallel.with_logical_constraint(x, transformer.ACTIVATION_AXES)
-    block_def = nnx.graphdef(model.layers[0])
-    stacked = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(b) for b in model.layers])
-
-    @jax.checkpoint
-    def block(x, weights):
-        out, _ = nnx.merge(block_def, weights)(x, positions, mask, inv_freq, None, None)
-        return out, None
-
-    x, _ = jax.lax.scan(block, x, stacked)
-    x = model.final_norm(x)
-    head = model.embed[...].T if model.lm_head is None else model.lm_head[...]
-    return jnp.einsum("bte,ev->btv", x, head.astype(model.dtype), preferred_element_type=jnp.float32)
-
-
-def _sequence_logits(graphdef, params, micro):
-    logits = scanned_logits(nnx.merge(graphdef, params), micro["tokens"], micro["positions"])
-    return logits[:, :-1], micro["tokens"][:, 1:]
-
-
-def make_logprob_fn(graphdef: nnx.GraphDef):
-    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token."""
 
     def logprobs(params, batch):
         def one(micro):
-            logits, targets = _sequence_logits(graphdef, params, micro)
-            return grpo_loss.token_logprobs(logits, targets)
+            return _next_token_stats(graphdef, params, micro, head_chunk)[0]
 
         return jax.lax.map(one, {k: batch[k] for k in ("tokens", "positions")})
 
@@ -179,7 +151,7 @@ def make_logprob_fn(graphdef: nnx.GraphDef):
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    clip_eps: float, beta: float):
+                    clip_eps: float, beta: float, head_chunk: int = 0):
     """jit fn(params, opt_state, batch, ref_logp) -> (params, opt_state, stats).
 
     Gradients are summed over micro-batches of a loss already divided by the batch's total
@@ -188,13 +160,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     """
 
     def loss_fn(params, micro, ref_logp, n_tokens):
-        logits, targets = _sequence_logits(graphdef, params, micro)
-        logp = grpo_loss.token_logprobs(logits, targets)
+        logp, entropy = _next_token_stats(graphdef, params, micro, head_chunk)
         per_token, diag = grpo_loss.grpo_token_loss(
             logp, micro["old_logp"], ref_logp, micro["advantages"], clip_eps=clip_eps, beta=beta
         )
         mask = micro["mask"]
-        entropy = grpo_loss.token_entropy(jax.lax.stop_gradient(logits))
         sums = {
             "kl": jnp.sum(diag["kl"] * mask),
             "clip_frac": jnp.sum(diag["clip_frac"] * mask),

@@ -35,6 +35,7 @@ from exectune_jax.data import pipeline, tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf, sampler
+from exectune_jax.train import head
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import MetricsWriter, progress_bar
 from exectune_jax.train.optim import lr_schedule, make_optimizer
@@ -51,19 +52,19 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Loss and steps (pure)
 
 
-def token_losses(logits: jax.Array, targets: jax.Array, mask: jax.Array):
-    """(sum of masked next-token cross-entropies, number of masked tokens), in float32."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(ce * mask), jnp.sum(mask)
+def _forward_losses(model, batch, head_chunk):
+    """(sum of masked next-token cross-entropies, number of masked tokens), in float32.
+
+    The head runs over chunks of `head_chunk` positions (train/head.py), so the full
+    [batch, length, vocab] logits never exist at once.
+    """
+    x, _ = model.hidden(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+    logp, _ = head.chunked_head(x, model.head(), batch["targets"], head_chunk)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
-def _forward_losses(model, batch):
-    logits = model(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
-    return token_losses(logits, batch["targets"], batch["loss_mask"])
-
-
-def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None):
+def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None, *, head_chunk: int = 0):
     """jit(state, batch) -> (state, stats) for the split state of (model, optimizer).
 
     The loss is the mean over the batch's masked tokens. With `shardings` (the state's
@@ -74,7 +75,7 @@ def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None):
         model, opt = nnx.merge(graphdef, state)
 
         def loss_fn(m):
-            total, count = _forward_losses(m, batch)
+            total, count = _forward_losses(m, batch, head_chunk)
             return total / jnp.maximum(count, 1.0), count
 
         (loss, count), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -88,12 +89,12 @@ def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None):
     return jax.jit(step, donate_argnums=0, out_shardings=(shardings, replicated))
 
 
-def make_eval_step(graphdef: nnx.GraphDef):
+def make_eval_step(graphdef: nnx.GraphDef, *, head_chunk: int = 0):
     """jit(state, batch) -> (loss sum, token count) without touching the state."""
 
     def step(state, batch):
         model, _ = nnx.merge(graphdef, state)
-        return _forward_losses(model, batch)
+        return _forward_losses(model, batch, head_chunk)
 
     return jax.jit(step)
 
@@ -196,7 +197,7 @@ def run(cfg: Config, **_: Any) -> int:
                                       held_out=sc.held_out, seed=cfg.seed)
     mesh = parallel.make_mesh(cfg.mesh)
     model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype],
-                          compute_dtype=DTYPES[cfg.model.dtype])
+                          compute_dtype=DTYPES[cfg.model.dtype], remat=cfg.model.remat)
     tx = make_optimizer(sc.lr, sc.steps, sc.warmup_steps, sc.weight_decay, sc.clip_norm,
                         grad_accum=sc.grad_accum)
     with parallel.use_mesh(mesh):
@@ -211,7 +212,9 @@ def run(cfg: Config, **_: Any) -> int:
                    dropped_rows=data.dropped)
     graphdef, state = nnx.split((model, opt))
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    train_step, eval_step = make_train_step(graphdef, shardings), make_eval_step(graphdef)
+    chunk = cfg.model.head_chunk
+    train_step = make_train_step(graphdef, shardings, head_chunk=chunk)
+    eval_step = make_eval_step(graphdef, head_chunk=chunk)
     evals = pipeline.eval_batches(data.held_out, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                   process_index=pi, process_count=pc)
     task = tasks.get(cfg.task.name, **cfg.task.options)

@@ -100,8 +100,8 @@ def test_load_onto_a_mesh_places_params_by_logical_rules_and_keeps_logits(hf_che
     path = hf_checkpoint("qwen2")[1]
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
     sharded, _ = hf.load(path, mesh=mesh)
-    q_kernel = sharded.layers[0].attn.q_proj.kernel.get_value()
-    assert q_kernel.sharding.spec == P("fsdp", "tensor")
+    q_kernel = sharded.layers.attn.q_proj.kernel.get_value()
+    assert q_kernel.sharding.spec == P(None, "fsdp", "tensor")
     assert len(q_kernel.sharding.device_set) == 8
     np.testing.assert_allclose(logits_of(sharded), logits_of(hf.load(path)[0]), atol=1e-5)
 

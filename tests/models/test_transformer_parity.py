@@ -134,16 +134,16 @@ def test_params_carry_logical_partition_specs_without_a_mesh():
                       num_layers=1, num_heads=2, num_kv_heads=1)
     specs = nnx.get_partition_spec(nnx.state(Transformer(cfg, rngs=nnx.Rngs(0))))
     flat = {path: v.get_value() for path, v in nnx.to_flat_state(specs)}
-    layer = ("layers", 0)
+    layer = ("layers",)  # every block's parameters stacked along a leading `layers` axis
     assert flat[("embed",)] == P("vocab", "embed")
     assert flat[("lm_head",)] == P("embed", "vocab")
-    assert flat[(*layer, "attn", "q_proj", "kernel")] == P("embed", "heads")
-    assert flat[(*layer, "attn", "k_proj", "kernel")] == P("embed", "kv_heads")
-    assert flat[(*layer, "attn", "k_proj", "bias")] == P("kv_heads")
-    assert flat[(*layer, "attn", "o_proj", "kernel")] == P("heads", "embed")
-    assert flat[(*layer, "mlp", "gate_proj", "kernel")] == P("embed", "mlp")
-    assert flat[(*layer, "mlp", "down_proj", "kernel")] == P("mlp", "embed")
-    assert flat[(*layer, "attn_norm", "scale")] == P("norm")
+    assert flat[(*layer, "attn", "q_proj", "kernel")] == P("layers", "embed", "heads")
+    assert flat[(*layer, "attn", "k_proj", "kernel")] == P("layers", "embed", "kv_heads")
+    assert flat[(*layer, "attn", "k_proj", "bias")] == P("layers", "kv_heads")
+    assert flat[(*layer, "attn", "o_proj", "kernel")] == P("layers", "heads", "embed")
+    assert flat[(*layer, "mlp", "gate_proj", "kernel")] == P("layers", "embed", "mlp")
+    assert flat[(*layer, "mlp", "down_proj", "kernel")] == P("layers", "mlp", "embed")
+    assert flat[(*layer, "attn_norm", "scale")] == P("layers", "norm")
 
 
 def test_bfloat16_compute_keeps_float32_params_and_stays_close(hf_checkpoint):

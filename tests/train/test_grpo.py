@@ -158,12 +158,35 @@ def test_build_batch_rejects_sequences_longer_than_the_context():
                             rl_step.Layout(rows=1, micro=1, seq_len=6))
 
 
-def test_scanned_forward_matches_the_model(tiny):
-    model = nnx.merge(tiny["graphdef"], tiny["params"])
-    tokens = jnp.asarray(tiny["batch"]["tokens"][0])
-    positions = jnp.asarray(tiny["batch"]["positions"][0])
-    np.testing.assert_allclose(rl_step.scanned_logits(model, tokens, positions),
-                               model(tokens, positions), atol=1e-5)
+@pytest.mark.parametrize("remat", ["full", "save_dots"])
+def test_rematerialised_update_gives_the_same_step_as_none(tiny, remat):
+    rematted, _ = nnx.split(Transformer(TINY, rngs=nnx.Rngs(0), remat=remat))
+    ref = tiny["logprob_fn"](tiny["params"], tiny["batch"])
+    results = []
+    for graphdef in (tiny["graphdef"], rematted):
+        step = rl_step.make_train_step(graphdef, tiny["tx"], clip_eps=0.2, beta=0.04)
+        params = _copy(tiny["params"])
+        results.append(step(params, tiny["tx"].init(params), tiny["batch"], ref))
+    (p_none, _, s_none), (p_remat, _, s_remat) = results
+    assert float(s_remat["grad_norm"]) == pytest.approx(float(s_none["grad_norm"]), rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), p_none, p_remat)
+
+
+def test_head_run_in_chunks_gives_the_same_log_probs_and_update(tiny):
+    ref = tiny["logprob_fn"](tiny["params"], tiny["batch"])
+    chunked_ref = rl_step.make_logprob_fn(tiny["graphdef"], head_chunk=4)(tiny["params"],
+                                                                         tiny["batch"])
+    np.testing.assert_allclose(chunked_ref, ref, atol=1e-6)
+    results = []
+    for chunk in (0, 4):
+        step = rl_step.make_train_step(tiny["graphdef"], tiny["tx"], clip_eps=0.2, beta=0.04,
+                                       head_chunk=chunk)
+        params = _copy(tiny["params"])
+        results.append(step(params, tiny["tx"].init(params), tiny["batch"], ref))
+    (p_whole, _, s_whole), (p_chunked, _, s_chunked) = results
+    for key in ("loss", "entropy", "grad_norm"):
+        assert float(s_chunked[key]) == pytest.approx(float(s_whole[key]), rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), p_whole, p_chunked)
 
 
 def test_first_update_is_on_policy_with_zero_kl(tiny):
