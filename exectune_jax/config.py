@@ -75,7 +75,9 @@ class ApiConfig:
     teacher: EndpointConfig = field(
         default_factory=lambda: EndpointConfig(model="sim-teacher", temperature=1.0)
     )
-    judge: EndpointConfig | None = None
+    judge: EndpointConfig | None = field(  # reads (problem, strategy, response): did the core follow?
+        default_factory=lambda: EndpointConfig(model="sim-judge", max_tokens=64)
+    )
     core_strong: EndpointConfig | None = field(
         default_factory=lambda: EndpointConfig(model="sim-core-strong")
     )
@@ -89,6 +91,9 @@ class ApiConfig:
     circuit_breaker_cooldown_s: float = 5.0
     budget_usd: float | None = None  # stop starting new calls past this spend
     prices: str | None = None  # price table YAML; None = the packaged configs/prices.yaml
+    # estimator of "followed" behind executability: judge (api.judge reads each guided
+    # execution; one call each) | trace (math: the core's step lines, checked; no extra call)
+    follow_check: str = "judge"
 
 
 @dataclass
@@ -101,6 +106,10 @@ class SimConfig:
     rpm: float | None = None  # answer 429 with Retry-After above this rate
     fault_rate: float = 0.0  # fraction of requests answered with an injected fault
     seed: int = 0
+    # JSONL where the server records whether sim-core really followed each strategy it was given
+    # (the ground truth the follow-check estimators are measured against; it never travels
+    # through the API); None = not recorded
+    truth_log: str | None = None
 
 
 @dataclass
@@ -117,6 +126,7 @@ class SampleConfig:
     n_problems: int | None = None  # None = the whole train split
     unfiltered: bool = False  # keep every well-formed strategy (the "SFT guide" baseline)
     out: str = "sample"  # stage directory under run_dir: accepted.jsonl, rejected.jsonl, summary.json
+    require_followed: bool = False  # accept only strategies the follow check says the core followed
 
 
 @dataclass
@@ -383,6 +393,7 @@ def validate(config: Config) -> None:
         "model.dtype": (config.model.dtype, ("float32", "bfloat16")),
         "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
         "rl.preset": (config.rl.preset, ("exectune", "advisor")),
+        "api.follow_check": (config.api.follow_check, ("judge", "trace")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -393,6 +404,9 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"config: `api.{name}.provider` is {ep.provider!r}; choose openai or anthropic"
             )
+    if config.api.follow_check == "judge" and config.api.judge is None:
+        raise ConfigError("config: `api.follow_check` is judge but `api.judge` is not set; set "
+                          "api.judge to a judge model or api.follow_check=trace")
     if not 0.0 <= config.sim.fault_rate < 1.0:
         raise ConfigError("config: `sim.fault_rate` must be in [0, 1)")
 

@@ -72,11 +72,17 @@ class SimCore:
         return min(_CEIL, max(_FLOOR, self.intercept - self.slope * steps))
 
     def complete(self, messages, *, max_tokens: int = 512, temperature: float = 0.0, seed: int = 0) -> str:
+        return self.reply(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)[0]
+
+    def reply(self, messages, *, max_tokens: int = 512, temperature: float = 0.0, seed: int = 0,
+              ) -> tuple[str, bool | None]:
+        """The reply, and whether it carried out the strategy (None: no strategy was given).
+        The second part is the simulator's ground truth: the server keeps it to itself."""
         rng = sample_rng(self.name, messages, temperature, seed)
         problem = prompts.problem_text(messages)
-        if prompts.family_of(messages) == "code":
-            return _code_reply(problem)
         strategy = prompts.strategy_text(messages)
+        if prompts.family_of(messages) == "code":
+            return _code_reply(problem), None if strategy is None else False
         known = frozenset(numbers_in(problem))
         note = ""
         if strategy is not None:
@@ -84,10 +90,10 @@ class SimCore:
             if steps is not None:
                 followed = self._follow(steps, rng)
                 if followed is not None:
-                    return followed
+                    return followed, True
                 why = "a step of the strategy cannot be carried out"
             note = f"I cannot follow the strategy ({why}), so I will solve the problem my own way.\n"
-        return note + self._attempt(problem, rng)
+        return note + self._attempt(problem, rng), None if strategy is None else False
 
     # ------------------------------------------------------------ with a strategy
 
