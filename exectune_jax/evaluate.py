@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exectune_jax.config import Config
@@ -226,6 +226,10 @@ def execute_row(pool, task, problems: Sequence[Problem], texts: Sequence[str | N
     indices = [i for _ in problems for i in range(samples)]
     flat = priced(execute_many(pool, task, items, stage=stage, sample_index=indices,
                                endpoint=endpoint), pool.ledger.prices, model, judge_model)
+    if texts is not None:  # a guide that wrote nothing gave the core nothing to follow
+        flat = [replace(o, followed="no", follow_reason="the guide wrote no strategy")
+                if strategy is None and o.correct is not None else o
+                for o, (_, strategy) in zip(flat, items)]
     return [flat[i * samples:(i + 1) * samples] for i in range(len(problems))]
 
 
