@@ -140,7 +140,7 @@ def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
         panels = (
             (ax_reward, "mean reward per strategy", "reward"),
             (ax_terms, f"reward terms ({terms_of})", "weighted term"),
-            (ax_exec, "executability (95% CI), format validity", "fraction of strategies"),
+            (ax_exec, "executability α (95% CI), format validity", "fraction of strategies"),
             (ax_cost, f"core cost per {USD_SCALE:,} strategies", "USD"),
         )
         for ax, title, ylabel in panels:
