@@ -98,7 +98,7 @@ class ApiConfig:
 
 @dataclass
 class SimConfig:
-    """The embedded loopback server standing in for the core and teacher APIs."""
+    """The embedded loopback server standing in for the core, teacher and judge APIs."""
 
     host: str = "127.0.0.1"
     port: int = 0  # 0 = a free port
