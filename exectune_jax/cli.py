@@ -42,7 +42,7 @@ DISTRIBUTED = {"sft", "rl", "eval", "plan"}
 # subcommand -> (module, function, help)
 COMMANDS = {
     "demo": ("exectune_jax.demo", "run", "the whole pipeline end to end on the embedded default"),
-    "serve-sim": ("exectune_jax.sim.server", "run", "serve the simulated core and teacher on loopback"),
+    "serve-sim": ("exectune_jax.sim.server", "run", "serve the simulated core, teacher and judge on loopback"),
     "sample": ("exectune_jax.train.acceptance", "run", "stage 1: teacher-guided acceptance sampling"),
     "sft": ("exectune_jax.train.sft", "run", "stage 2: supervised fine-tuning of the guide"),
     "rl": ("exectune_jax.train.grpo", "run", "stage 3: structure-aware GRPO"),

@@ -116,7 +116,11 @@ class ApiConfig:
     teacher: EndpointConfig = field(  # proposes and revises strategies (stage 1)
         default_factory=lambda: EndpointConfig(model="sim-teacher", temperature=1.0)
     )
-    judge: EndpointConfig | None = None  # the optional LLM judge of rl.weights.judge
+    # reads (problem, strategy, response): did the core follow? Also the optional LLM judge of
+    # rl.weights.judge
+    judge: EndpointConfig | None = field(
+        default_factory=lambda: EndpointConfig(model="sim-judge", max_tokens=64)
+    )
     core_strong: EndpointConfig | None = field(  # a bigger core: a reference row in eval
         default_factory=lambda: EndpointConfig(model="sim-core-strong")
     )
@@ -130,11 +134,14 @@ class ApiConfig:
     circuit_breaker_cooldown_s: float = 5.0  # how long an open breaker refuses calls
     budget_usd: float | None = None  # stop starting new calls past this spend
     prices: str | None = None  # price table YAML; None = the packaged configs/prices.yaml
+    # estimator of "followed" behind executability: judge (api.judge reads each guided
+    # execution; one call each) | trace (math: the core's step lines, checked; no extra call)
+    follow_check: str = "judge"
 
 
 @dataclass
 class SimConfig:
-    """The embedded loopback server standing in for the core and teacher APIs."""
+    """The embedded loopback server standing in for the core, teacher and judge APIs."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "port": "[0, 65535]",
@@ -150,6 +157,10 @@ class SimConfig:
     rpm: float | None = None  # answer 429 with Retry-After above this rate
     fault_rate: float = 0.0  # fraction of requests answered with an injected fault
     seed: int = 0  # of the simulated models and faults
+    # JSONL where the server records whether sim-core really followed each strategy it was given
+    # (the ground truth the follow-check estimators are measured against; it never travels
+    # through the API); None = not recorded
+    truth_log: str | None = None
 
 
 @dataclass
@@ -174,6 +185,7 @@ class SampleConfig:
     n_problems: int | None = None  # None = the whole train split
     unfiltered: bool = False  # keep every well-formed strategy (the "SFT guide" baseline)
     out: str = "sample"  # stage directory under run_dir: accepted.jsonl, rejected.jsonl, summary.json
+    require_followed: bool = False  # accept only strategies the follow check says the core followed
 
 
 @dataclass
@@ -513,6 +525,7 @@ def validate(config: Config) -> None:
         "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
         "model.remat": (config.model.remat, ("none", "full", "save_dots")),
         "rl.preset": (config.rl.preset, ("exectune", "advisor")),
+        "api.follow_check": (config.api.follow_check, ("judge", "trace")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -526,6 +539,9 @@ def validate(config: Config) -> None:
     if config.mesh.platform not in (None, "gpu", "tpu"):
         raise ConfigError(f"config: `mesh.platform` is {config.mesh.platform!r}; choose gpu, tpu "
                           "or null (any device)")
+    if config.api.follow_check == "judge" and config.api.judge is None:
+        raise ConfigError("config: `api.follow_check` is judge but `api.judge` is not set; set "
+                          "api.judge to a judge model or api.follow_check=trace")
     for prefix, section in sections(config):
         for name, interval in type(section).RANGES.items() if hasattr(section, "RANGES") else ():
             value = getattr(section, name)

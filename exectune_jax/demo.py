@@ -78,7 +78,10 @@ PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("eval",),),
     (("export",),),
 )
-OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "rl_curves.png")
+OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "accuracy_vs_alpha.png",
+           "rl_curves.png")
+TRUTH_LOG = "sim_truth.jsonl"  # the sim server's ground truth of "followed", for the study
+AGREEMENT = "follow_agreement.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,10 +380,11 @@ def pattern_checks(rows: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> li
         checks.append((ours["accuracy"] > r["accuracy"] and p is not None and p < alpha,
                        f"exectune above {r['method']}: {ours['accuracy']:.1%} vs {r['accuracy']:.1%}, "
                        f"McNemar p = {_p(p)}"))
+    # executability is α, how often the core followed the strategies (not their accuracy)
     for m in ("sft_unfiltered", "advisor_rl"):
         if m in by and by[m]["executability"] is not None and ours["executability"] is not None:
             checks.append((ours["executability"] > by[m]["executability"],
-                           f"executability above {m}: {ours['executability']:.1%} vs "
+                           f"executability α above {m}: {ours['executability']:.1%} vs "
                            f"{by[m]['executability']:.1%}"))
     if "core_only" in by:
         checks.append((ours["usd_per_problem"] < by["core_only"]["usd_per_problem"],
@@ -410,8 +414,33 @@ SMOKE_NOTE = ("smoke run (--quick): sizes that check the plumbing, too small to 
               "methods; `exectune demo` runs the comparison")
 
 
-def closing_summary(out: Path, seconds: Mapping[str, float], wall: float, *,
-                    quick: bool = False) -> str:
+def follow_study(out: Path, cfg: Config) -> dict | None:
+    """Each follow-check estimator's agreement and Cohen's kappa with the simulator's ground
+    truth, over every guided execution of the eval stage; None without both files."""
+    from exectune_jax.evaluate import FOLLOW_LABELS
+    from exectune_jax.sim.truth import read_truth, study
+
+    labels_path = Path(cfg.run_dir) / cfg.eval.out / FOLLOW_LABELS
+    if cfg.sim.truth_log is None or not labels_path.exists():
+        return None
+    labels = [json.loads(line) for line in labels_path.read_text().splitlines() if line.strip()]
+    result = study(labels, read_truth(cfg.sim.truth_log))
+    (out / AGREEMENT).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def study_lines(result: Mapping[str, Any]) -> list[str]:
+    lines = ["follow check against the simulator's ground truth (eval stage, guided executions):"]
+    for name, a in result["estimators"].items():
+        agree = "n/a" if a["agreement"] is None else f"{a['agreement']:.1%}"
+        kappa = "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}"
+        lines.append(f"  {name:<6} agreement {agree}, Cohen's kappa {kappa} over {a['decided']} "
+                     f"decided ({a['unknown']} unknown, left out)")
+    return lines
+
+
+def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
+                    study: Mapping[str, Any] | None = None, *, quick: bool = False) -> str:
     """The demo's last words; a --quick run says it is a smoke run and judges no pattern."""
     lines = ["", SMOKE_NOTE] if quick else [""]
     sample = out / "sample" / "summary.json"
@@ -428,6 +457,8 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float, *,
     reference = None if quick else reference_line(rows)
     if reference:
         lines.append(reference)
+    if study is not None:
+        lines += study_lines(study)
     lines.append("")
     paid, replayed = spend(out / "ledger.jsonl")
     lines.append(f"simulated API spend: USD {paid:.4f} paid, USD {replayed:.4f} replayed from "
@@ -443,6 +474,8 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
     """The demo's config: output dir, then sizes where the user did not choose."""
     if out is not None:
         cfg = with_values(cfg, {"run_dir": out})
+    if cfg.sim.truth_log is None:
+        cfg = with_values(cfg, {"sim.truth_log": str(Path(cfg.run_dir) / TRUTH_LOG)})
     return sized(cfg, QUICK_SIZES if quick else DEMO_SIZES)
 
 
@@ -469,7 +502,8 @@ def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
                   "finished stages.", file=sys.stderr)
             return 1
     collect_outputs(cfg, root)
-    print(closing_summary(root, seconds, time.perf_counter() - start, quick=quick))
+    print(closing_summary(root, seconds, time.perf_counter() - start, follow_study(root, cfg),
+                          quick=quick))
     return 0
 
 

@@ -1,10 +1,12 @@
 """The method table (`exectune eval`): every guide, and the core alone, on the same problems.
 
 Each guide row samples one strategy per problem from its guide (greedy), the core executes it,
-and the row reports accuracy and executability with 95% Wilson intervals, how often the guide
-wrote a well-formed, non-leaking strategy, what the core spent, and a paired exact McNemar test
-of ExecTune against the row on the same problems. Failed API calls are never scored as wrong:
-they are excluded and counted.
+and the row reports accuracy and executability α (how often the core followed the strategy, by
+the follow check) with 95% Wilson intervals, the mixture accuracy = α·P(correct | followed) +
+(1 − α)·P(correct | not followed), how often the guide wrote a well-formed, non-leaking
+strategy, what the core spent, what measuring α spent, and a paired exact McNemar test of
+ExecTune against the row on the same problems. Failed API calls and undecided follow checks are
+never scored: they are excluded and counted.
 
 results.json holds no timings and no absolute paths, so the same seed gives the same file
 whether or not the API misbehaved along the way.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exectune_jax import preflight, resume
@@ -22,7 +24,8 @@ from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
-from exectune_jax.gcop.executability import executability, wilson
+from exectune_jax.gcop.executability import mixture, wilson
+from exectune_jax.gcop.follow import exchange_digest
 from exectune_jax.sim.world import WORLD
 
 REFERENCE = "exectune"
@@ -30,7 +33,11 @@ ROW_ORDER = ("core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advis
              "exectune", "core_strong")
 ROW_FIELDS = ("method", "n", "accuracy", "accuracy_ci", "executability", "executability_ci",
               "format_valid", "leak_rate", "core_input_tokens", "core_output_tokens", "usd_total",
-              "usd_per_problem", "guide_tokens", "failed_calls", "mcnemar_p_vs_exectune")
+              "usd_per_problem", "guide_tokens", "failed_calls", "mcnemar_p_vs_exectune",
+              "p_correct_followed", "p_correct_followed_ci", "p_correct_not_followed",
+              "p_correct_not_followed_ci", "mixture_accuracy", "follow_unknown",
+              "follow_usd_per_problem")
+FOLLOW_LABELS = "follow_labels.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,9 +94,12 @@ def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
     """The row's numbers; `ref` is the reference row's first_correct (None: no test).
 
     accuracy is pass@1 (each problem's first execution), so rows pair up for McNemar;
-    executability averages all `eval.samples` executions of each problem's strategy, the
-    guide-averaged e(x, s) of the paper. usd_per_problem is per scored core execution, and
-    guide_tokens counts what the guide generated (self-hosted, so not priced).
+    executability is α, the guide-averaged e(x, s) of the paper over all `eval.samples`
+    executions of each problem's strategy, and the mixture terms are averaged the same way
+    (mixture_accuracy is their composition, over the executions the follow check decided).
+    usd_per_problem is the core's, per scored execution; follow_usd_per_problem is what the
+    follow check (the judge) cost on top, per scored execution; guide_tokens counts what the
+    guide generated (self-hosted, so not priced).
     """
     first = data.first_correct()
     n, k = len(first), sum(first.values())
@@ -112,11 +122,19 @@ def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
         "guide_tokens": data.guide_tokens,
         "failed_calls": len(flat) - len(scored),
         "mcnemar_p_vs_exectune": None,
+        **{k: None for k in ROW_FIELDS[ROW_FIELDS.index("p_correct_followed"):]},
     }
     if data.texts is not None:
-        est = executability({p.id: o for p, o in zip(data.problems, data.outcomes)})
-        row["executability"] = est.mean
-        row["executability_ci"] = [est.lo, est.hi]
+        mix = mixture({p.id: o for p, o in zip(data.problems, data.outcomes)})
+        row.update({
+            "executability": mix["alpha"]["value"], "executability_ci": mix["alpha"]["ci"],
+            "p_correct_followed": mix["p_correct_followed"]["value"],
+            "p_correct_followed_ci": mix["p_correct_followed"]["ci"],
+            "p_correct_not_followed": mix["p_correct_not_followed"]["value"],
+            "p_correct_not_followed_ci": mix["p_correct_not_followed"]["ci"],
+            "mixture_accuracy": mix["accuracy"], "follow_unknown": mix["unknown"],
+            "follow_usd_per_problem": sum(o.follow_usd for o in scored) / len(scored) if scored else 0.0,
+        })
         texts = [t or "" for t in data.texts]
         row["format_valid"] = sum(strategy.parse(t).ok for t in texts) / len(texts)
         row["leak_rate"] = sum(strategy.leaks(t, p, data.family) is not None
@@ -137,21 +155,40 @@ def table(rows: Sequence[Mapping]) -> str:
     def opt(v, f):
         return "–" if v is None else f(v)
 
-    head = ("| method | n | accuracy % [95% CI] | executability % [95% CI] | format valid % | "
-            "leak % | core tokens in/out | USD total | USD / problem | guide tokens | "
-            "failed calls | McNemar p vs exectune |")
+    head = ("| method | n | accuracy % [95% CI] | executability α % [95% CI] | "
+            "P(correct given followed) % | P(correct given not followed) % | format valid % | "
+            "leak % | core tokens in/out | USD total | USD / problem | follow check USD / problem | "
+            "guide tokens | failed calls | McNemar p vs exectune |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], str(r["n"]), pct(r["accuracy"], r["accuracy_ci"]),
             pct(r["executability"], r["executability_ci"]),
+            pct(r["p_correct_followed"], r["p_correct_followed_ci"]),
+            pct(r["p_correct_not_followed"], r["p_correct_not_followed_ci"]),
             opt(r["format_valid"], lambda v: f"{100 * v:.1f}"),
             opt(r["leak_rate"], lambda v: f"{100 * v:.1f}"),
             f"{r['core_input_tokens']}/{r['core_output_tokens']}",
-            f"{r['usd_total']:.4f}", f"{r['usd_per_problem']:.6f}", str(r["guide_tokens"]),
+            f"{r['usd_total']:.4f}", f"{r['usd_per_problem']:.6f}",
+            opt(r["follow_usd_per_problem"], lambda v: f"{v:.6f}"), str(r["guide_tokens"]),
             str(r["failed_calls"]), opt(r["mcnemar_p_vs_exectune"], lambda v: f"{v:.3g}"),
         ]) + " |")
+    mixed = [mixture_line(r) for r in rows if r["executability"] is not None]
+    if mixed:
+        lines += ["", "accuracy = α·P(correct | followed) + (1 − α)·P(correct | not followed), "
+                  "on the executions the follow check decided:", ""]
+        lines += [f"- {m}" for m in mixed]
     return "\n".join(lines) + "\n"
+
+
+def mixture_line(r: Mapping) -> str:
+    """One row's mixture identity in numbers."""
+    a, pf, pn = r["executability"], r["p_correct_followed"], r["p_correct_not_followed"]
+    terms = " + ".join(t for t in (
+        f"{a:.3f} × {pf:.3f}" if pf is not None else "",
+        f"{1 - a:.3f} × {pn:.3f}" if pn is not None else "") if t)
+    unknown = f" ({r['follow_unknown']} undecided left out)" if r["follow_unknown"] else ""
+    return f"{r['method']}: {r['mixture_accuracy']:.3f} = {terms or '0'}{unknown}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +219,18 @@ def guide_texts(guide_dir: Path, problems: Sequence[Problem], family: str, *, ad
 
 
 def execute_row(pool, task, problems: Sequence[Problem], texts: Sequence[str | None] | None, *,
-                samples: int, stage: str, endpoint: str, model: str) -> list[list[Outcome]]:
+                samples: int, stage: str, endpoint: str, model: str,
+                judge_model: str | None = None) -> list[list[Outcome]]:
     """`samples` core executions per problem (sample indices 0..samples-1), grouped per problem."""
     given = texts if texts is not None else [None] * len(problems)
     items = [(p, t or None) for p, t in zip(problems, given) for _ in range(samples)]
     indices = [i for _ in problems for i in range(samples)]
     flat = priced(execute_many(pool, task, items, stage=stage, sample_index=indices,
-                               endpoint=endpoint), pool.ledger.prices, model)
+                               endpoint=endpoint), pool.ledger.prices, model, judge_model)
+    if texts is not None:  # a guide that wrote nothing gave the core nothing to follow
+        flat = [replace(o, followed="no", follow_reason="the guide wrote no strategy")
+                if strategy is None and o.correct is not None else o
+                for o, (_, strategy) in zip(flat, items)]
     return [flat[i * samples:(i + 1) * samples] for i in range(len(problems))]
 
 
@@ -227,7 +269,8 @@ def collect(cfg: Config, pool, task, problems: Sequence[Problem]) -> tuple[list[
                                       max_new_tokens=ev.max_new_tokens,
                                       batch_size=ev.batch_size)
         outcomes = execute_row(pool, task, problems, texts, samples=ev.samples,
-                               stage=f"eval.{method}", endpoint="core", model=cfg.api.core.model)
+                               stage=f"eval.{method}", endpoint="core", model=cfg.api.core.model,
+                               judge_model=cfg.api.judge.model if cfg.api.judge else None)
         rows.append(RowData(method, problems, texts, outcomes, n_tokens, task.family))
     if ev.core_strong:
         if cfg.api.core_strong is None:
@@ -247,10 +290,31 @@ def results(cfg: Config, rows: Sequence[RowData], skipped: list, n_problems: int
         "samples_per_problem": cfg.eval.samples,
         "core_model": cfg.api.core.model,
         "world": WORLD.summary(),  # the simulated world's version and hash (sim endpoints)
+        "follow_check": cfg.api.follow_check,
+        "judge_model": cfg.api.judge.model if cfg.api.judge and cfg.api.follow_check == "judge" else None,
         "reference": REFERENCE if ref is not None else None,
         "rows": [row_summary(r, ref) for r in rows],
         "skipped": skipped,
     }
+
+
+def follow_labels(rows: Sequence[RowData]) -> list[dict]:
+    """Every guided execution's follow verdicts, by estimator, keyed by the exchange's digest
+    (for a study that holds reference labels, such as the simulator's ground truth)."""
+    out = []
+    for r in rows:
+        if r.texts is None:
+            continue
+        for p, text, outcomes in zip(r.problems, r.texts, r.outcomes):
+            messages = prompts.core_messages(p, r.family, text or None)
+            for k, o in enumerate(outcomes):
+                if o.response is None or not o.checks:
+                    continue
+                out.append({"method": r.method, "id": p.id, "sample": k,
+                            "digest": exchange_digest(messages, o.response),
+                            "followed": o.followed,
+                            "checks": {c.estimator: c.verdict for c in o.checks}})
+    return out
 
 
 def rl_metrics(cfg: Config) -> dict[str, list[dict]]:
@@ -267,14 +331,17 @@ def rl_metrics(cfg: Config) -> dict[str, list[dict]]:
     return runs
 
 
-def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]]) -> list[Path]:
+def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]],
+                  labels: Sequence[Mapping] = ()) -> list[Path]:
     from exectune_jax import plots
-    from exectune_jax.train.acceptance import write_json_atomic
+    from exectune_jax.train.acceptance import write_json_atomic, write_jsonl_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", doc)
     (out / "results.md").write_text(table(doc["rows"]))
-    figures = [plots.accuracy_vs_cost(doc["rows"], out / "accuracy_vs_cost.png")]
+    write_jsonl_atomic(out / FOLLOW_LABELS, labels)
+    figures = [plots.accuracy_vs_cost(doc["rows"], out / "accuracy_vs_cost.png"),
+               plots.accuracy_vs_alpha(doc["rows"], out / "accuracy_vs_alpha.png")]
     if runs:
         figures.append(plots.rl_curves(runs, out / "rl_curves.png"))
     return [f for f in figures if f is not None]
@@ -295,7 +362,7 @@ def run(cfg: Config) -> int:
         rows, skipped = collect(cfg, pool, task, problems)
         pool.raise_if_stopped()
     doc = results(cfg, rows, skipped, len(problems))
-    write_outputs(out, doc, rl_metrics(cfg))
+    write_outputs(out, doc, rl_metrics(cfg), follow_labels(rows))
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")
     print(table(doc["rows"]), end="")

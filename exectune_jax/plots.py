@@ -1,4 +1,5 @@
-"""Figures for the README and the eval directory: cost vs accuracy, and RL training curves.
+"""Figures for the README and the eval directory: accuracy vs cost, accuracy vs executability α,
+and RL training curves.
 
 Rendered with the Agg backend (no display needed), sized to stay readable when a README shows
 them at about 700 px wide: large fonts, one legend, axes labelled with units.
@@ -46,6 +47,41 @@ def accuracy_vs_cost(rows: Sequence[Mapping], path: str | Path) -> Path:
         ax.set_xlabel(f"core cost (USD per {USD_SCALE:,} problems)")
         ax.set_ylabel("accuracy (%, 95% Wilson CI)")
         ax.set_title("Accuracy vs core API cost")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", frameon=True)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+def accuracy_vs_alpha(rows: Sequence[Mapping], path: str | Path) -> Path | None:
+    """One point per guide row: x = executability α, y = accuracy, each with its 95% CI; the
+    core alone (no strategy to follow) is a horizontal reference line. None when no row has α."""
+    guided = [r for r in rows if r.get("executability") is not None]
+    if not guided:
+        return None
+    path = Path(path)
+    points = [(100 * r["executability"], 100 * r["accuracy"]) for r in guided]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+        for r in rows:
+            if r.get("executability") is None and r["method"] == "core_only":
+                ax.axhline(100 * r["accuracy"], color="0.5", linestyle="--", linewidth=1.2,
+                           label=f"{r['method']} (no strategy)")
+        for i, (r, (x, y), label) in enumerate(zip(guided, points, isolated(points))):
+            ylo, yhi = (100 * v for v in r["accuracy_ci"])
+            xlo, xhi = (100 * v for v in r["executability_ci"])
+            ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - ylo], [yhi - y]],
+                        fmt=MARKERS[i % len(MARKERS)], markersize=9, capsize=5, elinewidth=1.5,
+                        color=f"C{i % 10}", label=r["method"])
+            if label:
+                ax.annotate(r["method"], (x, y), xytext=(7, 4), textcoords="offset points",
+                            fontsize=10, color=f"C{i % 10}")
+        ax.set_xlabel("executability α (% of strategies the core followed, 95% Wilson CI)")
+        ax.set_ylabel("accuracy (%, 95% Wilson CI)")
+        ax.set_title("Accuracy vs executability")
+        ax.set_xlim(-3, 103)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", frameon=True)
         fig.tight_layout()
@@ -104,7 +140,7 @@ def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
         panels = (
             (ax_reward, "mean reward per strategy", "reward"),
             (ax_terms, f"reward terms ({terms_of})", "weighted term"),
-            (ax_exec, "executability (95% CI), format validity", "fraction of strategies"),
+            (ax_exec, "executability α (95% CI), format validity", "fraction of strategies"),
             (ax_cost, f"core cost per {USD_SCALE:,} strategies", "USD"),
         )
         for ax, title, ylabel in panels:

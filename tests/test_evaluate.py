@@ -11,15 +11,17 @@ from exectune_jax import evaluate
 from exectune_jax.config import load_config
 from exectune_jax.data import tasks
 from exectune_jax.gcop.execute import Outcome
+from exectune_jax.gcop.follow import FollowCheck
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import guide as sim_guide
 from exectune_jax.sim.world import WORLD
 
 
-def outcome(correct, tokens=(10, 5)):
+def outcome(correct, tokens=(10, 5), followed=None, judge_usd=0.0):
+    checks = (FollowCheck("judge", followed, "", 30, 4, judge_usd),) if followed else ()
     return Outcome(correct, None, "", *tokens, 0.0, None if correct is not None else "timeout",
-                   False)
+                   False, followed=followed, checks=checks)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -56,7 +58,8 @@ def test_row_summary_excludes_and_counts_failed_calls_and_uses_wilson_intervals(
     leaking = f"<strategy>\n1. The answer is {problems[3].answer}.\n</strategy>"
     data = evaluate.RowData(
         method="base_guide", problems=problems, texts=[good, good, "no tags here", leaking],
-        outcomes=[[outcome(True)], [outcome(False)], [outcome(None, (0, 0))], [outcome(True)]],
+        outcomes=[[outcome(True, followed="yes", judge_usd=1e-5)], [outcome(False, followed="no", judge_usd=1e-5)],
+                  [outcome(None, (0, 0))], [outcome(True, followed="yes", judge_usd=1e-5)]],
         guide_tokens=17, family="math")
     ref = {problems[0].id: False, problems[1].id: True, problems[3].id: True}
     row = evaluate.row_summary(data, ref)
@@ -68,12 +71,33 @@ def test_row_summary_excludes_and_counts_failed_calls_and_uses_wilson_intervals(
     centre = (2 / 3 + z * z / 6) / (1 + z * z / 3)
     half = z * math.sqrt((2 / 3) * (1 / 3) / 3 + z * z / 36) / (1 + z * z / 3)
     assert row["accuracy_ci"] == pytest.approx([centre - half, centre + half])
-    assert row["executability"] == pytest.approx(2 / 3)
+    assert row["executability"] == pytest.approx(2 / 3)  # followed 2 of 3, not "right 2 of 3"
+    assert (row["p_correct_followed"], row["p_correct_not_followed"]) == (1.0, 0.0)
+    assert row["mixture_accuracy"] == pytest.approx(2 / 3) and row["follow_unknown"] == 0
+    assert row["follow_usd_per_problem"] == pytest.approx(1e-5)
     assert row["format_valid"] == pytest.approx(3 / 4)
     assert row["leak_rate"] == pytest.approx(1 / 4)
     assert row["core_input_tokens"] == 30 and row["core_output_tokens"] == 15
     # discordant vs the reference: problem 0 (row right, ref wrong) and problem 1 (ref right)
     assert row["mcnemar_p_vs_exectune"] == pytest.approx(evaluate.mcnemar_exact(1, 1))
+
+
+def test_executability_differs_from_accuracy_when_the_core_ignores_strategies():
+    problems = tasks.get("arith", n_train=0, n_validation=0, n_test=4).problems("test")
+    # every answer right, but the core followed only one strategy of four
+    outcomes = [[outcome(True, followed=f)] for f in ("yes", "no", "no", "no")]
+    row = evaluate.row_summary(evaluate.RowData("sft_unfiltered", problems, ["x"] * 4, outcomes, 0, "math"), None)
+    assert row["accuracy"] == 1.0 and row["executability"] == 0.25
+    assert row["p_correct_followed"] == row["p_correct_not_followed"] == 1.0
+
+
+def test_undecided_follow_checks_are_left_out_of_the_mixture_and_counted():
+    problems = tasks.get("arith", n_train=0, n_validation=0, n_test=3).problems("test")
+    outcomes = [[outcome(True, followed="yes")], [outcome(False, followed="unknown")], [outcome(False, followed="no")]]
+    row = evaluate.row_summary(evaluate.RowData("exectune", problems, ["x"] * 3, outcomes, 0, "math"), None)
+    assert row["follow_unknown"] == 1 and row["executability"] == 0.5 and row["mixture_accuracy"] == 0.5
+    assert row["accuracy"] == pytest.approx(1 / 3)  # pass@1 still counts every scored execution
+    assert "1 undecided left out" in evaluate.table([row])
 
 
 def test_core_alone_rows_report_no_guide_metrics():
@@ -130,27 +154,36 @@ def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
     assert doc["world"] == {"version": WORLD.version, "hash": WORLD.hash}
     text = json.dumps(doc)
     assert str(evaluated) not in text and "/tmp" not in text and "time" not in text
+    assert doc["follow_check"] == "judge" and doc["judge_model"] == "sim-judge"
+    for row in doc["rows"]:
+        if row["method"] in ("core_only", "core_strong"):
+            assert row["executability"] is None and row["mixture_accuracy"] is None
+            continue
+        a, pf, pn = row["executability"], row["p_correct_followed"] or 0.0, row["p_correct_not_followed"] or 0.0
+        assert row["mixture_accuracy"] == pytest.approx(a * pf + (1 - a) * pn, abs=1e-12)
 
 
-def test_identical_guides_give_identical_rows_and_mcnemar_p_of_one(evaluated):
-    rows = {r["method"]: r for r in json.loads((evaluated / "eval" / "results.json").read_text())["rows"]}
-    same = ("accuracy", "executability", "format_valid", "usd_total", "guide_tokens")
-    assert {k: rows["base_guide"][k] for k in same} == {k: rows["exectune"][k] for k in same}
-    assert rows["base_guide"]["mcnemar_p_vs_exectune"] == 1.0
-    assert rows["exectune"]["mcnemar_p_vs_exectune"] is None
+def test_follow_labels_name_every_guided_execution_by_its_digest():
+    from exectune_jax.gcop.follow import exchange_digest
+    from exectune_jax.gcop.prompts import core_messages
 
-
-def test_replayed_calls_are_priced_like_paid_ones(evaluated):
-    """base_guide and exectune share a guide, so the second row's calls are all cache replays."""
-    rows = {r["method"]: r for r in json.loads((evaluated / "eval" / "results.json").read_text())["rows"]}
-    assert rows["exectune"]["usd_total"] == rows["base_guide"]["usd_total"] > 0
+    problems = tasks.get("arith", n_train=0, n_validation=0, n_test=2).problems("test")
+    guided = Outcome(True, "3", "", 10, 5, 0.0, None, False, response="Step 1: 1 + 2 = 3.", followed="yes",
+                     checks=(FollowCheck("judge", "yes", ""), FollowCheck("trace", "unknown", "")))
+    data = evaluate.RowData("exectune", problems, ["<strategy>\n1. Add 2 to 1.\n</strategy>", ""],
+                            [[guided], [outcome(True, followed="no")]], 0, "math")
+    labels = evaluate.follow_labels([data, evaluate.RowData("core_only", problems, None, [[guided]] * 2, 0, "math")])
+    assert labels == [{"method": "exectune", "id": problems[0].id, "sample": 0, "followed": "yes",
+                       "digest": exchange_digest(core_messages(problems[0], "math", data.texts[0]), guided.response),
+                       "checks": {"judge": "yes", "trace": "unknown"}}]
 
 
 def test_markdown_table_and_plots_are_written(evaluated):
     md = (evaluated / "eval" / "results.md").read_text().splitlines()
-    assert md[0].startswith("| method |") and len(md) == 2 + 5
-    png = (evaluated / "eval" / "accuracy_vs_cost.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md[0].startswith("| method |") and sum(line.startswith("|") for line in md) == 2 + 5
+    assert sum(line.startswith("- ") and " = " in line for line in md) == 3  # the guide rows' mixtures
+    for name in ("accuracy_vs_cost.png", "accuracy_vs_alpha.png"):
+        assert (evaluated / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rl_curves_plot_logged_runs_and_skip_runs_without_rewards(tmp_path):

@@ -179,6 +179,9 @@ class Pool:
                 bar.update()
         return [f.result() for f in futures]
 
+    def has_endpoint(self, name: str) -> bool:
+        return name in self._lanes
+
     @property
     def stats(self) -> dict:
         """requests, calls (HTTP attempts), retries, ok, cached, failures and attempt errors by kind."""

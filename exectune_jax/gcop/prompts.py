@@ -17,6 +17,7 @@ PROBLEM = "Problem:\n"
 STRATEGY = "\n\nStrategy:\n"
 PREVIOUS = "\n\nPrevious strategy:\n"
 FEEDBACK = "\n\nFeedback:\n"
+RESPONSE = "\n\nResponse:\n"
 
 _GUIDE = {
     "math": "Write <strategy> numbered steps </strategy> for a solver: one operation per step, no answer.",
@@ -36,6 +37,18 @@ _CORE_SYSTEM = {
         "Reply with the complete function in one ```python code block."
     ),
 }
+# With a strategy, a math core also writes one checkable line per step: the trace estimator of
+# "followed" reads those lines (gcop/trace.py), at no extra call.
+TRACE_LINE = "Write each step of the strategy on its own line as: Step k: <a> <op> <b> = <result>."
+_CORE_GUIDED = {"math": f"{_CORE_SYSTEM['math']} {TRACE_LINE}", "code": _CORE_SYSTEM["code"]}
+_JUDGE_FOLLOW = (
+    "You check whether a solver carried out a strategy. Read the problem, the strategy and the "
+    "solver's response. Answer yes when the response performs the strategy's steps, in order, "
+    "on the quantities the steps name (an arithmetic slip inside a step still counts as "
+    "following it). Answer no when it skips, merges, reorders or replaces steps, or sets the "
+    "strategy aside and solves the problem its own way. Reply with exactly two lines:\n"
+    "followed: yes or no\nreason: one short sentence"
+)
 _TEACHER_SYSTEM = {
     "math": (
         "You write strategies that a weaker solver model will follow exactly. Reply with one "
@@ -68,9 +81,21 @@ def advisor_messages(problem: Problem, family: str) -> Messages:
 
 def core_messages(problem: Problem, family: str, strategy: str | None) -> Messages:
     user = PROBLEM + problem.prompt
+    system = _CORE_SYSTEM[_family(family)]
     if strategy is not None and strategy.strip():
         user += STRATEGY + strategy.strip()
-    return [{"role": "system", "content": _CORE_SYSTEM[_family(family)]}, {"role": "user", "content": user}]
+        system = _CORE_GUIDED[family]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def judge_follow_messages(problem_text: str, strategy: str, response: str) -> Messages:
+    """The follow check's judge prompt: problem, strategy and the core's response."""
+    user = f"{PROBLEM}{problem_text}{STRATEGY}{strategy.strip()}{RESPONSE}{response.strip()}"
+    return [{"role": "system", "content": _JUDGE_FOLLOW}, {"role": "user", "content": user}]
+
+
+def is_judge_follow(messages) -> bool:
+    return system_text(messages) == _JUDGE_FOLLOW
 
 
 def teacher_propose_messages(problem: Problem, family: str) -> Messages:
@@ -120,7 +145,15 @@ def strategy_text(messages) -> str | None:
     user = last_user(messages)
     if not user.startswith(PROBLEM) or STRATEGY not in user:
         return None
-    return user[user.index(STRATEGY) + len(STRATEGY):]
+    body = user[user.index(STRATEGY) + len(STRATEGY):]
+    return body[: body.find(RESPONSE)] if RESPONSE in body else body
+
+
+def response_text(messages) -> str | None:
+    """The core response inside a judge prompt, or None."""
+    user = last_user(messages)
+    start = user.find(RESPONSE, max(user.find(STRATEGY), 0))
+    return None if start < 0 else user[start + len(RESPONSE):]
 
 
 def previous_strategy(messages) -> str | None:

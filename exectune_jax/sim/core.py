@@ -86,9 +86,9 @@ class SimCore:
         """The reply and whether the core followed the whole strategy (its ground truth)."""
         rng = sample_rng(self.name, messages, temperature, seed)
         problem = prompts.problem_text(messages)
-        if prompts.family_of(messages) == "code":
-            return Reply(_code_reply(problem), None)
         strategy = prompts.strategy_text(messages)
+        if prompts.family_of(messages) == "code":  # outside the simulator: it follows no strategy
+            return Reply(_code_reply(problem), None if strategy is None else False)
         if strategy is None:
             return Reply(self._attempt(problem, rng), None)
         run = follow.execute(

@@ -100,6 +100,12 @@ def sentences_of(text: str) -> tuple[list[str] | None, bool, str]:
     return (out, block, "") if out else (None, block, "it is empty")
 
 
+def claim_of(body: str) -> str | None:
+    """The answer a sentence states ("The answer is N"), canonical; None when it states none."""
+    m = _CLAIM.fullmatch(body)
+    return canonical(Decimal(m.group(1))) if m else None
+
+
 def phrases(text: str) -> list[_Phrase]:
     """The operations a sentence names, in order of appearance."""
     found = [_Phrase(op, m.group(1), m.group(2), m.start(), m.end())
@@ -147,9 +153,9 @@ def execute(text: str, known: frozenset[str], world: WorldSpec, carried_out: Cal
 
     for i, sentence in enumerate(steps):
         body = sentence.strip().rstrip(".").strip()
-        m = _CLAIM.fullmatch(body)
-        if m:
-            claim = canonical(Decimal(m.group(1)))
+        stated = claim_of(body)
+        if stated is not None:
+            claim = stated
             continue
         found = phrases(body)
         if not found:

@@ -6,16 +6,19 @@ from functools import cache
 
 from exectune_jax.errors import UserError
 from exectune_jax.sim.core import PROFILES, SimCore
+from exectune_jax.sim.judge import SimJudge
 from exectune_jax.sim.teacher import SimTeacher
 
-NAMES = (*PROFILES, SimTeacher.name)
+NAMES = (*PROFILES, SimTeacher.name, SimJudge.name)
 
 
 @cache
-def get(name: str) -> SimCore | SimTeacher:
+def get(name: str) -> SimCore | SimTeacher | SimJudge:
     """The simulated model `name`; each has `.complete(messages, *, max_tokens, temperature, seed)`."""
     if name in PROFILES:
         return SimCore(name)
     if name == SimTeacher.name:
         return SimTeacher()
+    if name == SimJudge.name:
+        return SimJudge()
     raise UserError(f"unknown simulated model {name!r}; known: {', '.join(NAMES)} (check the endpoint's model)")

@@ -6,6 +6,9 @@ the production client. It can add latency, enforce a requests-per-minute limit (
 `Retry-After` and `retry-after-ms`) and inject faults: 5xx errors, hangs that outlast the
 client's timeout, dropped connections, truncated and malformed bodies.
 
+When a `truth_log` is given, the server records there whether sim-core really followed each
+strategy it was sent (sim/truth.py); that ground truth never goes into a response.
+
 Faults are deterministic: the k-th arrival of a given request body is faulted or not by a hash
 of (seed, body, k), independent of thread timing, so a client's retries meet the same fault
 sequence on every run. Answers never depend on faults: a body that finally gets through gets
@@ -23,10 +26,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from exectune_jax.api.limits import TokenBucket
 from exectune_jax.sim import tokens
+from exectune_jax.sim.truth import TruthLog
 from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, malformed_body, openai_error,
                                    openai_response, parse_anthropic_request, parse_openai_request)
 
@@ -62,13 +67,14 @@ class SimServer:
     temperature, seed) -> str` (a mapping or a lookup function; default: the sim registry).
     `api_key`, when set, is required as a Bearer token or x-api-key (else 401).
     `burst` is the rate limiter's bucket size (default: one second's worth of requests).
-    `hang_s` is how long a `timeout` fault stalls before dropping the connection."""
+    `hang_s` is how long a `timeout` fault stalls before dropping the connection.
+    `truth_log`: a JSONL path where the ground truth of "followed" is recorded (None: not kept)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0,
                  rpm: float | None = None, fault_rate: float = 0.0, seed: int = 0, *,
                  models: Mapping[str, Any] | Callable[[str], Any] | None = None,
                  api_key: str | None = None, burst: float | None = None, hang_s: float = 2.0,
-                 fault_kinds: tuple[str, ...] = FAULT_KINDS):
+                 fault_kinds: tuple[str, ...] = FAULT_KINDS, truth_log: str | Path | None = None):
         if not 0.0 <= fault_rate < 1.0:
             raise ValueError("fault_rate must be in [0, 1)")
         unknown = set(fault_kinds) - set(FAULT_KINDS)
@@ -80,6 +86,7 @@ class SimServer:
         self.fault_rate, self.seed, self.hang_s, self.fault_kinds = fault_rate, seed, hang_s, fault_kinds
         self._lookup = models.get if isinstance(models, Mapping) else (models or _default_models)
         self._api_key = api_key
+        self.truth = TruthLog(truth_log) if truth_log is not None else None
         self._lock = threading.Lock()
         self._arrivals: dict[str, int] = {}
         self._stats = {"requests": 0, "ok": 0, "rate_limited": 0, "client_errors": 0,
@@ -89,7 +96,8 @@ class SimServer:
 
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> SimServer:
-        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed)."""
+        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed, truth_log)."""
+        kwargs.setdefault("truth_log", cfg.truth_log)
         return cls(cfg.host, cfg.port, cfg.latency_ms, cfg.rpm, cfg.fault_rate, cfg.seed, **kwargs)
 
     @property
@@ -154,12 +162,20 @@ class SimServer:
             return None
 
     def generate(self, model: Any, req: dict) -> tuple[str, str, int, int]:
-        """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens."""
-        text = model.complete(req["messages"], max_tokens=req["max_tokens"],
-                              temperature=req["temperature"], seed=req["seed"])
+        """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens. A model
+        with `.respond` also says whether it followed a strategy: that goes to the truth log only."""
+        followed = None
+        if hasattr(model, "respond"):
+            reply = model.respond(req["messages"], temperature=req["temperature"], seed=req["seed"])
+            text, followed = reply.text, reply.followed
+        else:
+            text = model.complete(req["messages"], max_tokens=req["max_tokens"],
+                                  temperature=req["temperature"], seed=req["seed"])
         stop = "end"
         if tokens.count(text) > req["max_tokens"]:
             text, stop = tokens.truncate(text, req["max_tokens"]), "max_tokens"
+        if followed is not None and self.truth is not None:
+            self.truth.record(req["model"], req["messages"], text, followed)
         return text, stop, tokens.count_messages(req["messages"]), tokens.count(text)
 
 

@@ -17,6 +17,11 @@ Every round is one batch over all problems (proposals, then executions, then rev
 pool runs the calls of every problem concurrently; the call cache makes an interrupted run cheap
 to repeat, and the output files are written whole at the end (temp file, then rename).
 
+A right answer is also not a followed strategy: every execution carries the follow check
+(gcop/follow.py), the summary counts how many accepted strategies the core was seen to follow,
+and `sample.require_followed` rejects the others (`not_followed`, revised like a wrong answer;
+`follow_unknown` when the check could not decide: excluded and counted, not revised).
+
 `--unfiltered` keeps every well-formed teacher strategy without executing it: the paper's
 plain "SFT guide" baseline, which the filtered data is measured against.
 """
@@ -40,7 +45,8 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import wilson
 
-REASONS = ("format", "leak", "wrong_answer", "costly", "api_failure")
+REASONS = ("format", "leak", "wrong_answer", "costly", "not_followed", "follow_unknown", "api_failure")
+REVISABLE = ("format", "leak", "wrong_answer", "costly", "not_followed")
 _STYLE = re.compile(r"^\s*style:\s*([\w-]+)\s*$", re.MULTILINE | re.IGNORECASE)
 _BLOCK = re.compile(r"<strategy>.*?</strategy>", re.DOTALL)
 
@@ -61,6 +67,7 @@ class Candidate:
     style: str | None
     status: str
     detail: str
+    followed: str | None = None  # the follow check over its executions: yes | no | unknown
 
 
 def style_of(reply: str) -> str | None:
@@ -88,10 +95,20 @@ def judge_reply(problem: Problem, family: str, attempt: int, revision: int,
     return base
 
 
+def followed_over(outcomes: Sequence[Outcome]) -> str:
+    """yes when every execution was followed, no when any was not, else unknown."""
+    verdicts = [o.followed for o in outcomes]
+    if "no" in verdicts:
+        return "no"
+    return "yes" if verdicts and all(v == "yes" for v in verdicts) else "unknown"
+
+
 def verdict(candidate: Candidate, outcomes: Sequence[Outcome], budget_usd: float | None = None,
-            ) -> Candidate:
+            require_followed: bool = False) -> Candidate:
     """Accept only when every verification execution was correct and, when `budget_usd` is
-    given, none cost more than it; a wrong answer beats a failed call."""
+    given, none cost more than it, and with `require_followed` every one was followed; a wrong
+    answer beats a failed call."""
+    candidate = replace(candidate, followed=followed_over(outcomes))
     wrong = [o for o in outcomes if o.correct is False]
     if wrong:
         return replace(candidate, status="wrong_answer", detail=wrong[0].reason or "wrong answer")
@@ -102,6 +119,10 @@ def verdict(candidate: Candidate, outcomes: Sequence[Outcome], budget_usd: float
     if costly:
         return replace(candidate, status="costly",
                        detail=f"USD {costly[0].usd:.6f} with the strategy, above {budget_usd:.6f}")
+    if require_followed and candidate.followed != "yes":
+        reason = next((o.follow_reason for o in outcomes if o.followed != "yes"), "")
+        status = "not_followed" if candidate.followed == "no" else "follow_unknown"
+        return replace(candidate, status=status, detail=reason)
     return replace(candidate, status="accepted", detail="")
 
 
@@ -120,6 +141,9 @@ def feedback(candidate: Candidate) -> str:
         return ("The core reached the answer, but at more than it costs without a strategy "
                 f"({candidate.detail}): it could not follow your steps as written. Use one "
                 "simple operation per step on numbers from the problem or earlier results.")
+    if candidate.status == "not_followed":
+        return (f"The core reached the answer but did not follow your strategy ({candidate.detail}). "
+                "Use one simple operation per step on numbers from the problem or earlier results.")
     if candidate.status == "leak":
         return f"Your strategy gives the answer away ({candidate.detail}); describe steps only."
     return f"Your strategy is not in the required format ({candidate.detail})."
@@ -160,17 +184,18 @@ def sample_candidates(pool, task, problems: Sequence[Problem], sc: SampleConfig,
             done += [c if c.status else replace(c, status="accepted") for c in judged]
             break
         judged = execute_pending(pool, task, judged, sc.verify_samples, f"{stage}.core",
-                                 budgets, core_model)
+                                 budgets, core_model, sc.require_followed)
         done += judged
         open_items = [(c.problem, c.attempt,
                        prompts.teacher_revise_messages(c.problem, family,
                                                        c.completion or c.reply, feedback(c)))
-                      for c in judged if c.status in ("format", "leak", "wrong_answer", "costly")]
+                      for c in judged if c.status in REVISABLE]
     return done
 
 
 def execute_pending(pool, task, judged: list[Candidate], verify: int, stage: str,
-                    budgets: Mapping[str, float], core_model: str) -> list[Candidate]:
+                    budgets: Mapping[str, float], core_model: str,
+                    require_followed: bool = False) -> list[Candidate]:
     """Run the core `verify` times (sample indices 0..verify-1) on each undecided candidate;
     `budgets` (problem id -> USD at list price, replays included) caps one execution's cost."""
     pending = [i for i, c in enumerate(judged) if not c.status]
@@ -181,14 +206,14 @@ def execute_pending(pool, task, judged: list[Candidate], verify: int, stage: str
     out = list(judged)
     for j, i in enumerate(pending):
         out[i] = verdict(judged[i], outcomes[j * verify:(j + 1) * verify],
-                         budgets.get(judged[i].problem.id))
+                         budgets.get(judged[i].problem.id), require_followed)
     return out
 
 
 def accepted_row(c: Candidate, family: str) -> dict:
     return {"id": c.problem.id, "messages": prompts.guide_messages(c.problem, family),
             "completion": c.completion, "style": c.style, "attempt": c.attempt,
-            "revision": c.revision}
+            "revision": c.revision, "followed": c.followed}
 
 
 def rejected_row(c: Candidate, family: str) -> dict:
@@ -198,7 +223,7 @@ def rejected_row(c: Candidate, family: str) -> dict:
 
 
 def rate(k: int, n: int) -> dict:
-    lo, hi = wilson(k, n)
+    lo, hi = wilson(k, n) if n else (0.0, 1.0)
     return {"k": k, "n": n, "rate": k / n if n else 0.0, "ci": [lo, hi]}
 
 
@@ -227,6 +252,11 @@ def summarize(candidates: Sequence[Candidate], n_problems: int, sc: SampleConfig
         "reasons": {r: sum(c.status == r for c in candidates) for r in REASONS},
         "by_style": {s: rate(sum(c.status == "accepted" for c in cs), len(cs))
                      for s, cs in sorted(by_style.items())},
+        "require_followed": False if unfiltered else sc.require_followed,
+        # unfiltered strategies are never executed, so their follow check is not run
+        "accepted_followed": {v: sum(c.followed == v for c in accepted) for v in ("yes", "no", "unknown")},
+        "accepted_followed_rate": rate(sum(c.followed == "yes" for c in accepted),
+                                       sum(c.followed in ("yes", "no") for c in accepted)),
     }
 
 
@@ -260,6 +290,10 @@ def report(summary: Mapping) -> str:
              f"acceptance per chain  {fmt_rate(summary['chain_acceptance'])}",
              f"accepted first try    {fmt_rate(summary['first_try_acceptance'])}",
              "rejections  " + ", ".join(f"{k} {v}" for k, v in summary["reasons"].items())]
+    followed = summary["accepted_followed"]
+    if sum(followed.values()):
+        lines.append(f"accepted and followed {fmt_rate(summary['accepted_followed_rate'])}, "
+                     f"not followed {followed['no']}, undecided {followed['unknown']}")
     for style, r in summary["by_style"].items():
         lines.append(f"  style {style:<12} {fmt_rate(r)}")
     for stage, t in summary["spend"].items():

@@ -390,7 +390,8 @@ def train(cfg: Config) -> dict:
     hf.save(nnx.merge(learner.graphdef, learner.params), mcfg, out_dir, tokenizer=tokenizer)
     summary = {
         "steps": rl.steps, "preset": rl.preset, "init": str(init), "heldout": heldout,
-        "ledger": {k: v for k, v in totals.items() if k in (rl.name, "core_only", "rl_eval", "judge")},
+        "ledger": {k: v for k, v in totals.items()
+                   if k in (rl.name, f"{rl.name}.judge", "core_only", "rl_eval", "rl_eval.judge", "judge")},
     }
     (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

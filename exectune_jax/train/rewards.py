@@ -3,8 +3,8 @@
 Symbols (PAPER.md "The recipe"; the weights are our composition, the paper does not publish
 them). For one strategy s on problem x, with S = 1 when the core reached a verified correct
 answer, p0 = the core's success rate *alone* on x, L = 1 when s leaks the answer, USD the
-price of the core call, J in [0, 1] an optional judge score, and g(s) = 1 when s is a
-well-formed `<strategy>` block:
+price of the core call, J in [0, 1] an optional judge score, F = 1 when the follow check says
+the core carried out s (gcop/follow.py), and g(s) = 1 when s is a well-formed `<strategy>` block:
 
     R = g(s) * ( w_format
                + w_success * S
@@ -12,7 +12,8 @@ well-formed `<strategy>` block:
                - w_harm    * p0 * (1 - S)          # penalty: the core alone would have succeeded
                - w_leak    * L
                - lambda    * USD                   # `cost`: reward units per US dollar
-               + w_judge   * J )
+               + w_judge   * J
+               + w_followed * F )                  # optional (default 0): reward executability
 
 `improve` and `harm` are the expectations of [core alone fails & s succeeds] and
 [core alone succeeds & s fails] over the core-alone outcome, so a measured rate p0 (several
@@ -25,7 +26,8 @@ Two presets:
 - `advisor`: the Advisor Models baseline: outcome only (w_success = 1), free-form advice, no
   gate, no leak or cost term.
 
-A failed API call is never a reward of 0: `score` returns None and the sample leaves its group.
+A failed API call is never a reward of 0: `score` returns None and the sample leaves its group;
+so does an executed sample whose follow check could not decide, when `followed` is weighted.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from exectune_jax.errors import UserError
 
-TERMS = ("format", "success", "improve", "harm", "leak", "cost", "judge")
+TERMS = ("format", "success", "improve", "harm", "leak", "cost", "judge", "followed")
 PENALTIES = frozenset({"harm", "leak", "cost"})
 
 
@@ -63,6 +65,7 @@ class Label:
     core_alone: float | None  # p0; None when every core-only call for the problem failed
     usd: float
     judge: float | None = None
+    followed: str | None = None  # the follow check: yes | no | unknown; None when not executed
 
     @property
     def failed(self) -> bool:
@@ -113,6 +116,11 @@ def judge(label: Label) -> float:
     return 0.0 if label.judge is None else float(label.judge)
 
 
+def followed(label: Label) -> float:
+    """F: the follow check says the core carried out the strategy (0 for no, unknown, gated)."""
+    return float(label.followed == "yes")
+
+
 TERM_FUNCTIONS: dict[str, Callable[[Label], float]] = {
     "format": format_gate,
     "success": execution_success,
@@ -121,6 +129,7 @@ TERM_FUNCTIONS: dict[str, Callable[[Label], float]] = {
     "leak": leak,
     "cost": cost,
     "judge": judge,
+    "followed": followed,
 }
 
 
@@ -144,6 +153,10 @@ class RewardSpec:
         return self.weights.get("judge", 0.0) > 0.0
 
     @property
+    def uses_followed(self) -> bool:
+        return self.weights.get("followed", 0.0) > 0.0
+
+    @property
     def uses_core_alone(self) -> bool:
         return self.weights.get("improve", 0.0) > 0.0 or self.weights.get("harm", 0.0) > 0.0
 
@@ -152,13 +165,13 @@ PRESETS: dict[str, RewardSpec] = {
     "exectune": RewardSpec(
         gate=True,
         weights={"format": 0.5, "success": 1.0, "improve": 0.5, "harm": 0.5, "leak": 2.0,
-                 "cost": 100.0, "judge": 0.0},
+                 "cost": 100.0, "judge": 0.0, "followed": 0.0},
         messages="guide",
     ),
     "advisor": RewardSpec(
         gate=False,
         weights={"format": 0.0, "success": 1.0, "improve": 0.0, "harm": 0.0, "leak": 0.0,
-                 "cost": 0.0, "judge": 0.0},
+                 "cost": 0.0, "judge": 0.0, "followed": 0.0},
         messages="advisor",
     ),
 }
@@ -204,6 +217,8 @@ def total(values: Mapping[str, float], spec: RewardSpec) -> float:
 def score(label: Label, spec: RewardSpec) -> float | None:
     """The reward of one sample, or None when its API call failed (excluded, never 0)."""
     if label.failed or (spec.uses_judge and label.executed and label.judge is None):
+        return None
+    if spec.uses_followed and label.executed and label.followed not in ("yes", "no"):
         return None
     if spec.gate and not label.well_formed:
         return 0.0

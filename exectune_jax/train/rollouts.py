@@ -157,7 +157,7 @@ def label_rollout(ctx: LabelContext, rollout: Rollout) -> Labelled:
             well_formed=parsed[i], leaked=leaked[i], executed=o is not None,
             correct=None if o is None else o.correct, core_alone=p0,
             usd=0.0 if o is None or o.correct is None else ctx.price(o.input_tokens, o.output_tokens),
-            judge=scores.get(i),
+            judge=scores.get(i), followed=None if o is None else o.followed,
         ))
     errors: dict[str, int] = {}
     for o in executed:
@@ -176,7 +176,8 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def outcome_metrics(rollout: Rollout, labelled: Labelled, spec: RewardSpec) -> dict[str, float | None]:
-    """Reward terms, validity, leaks, accuracy, executability (interval), tokens and USD."""
+    """Reward terms, validity, leaks, accuracy, executability α (interval; a gated strategy
+    counts as not followed), tokens and USD."""
     scored = [i for i, r in enumerate(labelled.rewards) if r is not None]
     values = [rewards.term_values(labelled.labels[i]) for i in scored]
     out: dict[str, float | None] = {
@@ -190,10 +191,12 @@ def outcome_metrics(rollout: Rollout, labelled: Labelled, spec: RewardSpec) -> d
     }
     by_problem: dict[str, list[Outcome]] = {}
     for i in scored:
-        o = labelled.outcomes[i] or Outcome(False, None, "malformed strategy", 0, 0, 0.0, None, False)
+        o = labelled.outcomes[i] or Outcome(False, None, "malformed strategy", 0, 0, 0.0, None, False,
+                                            followed="no")  # the gate kept it from the core
         by_problem.setdefault(rollout.problem_of(i).id, []).append(o)
     est = executability(by_problem)
-    out.update(executability=est.mean, executability_lo=est.lo, executability_hi=est.hi)
+    out.update(executability=est.mean, executability_lo=est.lo, executability_hi=est.hi,
+               follow_unknown=est.n_unknown)
     called = [o for o in labelled.outcomes if o is not None and o.correct is not None]
     out["core_input_tokens"] = sum(o.input_tokens for o in called)
     out["core_output_tokens"] = sum(o.output_tokens for o in called)

@@ -85,7 +85,9 @@ def test_failed_calls_are_never_scored(tmp_path, task, problems):
         if o.correct is not None:
             assert o.correct == expected(p, None)
     est = executability({p.id: [o] for o, (p, _) in zip(outcomes, items)})
-    assert est.n_failed == len(failed) and est.n_problems == len(outcomes) - len(failed)
+    # core-alone executions have no strategy to follow: none is decided, none is scored
+    assert est.n_failed == len(failed) and est.n_problems == 0
+    assert est.n_unknown == len(outcomes) - len(failed)
 
 
 def test_one_sample_index_per_item_is_required(problems):

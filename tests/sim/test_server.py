@@ -209,3 +209,43 @@ def test_serve_sim_command_prints_its_url_serves_and_exits_cleanly_on_interrupt(
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert json.dumps(err).count("Traceback") == 0
+
+
+def test_serve_sim_judges_in_the_fixed_form_and_keeps_the_ground_truth_to_itself(tmp_path):
+    from exectune_jax.data import tasks
+    from exectune_jax.data.tasks.arith import parse_problem
+    from exectune_jax.gcop import follow, prompts
+    from exectune_jax.gcop.strategy import render
+    from exectune_jax.sim.teacher import atomic
+    from exectune_jax.sim.truth import read_truth
+
+    problem = tasks.get("arith", n_train=0, n_validation=0, n_test=1).problems("test")[0]
+    strategies = ["<strategy>\n1. Think about the story.\n</strategy>",  # not followable
+                  render(atomic(parse_problem(problem.prompt)))]
+    truth_log = tmp_path / "truth.jsonl"
+    command = [sys.executable, "-m", "exectune_jax.cli", "serve-sim", f"sim.truth_log={truth_log}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        root = proc.stdout.readline().split()[-1]
+        exchanges = []
+        for strategy in strategies:
+            messages = prompts.core_messages(problem, "math", strategy)
+            resp = requests.post(root + "/v1/chat/completions", timeout=10,
+                                 json={"model": "sim-core", "messages": messages, "seed": 0})
+            assert "followed" not in json.dumps(resp.json()).lower().replace("follow the strategy", "")
+            reply = resp.json()["choices"][0]["message"]["content"]
+            judge = prompts.judge_follow_messages(problem.prompt, strategy, reply)
+            answer = requests.post(root + "/v1/messages", headers=ANTHROPIC_HEADERS, timeout=10, json={
+                "model": "sim-judge", "max_tokens": 64, "system": judge[0]["content"],
+                "messages": [judge[1]]}).json()
+            exchanges.append((follow.exchange_digest(messages, reply),
+                              follow.parse_judge_reply(answer["content"][0]["text"])))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    truth = read_truth(truth_log)
+    assert len(truth) == len(strategies)  # one record per guided core reply; none for the judge
+    for digest, parsed in exchanges:
+        assert parsed is not None and parsed[1]
+        assert (parsed[0] == "yes") == truth[digest]
+    assert [truth[d] for d, _ in exchanges] == [False, True]

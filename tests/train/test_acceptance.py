@@ -67,7 +67,7 @@ def test_output_rows_follow_the_hand_off_schema(sampled):
     rejected = read_jsonl(run_dir / "sample" / "rejected.jsonl")
     assert accepted and rejected
     for row in accepted:
-        assert set(row) == {"id", "messages", "completion", "style", "attempt", "revision"}
+        assert set(row) == {"id", "messages", "completion", "style", "attempt", "revision", "followed"}
         assert strategy.parse(row["completion"]).ok
         assert row["messages"][-1]["role"] == "user"
         assert 0 <= row["attempt"] < cfg.sample.proposals
@@ -136,3 +136,29 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path):
 
 def total_usd(run_dir):
     return sum(r["usd"] for r in read_jsonl(run_dir / "ledger.jsonl"))
+
+
+def test_summary_counts_how_many_accepted_strategies_the_core_followed(sampled):
+    _, run_dir = sampled
+    accepted = read_jsonl(run_dir / "sample" / "accepted.jsonl")
+    summary = json.loads((run_dir / "sample" / "summary.json").read_text())
+    counted = summary["accepted_followed"]
+    assert sum(counted.values()) == len(accepted)
+    assert counted["yes"] == sum(r["followed"] == "yes" for r in accepted)
+    # the paper's acceptance keeps strategies the core ignored when its own answer was right
+    assert counted["no"] > 0 and counted["yes"] > 0
+    assert {r["followed"] for r in accepted if r["style"] in UNFOLLOWABLE} == {"no"}
+    assert "sample.core.judge" in summary["spend"]
+
+
+def test_require_followed_keeps_only_strategies_the_core_followed(tmp_path):
+    assert acceptance.run(config(tmp_path, "sample.require_followed=true")) == 0
+    accepted = read_jsonl(tmp_path / "sample" / "accepted.jsonl")
+    rejected = read_jsonl(tmp_path / "sample" / "rejected.jsonl")
+    assert accepted and all(r["followed"] == "yes" for r in accepted)
+    assert not {r["style"] for r in accepted} & UNFOLLOWABLE
+    not_followed = [r for r in rejected if r["reason"] == "not_followed"]
+    assert not_followed and all(r["detail"] for r in not_followed)
+    summary = json.loads((tmp_path / "sample" / "summary.json").read_text())
+    assert summary["require_followed"] and summary["accepted_followed"] == {
+        "yes": len(accepted), "no": 0, "unknown": 0}

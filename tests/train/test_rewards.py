@@ -20,7 +20,7 @@ def test_each_term_has_its_hand_computed_value():
     values = rewards.term_values(label(correct=True, core_alone=0.25, usd=0.002, judge=0.7))
     assert values == pytest.approx({
         "format": 1.0, "success": 1.0, "improve": 0.75, "harm": 0.0, "leak": 0.0,
-        "cost": 0.002, "judge": 0.7,
+        "cost": 0.002, "judge": 0.7, "followed": 0.0,
     })
     failed = rewards.term_values(label(correct=False, core_alone=0.25, leaked=True))
     assert failed["success"] == 0.0 and failed["improve"] == 0.0
@@ -104,3 +104,19 @@ def test_judge_reply_parses_to_unit_interval():
     assert rewards.parse_judge_score("Score: 7") == pytest.approx(0.7)
     assert rewards.parse_judge_score("12") == 1.0
     assert rewards.parse_judge_score("no idea") is None
+
+
+def test_followed_term_is_off_by_default_and_adds_its_weight_when_set():
+    assert EXECTUNE.weights["followed"] == 0.0 and ADVISOR.weights["followed"] == 0.0
+    assert rewards.score(label(followed="yes"), EXECTUNE) == rewards.score(label(followed="no"), EXECTUNE)
+    spec = rewards.make_spec("exectune", {"followed": 0.5})
+    assert rewards.score(label(followed="yes"), spec) == pytest.approx(
+        rewards.score(label(followed="no"), spec) + 0.5)
+
+
+def test_undecided_follow_check_excludes_the_sample_only_when_followed_counts():
+    spec = rewards.make_spec("exectune", {"followed": 0.5})
+    assert rewards.score(label(followed="unknown"), spec) is None
+    assert rewards.score(label(followed="unknown"), EXECTUNE) is not None
+    gated = label(well_formed=False, executed=False, correct=None, usd=0.0, followed=None)
+    assert rewards.score(gated, spec) == 0.0  # never executed: nothing to check, the gate decides

@@ -1,0 +1,63 @@
+"""The simulator's ground truth of "followed", kept on the server side only.
+
+When sim-core answers a prompt that carries a strategy, the server appends one JSON line
+`{"digest", "model", "followed"}` to its truth log, keyed by the exchange's digest (prompt and
+reply, `gcop.follow.exchange_digest`). Nothing of it goes into the API response: a client (and
+every estimator) sees only the texts. Tests and the demo's study read the log to measure how
+well each estimator of "followed" agrees with what the simulated core really did.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from exectune_jax.gcop.follow import agreement, exchange_digest
+
+
+class TruthLog:
+    """Append-only JSONL of ground-truth follow labels, safe across the server's threads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def record(self, model: str, messages: Sequence[Mapping[str, str]], text: str, followed: bool) -> None:
+        line = json.dumps({"digest": exchange_digest(messages, text), "model": model,
+                           "followed": bool(followed)})
+        with self._lock, open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def read_truth(path: str | Path) -> dict[str, bool]:
+    """digest -> followed, from a truth log (a missing file is an empty log)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["digest"]] = bool(row["followed"])
+    return out
+
+
+def study(labels: Iterable[Mapping], truth: Mapping[str, bool]) -> dict:
+    """Per estimator, agreement and Cohen's kappa of its verdicts with the ground truth.
+
+    `labels` are rows `{"digest", "checks": {estimator: verdict}}`; rows the truth log does not
+    know (a real core, or a log that was not kept) are counted as `unmatched` and left out.
+    """
+    pairs: dict[str, list[tuple[str, bool]]] = {}
+    unmatched = 0
+    for row in labels:
+        if row["digest"] not in truth:
+            unmatched += 1
+            continue
+        for estimator, verdict in row["checks"].items():
+            pairs.setdefault(estimator, []).append((verdict, truth[row["digest"]]))
+    return {"unmatched": unmatched,
+            "estimators": {name: agreement(p) for name, p in sorted(pairs.items())}}
