@@ -41,7 +41,7 @@ class ConfigError(UserError):
 class ModelConfig:
     """The guide model."""
 
-    RANGES: ClassVar[dict[str, str]] = {"max_seq_len": "[1, inf)"}
+    RANGES: ClassVar[dict[str, str]] = {"max_seq_len": "[1, inf)", "head_chunk": "[0, inf)"}
 
     path: str | None = None  # HF checkpoint dir; None = the embedded demo guide, built on first use
     dtype: str = "float32"  # compute dtype: float32 | bfloat16

@@ -144,7 +144,8 @@ def endpoints(cfg: Config, stage: str, *, unfiltered: bool = False) -> list[str]
         used += ["teacher"] if unfiltered and stage == "sample" else ["teacher", "core"]
     if stage in ("rl", "eval", "demo"):
         used.append("core")
-    if stage in ("rl", "demo") and _uses_judge(cfg):
+    follow_judged = cfg.api.follow_check == "judge" and "core" in used  # every guided execution
+    if follow_judged or (stage in ("rl", "demo") and _uses_judge(cfg)):
         used.append("judge")
     if stage in ("eval", "demo") and cfg.eval.core_strong and api.core_strong is not None:
         used.append("core_strong")
@@ -164,7 +165,8 @@ def endpoint_ready(cfg: Config, name: str) -> None:
     ep = getattr(cfg.api, name)
     if ep is None:
         raise PreflightError(f"api.{name} is not set, and this stage calls it (rl.weights.judge "
-                             f"> 0); set api.{name}={{model: ..., provider: ...}}")
+                             f"> 0); set api.{name}={{model: ..., provider: ...}}"
+                             + (" or api.follow_check=trace" if name == "judge" else ""))
     if providers.missing_key(ep):
         raise PreflightError(f"api.{name}.api_key_env names {ep.api_key_env}, which is not set; "
                              f"export {ep.api_key_env} with your key before the run (keys are "

@@ -136,12 +136,16 @@ def test_wandb_missing_names_the_extra(tmp_path):
 
 
 def test_stage_endpoints_follow_what_the_stage_calls():
-    cfg = load_config()
+    cfg = load_config(None, ["api.follow_check=trace"])
     assert preflight.endpoints(cfg, "sample") == ["teacher", "core"]
     assert preflight.endpoints(cfg, "sample", unfiltered=True) == ["teacher"]
     assert preflight.endpoints(cfg, "eval") == ["core", "core_strong"]
     assert preflight.endpoints(cfg, "sft") == []
-    judged = load_config(None, ["rl.weights={judge: 1.0}"])
+    followed = load_config()  # the judge reads every guided execution
+    assert preflight.endpoints(followed, "sample") == ["teacher", "core", "judge"]
+    assert preflight.endpoints(followed, "sample", unfiltered=True) == ["teacher"]
+    assert preflight.endpoints(followed, "eval") == ["core", "judge", "core_strong"]
+    judged = load_config(None, ["api.follow_check=trace", "rl.weights={judge: 1.0}", "api.judge=null"])
     assert preflight.endpoints(judged, "rl") == ["core", "judge"]
     with pytest.raises(preflight.PreflightError, match="api.judge is not set"):
         preflight.endpoint_ready(judged, "judge")

@@ -87,22 +87,23 @@ def test_revisions_recover_chains_the_first_proposal_lost(sampled):
     assert any(r["revision"] > 0 for r in accepted)
 
 
-UNFOLLOWABLE = {"compound", "verbose", "vague"}  # sim-teacher styles the sim-core cannot follow
+HARD = {"compound", "verbose", "vague"}  # sim-teacher styles the sim-core often stops following
 
 
 def test_cost_check_rejects_strategies_the_core_ignores_even_when_it_answers_right(sampled, tmp_path):
     _, run_dir = sampled
     kept = read_jsonl(run_dir / "sample" / "accepted.jsonl")
-    assert {r["style"] for r in kept} & UNFOLLOWABLE  # the paper's check: right answers suffice
+    assert any(r["followed"] == "no" for r in kept)  # the paper's check: right answers suffice
     assert "sample.core_alone" not in json.loads((run_dir / "sample" / "summary.json").read_text())["spend"]
 
     checked = tmp_path / "checked"
     assert acceptance.run(config(checked, "sample.max_cost_vs_core=1.0")) == 0
     accepted = read_jsonl(checked / "sample" / "accepted.jsonl")
     costly = [r for r in read_jsonl(checked / "sample" / "rejected.jsonl") if r["reason"] == "costly"]
-    assert not {r["style"] for r in accepted} & UNFOLLOWABLE
-    assert {r["style"] for r in costly} & UNFOLLOWABLE
-    assert all("above" in r["detail"] for r in costly)
+    assert costly and all("above" in r["detail"] for r in costly)
+    assert {r["style"] for r in costly} & HARD
+    followed = lambda rows: sum(r["followed"] == "yes" for r in rows) / len(rows)  # noqa: E731
+    assert followed(accepted) > followed(kept)  # what the check removes is mostly not followed
 
 
 def test_unfiltered_keeps_every_well_formed_proposal_without_executing(sampled):
@@ -147,7 +148,6 @@ def test_summary_counts_how_many_accepted_strategies_the_core_followed(sampled):
     assert counted["yes"] == sum(r["followed"] == "yes" for r in accepted)
     # the paper's acceptance keeps strategies the core ignored when its own answer was right
     assert counted["no"] > 0 and counted["yes"] > 0
-    assert {r["followed"] for r in accepted if r["style"] in UNFOLLOWABLE} == {"no"}
     assert "sample.core.judge" in summary["spend"]
 
 
@@ -156,7 +156,6 @@ def test_require_followed_keeps_only_strategies_the_core_followed(tmp_path):
     accepted = read_jsonl(tmp_path / "sample" / "accepted.jsonl")
     rejected = read_jsonl(tmp_path / "sample" / "rejected.jsonl")
     assert accepted and all(r["followed"] == "yes" for r in accepted)
-    assert not {r["style"] for r in accepted} & UNFOLLOWABLE
     not_followed = [r for r in rejected if r["reason"] == "not_followed"]
     assert not_followed and all(r["detail"] for r in not_followed)
     summary = json.loads((tmp_path / "sample" / "summary.json").read_text())
