@@ -174,5 +174,5 @@ def test_resume_changes_ignore_fields_that_do_not_change_the_run():
                                "mesh.fsdp=1", "api.core.base_url=http://h:1/v1", "rl.lr=1e-3"])
     assert [k for k, _, _ in changes(before, after, "sft")] == ["sft.lr"]
     assert [k for k, _, _ in changes(before, after, "rl")] == ["rl.lr"]
-    judged = load_config(None, ["api.judge={model: j}"])
-    assert "api.judge" in [k for k, _, _ in changes(load_config(), judged, "rl")]
+    judged = load_config(None, ["api.judge={model: j}"])  # judge defaults to sim-judge
+    assert "api.judge.model" in [k for k, _, _ in changes(load_config(), judged, "rl")]
