@@ -336,7 +336,10 @@ class Pool:
                 lane.tpm.settle(completion.input_tokens + completion.output_tokens - est_tokens)
             with self._lock:  # charge and un-reserve together so the budget check never double counts
                 usd = self.ledger.record(stage, ep.model, completion.input_tokens,
-                                         completion.output_tokens, cached=False)
+                                         completion.output_tokens, cached=False,
+                                         provider=ep.provider,
+                                         cache_read=completion.cache_read_tokens,
+                                         cache_write=completion.cache_write_tokens)
                 self._reserved -= est_usd
                 self._counts["ok"] += 1
             if self._cache is not None:

@@ -82,6 +82,7 @@ class SimServer:
         self._api_key = api_key
         self._lock = threading.Lock()
         self._arrivals: dict[str, int] = {}
+        self._prefixes: set[tuple[str, str]] = set()
         self._stats = {"requests": 0, "ok": 0, "rate_limited": 0, "client_errors": 0,
                        "faults": {k: 0 for k in FAULT_KINDS}}
         self._httpd: ThreadingHTTPServer | None = None
@@ -152,6 +153,20 @@ class SimServer:
             return self._lookup(name)
         except (KeyError, ValueError):
             return None
+
+    def prompt_cache(self, fmt: str, req: dict) -> tuple[int, int]:
+        """(cache_read, cache_write) tokens of a request: the first request with a given model
+        and cacheable prefix writes it, every later one reads it (no expiry, no minimum length),
+        so a run's cache totals do not depend on thread timing. OpenAI bills no writes."""
+        if req.get("cache_prefix") is None:
+            return 0, 0
+        digest, n = req["cache_prefix"]
+        with self._lock:
+            seen = (req["model"], digest) in self._prefixes
+            self._prefixes.add((req["model"], digest))
+        if seen:
+            return n, 0
+        return 0, (n if fmt == "anthropic" else 0)
 
     def generate(self, model: Any, req: dict) -> tuple[str, str, int, int]:
         """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens."""
@@ -258,8 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
             text, stop, n_in, n_out = sim.generate(model, req)
         except Exception as e:  # a model bug must reach the client as a 500, not a dropped socket
             return self._error(fmt, 500, f"simulated model failed: {type(e).__name__}: {e}")
-        payload = (openai_response(req["model"], text, stop, n_in, n_out, req["seed"]) if fmt == "openai"
-                   else anthropic_response(req["model"], text, stop, n_in, n_out))
+        read, write = sim.prompt_cache(fmt, req)
+        payload = (openai_response(req["model"], text, stop, n_in, n_out, req["seed"], read) if fmt == "openai"
+                   else anthropic_response(req["model"], text, stop, n_in, n_out, read, write))
         data = json.dumps(payload).encode()
         if fault == "truncated":
             return self._send(200, data[: len(data) // 2])
