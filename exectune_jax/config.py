@@ -89,6 +89,10 @@ class ApiConfig:
     circuit_breaker_cooldown_s: float = 5.0
     budget_usd: float | None = None  # stop starting new calls past this spend
     prices: str | None = None  # price table YAML; None = the packaged configs/prices.yaml
+    mode: str = "online"  # online | batch: how sample and eval calls go out (batch: half price, may wait); RL is always online
+    stage_modes: dict[str, str] = field(default_factory=dict)  # mode per stage, by name or suffix: {core_alone: online}
+    batch_poll_s: float = 0.5  # first wait before polling a batch; doubles up to batch_poll_max_s
+    batch_poll_max_s: float = 60.0
 
 
 @dataclass
@@ -101,6 +105,8 @@ class SimConfig:
     rpm: float | None = None  # answer 429 with Retry-After above this rate
     fault_rate: float = 0.0  # fraction of requests answered with an injected fault
     seed: int = 0
+    batch_delay_s: float = 0.0  # seconds a batch takes to process (its items finish evenly over it)
+    batch_expire_s: float | None = None  # a batch unfinished this long after creation expires; None = 24 h
 
 
 @dataclass

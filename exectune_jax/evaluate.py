@@ -289,7 +289,7 @@ def run(cfg: Config) -> int:
     if not problems:
         raise UserError(f"eval: task {cfg.task.name} has no {cfg.eval.split} problems; "
                         "set eval.split or the task's size options")
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with open_pool(cfg, cfg.run_dir, batch=True) as pool:
         rows, skipped = collect(cfg, pool, task, problems)
         pool.raise_if_stopped()
     doc = results(cfg, rows, skipped, len(problems))

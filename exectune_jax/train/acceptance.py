@@ -284,7 +284,7 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
     out = Path(cfg.run_dir) / stage
     out.mkdir(parents=True, exist_ok=True)
     task, problems = training_problems(cfg)
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with open_pool(cfg, cfg.run_dir, batch=True) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample,
                                        unfiltered=unfiltered, stage=stage,
                                        core_model=cfg.api.core.model)
