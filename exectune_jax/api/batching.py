@@ -18,7 +18,7 @@ Per batch, in order:
 On restart, every batch recorded without `done` is polled again; its answers fill the cache
 whether or not this run asks for them, and a request for one of its items waits for it rather
 than going out again. Items of a re-attached batch that failed are resubmitted only when this
-run asks for them.
+run asks for them; so are the items of a batch the provider no longer knows (HTTP 404).
 """
 
 from __future__ import annotations
@@ -192,7 +192,13 @@ class Batcher:
                     return
                 delay = min(delay * 2.0, cfg.batch_poll_max_s)
             outcomes = {} if status.failed else self._managed(lambda: batches.results(ep, status), running.lane)
-        except providers.ApiError as e:  # the batch is still recorded: a rerun re-attaches to it
+        except providers.ApiError as e:
+            if e.status == 404:  # the provider does not know it (another account, a restarted sim)
+                log.warning("batch %s is unknown to %s; its requests go out again", running.id, ep.base_url)
+                self._append({"event": "done", "id": running.id, "lost": True})
+                self._settle(running, {}, None)
+                return
+            # the batch is still recorded: a rerun re-attaches to it
             log.warning("batch %s: %s; rerun to re-attach to it", running.id, e.message)
             self._settle(running, {}, e, retry=False)
             return
