@@ -194,6 +194,7 @@ class EvalConfig:
     core_strong: bool = True  # add the bigger core alone (when api.core_strong is set)
     batch_size: int = 64  # guide prompts generated together
     out: str = "eval"  # stage directory under run_dir: results.json, results.md, plots
+    guide_usd_per_mtok: float = 0.0  # the self-hosted guide's cost per million generated tokens (break-even)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from exectune_jax import break_even
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
 from exectune_jax.errors import UserError
@@ -295,6 +296,7 @@ def run(cfg: Config) -> int:
     doc = results(cfg, rows, skipped, len(problems))
     out = Path(cfg.run_dir) / cfg.eval.out
     write_outputs(out, doc, rl_metrics(cfg))
+    break_even.write(cfg, out, doc)
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")
     print(table(doc["rows"]), end="")

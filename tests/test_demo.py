@@ -131,3 +131,31 @@ def test_pattern_checks_name_each_criterion_that_fails():
     failed = [text for ok, text in demo.pattern_checks(rows) if not ok]
     assert failed == ["exectune above exectune_sft: 93.0% vs 91.0%, McNemar p = 0.3",
                       "USD per problem below core_only: 0.000300 vs 0.000200"]
+
+
+def _stage_totals(out: Path) -> dict[str, dict]:
+    """Ledger totals summed per top-level stage (sample.teacher -> sample)."""
+    stages: dict[str, dict] = {}
+    for name, t in json.loads((out / "ledger_totals.json").read_text())["stages"].items():
+        top = stages.setdefault(name.split(".")[0], {"calls": 0, "batch_calls": 0, "usd": 0.0})
+        for k in top:
+            top[k] += t[k]
+    return stages
+
+
+def test_batch_mode_demo_gives_the_online_results_with_batch_stages_at_half_price(clean_run, tmp_path):
+    out, _ = clean_run
+    batched = tmp_path / "batch"
+    batched.mkdir()
+    shutil.copytree(out / "base_guide", batched / "base_guide")  # no API calls in it; saves time
+    run_demo(batched, "api.mode=batch", "api.batch_poll_s=0.05", "api.batch_poll_max_s=0.2")
+    assert (batched / "results.json").read_text() == (out / "results.json").read_text()
+    online, batch = _stage_totals(out), _stage_totals(batched)
+    assert online.keys() == batch.keys()
+    for stage, t in batch.items():
+        if stage in ("sample", "sample_unfiltered", "eval"):
+            assert t["batch_calls"] == t["calls"] == online[stage]["calls"] > 0, stage
+            # cached-prefix reads vary by one prompt between runs (which stage's call came first)
+            assert t["usd"] == pytest.approx(online[stage]["usd"] / 2, rel=0.01), stage
+        else:  # RL answers within the loop: always online
+            assert t["batch_calls"] == 0 and t["usd"] == pytest.approx(online[stage]["usd"], rel=0.01), stage
