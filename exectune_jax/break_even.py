@@ -8,7 +8,7 @@ training / (baseline per-problem - guide per-problem), or None when the guide sa
 
 Kept out of results.json on purpose: what the ledger paid depends on the mode (batch halves it),
 on prompt-cache timing and on what a resumed run replayed, while results.json is the same file
-for the same seed. It goes to break_even.json, a section of results.md and a plot.
+for the same seed. It goes to break_even.json, break_even.md (beside results.md) and a plot.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def table(entries: Sequence[Mapping]) -> str:
 
 
 def write(cfg: Any, out: Path, doc: Mapping) -> list[Path]:
-    """break_even.json, a section appended to results.md, and cost_vs_problems.png."""
+    """break_even.json, break_even.md and cost_vs_problems.png in the eval directory."""
     from exectune_jax import plots
     from exectune_jax.train.acceptance import write_json_atomic
 
@@ -108,8 +108,8 @@ def write(cfg: Any, out: Path, doc: Mapping) -> list[Path]:
     entries = break_even(doc["rows"], training_spend(stages, lineages), cfg.eval.guide_usd_per_mtok)
     write_json_atomic(out / "break_even.json", {"guide_usd_per_mtok": cfg.eval.guide_usd_per_mtok,
                                                 "entries": entries})
-    with open(out / "results.md", "a") as f:
-        f.write("\nTraining spend (ledger) and the problems after which each guide's savings repay it "
-                f"(guide tokens at ${cfg.eval.guide_usd_per_mtok}/M):\n\n" + table(entries))
+    (out / "break_even.md").write_text(
+        "Training spend (ledger) and the problems after which each guide's savings repay it "
+        f"(guide tokens at ${cfg.eval.guide_usd_per_mtok}/M):\n\n" + table(entries))
     figure = plots.cost_vs_problems(doc["rows"], entries, out / "cost_vs_problems.png")
-    return [out / "break_even.json"] + ([figure] if figure else [])
+    return [out / "break_even.json", out / "break_even.md"] + ([figure] if figure else [])

@@ -300,5 +300,7 @@ def run(cfg: Config) -> int:
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")
     print(table(doc["rows"]), end="")
+    if (out / "break_even.md").exists():
+        print((out / "break_even.md").read_text(), end="")
     print(f"written to {out}")
     return 0

@@ -39,16 +39,15 @@ def test_problems_to_repay_is_training_over_per_problem_saving_and_never_without
     assert "never" in be.table([dearer])
 
 
-def test_write_leaves_json_a_results_md_section_and_the_plot(tmp_path):
+def test_write_leaves_json_a_markdown_table_and_the_plot(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}"])
     (tmp_path / "ledger_totals.json").write_text(json.dumps({"stages": STAGES}))
     out = tmp_path / "eval"
     out.mkdir()
-    (out / "results.md").write_text("| method |\n")
     rows = [_row("core_only", 0.0010), _row("exectune", 0.0006), _row("core_strong", 0.0040)]
     written = be.write(cfg, out, {"rows": rows})
     doc = json.loads((out / "break_even.json").read_text())
     assert [e["method"] for e in doc["entries"]] == ["exectune"]
     assert doc["entries"][0]["problems_to_repay_vs_core_only"] == pytest.approx(0.62 / 0.0004)
-    assert "| exectune | 0.6200 |" in (out / "results.md").read_text()
+    assert "| exectune | 0.6200 |" in (out / "break_even.md").read_text()
     assert (out / "cost_vs_problems.png") in written and (out / "cost_vs_problems.png").stat().st_size > 0
