@@ -75,7 +75,8 @@ PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("eval",),),
     (("export",),),
 )
-OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "rl_curves.png")
+OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "rl_curves.png", "break_even.md",
+           "cost_vs_problems.png")
 
 
 # ---------------------------------------------------------------------------------------------
