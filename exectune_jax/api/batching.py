@@ -291,12 +291,16 @@ class Batcher:
         if not self.path.exists():
             return []
         rows, done = [], set()
-        for lineno, line in enumerate(self.path.read_text().splitlines(), 1):
+        lines = self.path.read_text().splitlines()
+        for lineno, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
-                (done.add(row["id"]) if row["event"] == "done" else rows.append(row))
+                if row["event"] == "done":
+                    done.add(row["id"])
+                else:
+                    rows.append(row)
             except (ValueError, KeyError, TypeError):
-                if lineno == len(self.path.read_text().splitlines()):
+                if lineno == len(lines):
                     break  # a torn last line from a crash mid-write
                 raise UserError(f"{self.path} line {lineno}: not a batch record; move the file aside "
                                 "(in-flight batches it names will then be paid again)") from None

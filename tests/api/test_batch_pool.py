@@ -124,7 +124,8 @@ def test_the_budget_counts_batches_in_flight(sim_server, tmp_path, provider):
 def test_rl_stages_stay_online_and_stage_modes_override_the_mode(sim_server, tmp_path):
     server = sim_server()
     with _batch_pool(tmp_path, server, "openai", stage_modes={"core_alone": "online"}) as pool:
-        pool.map([_ask(i, stage="sample.core_alone") for i in range(3)] + [_ask(i, stage="sample") for i in range(3, 6)])
+        pool.map([_ask(i, stage="sample.core_alone") for i in range(3)]
+                 + [_ask(i, stage="sample") for i in range(3, 6)])
         totals = pool.ledger.totals()
     assert totals["sample.core_alone"]["batch_calls"] == 0 and totals["sample"]["batch_calls"] == 3
     with make_pool(tmp_path / "rl", {"core": endpoint(server)}, mode="batch") as pool:  # no batch log: RL
