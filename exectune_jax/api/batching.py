@@ -290,9 +290,13 @@ class Batcher:
     def _records(self) -> list[dict]:
         if not self.path.exists():
             return []
+        data = self.path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) != len(data):  # a crash mid-write: drop the torn tail, as the ledger does
+            with open(self.path, "r+b") as f:
+                f.truncate(len(whole))
         rows, done = [], set()
-        lines = self.path.read_text().splitlines()
-        for lineno, line in enumerate(lines, 1):
+        for lineno, line in enumerate(whole.decode().splitlines(), 1):
             try:
                 row = json.loads(line)
                 if row["event"] == "done":
@@ -300,8 +304,6 @@ class Batcher:
                 else:
                     rows.append(row)
             except (ValueError, KeyError, TypeError):
-                if lineno == len(lines):
-                    break  # a torn last line from a crash mid-write
                 raise UserError(f"{self.path} line {lineno}: not a batch record; move the file aside "
                                 "(in-flight batches it names will then be paid again)") from None
         return [r for r in rows if r["id"] not in done]
