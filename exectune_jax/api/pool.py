@@ -135,7 +135,6 @@ class Pool:
                 raise UserError(f"api.{name}.provider is {ep.provider!r}; choose openai or anthropic")
         self._lanes = {name: _Lane(name, ep, cfg) for name, ep in endpoints.items()}
         self.cfg, self._cache, self.ledger = cfg, cache, ledger
-        self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="api")
         self._lock = threading.RLock()
         self._inflight: dict[str, Future] = {}
         self._reserved = 0.0
@@ -150,6 +149,7 @@ class Pool:
         if batch_log is not None:
             check_modes(cfg)
         self._batcher = Batcher(self, Path(batch_log)) if batch_log is not None else None
+        self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="api")
 
     # ---- public API -------------------------------------------------------------------------
 

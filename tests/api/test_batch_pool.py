@@ -175,3 +175,14 @@ def test_a_pool_closed_while_its_batch_runs_leaves_it_recorded_for_the_next_run(
         assert all(r.ok for r in pool.map([_ask(i) for i in range(5)]))
     assert server.stats["batches"] == 1
     assert not [t for t in threading.enumerate() if t.name.startswith("api-batch")]
+
+
+def test_a_damaged_batch_record_is_one_clear_error_and_a_torn_tail_is_dropped(sim_server, tmp_path):
+    server = sim_server()
+    (tmp_path / "batches.jsonl").write_text('{"event": "created", "id": "b1"')  # torn by a crash
+    with _batch_pool(tmp_path, server, "openai") as pool:
+        assert pool.map([_ask(0)])[0].ok
+    assert [r["event"] for r in _records(tmp_path)] == ["created", "done"]
+    (tmp_path / "batches.jsonl").write_text("not json\n")
+    with pytest.raises(UserError, match=r"batches.jsonl line 1: not a batch record"):
+        _batch_pool(tmp_path, server, "openai")
