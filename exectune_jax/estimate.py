@@ -21,6 +21,7 @@ from typing import Any
 
 from exectune_jax.api.ledger import PriceTable, load_prices
 from exectune_jax.config import Config
+from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts
 from exectune_jax.sim import tokens
 
@@ -48,11 +49,12 @@ class Line:
 @dataclass(frozen=True)
 class Pilot:
     problems: int
-    per_problem: Mapping[str, float]  # "<endpoint>.calls|input|output" per training problem
+    per_problem: Mapping[str, float]  # "<endpoint>.calls|input|output" paid per training problem
     core_output: float  # mean output tokens of a guided core call
     teacher_output: float
     strategy: str  # an accepted strategy, standing in for a trained guide's
     scale: float  # provider-counted / sim-tokenizer input tokens
+    alone_output: float = DEFAULT_OUTPUT_TOKENS["core"]  # mean output tokens of a core-alone call
 
 
 def line_usd(prices: PriceTable, line: Line, *, batch: bool, caching: bool) -> float:
@@ -91,13 +93,27 @@ def core_line(cfg: Config, stage: str, problems: Sequence[Any], family: str, cal
                 _mean([system_tokens(m, scale) for m in msgs]), batchable)
 
 
+def _fingerprint(cfg: Config, n: int) -> str:
+    return json.dumps([n, cfg.task.name, cfg.task.options, asdict(cfg.sample), cfg.api.core.model,
+                       cfg.api.teacher.model], sort_keys=True, default=str)
+
+
 def run_pilot(cfg: Config, n: int) -> Pilot | None:
-    """Acceptance sampling on the first `n` training problems, through the run's pool."""
+    """Acceptance sampling (and one core-alone call each) on the first `n` training problems,
+    through the run's pool. Only paid calls count: a replay within the pilot is a duplicate
+    request the run will not pay for either. The measurement is kept in
+    run_dir/estimate_pilot.json, since a second pilot would find everything cached."""
     from exectune_jax.api import open_pool
+    from exectune_jax.gcop.execute import execute_many
     from exectune_jax.train.acceptance import sample_candidates, training_problems
 
     if n <= 0:
         return None
+    kept = Path(cfg.run_dir) / "estimate_pilot.json"
+    if kept.exists():
+        data = json.loads(kept.read_text())
+        if data.get("fingerprint") == _fingerprint(cfg, n):
+            return Pilot(**data["pilot"])
     task, problems = training_problems(cfg)
     problems = problems[:n]
     ledger = Path(cfg.run_dir) / "ledger.jsonl"
@@ -105,14 +121,23 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
     with open_pool(cfg, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample, unfiltered=False,
                                        stage=cfg.sample.out, core_model=cfg.api.core.model)
+        # RL measures core-alone rates on training problems with these sample indices: it replays them
+        execute_many(pool, task, [(p, None) for p in problems], stage="core_only")
+        if pool.stopped:
+            raise UserError(f"the pilot of {len(problems)} problems reached api.budget_usd="
+                            f"{cfg.api.budget_usd}; use a smaller --pilot (0: stated defaults) or raise the budget")
     with open(ledger, "rb") as f:
         f.seek(start)
         rows = [json.loads(line) for line in f.read().decode().splitlines()]
     per: dict[str, float] = {}
-    outs: dict[str, list[int]] = {"teacher": [], "core": []}
-    for row in rows:  # replays count too: the pilot measures the work, the cache decides who pays
-        name = row["stage"].rsplit(".", 1)[-1]
-        endpoint = "teacher" if name == "teacher" else "core"
+    outs: dict[str, list[int]] = {"teacher": [], "core": [], "alone": []}
+    for row in rows:
+        if row["stage"] == "core_only":
+            outs["alone"].append(row["output_tokens"])
+            continue
+        if row["cached"]:
+            continue
+        endpoint = "teacher" if row["stage"].endswith(".teacher") else "core"
         per[f"{endpoint}.calls"] = per.get(f"{endpoint}.calls", 0.0) + 1 / len(problems)
         per[f"{endpoint}.input"] = per.get(f"{endpoint}.input", 0.0) + row["input_tokens"] / len(problems)
         per[f"{endpoint}.output"] = per.get(f"{endpoint}.output", 0.0) + row["output_tokens"] / len(problems)
@@ -123,9 +148,12 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
                   for p in problems) * cfg.sample.proposals
     first = [r for r in rows if r["stage"].endswith(".teacher")][: len(problems) * cfg.sample.proposals]
     scale = sum(r["input_tokens"] for r in first) / counted if counted and first else 1.0
-    return Pilot(len(problems), per, _mean(outs["core"]) or DEFAULT_OUTPUT_TOKENS["core"],
-                 _mean(outs["teacher"]) or DEFAULT_OUTPUT_TOKENS["teacher"],
-                 accepted[0] if accepted else DEFAULT_STRATEGY, scale)
+    pilot = Pilot(len(problems), per, _mean(outs["core"]) or DEFAULT_OUTPUT_TOKENS["core"],
+                  _mean(outs["teacher"]) or DEFAULT_OUTPUT_TOKENS["teacher"],
+                  accepted[0] if accepted else DEFAULT_STRATEGY, scale,
+                  _mean(outs["alone"]) or DEFAULT_OUTPUT_TOKENS["core"])
+    kept.write_text(json.dumps({"fingerprint": _fingerprint(cfg, n), "pilot": asdict(pilot)}, indent=2) + "\n")
+    return pilot
 
 
 def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl",),
@@ -138,6 +166,7 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
     family = task.family
     scale = pilot.scale if pilot else 1.0
     core_out = pilot.core_output if pilot else DEFAULT_OUTPUT_TOKENS["core"]
+    alone_out = pilot.alone_output if pilot else DEFAULT_OUTPUT_TOKENS["core"]
     strategy = pilot.strategy if pilot else DEFAULT_STRATEGY
     lines: list[Line] = []
     stage = cfg.sample.out
@@ -170,7 +199,7 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
         lines.append(core_line(cfg, name, [train[j % len(train)] for j in range(rl.steps * rl.prompts_per_step)],
                                family, rl.group_size, strategy, core_out, scale, batchable=False))
         if i == 0 and cfg.rl.core_only_samples and distinct:  # later RL stages replay these
-            lines.append(core_line(cfg, "core_only", distinct, family, rl.core_only_samples, None, core_out,
+            lines.append(core_line(cfg, "core_only", distinct, family, rl.core_only_samples, None, alone_out,
                                    scale, batchable=False))
     if rl.held_out:
         validation = task.problems("validation")[: rl.held_out]
@@ -180,12 +209,12 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
     ev = cfg.eval
     test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
     test = test[: ev.n_problems] if ev.n_problems is not None else test
-    lines.append(core_line(cfg, "eval", test, family, ev.samples, None, core_out, scale, batchable=True))
+    lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale, batchable=True))
     guided = len(ev.guides) + len(ev.advisor_methods)
     lines.append(core_line(cfg, "eval", test, family, ev.samples * guided, strategy, core_out, scale,
                            batchable=True))
     if ev.core_strong and cfg.api.core_strong is not None:
-        lines.append(core_line(cfg, "eval", test, family, ev.samples, None, core_out, scale,
+        lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale,
                                endpoint="core_strong", batchable=True))
     return lines
 
