@@ -114,10 +114,14 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
         data = json.loads(kept.read_text())
         if data.get("fingerprint") == _fingerprint(cfg, n):
             return Pilot(**data["pilot"])
+    ledger = Path(cfg.run_dir) / "ledger.jsonl"
+    if ledger.exists() and ledger.stat().st_size:
+        raise UserError(f"{cfg.run_dir} already holds paid calls, so a pilot could not tell its own "
+                        "work from replays; estimate before the first stage in a fresh run_dir (the "
+                        "run then reuses the pilot), or use --pilot 0 for the stated defaults")
     task, problems = training_problems(cfg)
     problems = problems[:n]
-    ledger = Path(cfg.run_dir) / "ledger.jsonl"
-    start = ledger.stat().st_size if ledger.exists() else 0
+    start = 0
     with open_pool(cfg, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample, unfiltered=False,
                                        stage=cfg.sample.out, core_model=cfg.api.core.model)
