@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic) answer with the
 same bodies, usage fields and error bodies as the real APIs, so the client code under test is
-the production client. It can add latency, enforce a requests-per-minute limit (429 with
+the production client; usage includes the prompt-cache fields (a request's constant prefix is
+cached after its first delivered answer). Both providers' batch APIs are served too (sim/batches.py). It can add latency, enforce a requests-per-minute limit (429 with
 `Retry-After` and `retry-after-ms`) and inject faults: 5xx errors, hangs that outlast the
 client's timeout, dropped connections, truncated and malformed bodies.
 
