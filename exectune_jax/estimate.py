@@ -116,9 +116,9 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
             return Pilot(**data["pilot"])
     ledger = Path(cfg.run_dir) / "ledger.jsonl"
     if ledger.exists() and ledger.stat().st_size:
-        raise UserError(f"{cfg.run_dir} already holds paid calls, so a pilot could not tell its own "
-                        "work from replays; estimate before the first stage in a fresh run_dir (the "
-                        "run then reuses the pilot), or use --pilot 0 for the stated defaults")
+        print(f"no pilot: {cfg.run_dir} already holds paid calls, so a pilot could not tell its own "
+              "work from replays (estimate before the first stage, in a fresh run_dir, to get one)")
+        return None
     task, problems = training_problems(cfg)
     problems = problems[:n]
     start = 0
