@@ -46,7 +46,7 @@ COMMANDS = {
     "eval": ("exectune_jax.evaluate", "run", "the method table: accuracy, executability, cost"),
     "plan": ("exectune_jax.train.plan", "run", "compile ahead of time and report per-device memory"),
     "export": ("exectune_jax.export", "run", "write a Hugging Face checkpoint (and push it)"),
-    "estimate": ("exectune_jax.estimate", "run", "projected calls, tokens and USD per stage, before spending"),
+    "estimate": ("exectune_jax.estimate", "run", "projected calls, tokens and USD per stage, before paying"),
 }
 
 

@@ -89,8 +89,8 @@ class ApiConfig:
     circuit_breaker_cooldown_s: float = 5.0
     budget_usd: float | None = None  # stop starting new calls past this spend
     prices: str | None = None  # price table YAML; None = the packaged configs/prices.yaml
-    mode: str = "online"  # online | batch: how sample and eval calls go out (batch: half price, may wait); RL is always online
-    stage_modes: dict[str, str] = field(default_factory=dict)  # mode per stage, by name or suffix: {core_alone: online}
+    mode: str = "online"  # online | batch (half price, may wait): sample and eval calls; RL is always online
+    stage_modes: dict[str, str] = field(default_factory=dict)  # per stage name or suffix: {core_alone: online}
     batch_poll_s: float = 0.5  # first wait before polling a batch; doubles up to batch_poll_max_s
     batch_poll_max_s: float = 60.0
 
