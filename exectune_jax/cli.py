@@ -31,6 +31,7 @@ examples:
                 --accelerator tpu-v5e-8
   exectune export runs/a/rl runs/a/export --dtype bf16
   exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
+  exectune estimate --config configs/demo.yaml run_dir=runs/a --pilot 8
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
@@ -50,6 +51,7 @@ COMMANDS = {
     "plan": ("exectune_jax.train.plan", "run", "compile ahead of time and report per-device memory"),
     "export": ("exectune_jax.export", "run", "write a Hugging Face checkpoint (and push it)"),
     "config": ("exectune_jax.cli", "show_config", "print the resolved config with each field's doc"),
+    "estimate": ("exectune_jax.estimate", "run", "projected calls, tokens and USD per stage, before paying"),
 }
 # the config sections each command's --help documents (`config --help`: all of them)
 HELP_SECTIONS = {"serve-sim": ("sim",), "sample": ("sample",), "sft": ("sft",), "rl": ("rl",),
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",
                            help="keep every well-formed teacher strategy (the SFT-guide baseline)")
+        if name == "estimate":
+            p.add_argument("--pilot", type=int, default=8, metavar="N",
+                           help="sample N training problems first to measure calls and output "
+                                "lengths (cached: the run reuses them); 0 = stated defaults")
+            p.add_argument("--demo", action="store_true", help="size and stage the run as `exectune demo`")
+            p.add_argument("--quick", action="store_true", help="as `exectune demo --quick`")
         if name == "plan":
             p.add_argument("--accelerator", default=None,
                            help="named accelerator to check the fit against (e.g. tpu-v5e-8)")

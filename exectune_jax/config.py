@@ -137,6 +137,10 @@ class ApiConfig:
     # estimator of "followed" behind executability: judge (api.judge reads each guided
     # execution; one call each) | trace (math: the core's step lines, checked; no extra call)
     follow_check: str = "judge"
+    mode: str = "online"  # online | batch (half price, may wait): sample and eval calls; RL is always online
+    stage_modes: dict[str, str] = field(default_factory=dict)  # per stage name or suffix: {core_alone: online}
+    batch_poll_s: float = 0.5  # first wait before polling a batch; doubles up to batch_poll_max_s
+    batch_poll_max_s: float = 60.0  # longest wait between two polls of a batch
 
 
 @dataclass
@@ -161,6 +165,8 @@ class SimConfig:
     # (the ground truth the follow-check estimators are measured against; it never travels
     # through the API); None = not recorded
     truth_log: str | None = None
+    batch_delay_s: float = 0.0  # seconds a batch takes to process (its items finish evenly over it)
+    batch_expire_s: float | None = None  # a batch unfinished this long after creation expires; None = 24 h
 
 
 @dataclass
@@ -306,6 +312,7 @@ class EvalConfig:
     core_strong: bool = True  # add the bigger core alone (when api.core_strong is set)
     batch_size: int = 64  # guide prompts generated together
     out: str = "eval"  # stage directory under run_dir: results.json, results.md, plots
+    guide_usd_per_mtok: float = 0.0  # the self-hosted guide's cost per million generated tokens (break-even)
 
 
 @dataclass

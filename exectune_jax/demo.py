@@ -79,7 +79,7 @@ PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("export",),),
 )
 OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "accuracy_vs_alpha.png",
-           "rl_curves.png")
+           "rl_curves.png", "break_even.md", "cost_vs_problems.png")
 TRUTH_LOG = "sim_truth.jsonl"  # the sim server's ground truth of "followed", for the study
 AGREEMENT = "follow_agreement.json"
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exectune_jax import preflight, resume
+from exectune_jax import break_even, preflight, resume
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
 from exectune_jax.gcop import prompts, strategy
@@ -358,13 +358,16 @@ def run(cfg: Config) -> int:
         problems = problems[: cfg.eval.n_problems]
     out = Path(cfg.run_dir) / cfg.eval.out
     resume.record(cfg, out)
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with open_pool(cfg, cfg.run_dir, batch=True) as pool:
         rows, skipped = collect(cfg, pool, task, problems)
         pool.raise_if_stopped()
     doc = results(cfg, rows, skipped, len(problems))
     write_outputs(out, doc, rl_metrics(cfg), follow_labels(rows))
+    break_even.write(cfg, out, doc)
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")
     print(table(doc["rows"]), end="")
+    if (out / "break_even.md").exists():
+        print((out / "break_even.md").read_text(), end="")
     print(f"written to {out}")
     return 0

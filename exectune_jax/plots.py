@@ -159,3 +159,34 @@ def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
         fig.savefig(path)
         plt.close(fig)
     return path
+
+
+def cost_vs_problems(rows: Sequence[Mapping], entries: Sequence[Mapping], path: str | Path,
+                     methods: Sequence[str] = ("exectune",)) -> Path | None:
+    """Cumulative USD against problems served: the baselines from zero, each guide from its
+    training spend; crossings are the break-even points. None without the rows to draw."""
+    by = {r["method"]: r for r in rows}
+    guides = [e for e in entries if e["method"] in methods]
+    if "core_only" not in by or not guides:
+        return None
+    repay = [v for e in guides for k, v in e.items() if k.startswith("problems_to_repay") and v]
+    horizon = max(100.0, 2.0 * max(repay, default=50.0))
+    xs = [horizon * i / 100 for i in range(101)]
+    path = Path(path)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+        for base in ("core_only", "core_strong"):
+            if base in by:
+                ax.plot(xs, [x * by[base]["usd_per_problem"] for x in xs], label=base, linewidth=2)
+        for e in guides:
+            ax.plot(xs, [e["training_usd"] + x * e["usd_per_problem"] for x in xs],
+                    label=f"{e['method']} (training included)", linewidth=2)
+        ax.set_xlabel("problems served")
+        ax.set_ylabel("cumulative USD")
+        ax.set_title("Cumulative cost: does the guide pay for itself?")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", frameon=True)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path

@@ -175,3 +175,33 @@ def test_follow_study_lines_report_agreement_and_kappa_per_estimator():
     lines = demo.study_lines(result)
     assert lines[1].split() == "judge agreement 100.0%, Cohen's kappa 1.000 over 10 decided (0 unknown, left out)".split()
     assert "kappa n/a over 8 decided (2 unknown" in lines[2]
+
+
+def _stage_totals(out: Path) -> dict[str, dict]:
+    """Ledger totals summed per top-level stage (sample.teacher -> sample)."""
+    stages: dict[str, dict] = {}
+    for name, t in json.loads((out / "ledger_totals.json").read_text())["stages"].items():
+        top = stages.setdefault(name.split(".")[0], {"calls": 0, "batch_calls": 0, "usd": 0.0})
+        for k in top:
+            top[k] += t[k]
+    return stages
+
+
+def test_batch_mode_demo_gives_the_online_results_with_batch_stages_at_half_price(clean_run, tmp_path):
+    out, _ = clean_run
+    batched = tmp_path / "batch"
+    batched.mkdir()
+    shutil.copytree(out / "base_guide", batched / "base_guide")  # no API calls in it; saves time
+    run_demo(batched, "api.mode=batch", "api.batch_poll_s=0.05", "api.batch_poll_max_s=0.2")
+    assert (batched / "results.json").read_text() == (out / "results.json").read_text()
+    online, batch = _stage_totals(out), _stage_totals(batched)
+    assert online.keys() == batch.keys()
+    for stage, t in batch.items():
+        if stage in ("sample", "eval"):
+            assert t["batch_calls"] == t["calls"] == online[stage]["calls"] > 0, stage
+            # cached-prefix reads vary by one prompt between runs (which stage's call came first)
+            assert t["usd"] == pytest.approx(online[stage]["usd"] / 2, rel=0.01), stage
+        elif stage == "sample_unfiltered":  # its proposals are the filtered run's: replays
+            assert t["calls"] == t["usd"] == 0, stage
+        else:  # RL answers within the loop: always online
+            assert t["batch_calls"] == 0 and t["usd"] == pytest.approx(online[stage]["usd"], rel=0.01), stage

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -23,7 +23,8 @@ import yaml
 from exectune_jax.errors import UserError
 
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
-STAGE_FIELDS = ("calls", "cached_calls", "input_tokens", "output_tokens", "usd", "replayed_usd")
+STAGE_FIELDS = ("calls", "cached_calls", "input_tokens", "output_tokens", "usd", "replayed_usd",
+                "cache_read_tokens", "cache_write_tokens", "batch_calls")
 
 
 class PriceError(UserError):
@@ -34,6 +35,19 @@ class PriceError(UserError):
 class Price:
     input_per_mtok: float
     output_per_mtok: float
+    cached_input_per_mtok: float | None = None  # a model's own cache-read price, where published
+
+
+@dataclass(frozen=True)
+class Discounts:
+    """A provider's multipliers: of the input price for prompt-cache writes and reads, and of the
+    whole call for batch work. A table without them prices everything as plain online input,
+    which overstates, never understates, the spend."""
+
+    cache_write: float = 1.0
+    cache_read: float = 1.0
+    batch: float = 1.0
+    read_on: str | None = None
 
 
 def cost_usd(price: Price, input_tokens: int, output_tokens: int) -> float:
@@ -41,11 +55,27 @@ def cost_usd(price: Price, input_tokens: int, output_tokens: int) -> float:
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
 
 
+def charge_usd(price: Price, discounts: Discounts, input_tokens: int, output_tokens: int, *,
+               cache_read: int = 0, cache_write: int = 0, batch: bool = False) -> float:
+    """USD of one call whose `input_tokens` include `cache_read` and `cache_write` tokens:
+    plain input at the input price, writes at `cache_write` times it, reads at the model's cached
+    price (else `cache_read` times the input price); the sum times `batch` for batch work."""
+    plain = input_tokens - cache_read - cache_write
+    if plain < 0:
+        raise ValueError(f"{cache_read} cache reads + {cache_write} writes exceed {input_tokens} input tokens")
+    read_price = (price.cached_input_per_mtok if price.cached_input_per_mtok is not None
+                  else price.input_per_mtok * discounts.cache_read)
+    usd = (plain * price.input_per_mtok + cache_write * price.input_per_mtok * discounts.cache_write
+           + cache_read * read_price + output_tokens * price.output_per_mtok) / 1e6
+    return usd * (discounts.batch if batch else 1.0)
+
+
 @dataclass(frozen=True)
 class PriceTable:
     read_on: str
     models: Mapping[str, Price]
     source: str = "prices"
+    providers: Mapping[str, Discounts] = field(default_factory=dict)
 
     def price(self, model: str) -> Price:
         """The entry that `model` equals or starts with (longest wins), so dated or `-latest`
@@ -59,11 +89,22 @@ class PriceTable:
         return self.models[max(matches, key=len)]
 
     def usd(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        """List price: every input token as plain online input."""
         return cost_usd(self.price(model), input_tokens, output_tokens)
+
+    def discounts(self, provider: str | None) -> Discounts:
+        return self.providers.get(provider or "", Discounts())
+
+    def charge(self, model: str, provider: str | None, input_tokens: int, output_tokens: int, *,
+               cache_read: int = 0, cache_write: int = 0, batch: bool = False) -> float:
+        """What the provider bills: cache and batch rates applied."""
+        return charge_usd(self.price(model), self.discounts(provider), input_tokens, output_tokens,
+                          cache_read=cache_read, cache_write=cache_write, batch=batch)
 
 
 def load_prices(path: str | Path | None = None) -> PriceTable:
-    """Read a price table YAML (`read_on` date + `models: {name: {input_per_mtok, output_per_mtok}}`)."""
+    """Read a price table YAML: `read_on` date, `models: {name: {input_per_mtok, output_per_mtok,
+    cached_input_per_mtok?}}` and optional `providers: {name: {read_on, cache_write, cache_read, batch}}`."""
     path = Path(path) if path else DEFAULT_PRICES
     try:
         data = yaml.safe_load(path.read_text())
@@ -76,12 +117,29 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     models = {}
     for name, entry in data["models"].items():
         try:
-            models[str(name)] = Price(float(entry["input_per_mtok"]), float(entry["output_per_mtok"]))
-        except (TypeError, KeyError, ValueError):
+            cached = entry.get("cached_input_per_mtok")
+            models[str(name)] = Price(float(entry["input_per_mtok"]), float(entry["output_per_mtok"]),
+                                      None if cached is None else float(cached))
+        except (AttributeError, TypeError, KeyError, ValueError):
             raise PriceError(
                 f"price table {path}: models.{name} needs numeric input_per_mtok and output_per_mtok"
             ) from None
-    return PriceTable(read_on=str(data["read_on"]), models=models, source=f"price table {path}")
+    providers = {}
+    for name, entry in (data.get("providers") or {}).items():
+        try:
+            extra = set(entry) - {"read_on", "cache_write", "cache_read", "batch"}
+            if extra:
+                raise KeyError(sorted(extra)[0])
+            providers[str(name)] = Discounts(
+                float(entry.get("cache_write", 1.0)), float(entry.get("cache_read", 1.0)),
+                float(entry.get("batch", 1.0)),
+                None if entry.get("read_on") is None else str(entry["read_on"]))
+        except (AttributeError, TypeError, KeyError, ValueError):
+            raise PriceError(
+                f"price table {path}: providers.{name} takes numeric cache_write, cache_read, batch "
+                "(multipliers) and read_on") from None
+    return PriceTable(read_on=str(data["read_on"]), models=models, source=f"price table {path}",
+                      providers=providers)
 
 
 def _empty_stage() -> dict:
@@ -95,8 +153,9 @@ def _add(totals: dict, row: Mapping) -> None:
         stage["replayed_usd"] += row["replayed_usd"]
     else:
         stage["calls"] += 1
-        stage["input_tokens"] += row["input_tokens"]
-        stage["output_tokens"] += row["output_tokens"]
+        stage["batch_calls"] += int(bool(row.get("batch", False)))
+        for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+            stage[k] += row.get(k, 0)  # older ledgers have no cache fields
         stage["usd"] += row["usd"]
 
 
@@ -130,13 +189,21 @@ class Ledger:
                 ) from None
 
     def record(self, stage: str, model: str, input_tokens: int, output_tokens: int,
-               cached: bool) -> float:
-        """Append one call; returns the USD charged (0 for a cached replay)."""
-        value = self.prices.usd(model, input_tokens, output_tokens)
+               cached: bool, *, provider: str | None = None, cache_read: int = 0,
+               cache_write: int = 0, batch: bool = False) -> float:
+        """Append one call; returns the USD charged (0 for a cached replay).
+
+        `input_tokens` counts every prompt token; `cache_read` and `cache_write` are the part the
+        provider read from or wrote to its prompt cache; the charge applies `provider`'s cache
+        and (when `batch`) batch rates. A replay is valued at list price, as a fresh online call."""
+        value = (self.prices.usd(model, input_tokens, output_tokens) if cached else
+                 self.prices.charge(model, provider, input_tokens, output_tokens,
+                                    cache_read=cache_read, cache_write=cache_write, batch=batch))
         row = {
             "time": round(time.time(), 3), "stage": stage, "model": model,
             "input_tokens": input_tokens, "output_tokens": output_tokens, "cached": cached,
             "usd": 0.0 if cached else value, "replayed_usd": value if cached else 0.0,
+            "cache_read_tokens": cache_read, "cache_write_tokens": cache_write, "batch": batch,
         }
         line = (json.dumps(row) + "\n").encode()
         with self._lock:
@@ -148,7 +215,9 @@ class Ledger:
         return row["usd"]
 
     def totals(self) -> dict[str, dict]:
-        """{stage: {calls, cached_calls, input_tokens, output_tokens, usd, replayed_usd}}."""
+        """{stage: {calls, cached_calls, input_tokens, output_tokens, usd, replayed_usd,
+        cache_read_tokens, cache_write_tokens, batch_calls}}; paid calls' input_tokens include
+        their cache reads and writes (plain input = input - reads - writes)."""
         with self._lock:
             return {stage: dict(t) for stage, t in self._totals.items()}
 
@@ -164,7 +233,8 @@ class Ledger:
     def write_totals(self) -> Path:
         """Write the per-stage totals and the price date beside the ledger, atomically."""
         summary = {"prices_read_on": self.prices.read_on, "usd": self.spent_usd(),
-                   "stages": self.totals()}
+                   "stages": self.totals(),
+                   "discounts_read_on": {name: d.read_on for name, d in self.prices.providers.items()}}
         # one temp name per process: stages running side by side share the run's ledger
         tmp = self.totals_path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

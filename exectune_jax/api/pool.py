@@ -34,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from exectune_jax.api import providers
+from exectune_jax.api.batching import Batcher, Item, check_modes, stage_mode
 from exectune_jax.api.cache import Cache, cache_key
 from exectune_jax.api.ledger import Ledger, cost_usd, load_prices
 from exectune_jax.api.limits import CircuitBreaker, TokenBucket, backoff_delay, per_minute_bucket
@@ -70,7 +71,8 @@ class Result:
     cached: bool
     attempts: int  # HTTP calls made for this result (0 for a replay)
     error: str | None  # when not ok: rate_limit, server_error, timeout, connection, malformed,
-    #                    client_error, budget_exceeded or circuit_open
+    #                    client_error, budget_exceeded, circuit_open, unfinished (a batch item
+    #                    never ran) or batch_pending (the pool closed while its batch ran)
     detail: str = ""  # a one-line explanation when not ok (never contains a key)
 
 
@@ -125,13 +127,14 @@ class Pool:
     ledger it was given."""
 
     def __init__(self, endpoints: Mapping[str, Any], cfg: Any, *, cache: Cache | None,
-                 ledger: Ledger):
+                 ledger: Ledger, batch_log: str | Path | None = None):
+        """`batch_log` (run_dir/batches.jsonl) enables batch mode for the stages that
+        `api.mode`/`api.stage_modes` send as batches (api/batching.py); without it every call is online."""
         for name, ep in endpoints.items():
             if ep.provider not in providers.PROVIDERS:
                 raise UserError(f"api.{name}.provider is {ep.provider!r}; choose openai or anthropic")
         self._lanes = {name: _Lane(name, ep, cfg) for name, ep in endpoints.items()}
         self.cfg, self._cache, self.ledger = cfg, cache, ledger
-        self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="api")
         self._lock = threading.RLock()
         self._inflight: dict[str, Future] = {}
         self._reserved = 0.0
@@ -143,6 +146,10 @@ class Pool:
         self.stop_reason: str | None = None
         self._closed = False
         self._owned: list[Any] = []  # things to stop on close (an embedded sim server)
+        if batch_log is not None:
+            check_modes(cfg)
+        self._batcher = Batcher(self, Path(batch_log)) if batch_log is not None else None
+        self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="api")
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -165,8 +172,14 @@ class Pool:
             primary = self._inflight.get(key)
             if primary is not None:
                 return self._share(primary, req.stage, ep.model)
-            fut = self._executor.submit(self._call, lane, req.stage, messages, max_tokens,
-                                        temperature, req.sample_index, key)
+            if self._batcher is not None and stage_mode(self.cfg, req.stage) == "batch":
+                est_usd = cost_usd(self.ledger.prices.price(ep.model), estimate_input_tokens(messages),
+                                   max_tokens)
+                fut = self._batcher.submit(Item(key, lane, req.stage, messages, max_tokens, temperature,
+                                                req.sample_index, est_usd))
+            else:
+                fut = self._executor.submit(self._call, lane, req.stage, messages, max_tokens,
+                                            temperature, req.sample_index, key)
             self._inflight[key] = fut
             fut.add_done_callback(lambda f: self._forget(key, f))
             return fut
@@ -190,6 +203,7 @@ class Pool:
                 **{k: self._counts[k] for k in ("requests", "calls", "retries", "ok", "cached")},
                 "failures": dict(self._failures), "errors": dict(self._errors),
                 "breaker_trips": sum(lane.breaker.trips for lane in self._lanes.values()),
+                "batches": self._batcher.created if self._batcher is not None else 0,
                 "usd": self.ledger.spent_usd(),
             }
 
@@ -209,6 +223,8 @@ class Pool:
             if self._closed:
                 return
             self._closed = True
+        if self._batcher is not None:
+            self._batcher.close()
         self._executor.shutdown(wait=True)
         self.ledger.close()
         if self._cache is not None:
@@ -287,6 +303,11 @@ class Pool:
         with self._lock:
             self._reserved -= usd
 
+    @staticmethod
+    def _result(completion: providers.Completion, usd: float, attempts: int) -> Result:
+        return Result(True, completion.text, completion.stop_reason, completion.input_tokens,
+                      completion.output_tokens, usd, False, attempts, None)
+
     def _fail(self, kind: str, attempts: int, detail: str, lane: _Lane) -> Result:
         with self._lock:
             self._failures[kind] += 1
@@ -339,13 +360,15 @@ class Pool:
                 lane.tpm.settle(completion.input_tokens + completion.output_tokens - est_tokens)
             with self._lock:  # charge and un-reserve together so the budget check never double counts
                 usd = self.ledger.record(stage, ep.model, completion.input_tokens,
-                                         completion.output_tokens, cached=False)
+                                         completion.output_tokens, cached=False,
+                                         provider=ep.provider,
+                                         cache_read=completion.cache_read_tokens,
+                                         cache_write=completion.cache_write_tokens)
                 self._reserved -= est_usd
                 self._counts["ok"] += 1
             if self._cache is not None:
                 self._cache.put(key, ep.model, completion)
-            return Result(True, completion.text, completion.stop_reason, completion.input_tokens,
-                          completion.output_tokens, usd, False, attempts, None)
+            return self._result(completion, usd, attempts)
 
 
 def _done(result: Result) -> Future:
@@ -354,8 +377,11 @@ def _done(result: Result) -> Future:
     return fut
 
 
-def open_pool(cfg: Any, run_dir: str | Path) -> Pool:
+def open_pool(cfg: Any, run_dir: str | Path, *, batch: bool = False) -> Pool:
     """The pool for a run: cache at run_dir/calls.sqlite, ledger at run_dir/ledger.jsonl.
+
+    `batch=True` (stages that may wait: sample, eval) lets `api.mode`/`api.stage_modes` send
+    calls through the batch APIs, recorded in run_dir/batches.jsonl; RL stays online.
 
     `cfg` is the whole Config (its `api` and `sim` sections are used) or an ApiConfig alone.
     Endpoints whose base_url is "sim" talk to an embedded loopback sim server started here
@@ -374,7 +400,8 @@ def open_pool(cfg: Any, run_dir: str | Path) -> Pool:
     try:
         run_dir = Path(run_dir)
         ledger = Ledger(run_dir / "ledger.jsonl", load_prices(api.prices))
-        pool = Pool(endpoints, api, cache=Cache(run_dir / "calls.sqlite"), ledger=ledger)
+        pool = Pool(endpoints, api, cache=Cache(run_dir / "calls.sqlite"), ledger=ledger,
+                    batch_log=run_dir / "batches.jsonl" if batch else None)
     except BaseException:
         if server is not None:
             server.stop()

@@ -36,8 +36,10 @@ class Completion:
 
     text: str
     stop_reason: str | None
-    input_tokens: int
+    input_tokens: int  # every prompt token, cached or not
     output_tokens: int
+    cache_read_tokens: int = 0  # of input_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens: written to it (Anthropic bills writes extra)
 
 
 class ApiError(Exception):
@@ -104,7 +106,9 @@ def openai_body(model: str, messages: Sequence[Mapping[str, str]], *, max_tokens
 
 def anthropic_body(model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int,
                    temperature: float) -> dict:
-    """A Messages request body: system messages move to the top-level `system` field.
+    """A Messages request body: system messages move to the top-level `system` field, as one
+    text block marked `cache_control` so the constant instructions are read from Anthropic's
+    prompt cache after the first call.
 
     The Messages API has no seed; the sample index still separates cache entries."""
     system = [m["content"] for m in messages if m["role"] == "system"]
@@ -116,7 +120,8 @@ def anthropic_body(model: str, messages: Sequence[Mapping[str, str]], *, max_tok
         "temperature": temperature,
     }
     if system:
-        body["system"] = "\n\n".join(system)
+        body["system"] = [{"type": "text", "text": "\n\n".join(system),
+                           "cache_control": {"type": "ephemeral"}}]
     return body
 
 
@@ -148,31 +153,40 @@ def parse_openai(data: Any) -> Completion:
     if content is not None and not isinstance(content, str):
         raise ApiError("malformed", "choices.0.message.content is not a string")
     usage = _obj(_need(data, "usage"), "usage")
+    details = usage.get("prompt_tokens_details") or {}
+    prompt = _tokens(_need(usage, "prompt_tokens"), "usage.prompt_tokens")
+    cached = _tokens(_obj(details, "usage.prompt_tokens_details").get("cached_tokens") or 0,
+                     "usage.prompt_tokens_details.cached_tokens")
+    if cached > prompt:
+        raise ApiError("malformed", f"usage reports {cached} cached of {prompt} prompt tokens")
     return Completion(
         text=content or "",
         stop_reason=choice.get("finish_reason"),
-        input_tokens=_tokens(_need(usage, "prompt_tokens"), "usage.prompt_tokens"),
+        input_tokens=prompt,
         output_tokens=_tokens(_need(usage, "completion_tokens"), "usage.completion_tokens"),
+        cache_read_tokens=cached,
     )
 
 
 def parse_anthropic(data: Any) -> Completion:
     """Text, stop reason and usage of a Messages response.
 
-    Prompt-cache reads and writes are added to input tokens: priced as plain input they
-    overstate, never understate, the spend."""
+    Anthropic's `input_tokens` excludes the prompt-cache reads and writes; `Completion.input_tokens`
+    counts all three, with the reads and writes also kept apart so the ledger prices each."""
     blocks = _need(data, "content")
     if not isinstance(blocks, list):
         raise ApiError("malformed", "response content is not a list")
     text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
     usage = _obj(_need(data, "usage"), "usage")
-    extra = sum(_tokens(usage.get(k) or 0, f"usage.{k}")
-                for k in ("cache_creation_input_tokens", "cache_read_input_tokens"))
+    write, read = (_tokens(usage.get(k) or 0, f"usage.{k}")
+                   for k in ("cache_creation_input_tokens", "cache_read_input_tokens"))
     return Completion(
         text=text,
         stop_reason=_obj(data, "body").get("stop_reason"),
-        input_tokens=_tokens(_need(usage, "input_tokens"), "usage.input_tokens") + extra,
+        input_tokens=_tokens(_need(usage, "input_tokens"), "usage.input_tokens") + write + read,
         output_tokens=_tokens(_need(usage, "output_tokens"), "usage.output_tokens"),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
     )
 
 

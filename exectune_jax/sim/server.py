@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic) answer with the
 same bodies, usage fields and error bodies as the real APIs, so the client code under test is
-the production client. It can add latency, enforce a requests-per-minute limit (429 with
+the production client; usage includes the prompt-cache fields (a request's constant prefix is
+cached after its first delivered answer). Both providers' batch APIs are served too (sim/batches.py). It can add latency, enforce a requests-per-minute limit (429 with
 `Retry-After` and `retry-after-ms`) and inject faults: 5xx errors, hangs that outlast the
 client's timeout, dropped connections, truncated and malformed bodies.
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from exectune_jax.api.limits import TokenBucket
 from exectune_jax.sim import tokens
+from exectune_jax.sim.batches import BatchStore
 from exectune_jax.sim.truth import TruthLog
 from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, malformed_body, openai_error,
                                    openai_response, parse_anthropic_request, parse_openai_request)
@@ -68,13 +70,17 @@ class SimServer:
     `api_key`, when set, is required as a Bearer token or x-api-key (else 401).
     `burst` is the rate limiter's bucket size (default: one second's worth of requests).
     `hang_s` is how long a `timeout` fault stalls before dropping the connection.
-    `truth_log`: a JSONL path where the ground truth of "followed" is recorded (None: not kept)."""
+    `truth_log`: a JSONL path where the ground truth of "followed" is recorded (None: not kept).
+    `batch_delay_s` and `batch_expire_s` shape the batch APIs (sim/batches.py); `batch_log`, when
+    set, is called with one line per batch created."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0,
                  rpm: float | None = None, fault_rate: float = 0.0, seed: int = 0, *,
                  models: Mapping[str, Any] | Callable[[str], Any] | None = None,
                  api_key: str | None = None, burst: float | None = None, hang_s: float = 2.0,
-                 fault_kinds: tuple[str, ...] = FAULT_KINDS, truth_log: str | Path | None = None):
+                 fault_kinds: tuple[str, ...] = FAULT_KINDS,
+                 batch_delay_s: float = 0.0, batch_expire_s: float | None = None,
+                 truth_log: str | Path | None = None):
         if not 0.0 <= fault_rate < 1.0:
             raise ValueError("fault_rate must be in [0, 1)")
         unknown = set(fault_kinds) - set(FAULT_KINDS)
@@ -89,15 +95,21 @@ class SimServer:
         self.truth = TruthLog(truth_log) if truth_log is not None else None
         self._lock = threading.Lock()
         self._arrivals: dict[str, int] = {}
+        self._prefixes: set[tuple[str, str]] = set()
         self._stats = {"requests": 0, "ok": 0, "rate_limited": 0, "client_errors": 0,
-                       "faults": {k: 0 for k in FAULT_KINDS}}
+                       "faults": {k: 0 for k in FAULT_KINDS}, "batches": 0}
+        self.batches = BatchStore(self, batch_delay_s, batch_expire_s)
+        self.batch_log: Callable[[str], None] | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> SimServer:
-        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed, truth_log)."""
+        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed, truth_log,
+        batch_delay_s, batch_expire_s)."""
         kwargs.setdefault("truth_log", cfg.truth_log)
+        kwargs.setdefault("batch_delay_s", cfg.batch_delay_s)
+        kwargs.setdefault("batch_expire_s", cfg.batch_expire_s)
         return cls(cfg.host, cfg.port, cfg.latency_ms, cfg.rpm, cfg.fault_rate, cfg.seed, **kwargs)
 
     @property
@@ -161,6 +173,31 @@ class SimServer:
         except (KeyError, ValueError):
             return None
 
+    def prompt_cache(self, fmt: str, req: dict, delivered: bool = True) -> tuple[int, int]:
+        """(cache_read, cache_write) tokens of a request: the first delivered answer for a given
+        model and cacheable prefix writes it, every later one reads it (no expiry, no minimum
+        length), so a run's cache totals depend neither on thread timing nor on injected faults.
+        OpenAI bills no writes."""
+        if req.get("cache_prefix") is None:
+            return 0, 0
+        digest, n = req["cache_prefix"]
+        with self._lock:
+            seen = (req["model"], digest) in self._prefixes
+            if delivered:
+                self._prefixes.add((req["model"], digest))
+        if seen:
+            return n, 0
+        return 0, (n if fmt == "anthropic" else 0)
+
+    def answer(self, fmt: str, model: Any, req: dict, delivered: bool = True) -> dict:
+        """The response body the model gives for a parsed request, usage and cache fields included;
+        `delivered=False` for a body a fault will garble (it leaves the prompt cache as it was)."""
+        text, stop, n_in, n_out = self.generate(model, req)
+        read, write = self.prompt_cache(fmt, req, delivered)
+        if fmt == "openai":
+            return openai_response(req["model"], text, stop, n_in, n_out, req["seed"], read)
+        return anthropic_response(req["model"], text, stop, n_in, n_out, read, write)
+
     def generate(self, model: Any, req: dict) -> tuple[str, str, int, int]:
         """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens. A model
         with `.respond` also says whether it followed a strategy: that goes to the truth log only."""
@@ -222,7 +259,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_GET(self) -> None:
-        self._error("openai", 404, f"no route GET {self.path}; POST {OPENAI_PATH} or {ANTHROPIC_PATH}")
+        try:
+            if self.server.sim.batches.owns(self.path.split("?", 1)[0]):
+                return self._batch("GET")
+            self._error("openai", 404, f"no route GET {self.path}; POST {OPENAI_PATH} or {ANTHROPIC_PATH}")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _batch(self, method: str, raw: bytes = b"") -> None:
+        """A batch or file route (sim/batches.py): same auth and rate limit as the online routes."""
+        sim = self.server.sim
+        path = self.path.split("?", 1)[0]
+        fmt = "anthropic" if path.startswith("/v1/messages/") else "openai"
+        if not sim.authorized(self.headers):
+            sim._count("client_errors")
+            return self._error(fmt, 401, "invalid or missing API key")
+        if sim.limiter is not None and (wait := sim.limiter.try_acquire(1)) > 0:
+            sim._count("rate_limited")
+            headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+            return self._error(fmt, 429, "Rate limit reached for requests per minute", headers)
+        status, payload, content_type = sim.batches.handle(method, path, self.headers, raw)
+        self._send(status, payload, content_type=content_type)
 
     def _serve(self) -> None:
         sim = self.server.sim
@@ -230,6 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         fmt = {OPENAI_PATH: "openai", ANTHROPIC_PATH: "anthropic"}.get(path)
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
         sim._count("requests")
+        if sim.batches.owns(path):
+            return self._batch("POST", raw)
         if fmt is None:
             sim._count("client_errors")
             return self._error("openai", 404, f"no route {path}; use {OPENAI_PATH} or {ANTHROPIC_PATH}")
@@ -271,11 +330,9 @@ class _Handler(BaseHTTPRequestHandler):
             status = 529 if fmt == "anthropic" else 503
             return self._error(fmt, status, "The server is overloaded; please retry")
         try:
-            text, stop, n_in, n_out = sim.generate(model, req)
+            payload = sim.answer(fmt, model, req, delivered=fault is None)
         except Exception as e:  # a model bug must reach the client as a 500, not a dropped socket
             return self._error(fmt, 500, f"simulated model failed: {type(e).__name__}: {e}")
-        payload = (openai_response(req["model"], text, stop, n_in, n_out, req["seed"]) if fmt == "openai"
-                   else anthropic_response(req["model"], text, stop, n_in, n_out))
         data = json.dumps(payload).encode()
         if fault == "truncated":
             return self._send(200, data[: len(data) // 2])
@@ -298,6 +355,7 @@ def serve_forever(cfg_sim: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     server = SimServer.from_config(cfg_sim)
+    server.batch_log = lambda line: print(line, flush=True)
     root = server.start()
     try:  # an interrupt that lands while the URLs print also stops the server cleanly
         print(f"sim server listening on {root}", flush=True)

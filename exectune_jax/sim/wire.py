@@ -7,10 +7,13 @@ bug that the real service would refuse fails in tests too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
 from typing import Any
+
+from exectune_jax.sim import tokens
 
 OPENAI_KEYS = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n",
@@ -37,6 +40,22 @@ def _text(content: Any, where: str) -> str:
     ):
         return "".join(p["text"] for p in content)
     raise BadRequest(f"{where}: content must be a string or a list of text blocks")
+
+
+def _marked(content: Any) -> int | None:
+    """Index of the last content block marked `cache_control`, or None."""
+    if not isinstance(content, list):
+        return None
+    marks = [i for i, p in enumerate(content) if isinstance(p, dict) and p.get("cache_control")]
+    return marks[-1] if marks else None
+
+
+def _prefix(messages: list[dict], upto: int, text: str) -> tuple[str, int]:
+    """(digest, tokens) of a cacheable prompt prefix: whole `messages[:upto]`, then `text` as
+    the start of message `upto`."""
+    head = messages[:upto]
+    digest = hashlib.sha256(json.dumps([[m["role"], m["content"]] for m in head] + [text]).encode())
+    return digest.hexdigest(), tokens.count_messages(head) + tokens.count(text) + tokens.MESSAGE_OVERHEAD
 
 
 def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float:
@@ -78,9 +97,12 @@ def parse_openai_request(body: Any) -> dict:
     seed = body.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise BadRequest("seed: must be an integer")
+    # OpenAI caches prefixes automatically; the sim's cacheable prefix is the leading system turn.
+    prefix = _prefix(messages, 0, messages[0]["content"]) if messages[0]["role"] == "system" else None
     return {"model": body["model"], "messages": messages,
             "max_tokens": _positive_int(max_tokens, "max_tokens"),
-            "temperature": _number(body, "temperature", 0.0, 2.0, 1.0), "seed": seed}
+            "temperature": _number(body, "temperature", 0.0, 2.0, 1.0), "seed": seed,
+            "cache_prefix": prefix}
 
 
 def parse_anthropic_request(body: Any) -> dict:
@@ -99,16 +121,25 @@ def parse_anthropic_request(body: Any) -> dict:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise BadRequest("messages: at least one message is required")
-    messages = []
+    messages, raw = [], []
     if "system" in body:
         messages.append({"role": "system", "content": _text(body["system"], "system")})
+        raw.append(body["system"])
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise BadRequest(f'messages.{i}.role: Input should be "user" or "assistant"')
         messages.append({"role": m["role"], "content": _text(m.get("content"), f"messages.{i}")})
+        raw.append(m.get("content"))
+    # The cached prefix ends at the last block marked cache_control (Anthropic caches nothing unmarked).
+    prefix = None
+    for i, content in enumerate(raw):
+        mark = _marked(content)
+        if mark is not None:
+            prefix = _prefix(messages, i, "".join(p["text"] for p in content[: mark + 1]))
     return {"model": body["model"], "messages": messages,
             "max_tokens": _positive_int(body["max_tokens"], "max_tokens"),
-            "temperature": _number(body, "temperature", 0.0, 1.0, 1.0), "seed": 0}
+            "temperature": _number(body, "temperature", 0.0, 1.0, 1.0), "seed": 0,
+            "cache_prefix": prefix}
 
 
 def openai_error(status: int, message: str) -> dict:
@@ -126,24 +157,29 @@ def anthropic_error(status: int, message: str) -> dict:
 
 
 def openai_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int,
-                    seed: int) -> dict:
+                    seed: int, cache_read: int = 0) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
         "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                      "logprobs": None, "finish_reason": "length" if stop == "max_tokens" else "stop"}],
         "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                  "total_tokens": input_tokens + output_tokens},
+                  "total_tokens": input_tokens + output_tokens,
+                  "prompt_tokens_details": {"cached_tokens": cache_read, "audio_tokens": 0}},
         "system_fingerprint": f"fp_sim_{seed}",
     }
 
 
-def anthropic_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int) -> dict:
+def anthropic_response(model: str, text: str, stop: str, input_tokens: int, output_tokens: int,
+                       cache_read: int = 0, cache_write: int = 0) -> dict:
+    """`input_tokens` counts the whole prompt; the body reports, as Anthropic does, the uncached
+    part in `input_tokens` and the cache reads and writes beside it."""
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
         "content": [{"type": "text", "text": text}],
         "stop_reason": "max_tokens" if stop == "max_tokens" else "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        "usage": {"input_tokens": input_tokens - cache_read - cache_write, "output_tokens": output_tokens,
+                  "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read},
     }
 
 

@@ -320,7 +320,7 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
     out = Path(cfg.run_dir) / stage
     resume.record(cfg, out)
     task, problems = training_problems(cfg)
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with open_pool(cfg, cfg.run_dir, batch=True) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample,
                                        unfiltered=unfiltered, stage=stage,
                                        core_model=cfg.api.core.model)

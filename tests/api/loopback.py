@@ -39,6 +39,6 @@ def api_config(**kwargs) -> ApiConfig:
     return ApiConfig(**{**defaults, **kwargs})
 
 
-def make_pool(run_dir: Path, endpoints: dict, **cfg) -> Pool:
+def make_pool(run_dir: Path, endpoints: dict, batch_log: Path | None = None, **cfg) -> Pool:
     return Pool(endpoints, api_config(**cfg), cache=Cache(run_dir / "calls.sqlite"),
-                ledger=Ledger(run_dir / "ledger.jsonl"))
+                ledger=Ledger(run_dir / "ledger.jsonl"), batch_log=batch_log)

@@ -50,7 +50,8 @@ def test_totals_split_paid_calls_from_replays_per_stage(tmp_path):
         totals = ledger.totals()
     assert totals["sample"] == {"calls": 1, "cached_calls": 1, "input_tokens": 1000,
                                 "output_tokens": 100, "usd": pytest.approx(0.002),
-                                "replayed_usd": pytest.approx(0.002)}
+                                "replayed_usd": pytest.approx(0.002), "cache_read_tokens": 0,
+                                "cache_write_tokens": 0, "batch_calls": 0}
     assert totals["eval"]["usd"] == pytest.approx(0.05)
     summary = json.loads((tmp_path / "ledger_totals.json").read_text())
     assert summary["prices_read_on"] == "2026-11-28"

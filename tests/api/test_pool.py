@@ -55,8 +55,15 @@ def test_2000_requests_under_30pct_faults_and_429s_match_a_fault_free_run_exactl
     # none lost or duplicated: the server answered each request exactly once, and was billed once
     assert served["ok"] == n
     assert totals.keys() == clean_totals.keys()
+    # Which stage's call first delivers the shared system prompt (and so pays no cached read) is
+    # a matter of thread timing: cache reads, and the USD they save, agree over all stages.
+    timed = ("cache_read_tokens", "usd")
     for stage, t in totals.items():  # float sums in a different order: equal to rounding
-        assert t == {k: pytest.approx(v, rel=1e-9) for k, v in clean_totals[stage].items()}
+        assert {k: v for k, v in t.items() if k not in timed} == {
+            k: pytest.approx(v, rel=1e-9) for k, v in clean_totals[stage].items() if k not in timed}
+    for k in timed:
+        assert sum(t[k] for t in totals.values()) == pytest.approx(
+            sum(t[k] for t in clean_totals.values()), rel=1e-9)
     assert len((tmp_path / "faulty" / "ledger.jsonl").read_text().splitlines()) == n
     # retries counted: every failed attempt the server saw was retried, and nothing else was
     injected = sum(served["faults"].values())

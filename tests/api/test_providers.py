@@ -67,7 +67,7 @@ def test_openai_request_body_has_the_documented_fields_and_kinds():
     assert body == payload("openai_chat_request")
 
 
-def test_anthropic_request_body_moves_system_messages_to_the_top_level_field():
+def test_anthropic_request_body_moves_system_messages_to_a_cache_marked_top_level_block():
     messages = [{"role": "system", "content": "You are a helpful assistant."},
                 {"role": "user", "content": "Hello, Claude"}]
     body = providers.anthropic_body("claude-3-5-haiku-20241022", messages, max_tokens=1024,
@@ -171,7 +171,7 @@ def test_sim_anthropic_responses_use_documented_fields_and_count_usage(sim_serve
     data = resp.json()
     assert_conforms(data, payload("anthropic_messages_response"))
     got = providers.parse_anthropic(data)
-    system_first = [{"role": "system", "content": body["system"]}, *body["messages"]]
+    system_first = [{"role": "system", "content": body["system"][0]["text"]}, *body["messages"]]
     assert got.input_tokens == tokens.count_messages(system_first)
     assert got.stop_reason == "end_turn"
 

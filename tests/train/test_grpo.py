@@ -347,4 +347,7 @@ def test_resume_after_sigkill_gives_identical_metrics_and_no_repeated_paid_calls
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     assert "resumed rl from step " in resumed.stderr.read().decode()
     assert _learning_metrics(killed) == _learning_metrics(whole)
-    assert _paid(killed) == pytest.approx(_paid(whole))
+    # the same calls paid once each; USD agrees up to the prompt-cache reads that the resumed
+    # process's fresh provider cache could not give its first call of each prompt prefix
+    (calls, usd), (whole_calls, whole_usd) = _paid(killed), _paid(whole)
+    assert calls == whole_calls and usd == pytest.approx(whole_usd, rel=1e-3)

@@ -1,0 +1,301 @@
+"""`exectune estimate`: what a run will cost, per stage, before it spends.
+
+Calls per stage follow from the config (RL: steps x prompts x group size core executions plus
+the core-alone rates; eval: problems x samples per method). Acceptance sampling's calls depend
+on how often the teacher's strategies fail and get revised, so a pilot runs the real sampling
+code on the first `--pilot` training problems (through the pool, with the run's cache and ledger:
+the run then replays those calls instead of paying again) and scales its calls and tokens per
+problem. Prompt tokens come from the real prompts (the sim's tokenizer, scaled by what the
+provider counted in the pilot); output tokens per call from the pilot, or the stated defaults
+without one. Each stage is priced online and batch, with and without prompt caching (the
+constant system prompt read from the provider's cache after the first call).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from exectune_jax.api.ledger import PriceTable, load_prices
+from exectune_jax.config import Config
+from exectune_jax.errors import UserError
+from exectune_jax.gcop import prompts
+from exectune_jax.sim import tokens
+
+# Output tokens per call when no pilot runs (--pilot 0): a numbered strategy, a short solution.
+DEFAULT_OUTPUT_TOKENS = {"teacher": 120.0, "core": 60.0}
+DEFAULT_STRATEGY = "<strategy>\n1. Multiply 12 by 3.\n2. Add 5 to the result of step 1.\n</strategy>"
+BATCHABLE = ("sample", "eval")
+
+
+@dataclass(frozen=True)
+class Line:
+    """Projected calls of one stage to one endpoint."""
+
+    stage: str
+    endpoint: str
+    model: str
+    provider: str
+    calls: float
+    input_tokens: float
+    output_tokens: float
+    prefix_tokens: float  # the constant system prompt of each call, cacheable
+    batchable: bool
+
+
+@dataclass(frozen=True)
+class Pilot:
+    problems: int
+    per_problem: Mapping[str, float]  # "<endpoint>.calls|input|output" paid per training problem
+    core_output: float  # mean output tokens of a guided core call
+    teacher_output: float
+    strategy: str  # an accepted strategy, standing in for a trained guide's
+    scale: float  # provider-counted / sim-tokenizer input tokens
+    alone_output: float = DEFAULT_OUTPUT_TOKENS["core"]  # mean output tokens of a core-alone call
+
+
+def line_usd(prices: PriceTable, line: Line, *, batch: bool, caching: bool) -> float:
+    """USD of a projected line; caching: the prefix is written once and read by every later call
+    (Anthropic bills the write; OpenAI caches for free)."""
+    reads = max(0.0, line.calls - 1) * line.prefix_tokens if caching else 0.0
+    writes = line.prefix_tokens if caching and line.provider == "anthropic" and line.calls else 0.0
+    return prices.charge(line.model, line.provider, int(line.input_tokens), int(line.output_tokens),
+                         cache_read=int(min(reads, line.input_tokens)),
+                         cache_write=int(min(writes, line.input_tokens - min(reads, line.input_tokens))),
+                         batch=batch and line.batchable)
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, str]], scale: float) -> float:
+    return tokens.count_messages(list(messages)) * scale
+
+
+def system_tokens(messages: Sequence[Mapping[str, str]], scale: float) -> float:
+    return sum(tokens.count(m["content"]) + tokens.MESSAGE_OVERHEAD
+               for m in messages if m["role"] == "system") * scale
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def core_line(cfg: Config, stage: str, problems: Sequence[Any], family: str, calls_per_problem: float,
+              strategy: str | None, output: float, scale: float, *, endpoint: str = "core",
+              batchable: bool) -> Line:
+    """Core executions of `problems` (each `calls_per_problem` times) with a stand-in strategy."""
+    ep = getattr(cfg.api, endpoint)
+    msgs = [prompts.core_messages(p, family, strategy) for p in problems]
+    n = len(problems) * calls_per_problem
+    return Line(stage, endpoint, ep.model, ep.provider, n,
+                _mean([prompt_tokens(m, scale) for m in msgs]) * n, output * n,
+                _mean([system_tokens(m, scale) for m in msgs]), batchable)
+
+
+def _fingerprint(cfg: Config, n: int) -> str:
+    return json.dumps([n, cfg.task.name, cfg.task.options, asdict(cfg.sample), cfg.api.core.model,
+                       cfg.api.teacher.model], sort_keys=True, default=str)
+
+
+def run_pilot(cfg: Config, n: int) -> Pilot | None:
+    """Acceptance sampling (and one core-alone call each) on the first `n` training problems,
+    through the run's pool. Only paid calls count: a replay within the pilot is a duplicate
+    request the run will not pay for either. The measurement is kept in
+    run_dir/estimate_pilot.json, since a second pilot would find everything cached."""
+    from exectune_jax.api import open_pool
+    from exectune_jax.gcop.execute import execute_many
+    from exectune_jax.train.acceptance import sample_candidates, training_problems
+
+    if n <= 0:
+        return None
+    kept = Path(cfg.run_dir) / "estimate_pilot.json"
+    if kept.exists():
+        data = json.loads(kept.read_text())
+        if data.get("fingerprint") == _fingerprint(cfg, n):
+            return Pilot(**data["pilot"])
+    ledger = Path(cfg.run_dir) / "ledger.jsonl"
+    if ledger.exists() and ledger.stat().st_size:
+        print(f"no pilot: {cfg.run_dir} already holds paid calls, so a pilot could not tell its own "
+              "work from replays (estimate before the first stage, in a fresh run_dir, to get one)")
+        return None
+    task, problems = training_problems(cfg)
+    problems = problems[:n]
+    start = 0
+    with open_pool(cfg, cfg.run_dir) as pool:
+        candidates = sample_candidates(pool, task, problems, cfg.sample, unfiltered=False,
+                                       stage=cfg.sample.out, core_model=cfg.api.core.model)
+        # RL measures core-alone rates on training problems with these sample indices: it replays them
+        execute_many(pool, task, [(p, None) for p in problems], stage="core_only")
+        if pool.stopped:
+            raise UserError(f"the pilot of {len(problems)} problems reached api.budget_usd="
+                            f"{cfg.api.budget_usd}; use a smaller --pilot (0: stated defaults) or raise the budget")
+    with open(ledger, "rb") as f:
+        f.seek(start)
+        rows = [json.loads(line) for line in f.read().decode().splitlines()]
+    per: dict[str, float] = {}
+    outs: dict[str, list[int]] = {"teacher": [], "core": [], "alone": []}
+    for row in rows:
+        if row["stage"] == "core_only":
+            outs["alone"].append(row["output_tokens"])
+            continue
+        if row["cached"]:
+            continue
+        endpoint = "teacher" if row["stage"].endswith(".teacher") else "core"
+        per[f"{endpoint}.calls"] = per.get(f"{endpoint}.calls", 0.0) + 1 / len(problems)
+        per[f"{endpoint}.input"] = per.get(f"{endpoint}.input", 0.0) + row["input_tokens"] / len(problems)
+        per[f"{endpoint}.output"] = per.get(f"{endpoint}.output", 0.0) + row["output_tokens"] / len(problems)
+        outs[endpoint].append(row["output_tokens"])
+    accepted = [c.completion for c in candidates if c.status == "accepted" and c.completion]
+    # provider-counted over sim-counted tokens of the same prompts: round 0's proposals
+    counted = sum(tokens.count_messages(prompts.teacher_propose_messages(p, task.family))
+                  for p in problems) * cfg.sample.proposals
+    first = [r for r in rows if r["stage"].endswith(".teacher")][: len(problems) * cfg.sample.proposals]
+    scale = sum(r["input_tokens"] for r in first) / counted if counted and first else 1.0
+    pilot = Pilot(len(problems), per, _mean(outs["core"]) or DEFAULT_OUTPUT_TOKENS["core"],
+                  _mean(outs["teacher"]) or DEFAULT_OUTPUT_TOKENS["teacher"],
+                  accepted[0] if accepted else DEFAULT_STRATEGY, scale,
+                  _mean(outs["alone"]) or DEFAULT_OUTPUT_TOKENS["core"])
+    kept.write_text(json.dumps({"fingerprint": _fingerprint(cfg, n), "pilot": asdict(pilot)}, indent=2) + "\n")
+    return pilot
+
+
+def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl",),
+            unfiltered: bool = False) -> list[Line]:
+    """Projected lines of every stage the config runs, in run order."""
+    from exectune_jax.data import tasks
+    from exectune_jax.train.acceptance import training_problems
+
+    task, train = training_problems(cfg)
+    family = task.family
+    scale = pilot.scale if pilot else 1.0
+    core_out = pilot.core_output if pilot else DEFAULT_OUTPUT_TOKENS["core"]
+    alone_out = pilot.alone_output if pilot else DEFAULT_OUTPUT_TOKENS["core"]
+    strategy = pilot.strategy if pilot else DEFAULT_STRATEGY
+    lines: list[Line] = []
+    stage = cfg.sample.out
+    teacher, core = cfg.api.teacher, cfg.api.core
+    if pilot:
+        per = pilot.per_problem
+        t_calls = per.get("teacher.calls", 0.0) * len(train)
+        t_sys = _mean([system_tokens(prompts.teacher_propose_messages(p, family), scale) for p in train[:64]])
+        lines.append(Line(stage, "teacher", teacher.model, teacher.provider, t_calls,
+                          per.get("teacher.input", 0.0) * len(train), per.get("teacher.output", 0.0) * len(train),
+                          t_sys, True))
+        c_calls = per.get("core.calls", 0.0) * len(train)
+        c_sys = _mean([system_tokens(prompts.core_messages(p, family, None), scale) for p in train[:64]])
+        lines.append(Line(stage, "core", core.model, core.provider, c_calls,
+                          per.get("core.input", 0.0) * len(train), per.get("core.output", 0.0) * len(train),
+                          c_sys, True))
+    else:  # no pilot: every proposal executed once, no revisions (a lower bound)
+        msgs = [prompts.teacher_propose_messages(p, family) for p in train]
+        n = len(train) * cfg.sample.proposals
+        lines.append(Line(stage, "teacher", teacher.model, teacher.provider, n,
+                          _mean([prompt_tokens(m, scale) for m in msgs]) * n,
+                          DEFAULT_OUTPUT_TOKENS["teacher"] * n, _mean([system_tokens(m, scale) for m in msgs]), True))
+        lines.append(core_line(cfg, stage, train, family, cfg.sample.proposals * cfg.sample.verify_samples,
+                               strategy, core_out, scale, batchable=True))
+    if unfiltered:  # the same proposal prompts: replays of the filtered run's first round when it ran first
+        lines.append(Line("sample_unfiltered", "teacher", teacher.model, teacher.provider, 0.0, 0.0, 0.0, 0.0, True))
+    rl = cfg.rl
+    distinct = train[: min(len(train), rl.steps * rl.prompts_per_step)]
+    for i, name in enumerate(rl_stages):
+        lines.append(core_line(cfg, name, [train[j % len(train)] for j in range(rl.steps * rl.prompts_per_step)],
+                               family, rl.group_size, strategy, core_out, scale, batchable=False))
+        if i == 0 and cfg.rl.core_only_samples and distinct:  # later RL stages replay these
+            lines.append(core_line(cfg, "core_only", distinct, family, rl.core_only_samples, None, alone_out,
+                                   scale, batchable=False))
+    if rl.held_out:
+        validation = task.problems("validation")[: rl.held_out]
+        for name in rl_stages:
+            lines.append(core_line(cfg, "rl_eval", validation, family, 2, strategy, core_out, scale,
+                                   batchable=False))
+    ev = cfg.eval
+    test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
+    test = test[: ev.n_problems] if ev.n_problems is not None else test
+    lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale, batchable=True))
+    guided = len(ev.guides) + len(ev.advisor_methods)
+    lines.append(core_line(cfg, "eval", test, family, ev.samples * guided, strategy, core_out, scale,
+                           batchable=True))
+    if ev.core_strong and cfg.api.core_strong is not None:
+        lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale,
+                               endpoint="core_strong", batchable=True))
+    return lines
+
+
+def stage_table(prices: PriceTable, lines: Sequence[Line]) -> list[dict]:
+    """One row per stage: calls, tokens and USD in the four ways of sending them."""
+    rows: dict[str, dict] = {}
+    for line in lines:
+        row = rows.setdefault(line.stage, {"stage": line.stage, "calls": 0.0, "input_tokens": 0.0,
+                                           "output_tokens": 0.0, "online_usd": 0.0, "online_cached_usd": 0.0,
+                                           "batch_usd": 0.0, "batch_cached_usd": 0.0, "batchable": line.batchable})
+        row["calls"] += line.calls
+        row["input_tokens"] += line.input_tokens
+        row["output_tokens"] += line.output_tokens
+        for key, batch, caching in (("online_usd", False, False), ("online_cached_usd", False, True),
+                                    ("batch_usd", True, False), ("batch_cached_usd", True, True)):
+            row[key] += line_usd(prices, line, batch=batch, caching=caching)
+    return list(rows.values())
+
+
+def expected_usd(cfg: Config, row: Mapping) -> float:
+    """What the run is projected to pay for a stage as configured (caching as the provider does)."""
+    from exectune_jax.api.batching import stage_mode
+
+    batch = row["batchable"] and stage_mode(cfg.api, row["stage"]) == "batch"
+    return row["batch_cached_usd" if batch else "online_cached_usd"]
+
+
+def budget_warnings(cfg: Config, rows: Sequence[Mapping], spent: float = 0.0) -> list[str]:
+    budget = cfg.api.budget_usd
+    if budget is None:
+        return []
+    out, total = [], spent
+    for row in rows:
+        total += expected_usd(cfg, row)
+        if total > budget:
+            out.append(f"warning: api.budget_usd=${budget:.4f} would stop stage {row['stage']} "
+                       f"(projected ${total:.4f} by its end); raise api.budget_usd or shrink the stage")
+            break
+    return out
+
+
+def format_table(rows: Sequence[Mapping], cfg: Config) -> str:
+    head = ("| stage | calls | input tokens | output tokens | online $ | online+cache $ | batch $ "
+            "| batch+cache $ | as configured $ |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    body = ""
+    for r in rows:
+        batch = (f"{r['batch_usd']:.4f} | {r['batch_cached_usd']:.4f}" if r["batchable"]
+                 else "online only | online only")
+        body += (f"| {r['stage']} | {r['calls']:.0f} | {r['input_tokens']:.0f} | {r['output_tokens']:.0f} "
+                 f"| {r['online_usd']:.4f} | {r['online_cached_usd']:.4f} | {batch} "
+                 f"| {expected_usd(cfg, r):.4f} |\n")
+    total = sum(expected_usd(cfg, r) for r in rows)
+    return head + body + f"| total | {sum(r['calls'] for r in rows):.0f} | | | | | | | {total:.4f} |\n"
+
+
+def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False, **_: Any) -> int:
+    """`exectune estimate`: the table, budget warnings, and run_dir/estimate.json."""
+    if demo or quick:
+        from exectune_jax.demo import prepare
+
+        cfg = prepare(cfg, None, quick)
+    found = run_pilot(cfg, pilot)
+    prices = load_prices(cfg.api.prices)
+    stages = ("advisor_rl", "rl") if demo or quick else (cfg.rl.name,)
+    rows = stage_table(prices, project(cfg, found, rl_stages=stages, unfiltered=demo or quick))
+    out = Path(cfg.run_dir) / "estimate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"prices_read_on": prices.read_on,
+                               "pilot": asdict(found) if found else None,
+                               "output_tokens_default": None if found else DEFAULT_OUTPUT_TOKENS,
+                               "stages": rows}, indent=2) + "\n")
+    print(format_table(rows, cfg), end="")
+    print(f"prices read on {prices.read_on}; output tokens per call "
+          + (f"from a pilot of {found.problems} problems (cached: the run replays it)" if found
+             else f"from the stated defaults {DEFAULT_OUTPUT_TOKENS}"))
+    for warning in budget_warnings(cfg, rows):
+        print(warning)
+    print(f"written to {out}")
+    return 0

@@ -1,0 +1,61 @@
+"""`exectune estimate`: the pricing of projected lines, the pilot's scaling, the budget warning, and
+that the run replays the pilot instead of paying for it again."""
+
+import json
+
+import pytest
+
+from exectune_jax import estimate
+from exectune_jax.api.ledger import load_prices
+from exectune_jax.cli import main
+from exectune_jax.config import load_config
+
+SIZES = ["task.options={n_train: 16, n_validation: 2, n_test: 8}", "sample.n_problems=16",
+         "sample.proposals=2", "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.held_out=0",
+         "eval.n_problems=8", "metrics.progress=false"]
+
+
+def test_a_line_is_priced_online_batch_and_with_the_cached_prefix():
+    prices = load_prices()
+    line = estimate.Line("eval", "core", "claude-3-5-haiku", "anthropic", calls=10, input_tokens=1000,
+                         output_tokens=500, prefix_tokens=40, batchable=True)
+    online = (1000 * 0.8 + 500 * 4.0) / 1e6
+    assert estimate.line_usd(prices, line, batch=False, caching=False) == pytest.approx(online)
+    assert estimate.line_usd(prices, line, batch=True, caching=False) == pytest.approx(online / 2)
+    # one write of the 40-token prefix at 1.25x, nine reads at 0.1x, the rest plain
+    cached = ((1000 - 40 - 360) * 0.8 + 40 * 0.8 * 1.25 + 360 * 0.8 * 0.1 + 500 * 4.0) / 1e6
+    assert estimate.line_usd(prices, line, batch=False, caching=True) == pytest.approx(cached)
+    rl = estimate.Line("rl", "core", "claude-3-5-haiku", "anthropic", 10, 1000, 500, 40, batchable=False)
+    assert estimate.line_usd(prices, rl, batch=True, caching=False) == pytest.approx(online)
+
+
+def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_pilot(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", *SIZES]
+    assert main(["estimate", "--pilot", "4", *args, "api.budget_usd=0.0001"]) == 2  # the pilot alone is dearer
+    assert "the pilot of 4 problems reached api.budget_usd" in capsys.readouterr().err
+    assert main(["estimate", "--pilot", "4", *args, "api.budget_usd=0.1"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((run_dir / "estimate.json").read_text())
+    rows = {r["stage"]: r for r in doc["stages"]}
+    before_eval = sum(rows[s]["online_cached_usd"] for s in ("sample", "rl", "core_only"))
+    assert before_eval < 0.1 < before_eval + rows["eval"]["online_cached_usd"]  # sizes chosen so
+    assert "warning: api.budget_usd=$0.1000 would stop stage eval" in out
+    pilot = doc["pilot"]
+    paid = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()
+            if not json.loads(line)["cached"] and json.loads(line)["stage"].startswith("sample")]
+    assert rows["sample"]["calls"] == pytest.approx(len(paid) / 4 * 16)
+    assert pilot["problems"] == 4 and set(rows) == {"sample", "rl", "core_only", "eval"}
+    # eval: 8 problems x (core_only + 5 guides + 1 advisor + core_strong)
+    assert rows["eval"]["calls"] == 8 * 8 and rows["rl"]["calls"] == 2 * 2 * 2
+    assert rows["eval"]["batch_usd"] == pytest.approx(rows["eval"]["online_usd"] / 2)
+    assert rows["rl"]["batchable"] is False
+
+    assert main(["sample", *args]) == 0  # the run replays the pilot's calls
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    replays = [r for r in ledger[len(paid):] if r["cached"] and r["stage"].startswith("sample")]
+    assert len(replays) >= len(paid)
+    cfg = load_config(None, args)
+    assert estimate.run_pilot(cfg, 4) == estimate.Pilot(**pilot)  # kept, not re-measured from replays
+    assert estimate.run_pilot(cfg, 6) is None  # the cache would hide the pilot's work: stated defaults
+    assert "no pilot:" in capsys.readouterr().out
