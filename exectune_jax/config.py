@@ -29,6 +29,18 @@ class ConfigError(UserError):
     """A user-fixable problem in a config file or override."""
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (models/lora.py): with rank > 0 only the adapters train and checkpoint."""
+
+    rank: int = 0  # r of every adapter; 0 = full fine-tuning (no adapters)
+    alpha: float = 16.0  # adapter output scaled by alpha / rank (PEFT's lora_alpha)
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # HF/PEFT names
+
+
 @dataclass
 class ModelConfig:
     """The guide model."""
@@ -38,6 +50,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     max_seq_len: int = 256  # prompt + strategy tokens the guide ever sees
     remat: str = "full"  # what training recomputes per block: none | full | save_dots
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters for SFT and RL; rank 0 = off
 
 
 @dataclass
@@ -395,6 +408,14 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"config: `api.{name}.provider` is {ep.provider!r}; choose openai or anthropic"
             )
+    lora = config.model.lora
+    unknown = [t for t in lora.target_modules if t not in LORA_TARGETS]
+    if lora.rank < 0 or lora.alpha <= 0 or unknown or not lora.target_modules:
+        raise ConfigError(
+            f"config: `model.lora` needs rank >= 0, alpha > 0 and target_modules from "
+            f"{', '.join(LORA_TARGETS)} (got rank={lora.rank}, alpha={lora.alpha}, "
+            f"target_modules={lora.target_modules})"
+        )
     if not 0.0 <= config.sim.fault_rate < 1.0:
         raise ConfigError("config: `sim.fault_rate` must be in [0, 1)")
 
