@@ -169,3 +169,15 @@ def _host(value: jax.Array) -> np.ndarray:
     if not value.is_fully_addressable:
         value = multihost_utils.process_allgather(value, tiled=True)
     return np.asarray(jax.device_get(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_meta(lora_cfg: Any, base: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint of adapters needs to be used again: the frozen base and the spec."""
+    if not enabled(lora_cfg):
+        return {}
+    return {"lora": {"base": str(Path(base).resolve()), "rank": lora_cfg.rank,
+                     "alpha": lora_cfg.alpha, "target_modules": list(lora_cfg.target_modules)}}

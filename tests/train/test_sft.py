@@ -2,20 +2,27 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
+from safetensors.numpy import load_file
 
-from exectune_jax.config import load_config
+from exectune_jax.config import LORA_TARGETS, load_config
 from exectune_jax.data import tasks
 from exectune_jax.gcop import prompts
+from exectune_jax.models import hf, lora
 from exectune_jax.sim import guide
 from exectune_jax.train import sft
+from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,3 +142,58 @@ def test_sft_on_atomic_strategies_writes_well_formed_strategies(tmp_path):
     final = [r for r in read_metrics(tmp_path / "sft") if "strategy_valid" in r][-1]
     assert final["step"] == 200
     assert final["strategy_valid"] >= 0.95, final
+
+
+LORA = "model.lora={rank: 4, alpha: 8}"
+
+
+def _lora_run(world, run_dir: Path, steps: int, *extra: str):
+    cfg = load_config(None, [*world, f"run_dir={run_dir}", LORA, f"sft.steps={steps}",
+                             "sft.eval_every=0", "mesh.fsdp=1", *extra])
+    sft.run(cfg)
+    return cfg
+
+
+def _adapted_base(cfg, run_dir: Path, step: int):
+    """The base guide from disk with the adapters of checkpoint `step` restored onto it."""
+    model, _ = hf.load(cfg.model.path)
+    lora.apply(model, cfg.model.lora, seed=cfg.seed)
+    with Checkpointer(run_dir / "sft" / "checkpoints") as ckpt:
+        state, meta = ckpt.restore(step, target={"params": nnx.state(model, lora.TRAINABLE)})
+    nnx.update(model, state["params"])
+    return model, meta
+
+
+def test_lora_sft_trains_and_checkpoints_only_the_adapters(world, tmp_path):
+    cfg = _lora_run(world, tmp_path, 3, "sft.checkpoint_every=0")
+    saved = ocp.PyTreeCheckpointer().metadata(tmp_path / "sft" / "checkpoints" / "3" / "params")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        saved.item_metadata.tree)[0]]
+    assert paths and all("lora_a" in p or "lora_b" in p for p in paths), paths
+    model, meta = _adapted_base(cfg, tmp_path, 3)
+    assert meta["lora"] == {"base": str(Path(cfg.model.path).resolve()), "rank": 4,
+                            "alpha": 8.0, "target_modules": list(LORA_TARGETS)}
+    assert all(np.abs(np.asarray(m.lora_b.get_value())).max() > 0
+               for _, _, m in lora.adapted(model))
+    # the hand-off guide is the untouched base plus the checkpointed adapters, merged
+    guide, _ = hf.load(tmp_path / "sft" / "guide")
+    tokens = np.arange(2, 14)[None]
+    positions = np.arange(12)[None]
+    np.testing.assert_allclose(np.asarray(guide(tokens, positions)),
+                               np.asarray(model(tokens, positions)), atol=1e-5)
+
+
+def test_lora_sft_resume_repeats_the_uninterrupted_run(world, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _lora_run(world, whole, 4, "sft.checkpoint_every=2")
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "sft" / "checkpoints" / "4")
+    shutil.rmtree(resumed / "sft" / "guide")
+    _lora_run(world, resumed, 4, "sft.checkpoint_every=2")
+    want, got = losses(whole / "sft"), losses(resumed / "sft")
+    assert sorted(got) == [1, 2, 3, 4]
+    np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=0, atol=1e-6)
+    a = load_file(whole / "sft" / "guide" / "model.safetensors")
+    b = load_file(resumed / "sft" / "guide" / "model.safetensors")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6, err_msg=name)
