@@ -133,10 +133,17 @@ def _sequence_logits(graphdef, params, micro):
     return logits[:, :-1], micro["tokens"][:, 1:]
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef):
-    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token."""
+def make_logprob_fn(graphdef: nnx.GraphDef, prepare: Any = None):
+    """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token.
+
+    `prepare` maps the weights inside the program first (lora.without_adapters: the frozen
+    base as the reference, computed from the policy's own arrays instead of a second copy).
+    """
 
     def logprobs(params, batch):
+        if prepare is not None:
+            params = prepare(params)
+
         def one(micro):
             logits, targets = _sequence_logits(graphdef, params, micro)
             return grpo_loss.token_logprobs(logits, targets)
@@ -147,8 +154,11 @@ def make_logprob_fn(graphdef: nnx.GraphDef):
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    clip_eps: float, beta: float):
+                    clip_eps: float, beta: float, wrt: Any = nnx.Param):
     """jit fn(params, opt_state, batch, ref_logp) -> (params, opt_state, stats).
+
+    Only the `wrt` part of params trains (LoRA: the adapters); `opt_state` is tx's state for
+    that part (`tx.init(nnx.filter_state(params, wrt))`), the rest passes through unchanged.
 
     Gradients are summed over micro-batches of a loss already divided by the batch's total
     number of completion tokens, so the result equals one full-batch token-mean step. A batch
@@ -173,12 +183,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     def step(params, opt_state, batch, ref_logp):
         n_tokens = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        trained, frozen = nnx.split_state(params, wrt, ...)
+        zeros = jax.tree.map(jnp.zeros_like, trained)
+
+        def trained_loss(trained, micro, ref, n_tokens):
+            return loss_fn(nnx.merge_state(frozen, trained), micro, ref, n_tokens)
 
         def accumulate(carry, xs):
             grads, loss, sums = carry
             micro, ref = xs
-            (l, s), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, ref, n_tokens)
+            (l, s), g = jax.value_and_grad(trained_loss, has_aux=True)(trained, micro, ref,
+                                                                       n_tokens)
             sums = jax.tree.map(jnp.add, sums, s)
             return (jax.tree.map(jnp.add, grads, g), loss + l, sums), None
 
@@ -186,8 +201,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         (grads, loss, sums), _ = jax.lax.scan(
             accumulate, (zeros, jnp.float32(0.0), init_sums), (batch, ref_logp)
         )
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        updates, new_opt = tx.update(grads, opt_state, trained)
+        new_params = nnx.merge_state(frozen, optax.apply_updates(trained, updates))
         has_tokens = jnp.sum(batch["mask"]) > 0
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, b: jnp.where(has_tokens, a, b), new, old

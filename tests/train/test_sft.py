@@ -192,6 +192,8 @@ def test_lora_sft_resume_repeats_the_uninterrupted_run(world, tmp_path):
     _lora_run(world, resumed, 4, "sft.checkpoint_every=2")
     want, got = losses(whole / "sft"), losses(resumed / "sft")
     assert sorted(got) == [1, 2, 3, 4]
+    kept = [(d / "sft" / "metrics.jsonl").read_text().splitlines()[:3] for d in (whole, resumed)]
+    assert kept[0] == kept[1]  # steps 1-2 were restored, not re-run (their timings would differ)
     np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=0, atol=1e-6)
     a = load_file(whole / "sft" / "guide" / "model.safetensors")
     b = load_file(resumed / "sft" / "guide" / "model.safetensors")
