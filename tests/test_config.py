@@ -83,3 +83,11 @@ def test_overrides_may_follow_options():
     assert (args.source, args.out, args.dtype, args.overrides) == ("runs/a", "out", "fp32", ["seed=3"])
     args = parse_args(["sft", "--config", "a.yaml", "sft.steps=3", "--config", "b.yaml", "seed=1"])
     assert args.config == ["a.yaml", "b.yaml"] and args.overrides == ["sft.steps=3", "seed=1"]
+
+
+def test_lora_section_takes_peft_module_names_and_rejects_others():
+    cfg = load_config(None, ["model.lora.rank=8", "model.lora.target_modules=[q_proj,v_proj]"])
+    assert (cfg.model.lora.rank, cfg.model.lora.target_modules) == (8, ["q_proj", "v_proj"])
+    assert load_config().model.lora.rank == 0  # off by default: full fine-tuning
+    with pytest.raises(ConfigError, match="model.lora.*query_key_value"):
+        load_config(None, ["model.lora.rank=8", "model.lora.target_modules=[query_key_value]"])

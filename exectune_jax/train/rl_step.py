@@ -202,13 +202,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
             accumulate, (zeros, jnp.float32(0.0), init_sums), (batch, ref_logp)
         )
         updates, new_opt = tx.update(grads, opt_state, trained)
-        new_params = nnx.merge_state(frozen, optax.apply_updates(trained, updates))
+        new_trained = optax.apply_updates(trained, updates)
         has_tokens = jnp.sum(batch["mask"]) > 0
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, b: jnp.where(has_tokens, a, b), new, old
         )
         stats = {k: v / n_tokens for k, v in sums.items()}
         stats.update(loss=loss, grad_norm=optax.tree.norm(grads), tokens=jnp.sum(batch["mask"]))
-        return keep(new_params, params), keep(new_opt, opt_state), stats
+        new_params = nnx.merge_state(frozen, keep(new_trained, trained))
+        return new_params, keep(new_opt, opt_state), stats
 
     return jax.jit(step, donate_argnums=(0, 1))

@@ -383,12 +383,19 @@ def test_lora_rl_checkpoints_only_adapters_and_resumes_exactly(tmp_path, tiny_gu
     assert not (step_dir / "reference").exists()
     _, meta = Checkpointer(whole / "rl" / "checkpoints").restore(2, target={})
     assert meta["lora"]["base"] == str(tiny_guide.resolve()) and meta["lora"]["rank"] == 4
-    # the guide is the base plus trained adapters, merged: it differs from the base
+    # the guide is the untouched base plus the trained adapters, merged: not the base itself
     base = hf.load(tiny_guide)[0]
     guide = hf.load(whole / "rl" / "guide")[0]
     changed = [float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in
                zip(jax.tree.leaves(nnx.state(base)), jax.tree.leaves(nnx.state(guide)))]
     assert max(changed) > 0
+    lora.apply(base, LORA, seed=0)
+    with Checkpointer(whole / "rl" / "checkpoints") as ckpt:
+        state, _ = ckpt.restore(2, target={"params": nnx.state(base, lora.TRAINABLE)})
+    nnx.update(base, state["params"])
+    tokens, positions = np.arange(2, 14)[None], np.arange(12)[None]
+    np.testing.assert_allclose(np.asarray(guide(tokens, positions)),
+                               np.asarray(base(tokens, positions)), atol=1e-5)
     # resume from step 1: the same metrics and the same guide
     shutil.copytree(whole, resumed)
     for stale in ("checkpoints/2", "guide", "summary.json"):
