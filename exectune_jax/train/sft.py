@@ -6,6 +6,8 @@ Reads run_dir/<sample.out>/accepted.jsonl (or `sft.data`), starts from `sft.init
 `model.path`, else the demo base guide, and trains `sft.steps` optimizer steps with the loss on
 strategy tokens only. Writes run_dir/<sft.name>/: metrics.jsonl, checkpoints/ (params, optimizer,
 data-iterator position) and, at the end, guide/ (HF directory with tokenizer), the hand-off to RL.
+With `model.lora.rank > 0` only LoRA adapters train (models/lora.py): checkpoints hold them and
+the base's path, and guide/ holds the merged weights.
 Running the same command again resumes from the newest checkpoint; a finished stage is a no-op.
 
 The train step is one jitted pure function over the split nnx state of (model, optimizer):
