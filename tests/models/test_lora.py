@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import TOKENS_SHAPE, VOCAB, torch_logits
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -94,7 +95,7 @@ def test_adapters_follow_the_base_sharding_on_a_mesh(hf_checkpoint):
         model, _ = hf.load(path, mesh=mesh)
         lora.apply(model, LoraConfig(rank=4), mesh=mesh)
         q = model.layers.attn.q_proj
-        assert q.lora_a.get_value().sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
-        assert q.lora_b.get_value().sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor")
+        assert q.lora_a.get_value().sharding.spec == P(None, "fsdp", None)
+        assert q.lora_b.get_value().sharding.spec == P(None, None, "tensor")
         base, _ = hf.load(path, mesh=mesh)
         np.testing.assert_allclose(logits_of(model), logits_of(base), atol=1e-6)
