@@ -26,6 +26,7 @@ Training stages may call `export_guide` every N steps for a loadable snapshot of
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -122,15 +123,23 @@ def checkpoint_lora(checkpoints: Path, step: int) -> tuple[Path, LoraConfig] | N
                             target_modules=list(spec["target_modules"]))
 
 
+def with_adapters(src: Source) -> Source:
+    """A checkpoint of LoRA adapters becomes a source whose guide is the base its meta names."""
+    if src.step is None or src.lora is not None:
+        return src
+    found = checkpoint_lora(src.checkpoints, src.step)
+    return src if found is None else dataclasses.replace(src, guide=found[0], lora=found[1])
+
+
 def _checkpoint_source(cfg: Config, checkpoints: Path, step: int) -> Source:
     stage_dir = checkpoints.parent
     run_dir = stage_dir.parent
     label = f"{stage_dir.name}/{checkpoints.name}/{step}"
-    adapters = checkpoint_lora(checkpoints, step)
-    if adapters is not None:
-        return Source(adapters[0], label, stage_dir, run_dir, checkpoints, step, adapters[1])
     arch = architecture_guide(cfg, stage_dir, run_dir)
     if arch is None:
+        adapters = checkpoint_lora(checkpoints, step)
+        if adapters is not None:
+            return Source(adapters[0], label, stage_dir, run_dir, checkpoints, step, adapters[1])
         raise ExportError(
             f"{checkpoints}: a checkpoint holds parameters only, and no guide of this run gives "
             f"their shapes (looked for {stage_dir.name}/{GUIDE_DIR}, {cfg.sft.name}/{GUIDE_DIR}, "
@@ -221,6 +230,7 @@ def restore_checkpoint(checkpoints: Path, step: int, arch: Path, mesh, dtype,
 
 def load_source(cfg: Config, src: Source, dtype=jnp.float32) -> tuple[Transformer, Any]:
     """(model with `dtype` parameters, tokenizer) of a resolved source, sharded on `cfg.mesh`."""
+    src = with_adapters(src)
     tokenizer = load_tokenizer(src.guide)
     mesh = parallel.make_mesh(cfg.mesh)
     if src.step is None:
@@ -313,7 +323,7 @@ def export(cfg: Config, source: str | os.PathLike, out: str | os.PathLike,
     `repo_id` is the Hub name the model card's usage example loads (default: OUT's name).
     `peft` is a directory for the adapters of a LoRA checkpoint in PEFT's format.
     """
-    src = resolve_source(cfg, source)
+    src = with_adapters(resolve_source(cfg, source))
     if peft is not None:
         src = _adapter_source(cfg, src, source)
         _check_peft_out(Path(peft))
@@ -333,7 +343,7 @@ def _adapter_source(cfg: Config, src: Source, source: str | os.PathLike) -> Sour
     if src.step is None and src.stage_dir is not None:
         steps = _steps(src.stage_dir / CHECKPOINT_DIR)
         if steps:
-            src = _checkpoint_source(cfg, src.stage_dir / CHECKPOINT_DIR, steps[-1])
+            src = with_adapters(_checkpoint_source(cfg, src.stage_dir / CHECKPOINT_DIR, steps[-1]))
     if src.lora is None:
         raise ExportError(f"--peft: {source} holds no LoRA adapters (a guide holds merged "
                           "weights; a full fine-tune has no adapters); give the checkpoints of a "
