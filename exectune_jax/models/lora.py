@@ -84,8 +84,8 @@ def apply(model: Transformer, lora_cfg: Any, *, seed: int = 0, mesh=None) -> Tra
         parent = getattr(model.layers, PARENTS[name])
         setattr(parent, name, LoraLinear(getattr(parent, name), lora_cfg.rank,
                                          lora_cfg.alpha, key))
-    if mesh is not None:
-        adapters = nnx.state(model, TRAINABLE)
+    if mesh is not None:  # placed from host copies, as hf.load places the base (multi-process safe)
+        adapters = jax.tree.map(np.asarray, nnx.state(model, TRAINABLE))
         nnx.update(model, jax.device_put(adapters, parallel.state_shardings(adapters, mesh)))
     return model
 

@@ -199,3 +199,17 @@ def test_lora_sft_resume_repeats_the_uninterrupted_run(world, tmp_path):
     b = load_file(resumed / "sft" / "guide" / "model.safetensors")
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_lora_sft_sharded_matches_single_device(world, tmp_path):
+    runs = {}
+    for mesh in ("1,1,1", "2,2,2"):
+        data, fsdp, tensor = mesh.split(",")
+        run_dir = tmp_path / mesh.replace(",", "")
+        _lora_run(world, run_dir, 2, "sft.checkpoint_every=0", f"mesh.data={data}",
+                  f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}")
+        runs[mesh] = losses(run_dir / "sft")
+    single, sharded = runs["1,1,1"], runs["2,2,2"]
+    assert sorted(single) == sorted(sharded) == [1, 2]
+    np.testing.assert_allclose([sharded[s] for s in single], list(single.values()),
+                               rtol=0, atol=1e-5)
