@@ -317,6 +317,12 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
     if cfg.model.dtype != cfg.model.param_dtype:
         rest += resident["policy"]
 
+    if ref is None:  # LoRA: the reference is the policy itself with its adapters zeroed
+        reference_program = ("reference log-probs", lambda: rl_step.make_logprob_fn(
+            graphdef, lora.without_adapters).lower(params, batch), resident["optimizer"])
+    else:
+        reference_program = ("reference log-probs", lambda: rl_step.make_logprob_fn(
+            graphdef).lower(ref, batch), resident["policy"] + resident["optimizer"])
     programs: list[tuple[str, Callable[[], Any], int]] = [
         ("sample: prefill", lambda: sampler._prefill.lower(
             graphdef, sampling, *prompt, cache_len=width + gen_len), rest),
@@ -325,10 +331,7 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
             row_sharded((srows,), jnp.int32), key, scalar(jnp.int32), scalar(jnp.float32),
             scalar(jnp.float32), scalar(jnp.int32), stops, pad_id=0, gen_len=gen_len,
             filtered=False), rest),
-        ("reference log-probs", lambda: rl_step.make_logprob_fn(graphdef).lower(ref, batch),
-         resident["policy"] + resident["optimizer"]) if ref is not None else
-        ("reference log-probs", lambda: rl_step.make_logprob_fn(
-            graphdef, lora.without_adapters).lower(params, batch), resident["optimizer"]),
+        reference_program,
         ("GRPO update", lambda: rl_step.make_train_step(
             graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta,
             wrt=lora.trainable(cfg.model.lora)).lower(params, opt, batch, logp),
