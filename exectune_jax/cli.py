@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--push-to-hub", metavar="REPO_ID",
                            help="upload (token from $HF_TOKEN or `hf auth login`)")
             p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+            p.add_argument("--peft", metavar="DIR",
+                           help="also write a LoRA run's adapters as a PEFT adapter directory")
         if name == "demo":
             p.add_argument("--out", help="output directory (default: run_dir)")
             p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")

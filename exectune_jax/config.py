@@ -37,6 +37,20 @@ class ConfigError(UserError):
     """A user-fixable problem in a config file or override."""
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (models/lora.py): with rank > 0 only the adapters train and checkpoint."""
+
+    RANGES: ClassVar[dict[str, str]] = {"rank": "[0, inf)", "alpha": "(0, inf)"}
+
+    rank: int = 0  # r of every adapter; 0 = full fine-tuning (no adapters)
+    alpha: float = 16.0  # adapter output scaled by alpha / rank (PEFT's lora_alpha)
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # HF/PEFT names
+
+
 @dataclass
 class ModelConfig:
     """The guide model."""
@@ -49,6 +63,7 @@ class ModelConfig:
     max_seq_len: int = 256  # prompt + strategy tokens the guide ever sees
     remat: str = "full"  # what training recomputes per block: none | full | save_dots
     head_chunk: int = 64  # positions per step of the loss head (train/head.py); 0 = all at once
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters for SFT and RL; rank 0 = off
 
 
 @dataclass
@@ -705,6 +720,11 @@ def flat(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + f.name] = value
     return out
+    lora = config.model.lora
+    unknown = [t for t in lora.target_modules if t not in LORA_TARGETS]
+    if unknown or not lora.target_modules:
+        raise ConfigError(f"config: `model.lora.target_modules` must name modules from "
+                          f"{', '.join(LORA_TARGETS)} (got {lora.target_modules})")
 
 
 def to_dict(config: Any) -> dict:

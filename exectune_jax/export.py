@@ -1,6 +1,6 @@
 """`exectune export`: ship a trained guide as a Hugging Face checkpoint, optionally to the Hub.
 
-    exectune export runs/a runs/a/export --dtype bf16 [--push-to-hub user/guide]
+    exectune export runs/a runs/a/export --dtype bf16 [--push-to-hub user/guide] [--peft DIR]
 
 SOURCE may be a run directory (the newest stage guide: rl/guide, else sft/guide, else their latest
 checkpoints), a stage directory (its guide/, else its newest checkpoint), a guide (an HF
@@ -14,11 +14,19 @@ safetensors, tokenizer with its chat template, generation_config.json) plus a RE
 (`model_card.py`). It is written beside OUT and renamed over it, so a reader never sees half an
 export; every file is checked for API key values before it is kept or uploaded.
 
+A LoRA run's checkpoints hold only the adapters; their meta names the frozen base (an HF
+directory), which gives the shapes and tokenizer and is loaded under them. The export then holds
+the merged weights (what `transformers` loads), and `--peft DIR` also writes the adapters as a
+PEFT adapter directory for that base (`peft.PeftModel.from_pretrained(base, DIR)`); with
+`--peft`, a run or stage directory resolves to its newest checkpoint, since a stage's guide/
+holds merged weights only.
+
 Training stages may call `export_guide` every N steps for a loadable snapshot of the live model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,9 +38,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exectune_jax import model_card, parallel, preflight
-from exectune_jax.config import Config
+from exectune_jax.config import Config, LoraConfig
 from exectune_jax.errors import UserError
-from exectune_jax.models import hf
+from exectune_jax.models import hf, lora
 from exectune_jax.models.transformer import Transformer
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
@@ -61,6 +69,7 @@ class Source:
     run_dir: Path | None = None
     checkpoints: Path | None = None
     step: int | None = None
+    lora: LoraConfig | None = None  # a LoRA checkpoint: `guide` is its frozen base
 
 
 def _is_guide(path: Path) -> bool:
@@ -94,17 +103,48 @@ def architecture_guide(cfg: Config, stage_dir: Path, run_dir: Path) -> Path | No
     return next((Path(c) for c in candidates if c and _is_guide(Path(c))), None)
 
 
+def checkpoint_lora(checkpoints: Path, step: int) -> tuple[Path, LoraConfig] | None:
+    """(frozen base, adapter spec) a LoRA checkpoint records in its meta; None for full weights."""
+    from exectune_jax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(checkpoints, keep=max(1, len(_steps(checkpoints))))
+    try:
+        _, meta = ckpt.restore(step, target={})
+    finally:
+        ckpt.close()
+    spec = meta.get("lora")
+    if not spec:
+        return None
+    base = Path(spec["base"])
+    if not _is_guide(base):
+        raise ExportError(f"{checkpoints / str(step)}: holds LoRA adapters for the base guide "
+                          f"{base}, which is gone (no {hf.CONFIG_FILE}); restore that directory")
+    return base, LoraConfig(rank=spec["rank"], alpha=spec["alpha"],
+                            target_modules=list(spec["target_modules"]))
+
+
+def with_adapters(src: Source) -> Source:
+    """A checkpoint of LoRA adapters becomes a source whose guide is the base its meta names."""
+    if src.step is None or src.lora is not None:
+        return src
+    found = checkpoint_lora(src.checkpoints, src.step)
+    return src if found is None else dataclasses.replace(src, guide=found[0], lora=found[1])
+
+
 def _checkpoint_source(cfg: Config, checkpoints: Path, step: int) -> Source:
     stage_dir = checkpoints.parent
     run_dir = stage_dir.parent
+    label = f"{stage_dir.name}/{checkpoints.name}/{step}"
     arch = architecture_guide(cfg, stage_dir, run_dir)
     if arch is None:
+        adapters = checkpoint_lora(checkpoints, step)
+        if adapters is not None:
+            return Source(adapters[0], label, stage_dir, run_dir, checkpoints, step, adapters[1])
         raise ExportError(
             f"{checkpoints}: a checkpoint holds parameters only, and no guide of this run gives "
             f"their shapes (looked for {stage_dir.name}/{GUIDE_DIR}, {cfg.sft.name}/{GUIDE_DIR}, "
             f"{BASE_GUIDE_DIR}, model.path, sft.init, rl.init); pass the training --config"
         )
-    label = f"{stage_dir.name}/{checkpoints.name}/{step}"
     return Source(arch, label, stage_dir, run_dir, checkpoints, step)
 
 
@@ -156,10 +196,26 @@ def load_tokenizer(path: Path):
                           "its tokenizer files (tokenizer.json, tokenizer_config.json)") from None
 
 
-def restore_checkpoint(checkpoints: Path, step: int, arch: Path, mesh, dtype) -> Transformer:
-    """Parameters of one checkpoint step in the shape of guide `arch`, as `dtype`, on `mesh`."""
+def restore_checkpoint(checkpoints: Path, step: int, arch: Path, mesh, dtype,
+                       adapters: LoraConfig | None = None) -> Transformer:
+    """Parameters of one checkpoint step in the shape of guide `arch`, as `dtype`, on `mesh`.
+
+    With `adapters`, `arch` is the frozen base, loaded whole, and the checkpoint's LoRA
+    adapters are restored onto it (the model keeps them unmerged).
+    """
     from exectune_jax.train.checkpoint import Checkpointer
 
+    if adapters is not None:
+        model, _ = hf.load(arch, mesh=mesh, dtype=dtype)
+        lora.apply(model, adapters, mesh=mesh)
+        ckpt = Checkpointer(checkpoints, keep=max(1, len(_steps(checkpoints))))
+        try:
+            state, _ = ckpt.restore(step, target={"params": nnx.state(model, lora.TRAINABLE)},
+                                    mesh=mesh)
+        finally:
+            ckpt.close()
+        nnx.update(model, state["params"])
+        return model
     mcfg = hf.read_config(arch)
     with parallel.use_mesh(mesh):
         abstract = nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0), param_dtype=dtype))
@@ -174,12 +230,13 @@ def restore_checkpoint(checkpoints: Path, step: int, arch: Path, mesh, dtype) ->
 
 def load_source(cfg: Config, src: Source, dtype=jnp.float32) -> tuple[Transformer, Any]:
     """(model with `dtype` parameters, tokenizer) of a resolved source, sharded on `cfg.mesh`."""
+    src = with_adapters(src)
     tokenizer = load_tokenizer(src.guide)
     mesh = parallel.make_mesh(cfg.mesh)
     if src.step is None:
         model, _ = hf.load(src.guide, mesh=mesh, dtype=dtype)
     else:
-        model = restore_checkpoint(src.checkpoints, src.step, src.guide, mesh, dtype)
+        model = restore_checkpoint(src.checkpoints, src.step, src.guide, mesh, dtype, src.lora)
     return model, tokenizer
 
 
@@ -188,8 +245,9 @@ def load_source(cfg: Config, src: Source, dtype=jnp.float32) -> tuple[Transforme
 
 
 def cast(model: Transformer, dtype) -> Transformer:
-    """A copy of `model` whose parameters are stored in `dtype` (what hf.save writes)."""
-    graphdef, params = nnx.split(model, nnx.Param)
+    """A copy of `model` (adapters merged) whose parameters are stored in `dtype` (what hf.save
+    writes)."""
+    graphdef, params = nnx.split(lora.merged(model), nnx.Param)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), params))
 
 
@@ -258,17 +316,66 @@ def _refuse_secrets(directory: Path, cfg: Config) -> None:
 
 
 def export(cfg: Config, source: str | os.PathLike, out: str | os.PathLike,
-           dtype: str = "bf16", *, repo_id: str | None = None) -> Path:
+           dtype: str = "bf16", *, repo_id: str | None = None,
+           peft: str | os.PathLike | None = None) -> Path:
     """Resolve SOURCE, load it, write the HF export to OUT; returns OUT.
 
     `repo_id` is the Hub name the model card's usage example loads (default: OUT's name).
+    `peft` is a directory for the adapters of a LoRA checkpoint in PEFT's format.
     """
-    src = resolve_source(cfg, source)
+    src = with_adapters(resolve_source(cfg, source))
+    if peft is not None:
+        src = _adapter_source(cfg, src, source)
+        _check_peft_out(Path(peft))
     _dtype_name(dtype)
     _check_out(Path(out))
     model, tokenizer = load_source(cfg, src, DTYPES[dtype])
-    return write_export(model, tokenizer, out, dtype, cfg, stage_dir=src.stage_dir,
+    path = write_export(model, tokenizer, out, dtype, cfg, stage_dir=src.stage_dir,
                         run_dir=src.run_dir, label=src.label, repo_id=repo_id)
+    if peft is not None:
+        write_peft(model, peft, src.guide, cfg)
+    return path
+
+
+def _adapter_source(cfg: Config, src: Source, source: str | os.PathLike) -> Source:
+    """A LoRA checkpoint for --peft: a stage's guide holds merged weights, its checkpoints the
+    adapters."""
+    if src.step is None and src.stage_dir is not None:
+        steps = _steps(src.stage_dir / CHECKPOINT_DIR)
+        if steps:
+            src = with_adapters(_checkpoint_source(cfg, src.stage_dir / CHECKPOINT_DIR, steps[-1]))
+    if src.lora is None:
+        raise ExportError(f"--peft: {source} holds no LoRA adapters (a guide holds merged "
+                          "weights; a full fine-tune has no adapters); give the checkpoints of a "
+                          "stage trained with model.lora.rank > 0")
+    return src
+
+
+def _check_peft_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / lora.PEFT_CONFIG_FILE).is_file())):
+        raise ExportError(f"--peft {out}: exists and is not a PEFT adapter directory; give a new "
+                          "or empty directory")
+
+
+def write_peft(model: Transformer, out_dir: str | os.PathLike, base: Path, cfg: Config) -> Path:
+    """The adapters of `model` as a PEFT directory for `base`, written beside and renamed over."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.peft-tmp")
+    writer = jax.process_index() == 0
+    if writer:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lora.save_peft(model, tmp, str(base.resolve()))
+    if not writer:
+        return out
+    try:
+        _refuse_secrets(tmp, cfg)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,12 +416,14 @@ def push(out: str | os.PathLike, repo_id: str, *, token: str | None = None,
 
 
 def run(cfg: Config, source: str, out: str, push_to_hub: str | None = None,
-        dtype: str = "bf16") -> int:
+        dtype: str = "bf16", peft: str | None = None) -> int:
     preflight.check(cfg, "export", out=out)
     if push_to_hub:
         hub_token(push_to_hub)  # a missing token fails before the export's minutes of work
-    path = export(cfg, source, out, dtype, repo_id=push_to_hub)
+    path = export(cfg, source, out, dtype, repo_id=push_to_hub, peft=peft)
     print(f"exectune export: {dtype} guide at {path}")
+    if peft:
+        print(f"exectune export: PEFT adapter at {peft}")
     if push_to_hub:
         print(f"exectune export: pushed to {push_to_hub}: {push(path, push_to_hub)}")
     return 0

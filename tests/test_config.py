@@ -161,3 +161,11 @@ def test_stage_help_lists_its_sections_field_docs(capsys):
     out = capsys.readouterr().out
     assert section_help(SftConfig, "sft.") in out
     assert "sft.steps=200" in out and "optimizer steps" in out
+
+
+def test_lora_section_takes_peft_module_names_and_rejects_others():
+    cfg = load_config(None, ["model.lora.rank=8", "model.lora.target_modules=[q_proj,v_proj]"])
+    assert (cfg.model.lora.rank, cfg.model.lora.target_modules) == (8, ["q_proj", "v_proj"])
+    assert load_config().model.lora.rank == 0  # off by default: full fine-tuning
+    with pytest.raises(ConfigError, match="model.lora.*query_key_value"):
+        load_config(None, ["model.lora.rank=8", "model.lora.target_modules=[query_key_value]"])

@@ -340,3 +340,63 @@ def test_push_uploads_every_exported_file_with_the_token(run_dir, tmp_path, monk
     assert hub.files == all_bytes(out)
     assert hub.auth == {"Bearer hf_test_token_0123456789"}
     assert "library_name: transformers" in hub.card_yaml["content"]
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA runs: merged weights for transformers, adapters for peft
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A LoRA SFT stage as it leaves its directory: a checkpoint of adapters naming the frozen
+    base, and guide/ with the merged weights; returns (run dir, the adapted model)."""
+    from exectune_jax.config import LoraConfig
+    from exectune_jax.models import lora
+
+    root = tmp_path_factory.mktemp("lora_run")
+    base, tokenizer = tiny_guide(root / "base")
+    spec = LoraConfig(rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    lora.apply(base, spec, seed=3)
+    for i, (_, _, module) in enumerate(lora.adapted(base)):
+        b = module.lora_b
+        b.set_value(0.3 * jax.random.normal(jax.random.key(20 + i), b.get_value().shape))
+    with Checkpointer(root / "sft" / "checkpoints") as ckpt:
+        ckpt.save(5, state={"params": nnx.state(base, lora.TRAINABLE)},
+                  meta={"step": 5, **lora.checkpoint_meta(spec, root / "base")})
+    hf.save(lora.merged(base), base.cfg, root / "sft" / "guide", tokenizer=tokenizer)
+    return root, base
+
+
+def _torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+
+
+def test_lora_export_writes_merged_weights_and_a_peft_adapter_with_the_same_logits(
+        lora_run, tmp_path):
+    from peft import PeftModel
+
+    root, adapted = lora_run
+    tokens = np.arange(3, 19, dtype=np.int32)[None]
+    ours = np.asarray(adapted(jnp.asarray(tokens), jnp.asarray(np.arange(16)[None])))
+    peft_dir = tmp_path / "adapter"
+    code = cli.main(["export", str(root / "sft"), str(tmp_path / "merged"), "--dtype", "fp32",
+                     "--peft", str(peft_dir), f"run_dir={root}"])
+    assert code == 0
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    np.testing.assert_allclose(_torch_logits(merged, tokens), ours, atol=1e-4)
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((root / "base").resolve())
+    assert sorted(config["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]).eval()
+    on_base = PeftModel.from_pretrained(base, str(peft_dir)).eval()
+    np.testing.assert_allclose(_torch_logits(on_base, tokens), ours, atol=1e-4)
+    assert "Exported from `sft/checkpoints/5`" in (tmp_path / "merged" / "README.md").read_text()
+
+
+def test_peft_export_of_a_full_fine_tune_is_a_one_line_error(run_dir, tmp_path, capsys):
+    code = cli.main(["export", str(run_dir), str(tmp_path / "out"), "--peft",
+                     str(tmp_path / "adapter"), f"run_dir={run_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "holds no LoRA adapters" in err and not (tmp_path / "adapter").exists()

@@ -290,8 +290,11 @@ def save(
 
     Weights keep the model's parameter dtype. Above `max_shard_bytes` the weights are split
     into model-0000i-of-0000n.safetensors with an index. Any weight files of an earlier save in
-    `path` are replaced, so the directory never mixes two checkpoints.
+    `path` are replaced, so the directory never mixes two checkpoints. A model with LoRA
+    adapters is refused: save `lora.merged(model)`, or the adapters would be silently dropped.
     """
+    if jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+        raise ValueError("hf.save: the model has LoRA adapters; save models.lora.merged(model)")
     tensors = dict(_hf_tensors(model, cfg))
     if jax.process_index() != 0:
         return

@@ -40,7 +40,7 @@ from exectune_jax.config import Config, to_dict
 from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
-from exectune_jax.models import hf
+from exectune_jax.models import hf, lora
 from exectune_jax.train import rewards, rl_step
 from exectune_jax.train.advantages import group_advantages, group_rewards
 from exectune_jax.train.checkpoint import Checkpointer
@@ -99,7 +99,12 @@ def resolve_init(cfg: Config) -> Path:
 
 @dataclass
 class Learner:
-    """Policy, optimizer state and frozen reference on the mesh, with their compiled programs."""
+    """Policy, optimizer state and frozen reference on the mesh, with their compiled programs.
+
+    With LoRA, `reference` is None: the reference is the policy without its adapters (the
+    frozen base, i.e. the init guide), computed from the policy's arrays; only the adapters
+    train, and `wrt` selects them.
+    """
 
     graphdef: nnx.GraphDef
     params: Any
@@ -111,6 +116,8 @@ class Learner:
     logprob_fn: Any
     compute_dtype: Any
     pad_id: int
+    wrt: Any = nnx.Param
+    lora_meta: dict | None = None  # what a checkpoint of adapters records (base path, spec)
 
     def sampling_model(self):
         """The policy in the compute dtype (what every layer casts its weights to anyway)."""
@@ -130,7 +137,8 @@ class Learner:
         shardings = rl_step.batch_shardings(self.mesh, self.layout)
         batch = {k: jax.device_put(v, shardings[k]) for k, v in host.items()}
         with parallel.use_mesh(self.mesh):
-            ref_logp = self.logprob_fn(self.reference, batch)
+            reference = self.params if self.reference is None else self.reference
+            ref_logp = self.logprob_fn(reference, batch)
             for _ in range(mu):
                 self.params, self.opt_state, stats = self.train_step(
                     self.params, self.opt_state, batch, ref_logp)
@@ -141,23 +149,28 @@ def build_learner(cfg: Config, init: Path, mesh) -> tuple[Learner, Any]:
     dtype = DTYPES[cfg.model.dtype]
     model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype], compute_dtype=dtype,
                           remat=cfg.model.remat)
+    lora.apply(model, cfg.model.lora, seed=cfg.seed, mesh=mesh)
+    adapters, wrt = lora.enabled(cfg.model.lora), lora.trainable(cfg.model.lora)
     graphdef, params = nnx.split(model)
-    reference = jax.jit(lambda p: rl_step.cast_state(p, dtype))(params)
+    reference = None if adapters else jax.jit(lambda p: rl_step.cast_state(p, dtype))(params)
     tx = make_optimizer(cfg.rl.lr, cfg.rl.steps * cfg.rl.mu, cfg.rl.warmup_steps,
                         cfg.rl.weight_decay, cfg.rl.clip_norm)
-    opt_shardings = rl_step.tree_shardings(jax.eval_shape(tx.init, params), mesh)
+    trained = nnx.filter_state(params, wrt)
+    opt_shardings = rl_step.tree_shardings(jax.eval_shape(tx.init, trained), mesh)
     with parallel.use_mesh(mesh):
-        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(trained)
     layout = rl_step.make_layout(cfg.rl.prompts_per_step * cfg.rl.group_size,
                                  cfg.rl.micro_batch, cfg.model.max_seq_len)
     learner = Learner(
         graphdef=graphdef, params=params, opt_state=opt_state, reference=reference, mesh=mesh,
         layout=layout,
-        train_step=rl_step.make_train_step(graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta,
+        train_step=rl_step.make_train_step(graphdef, tx, clip_eps=cfg.rl.clip_eps,
+                                           beta=cfg.rl.beta, wrt=wrt,
                                            head_chunk=cfg.model.head_chunk),
-        logprob_fn=rl_step.make_logprob_fn(graphdef, head_chunk=cfg.model.head_chunk),
-        compute_dtype=dtype,
-        pad_id=mcfg.pad_token_id if mcfg.pad_token_id is not None else 0,
+        logprob_fn=rl_step.make_logprob_fn(graphdef, lora.without_adapters if adapters else None,
+                                           head_chunk=cfg.model.head_chunk),
+        compute_dtype=dtype, pad_id=mcfg.pad_token_id if mcfg.pad_token_id is not None else 0,
+        wrt=wrt, lora_meta=lora.checkpoint_meta(cfg.model.lora, init),
     )
     return learner, mcfg
 
@@ -199,10 +212,19 @@ def _flat(tree: Any) -> dict[str, Any]:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
+def _device_state(learner: Learner) -> dict[str, Any]:
+    """What a checkpoint holds of the learner: trained params (with LoRA: the adapters only),
+    optimizer and reference; a frozen base is reloaded from the init guide instead."""
+    state = {"params": nnx.filter_state(learner.params, learner.wrt),
+             "opt_state": _flat(learner.opt_state)}
+    if learner.reference is not None:
+        state["reference"] = learner.reference
+    return state
+
+
 def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, it,
                     pending: list[Rollout], cfg: Config) -> None:
-    state = {"params": learner.params, "opt_state": _flat(learner.opt_state),
-             "reference": learner.reference, "rng": {"key": key_data}}
+    state = {**_device_state(learner), "rng": {"key": key_data}}
     for k, r in enumerate(pending):
         state[f"pending{k}"] = _rollout_arrays(r, cfg.model.max_seq_len, cfg.rl.max_new_tokens)
     meta = {
@@ -210,6 +232,7 @@ def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, i
         "pending": [{"index": r.index, "policy_step": r.policy_step,
                      "ids": [p.id for p in r.problems], "texts": r.texts} for r in pending],
         "config": to_dict(cfg),
+        **(learner.lora_meta or {}),
     }
     ckpt.save(step, state=state, data_iter=it, meta=meta)
 
@@ -222,13 +245,13 @@ def restore_checkpoint(ckpt: Checkpointer, learner: Learner, key_data, it, probl
     template = _rollout_arrays(
         Rollout(0, 0, [], cfg.rl.group_size, [[]] * n, [[]] * n, [np.zeros(0)] * n, [""] * n),
         cfg.model.max_seq_len, max_new)
-    target = {"params": learner.params, "opt_state": _flat(learner.opt_state),
-              "reference": learner.reference, "rng": {"key": key_data}}
+    target = {**_device_state(learner), "rng": {"key": key_data}}
     for k in range(len(meta["pending"])):
         target[f"pending{k}"] = template
     state, meta = ckpt.restore(step, target=target, data_iter=it, mesh=learner.mesh)
-    learner.params = state["params"]
-    learner.reference = state["reference"]
+    learner.params = nnx.merge_state(learner.params, state["params"])
+    if learner.reference is not None:
+        learner.reference = state["reference"]
     treedef = jax.tree.structure(learner.opt_state)
     learner.opt_state = jax.tree.unflatten(treedef, [state["opt_state"][k] for k in
                                                      sorted(state["opt_state"])])
@@ -387,7 +410,8 @@ def train(cfg: Config) -> dict:
     writer.close()
     ckpt.close()
     out_dir = stage / "guide"
-    hf.save(nnx.merge(learner.graphdef, learner.params), mcfg, out_dir, tokenizer=tokenizer)
+    hf.save(lora.merged(nnx.merge(learner.graphdef, learner.params)), mcfg, out_dir,
+            tokenizer=tokenizer)
     summary = {
         "steps": rl.steps, "preset": rl.preset, "init": str(init), "heldout": heldout,
         "ledger": {k: v for k, v in totals.items()

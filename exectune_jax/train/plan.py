@@ -5,7 +5,9 @@ Nothing is materialised: weights, optimizer state, reference and batches are
 `jax.jit(...).lower(...).compile()`d for the configured mesh, and XLA's memory analysis gives
 its per-device footprint. A run holds the policy, the optimizer state and the reference at all
 times, so each program's peak is its own buffers (arguments + outputs - donated + temporaries)
-plus whatever of that resident state it does not take as an argument.
+plus whatever of that resident state it does not take as an argument. With LoRA
+(`model.lora.rank > 0`) the optimizer state covers the adapters only and there is no separate
+reference (it is the policy without its adapters), exactly as train/grpo.py holds them.
 
 On a machine without the named accelerator, the mesh is built from simulated CPU devices; the
 numbers are then XLA:CPU's buffer assignment for the same sharded programs — an estimate (TPU
@@ -36,6 +38,13 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
         "num_key_value_heads": 8, "head_dim": 128, "rope_theta": 1000000.0,
         "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 40960,
+        "bos_token_id": 151643, "eos_token_id": 151645,
+    },
+    "Qwen/Qwen2.5-7B-Instruct": {
+        "model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
+        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+        "num_key_value_heads": 4, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "max_position_embeddings": 32768,
         "bos_token_id": 151643, "eos_token_id": 151645,
     },
 }
@@ -198,31 +207,38 @@ def _sds(tree: Any, shardings: Any) -> Any:
 
 
 def abstract_rl_state(cfg: Config, mcfg: Any, mesh: Any):
-    """(graphdef, params, opt_state, reference, tx) as sharded ShapeDtypeStructs; no allocation."""
+    """(graphdef, params, opt_state, reference, tx) as sharded ShapeDtypeStructs; no allocation.
+
+    The reference is None with LoRA (the policy without adapters serves as the reference).
+    """
     import jax
     from flax import nnx
 
     from exectune_jax import parallel
+    from exectune_jax.models import lora
     from exectune_jax.models.transformer import Transformer
     from exectune_jax.train import rl_step
     from exectune_jax.train.optim import make_optimizer
 
     dtype, param_dtype = _dtype(cfg.model.dtype), _dtype(cfg.model.param_dtype)
     with parallel.use_mesh(mesh):
-        abstract = nnx.eval_shape(
-            lambda: Transformer(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
-                                remat=cfg.model.remat)
-        )
+        abstract = nnx.eval_shape(lambda: lora.apply(
+            Transformer(mcfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
+                        remat=cfg.model.remat), cfg.model.lora))
     graphdef, params = nnx.split(abstract)
     params = _sds(params, rl_step.tree_shardings(params, mesh))
     tx = make_optimizer(cfg.rl.lr, cfg.rl.steps * cfg.rl.mu, cfg.rl.warmup_steps,
                         cfg.rl.weight_decay, cfg.rl.clip_norm)
-    opt = jax.eval_shape(tx.init, params)
+    opt = jax.eval_shape(tx.init, nnx.filter_state(params, lora.trainable(cfg.model.lora)))
     opt = _sds(opt, rl_step.tree_shardings(opt, mesh))
-    ref = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding), params
-    )
+    ref = None if lora.enabled(cfg.model.lora) else _compute_copy(params, dtype)
     return graphdef, params, opt, ref, tx
+
+
+def _compute_copy(params: Any, dtype: Any) -> Any:
+    import jax
+
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding), params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +278,7 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
     from jax.sharding import NamedSharding, PartitionSpec
 
     from exectune_jax import parallel
-    from exectune_jax.models import sampler
+    from exectune_jax.models import lora, sampler
     from exectune_jax.models.transformer import init_cache
     from exectune_jax.train import rl_step
 
@@ -298,11 +314,19 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
     stops = jax.ShapeDtypeStruct((2, 8), jnp.int32)
     # The sampler runs on a compute-dtype copy of the policy (numerically identical: every
     # layer casts its weights to the compute dtype anyway) next to the resident state.
-    sampling = ref
+    sampling = _compute_copy(params, compute)
     rest = resident["optimizer"] + resident["reference"]
     if cfg.model.dtype != cfg.model.param_dtype:
         rest += resident["policy"]
 
+    if ref is None:  # LoRA: the reference is the policy itself with its adapters zeroed
+        reference_program = ("reference log-probs", lambda: rl_step.make_logprob_fn(
+            graphdef, lora.without_adapters, head_chunk=cfg.model.head_chunk).lower(params, batch),
+            resident["optimizer"])
+    else:
+        reference_program = ("reference log-probs", lambda: rl_step.make_logprob_fn(
+            graphdef, head_chunk=cfg.model.head_chunk).lower(ref, batch),
+            resident["policy"] + resident["optimizer"])
     programs: list[tuple[str, Callable[[], Any], int]] = [
         ("sample: prefill", lambda: sampler._prefill.lower(
             graphdef, sampling, *prompt, cache_len=width + gen_len), rest),
@@ -311,11 +335,10 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
             row_sharded((srows,), jnp.int32), key, scalar(jnp.int32), scalar(jnp.float32),
             scalar(jnp.float32), scalar(jnp.int32), stops, pad_id=0, gen_len=gen_len,
             filtered=False), rest),
-        ("reference log-probs", lambda: rl_step.make_logprob_fn(
-            graphdef, head_chunk=cfg.model.head_chunk).lower(ref, batch),
-         resident["policy"] + resident["optimizer"]),
+        reference_program,
         ("GRPO update", lambda: rl_step.make_train_step(
             graphdef, tx, clip_eps=cfg.rl.clip_eps, beta=cfg.rl.beta,
+            wrt=lora.trainable(cfg.model.lora),
             head_chunk=cfg.model.head_chunk).lower(params, opt, batch, logp),
          resident["reference"]),
     ]

@@ -135,13 +135,18 @@ def _next_token_stats(graphdef, params, micro, head_chunk):
     return head.chunked_head(x[:, :-1], model.head(), micro["tokens"][:, 1:], head_chunk)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, *, head_chunk: int = 0):
+def make_logprob_fn(graphdef: nnx.GraphDef, prepare: Any = None, *, head_chunk: int = 0):
     """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token.
 
+    `prepare` maps the weights inside the program first (lora.without_adapters: the frozen
+    base as the reference, computed from the policy's own arrays instead of a second copy).
     `head_chunk`: positions per step of the output head (train/head.py; 0 = all at once).
     """
 
     def logprobs(params, batch):
+        if prepare is not None:
+            params = prepare(params)
+
         def one(micro):
             return _next_token_stats(graphdef, params, micro, head_chunk)[0]
 
@@ -151,8 +156,11 @@ def make_logprob_fn(graphdef: nnx.GraphDef, *, head_chunk: int = 0):
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    clip_eps: float, beta: float, head_chunk: int = 0):
+                    clip_eps: float, beta: float, wrt: Any = nnx.Param, head_chunk: int = 0):
     """jit fn(params, opt_state, batch, ref_logp) -> (params, opt_state, stats).
+
+    Only the `wrt` part of params trains (LoRA: the adapters); `opt_state` is tx's state for
+    that part (`tx.init(nnx.filter_state(params, wrt))`), the rest passes through unchanged.
 
     Gradients are summed over micro-batches of a loss already divided by the batch's total
     number of completion tokens, so the result equals one full-batch token-mean step. A batch
@@ -175,12 +183,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     def step(params, opt_state, batch, ref_logp):
         n_tokens = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        trained, frozen = nnx.split_state(params, wrt, ...)
+        zeros = jax.tree.map(jnp.zeros_like, trained)
+
+        def trained_loss(trained, micro, ref, n_tokens):
+            return loss_fn(nnx.merge_state(frozen, trained), micro, ref, n_tokens)
 
         def accumulate(carry, xs):
             grads, loss, sums = carry
             micro, ref = xs
-            (l, s), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, ref, n_tokens)
+            (l, s), g = jax.value_and_grad(trained_loss, has_aux=True)(trained, micro, ref,
+                                                                       n_tokens)
             sums = jax.tree.map(jnp.add, sums, s)
             return (jax.tree.map(jnp.add, grads, g), loss + l, sums), None
 
@@ -188,14 +201,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         (grads, loss, sums), _ = jax.lax.scan(
             accumulate, (zeros, jnp.float32(0.0), init_sums), (batch, ref_logp)
         )
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        updates, new_opt = tx.update(grads, opt_state, trained)
+        new_trained = optax.apply_updates(trained, updates)
         has_tokens = jnp.sum(batch["mask"]) > 0
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, b: jnp.where(has_tokens, a, b), new, old
         )
         stats = {k: v / n_tokens for k, v in sums.items()}
         stats.update(loss=loss, grad_norm=optax.tree.norm(grads), tokens=jnp.sum(batch["mask"]))
-        return keep(new_params, params), keep(new_opt, opt_state), stats
+        new_params = nnx.merge_state(frozen, keep(new_trained, trained))
+        return new_params, keep(new_opt, opt_state), stats
 
     return jax.jit(step, donate_argnums=(0, 1))

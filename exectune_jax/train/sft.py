@@ -6,6 +6,8 @@ Reads run_dir/<sample.out>/accepted.jsonl (or `sft.data`), starts from `sft.init
 `model.path`, else the demo base guide, and trains `sft.steps` optimizer steps with the loss on
 strategy tokens only. Writes run_dir/<sft.name>/: metrics.jsonl, checkpoints/ (params, optimizer,
 data-iterator position) and, at the end, guide/ (HF directory with tokenizer), the hand-off to RL.
+With `model.lora.rank > 0` only LoRA adapters train (models/lora.py): checkpoints hold them and
+the base's path, and guide/ holds the merged weights.
 Running the same command again resumes from the newest checkpoint; a finished stage is a no-op.
 
 The train step is one jitted pure function over the split nnx state of (model, optimizer):
@@ -34,7 +36,7 @@ from exectune_jax.config import Config, to_dict
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.models import hf, sampler
+from exectune_jax.models import hf, lora, sampler
 from exectune_jax.train import head
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import MetricsWriter, progress_bar
@@ -64,11 +66,13 @@ def _forward_losses(model, batch, head_chunk):
     return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
-def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None, *, head_chunk: int = 0):
+def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None, wrt: Any = nnx.Param, *,
+                    head_chunk: int = 0):
     """jit(state, batch) -> (state, stats) for the split state of (model, optimizer).
 
-    The loss is the mean over the batch's masked tokens. With `shardings` (the state's
-    NamedShardings) the new state is pinned to the same layout as the old one.
+    The loss is the mean over the batch's masked tokens, differentiated with respect to the
+    `wrt` parameters (the optimizer's; LoRA adapters only with lora). With `shardings` (the
+    state's NamedShardings) the new state is pinned to the same layout as the old one.
     """
 
     def step(state, batch):
@@ -78,7 +82,8 @@ def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None, *, head_chunk
             total, count = _forward_losses(m, batch, head_chunk)
             return total / jnp.maximum(count, 1.0), count
 
-        (loss, count), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, count), grads = nnx.value_and_grad(
+            loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
         opt.update(model, grads)
         stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "loss_tokens": count}
         return nnx.split((model, opt))[1], stats
@@ -198,22 +203,24 @@ def run(cfg: Config, **_: Any) -> int:
     mesh = parallel.make_mesh(cfg.mesh)
     model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype],
                           compute_dtype=DTYPES[cfg.model.dtype], remat=cfg.model.remat)
+    lora.apply(model, cfg.model.lora, seed=cfg.seed, mesh=mesh)
+    wrt = lora.trainable(cfg.model.lora)
     tx = make_optimizer(sc.lr, sc.steps, sc.warmup_steps, sc.weight_decay, sc.clip_norm,
                         grad_accum=sc.grad_accum)
     with parallel.use_mesh(mesh):
-        opt = parallel.shard_model(nnx.Optimizer(model, tx, wrt=nnx.Param), mesh)
+        opt = parallel.shard_model(nnx.Optimizer(model, tx, wrt=wrt), mesh)
     it = pipeline.sft_iterator(data.train, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                seed=cfg.seed, process_index=pi, process_count=pc)
     writer = MetricsWriter(out_dir, tensorboard=cfg.metrics.tensorboard, enabled=pi == 0,
                            wandb=cfg.metrics.wandb, config=to_dict(cfg), name=sc.name)
-    start = _resume(ckpt, model, opt, it, mesh, writer, sc.name)
+    start = _resume(ckpt, model, opt, wrt, it, mesh, writer, sc.name)
     if start == 0:
         writer.log(0, train_examples=len(data.train), held_out_examples=len(data.held_out),
                    dropped_rows=data.dropped)
     graphdef, state = nnx.split((model, opt))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     chunk = cfg.model.head_chunk
-    train_step = make_train_step(graphdef, shardings, head_chunk=chunk)
+    train_step = make_train_step(graphdef, shardings, wrt, head_chunk=chunk)
     eval_step = make_eval_step(graphdef, head_chunk=chunk)
     evals = pipeline.eval_batches(data.held_out, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                   process_index=pi, process_count=pc)
@@ -232,7 +239,8 @@ def run(cfg: Config, **_: Any) -> int:
 
     def checkpoint(step: int) -> None:
         nnx.update((model, opt), state)
-        ckpt.save(step, state=_ckpt_state(model, opt), data_iter=it, meta={"step": step})
+        ckpt.save(step, state=_ckpt_state(model, opt, wrt), data_iter=it,
+                  meta={"step": step, **lora.checkpoint_meta(cfg.model.lora, init)})
 
     bar = progress_bar(sc.steps, initial=start, desc=f"sft {sc.name}",
                        enabled=cfg.metrics.progress and pi == 0)
@@ -278,16 +286,18 @@ def run(cfg: Config, **_: Any) -> int:
     return 0
 
 
-def _ckpt_state(model, opt) -> dict:
-    return {"params": nnx.state(model, nnx.Param), "opt": nnx.state(opt)}
+def _ckpt_state(model, opt, wrt) -> dict:
+    """The trained parameters (with LoRA: the adapters; the base is reloaded) and optimizer."""
+    return {"params": nnx.state(model, wrt), "opt": nnx.state(opt)}
 
 
-def _resume(ckpt: Checkpointer, model, opt, it, mesh, writer: MetricsWriter, name: str) -> int:
+def _resume(ckpt: Checkpointer, model, opt, wrt, it, mesh, writer: MetricsWriter, name: str) -> int:
     """Restore the newest checkpoint into model, optimizer and data iterator; returns its step."""
     step = ckpt.latest_step()
     if step is None:
         return 0
-    state, meta = ckpt.restore(step, target=_ckpt_state(model, opt), data_iter=it, mesh=mesh)
+    state, meta = ckpt.restore(step, target=_ckpt_state(model, opt, wrt), data_iter=it,
+                               mesh=mesh)
     nnx.update(model, state["params"])
     nnx.update(opt, state["opt"])
     writer.truncate_after(step)
@@ -301,7 +311,7 @@ def _write_guide(model, mcfg, tokenizer, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-    hf.save(model, mcfg, tmp, tokenizer=tokenizer)
+    hf.save(lora.merged(model), mcfg, tmp, tokenizer=tokenizer)
     if jax.process_index() == 0:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)

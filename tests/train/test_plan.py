@@ -69,3 +69,25 @@ def test_qwen3_1_7b_gsm8k_rl_fits_tpu_v5e_8(tmp_path, capsys):
     assert plan.run(cfg, "tpu-v5e-8") == 0
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert max(p["total"] for p in saved["programs"]) <= plan.HEADROOM * 16 * plan.GIB
+
+
+def test_lora_plan_holds_optimizer_state_for_the_adapters_only_and_no_reference(tmp_path):
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY_HF))
+    cfg = load_config(None, [
+        f"run_dir={tmp_path}", f"model.path={model}", "model.max_seq_len=64",
+        "rl.max_new_tokens=16", "rl.prompts_per_step=2", "rl.group_size=4", "rl.micro_batch=8",
+        "model.lora.rank=4",
+    ])
+    assert plan.run(cfg, "1xh100") == 0
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert [p["name"] for p in saved["programs"]] == [
+        "sample: prefill", "sample: decode", "reference log-probs", "GRPO update"]
+    # rank 4 on q, k, v, o (64->64, 64->32, 64->32, 64->64) and gate, up, down (64<->128)
+    adapter_bytes = 4 * 2 * 4 * (64 + 64 + 64 + 32 + 64 + 32 + 64 + 64 + 3 * (64 + 128))
+    resident = saved["resident"]
+    assert resident["reference"] == 0
+    assert 2 * adapter_bytes <= resident["optimizer"] <= 2 * adapter_bytes + 64  # Adam mu, nu
+    base = 4 * (2 * 256 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 5 * 64)
+    assert resident["policy"] == base + adapter_bytes
