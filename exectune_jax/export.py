@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,10 +294,21 @@ def write_export(model: Transformer, tokenizer, out_dir: str | os.PathLike, dtyp
     hf.save(cast(model, DTYPES[dtype]), model.cfg, tmp, tokenizer=tokenizer)
     if not writer:
         return out
-    try:
+
+    def card() -> None:
         facts = model_card.gather(cfg, tmp, name=repo_id or out.name, dtype=name, source=label,
                                   stage_dir=stage_dir, run_dir=run_dir)
         (tmp / "README.md").write_text(model_card.render(facts))
+
+    return _publish(tmp, out, cfg, card)
+
+
+def _publish(tmp: Path, out: Path, cfg: Config, finish: Callable[[], None] | None = None) -> Path:
+    """Finish `tmp` (`finish()`), refuse it if it holds a secret, then rename it over `out`;
+    on any failure `tmp` goes and `out` stays as it was."""
+    try:
+        if finish is not None:
+            finish()
         _refuse_secrets(tmp, cfg)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -368,14 +380,7 @@ def write_peft(model: Transformer, out_dir: str | os.PathLike, base: Path, cfg: 
     lora.save_peft(model, tmp, str(base.resolve()))
     if not writer:
         return out
-    try:
-        _refuse_secrets(tmp, cfg)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return _publish(tmp, out, cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,3 +87,16 @@ def record(cfg: Config, stage_dir: Path, *, write: bool = True) -> Path:
 def resumed(stage: str, step: int) -> None:
     """The line every resume shows the user."""
     log.info("resumed %s from step %d", stage, step)
+
+
+def begin(cfg: Config, stage_dir: Path, kind: str, ckpt, *, write: bool = True) -> None:
+    """Before a training stage's first step: a resume (`ckpt` has a step) must match the config
+    it was started with (else `ckpt` is closed and the ResumeError raised); then this config is
+    recorded as the stage's config.yaml."""
+    if ckpt.latest_step() is not None:
+        try:
+            check_resume(cfg, stage_dir, kind)
+        except ResumeError:
+            ckpt.close()
+            raise
+    record(cfg, stage_dir, write=write)

@@ -307,13 +307,7 @@ def train(cfg: Config) -> dict:
     spec = rewards.make_spec(rl.preset, rl.weights)
     stage = Path(cfg.run_dir) / rl.name
     ckpt = Checkpointer(stage / "checkpoints", keep=rl.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        try:
-            resume.check_resume(cfg, stage, "rl")
-        except resume.ResumeError:
-            ckpt.close()
-            raise
-    resume.record(cfg, stage, write=jax.process_index() == 0)
+    resume.begin(cfg, stage, "rl", ckpt, write=jax.process_index() == 0)
     init = resolve_init(cfg)
     from transformers import AutoTokenizer
 

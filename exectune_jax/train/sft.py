@@ -184,13 +184,7 @@ def run(cfg: Config, **_: Any) -> int:
     sc = cfg.sft
     out_dir = stage_dir(cfg)
     ckpt = Checkpointer(out_dir / CHECKPOINT_DIR, keep=sc.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        try:
-            resume.check_resume(cfg, out_dir, "sft")
-        except resume.ResumeError:
-            ckpt.close()
-            raise
-    resume.record(cfg, out_dir, write=jax.process_index() == 0)
+    resume.begin(cfg, out_dir, "sft", ckpt, write=jax.process_index() == 0)
     if ckpt.latest_step() == sc.steps and (out_dir / GUIDE_DIR / hf.CONFIG_FILE).exists():
         ckpt.close()
         print(f"sft {sc.name}: already at step {sc.steps}; guide at {out_dir / GUIDE_DIR}")
