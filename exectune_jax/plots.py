@@ -30,6 +30,16 @@ def isolated(points: Sequence[tuple[float, float]], near: float = 0.06) -> list[
             for i, (x, y) in enumerate(points)]
 
 
+def _save(fig, ax, path: Path) -> Path:
+    """Grid, legend and layout of a one-panel figure, written to `path`."""
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", frameon=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def accuracy_vs_cost(rows: Sequence[Mapping], path: str | Path) -> Path:
     """One point per method: x = core USD per 1,000 problems, y = accuracy with its 95% CI;
     points with room beside them are also labelled in place."""
@@ -47,12 +57,7 @@ def accuracy_vs_cost(rows: Sequence[Mapping], path: str | Path) -> Path:
         ax.set_xlabel(f"core cost (USD per {USD_SCALE:,} problems)")
         ax.set_ylabel("accuracy (%, 95% Wilson CI)")
         ax.set_title("Accuracy vs core API cost")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", frameon=True)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-    return path
+        return _save(fig, ax, path)
 
 
 def accuracy_vs_alpha(rows: Sequence[Mapping], path: str | Path) -> Path | None:
@@ -82,12 +87,7 @@ def accuracy_vs_alpha(rows: Sequence[Mapping], path: str | Path) -> Path | None:
         ax.set_ylabel("accuracy (%, 95% Wilson CI)")
         ax.set_title("Accuracy vs executability")
         ax.set_xlim(-3, 103)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", frameon=True)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-    return path
+        return _save(fig, ax, path)
 
 
 def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
@@ -184,9 +184,4 @@ def cost_vs_problems(rows: Sequence[Mapping], entries: Sequence[Mapping], path: 
         ax.set_xlabel("problems served")
         ax.set_ylabel("cumulative USD")
         ax.set_title("Cumulative cost: does the guide pay for itself?")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", frameon=True)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-    return path
+        return _save(fig, ax, path)
