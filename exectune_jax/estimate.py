@@ -211,7 +211,10 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
             lines.append(core_line(cfg, "rl_eval", validation, family, 2, strategy, core_out, scale,
                                    batchable=False))
     ev = cfg.eval
-    test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
+    # the eval stage's own prompts, read as the eval stage reads them: their lengths price its
+    # calls, and nothing else of this estimate sees them (tasks guard the test split)
+    with tasks.reading_as("eval"):
+        test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
     test = test[: ev.n_problems] if ev.n_problems is not None else test
     lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale, batchable=True))
     guided = len(ev.guides) + len(ev.advisor_methods)
