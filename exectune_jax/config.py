@@ -125,6 +125,8 @@ class ApiConfig:
         "circuit_breaker_failures": "[1, inf)",
         "circuit_breaker_cooldown_s": "[0, inf)",
         "budget_usd": "[0, inf)",
+        "batch_poll_s": "(0, inf)",
+        "batch_poll_max_s": "(0, inf)",
     }
 
     core: EndpointConfig = field(default_factory=EndpointConfig)  # executes the strategies
@@ -168,6 +170,8 @@ class SimConfig:
         "rpm": "(0, inf)",
         "fault_rate": "[0, 1)",
         "seed": "[0, inf)",
+        "batch_delay_s": "[0, inf)",
+        "batch_expire_s": "(0, inf)",
     }
 
     host: str = "127.0.0.1"  # address to listen on
@@ -313,6 +317,7 @@ class EvalConfig:
         "samples": "[1, inf)",
         "max_new_tokens": "[1, inf)",
         "batch_size": "[1, inf)",
+        "guide_usd_per_mtok": "[0, inf)",
     }
 
     split: str = "test"  # the task split scored: test | validation | train
@@ -564,6 +569,11 @@ def validate(config: Config) -> None:
     if config.api.follow_check == "judge" and config.api.judge is None:
         raise ConfigError("config: `api.follow_check` is judge but `api.judge` is not set; set "
                           "api.judge to a judge model or api.follow_check=trace")
+    lora = config.model.lora
+    unknown = [t for t in lora.target_modules if t not in LORA_TARGETS]
+    if unknown or not lora.target_modules:
+        raise ConfigError(f"config: `model.lora.target_modules` must name modules from "
+                          f"{', '.join(LORA_TARGETS)} (got {lora.target_modules})")
     for prefix, section in sections(config):
         for name, interval in type(section).RANGES.items() if hasattr(section, "RANGES") else ():
             value = getattr(section, name)
@@ -720,11 +730,6 @@ def flat(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + f.name] = value
     return out
-    lora = config.model.lora
-    unknown = [t for t in lora.target_modules if t not in LORA_TARGETS]
-    if unknown or not lora.target_modules:
-        raise ConfigError(f"config: `model.lora.target_modules` must name modules from "
-                          f"{', '.join(LORA_TARGETS)} (got {lora.target_modules})")
 
 
 def to_dict(config: Any) -> dict:
