@@ -50,7 +50,7 @@ def serve_sim():
 
 def test_killed_batch_sample_reattaches_and_matches_the_online_dataset(serve_sim, tmp_path):
     root, server = serve_sim
-    endpoints = [f"api.{name}.base_url={root}/v1" for name in ("core", "teacher", "core_strong")]
+    endpoints = [f"api.{name}.base_url={root}/v1" for name in ("core", "teacher", "judge", "core_strong")]
     run_dir = tmp_path / "batch"
     args = ["sample", f"run_dir={run_dir}", "api.mode=batch", *endpoints, *SIZES]
     first = _exectune(*args, wait=False)
