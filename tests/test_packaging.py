@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = {"datasets"}  # hub loading only, imported lazily with a one-line error naming the install
+EXTRAS = {"wandb": "wandb"}  # imported lazily; a missing one is a one-line error naming the extra
 NEEDED_BY_DEPENDENCIES = {"jinja2"}  # transformers' apply_chat_template imports it without declaring it
 
 
@@ -41,6 +42,10 @@ def test_every_imported_third_party_module_is_a_declared_dependency():
     providers = metadata.packages_distributions()
     for module in sorted(imported_modules() - OPTIONAL):
         dists = {d.lower().replace("_", "-") for d in providers.get(module, [])}
+        if module in EXTRAS:
+            extra = declared_names(project()["optional-dependencies"][EXTRAS[module]])
+            assert dists & extra.keys(), f"{module}: not in the [{EXTRAS[module]}] extra"
+            continue
         assert dists & declared.keys(), f"exectune_jax imports {module} (from {dists}) but does not declare it"
     assert NEEDED_BY_DEPENDENCIES <= declared.keys()
 
