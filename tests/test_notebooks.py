@@ -131,8 +131,8 @@ def test_real_api_notebook_falls_back_to_the_simulated_endpoints_without_a_key(k
     run_dir = tmp_path / "runs" / "real_api_offline"
     assert installed_from_the_checkout(shown)
     assert "no ANTHROPIC_API_KEY found" in shown
-    estimate = shown.index("estimated USD")
-    assert "against the budget api.budget_usd" in shown and estimate < shown.index("accepted ")
+    estimate = shown.index("| stage | calls |")  # `exectune estimate`'s table, before stage 1
+    assert "as configured $" in shown and estimate < shown.index("accepted ")
     assert steps(run_dir / "sft" / "metrics.jsonl") == [1, 2]
     assert "| exectune |" in shown and "USD" in shown
     assert (run_dir / "hf_guide" / "config.json").exists()
