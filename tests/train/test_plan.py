@@ -28,14 +28,20 @@ def test_unknown_model_path_names_the_field(tmp_path):
         plan.model_config(cfg)
 
 
-def test_tiny_plan_compiles_every_program_and_fits(tmp_path, capsys):
+def tiny_plan_config(tmp_path, *extra: str):
+    """The RL config of a tiny guide whose directory holds only its config.json."""
     model = tmp_path / "tiny"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(TINY_HF))
-    cfg = load_config(None, [
+    return load_config(None, [
         f"run_dir={tmp_path}", f"model.path={model}", "model.max_seq_len=64",
         "rl.max_new_tokens=16", "rl.prompts_per_step=2", "rl.group_size=4", "rl.micro_batch=8",
+        *extra,
     ])
+
+
+def test_tiny_plan_compiles_every_program_and_fits(tmp_path, capsys):
+    cfg = tiny_plan_config(tmp_path)
     assert plan.run(cfg, "tpu-v5e-8") == 0
     out = capsys.readouterr().out
     assert "fsdp=8" in out and "fits" in out
@@ -72,14 +78,7 @@ def test_qwen3_1_7b_gsm8k_rl_fits_tpu_v5e_8(tmp_path, capsys):
 
 
 def test_lora_plan_holds_optimizer_state_for_the_adapters_only_and_no_reference(tmp_path):
-    model = tmp_path / "tiny"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(TINY_HF))
-    cfg = load_config(None, [
-        f"run_dir={tmp_path}", f"model.path={model}", "model.max_seq_len=64",
-        "rl.max_new_tokens=16", "rl.prompts_per_step=2", "rl.group_size=4", "rl.micro_batch=8",
-        "model.lora.rank=4",
-    ])
+    cfg = tiny_plan_config(tmp_path, "model.lora.rank=4")
     assert plan.run(cfg, "1xh100") == 0
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert [p["name"] for p in saved["programs"]] == [
