@@ -31,6 +31,9 @@ from exectune_jax.errors import UserError
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 SIM_URL = "sim"  # an endpoint whose base_url is "sim" talks to the embedded loopback server
+# the run-dir layout: a training stage's directory holds GUIDE_DIR and CHECKPOINT_DIR
+GUIDE_DIR, CHECKPOINT_DIR = "guide", "checkpoints"
+BASE_GUIDE_DIR = "base_guide"  # under run_dir: the starting guide when the config names none
 
 
 class ConfigError(UserError):

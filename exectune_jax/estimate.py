@@ -7,8 +7,19 @@ code on the first `--pilot` training problems (through the pool, with the run's 
 the run then replays those calls instead of paying again) and scales its calls and tokens per
 problem. Prompt tokens come from the real prompts (the sim's tokenizer, scaled by what the
 provider counted in the pilot); output tokens per call from the pilot, or the stated defaults
-without one. Each stage is priced online and batch, with and without prompt caching (the
-constant system prompt read from the provider's cache after the first call).
+without one. With `api.follow_check=judge` every guided execution adds one judge call that reads
+the problem, the strategy and the core's reply; it is priced at the judge's own rates. Each stage
+is priced online and batch, with and without prompt caching (the constant system prompt read from
+the provider's cache after the first call).
+
+A trained guide's strategies are stood in for by an accepted one, which the core executes step by
+step. Free-form advice (the Advisor baseline) and the untrained base guide's text are not
+strategies the core executes: their core calls are projected at the core-alone reply length.
+
+Guided calls of RL and eval are counted as if every one were paid. A guide that writes the same
+strategy twice for a problem (within an RL group, or two guides in eval) sends an identical
+request, which the call cache replays for free; how often depends on the trained guide, so those
+stages are projected as upper bounds.
 """
 
 from __future__ import annotations
@@ -20,15 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from exectune_jax.api.ledger import PriceTable, load_prices
-from exectune_jax.config import Config
+from exectune_jax.config import BASE_GUIDE_DIR, Config
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts
 from exectune_jax.sim import tokens
 
 # Output tokens per call when no pilot runs (--pilot 0): a numbered strategy, a short solution.
-DEFAULT_OUTPUT_TOKENS = {"teacher": 120.0, "core": 60.0}
+DEFAULT_OUTPUT_TOKENS = {"teacher": 120.0, "core": 60.0, "judge": 20.0}
 DEFAULT_STRATEGY = "<strategy>\n1. Multiply 12 by 3.\n2. Add 5 to the result of step 1.\n</strategy>"
-BATCHABLE = ("sample", "eval")
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class Pilot:
     strategy: str  # an accepted strategy, standing in for a trained guide's
     scale: float  # provider-counted / sim-tokenizer input tokens
     alone_output: float = DEFAULT_OUTPUT_TOKENS["core"]  # mean output tokens of a core-alone call
+    judge_output: float = DEFAULT_OUTPUT_TOKENS["judge"]  # mean output tokens of a follow-check call
 
 
 def line_usd(prices: PriceTable, line: Line, *, batch: bool, caching: bool) -> float:
@@ -93,6 +104,34 @@ def core_line(cfg: Config, stage: str, problems: Sequence[Any], family: str, cal
                 _mean([system_tokens(m, scale) for m in msgs]), batchable)
 
 
+def judge_line(cfg: Config, core: Line, problems: Sequence[Any], strategy: str, judge_output: float,
+               scale: float) -> Line | None:
+    """The follow check's judge calls for guided core line `core`: one per execution, each reading
+    the problem, the strategy and the core's reply (of the projected length)."""
+    if cfg.api.follow_check != "judge" or cfg.api.judge is None or not core.calls:
+        return None
+    ep = cfg.api.judge
+    msgs = [prompts.judge_follow_messages(p.prompt, strategy, "") for p in problems]
+    per_call = _mean([prompt_tokens(m, scale) for m in msgs]) + core.output_tokens / core.calls * scale
+    return Line(core.stage, "judge", ep.model, ep.provider, core.calls, per_call * core.calls,
+                judge_output * core.calls, _mean([system_tokens(m, scale) for m in msgs]), core.batchable)
+
+
+def guided_lines(cfg: Config, stage: str, problems: Sequence[Any], family: str, calls_per_problem: float,
+                 strategy: str, output: float, judge_output: float, scale: float, *,
+                 batchable: bool) -> list[Line]:
+    """Guided core executions and the judge calls that check them."""
+    core = core_line(cfg, stage, problems, family, calls_per_problem, strategy, output, scale,
+                     batchable=batchable)
+    judge = judge_line(cfg, core, problems, strategy, judge_output, scale)
+    return [core] if judge is None else [core, judge]
+
+
+def _endpoint(stage: str) -> str:
+    """The endpoint of a ledger row of acceptance sampling, from its stage name."""
+    return next((e for e in ("judge", "teacher") if stage.endswith(f".{e}")), "core")
+
+
 def _fingerprint(cfg: Config, n: int) -> str:
     return json.dumps([n, cfg.task.name, cfg.task.options, asdict(cfg.sample), cfg.api.core.model,
                        cfg.api.teacher.model], sort_keys=True, default=str)
@@ -125,7 +164,8 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
     with open_pool(cfg, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample, unfiltered=False,
                                        stage=cfg.sample.out, core_model=cfg.api.core.model)
-        # RL measures core-alone rates on training problems with these sample indices: it replays them
+        # the core-alone reply length prices RL's core_only baseline (RL replays these calls for
+        # the pilot's problems it happens to draw)
         execute_many(pool, task, [(p, None) for p in problems], stage="core_only")
         if pool.stopped:
             raise UserError(f"the pilot of {len(problems)} problems reached api.budget_usd="
@@ -134,14 +174,14 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
         f.seek(start)
         rows = [json.loads(line) for line in f.read().decode().splitlines()]
     per: dict[str, float] = {}
-    outs: dict[str, list[int]] = {"teacher": [], "core": [], "alone": []}
+    outs: dict[str, list[int]] = {"teacher": [], "core": [], "judge": [], "alone": []}
     for row in rows:
         if row["stage"] == "core_only":
             outs["alone"].append(row["output_tokens"])
             continue
         if row["cached"]:
             continue
-        endpoint = "teacher" if row["stage"].endswith(".teacher") else "core"
+        endpoint = _endpoint(row["stage"])
         per[f"{endpoint}.calls"] = per.get(f"{endpoint}.calls", 0.0) + 1 / len(problems)
         per[f"{endpoint}.input"] = per.get(f"{endpoint}.input", 0.0) + row["input_tokens"] / len(problems)
         per[f"{endpoint}.output"] = per.get(f"{endpoint}.output", 0.0) + row["output_tokens"] / len(problems)
@@ -155,14 +195,16 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
     pilot = Pilot(len(problems), per, _mean(outs["core"]) or DEFAULT_OUTPUT_TOKENS["core"],
                   _mean(outs["teacher"]) or DEFAULT_OUTPUT_TOKENS["teacher"],
                   accepted[0] if accepted else DEFAULT_STRATEGY, scale,
-                  _mean(outs["alone"]) or DEFAULT_OUTPUT_TOKENS["core"])
+                  _mean(outs["alone"]) or DEFAULT_OUTPUT_TOKENS["core"],
+                  _mean(outs["judge"]) or DEFAULT_OUTPUT_TOKENS["judge"])
     kept.write_text(json.dumps({"fingerprint": _fingerprint(cfg, n), "pilot": asdict(pilot)}, indent=2) + "\n")
     return pilot
 
 
-def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl",),
+def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, str]] | None = None,
             unfiltered: bool = False) -> list[Line]:
-    """Projected lines of every stage the config runs, in run order."""
+    """Projected lines of every stage the config runs, in run order; `rl_stages`: (name, preset)
+    of each RL stage, by default the config's one."""
     from exectune_jax.data import tasks
     from exectune_jax.train.acceptance import training_problems
 
@@ -171,6 +213,8 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
     scale = pilot.scale if pilot else 1.0
     core_out = pilot.core_output if pilot else DEFAULT_OUTPUT_TOKENS["core"]
     alone_out = pilot.alone_output if pilot else DEFAULT_OUTPUT_TOKENS["core"]
+    judge_out = pilot.judge_output if pilot else DEFAULT_OUTPUT_TOKENS["judge"]
+    rl_stages = rl_stages or ((cfg.rl.name, cfg.rl.preset),)
     strategy = pilot.strategy if pilot else DEFAULT_STRATEGY
     lines: list[Line] = []
     stage = cfg.sample.out
@@ -187,29 +231,36 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
         lines.append(Line(stage, "core", core.model, core.provider, c_calls,
                           per.get("core.input", 0.0) * len(train), per.get("core.output", 0.0) * len(train),
                           c_sys, True))
+        if per.get("judge.calls"):
+            j_sys = system_tokens(prompts.judge_follow_messages("", "", ""), scale)
+            lines.append(Line(stage, "judge", cfg.api.judge.model, cfg.api.judge.provider,
+                              per["judge.calls"] * len(train), per.get("judge.input", 0.0) * len(train),
+                              per.get("judge.output", 0.0) * len(train), j_sys, True))
     else:  # no pilot: every proposal executed once, no revisions (a lower bound)
         msgs = [prompts.teacher_propose_messages(p, family) for p in train]
         n = len(train) * cfg.sample.proposals
         lines.append(Line(stage, "teacher", teacher.model, teacher.provider, n,
                           _mean([prompt_tokens(m, scale) for m in msgs]) * n,
                           DEFAULT_OUTPUT_TOKENS["teacher"] * n, _mean([system_tokens(m, scale) for m in msgs]), True))
-        lines.append(core_line(cfg, stage, train, family, cfg.sample.proposals * cfg.sample.verify_samples,
-                               strategy, core_out, scale, batchable=True))
+        lines += guided_lines(cfg, stage, train, family, cfg.sample.proposals * cfg.sample.verify_samples,
+                              strategy, core_out, judge_out, scale, batchable=True)
     if unfiltered:  # the same proposal prompts: replays of the filtered run's first round when it ran first
         lines.append(Line("sample_unfiltered", "teacher", teacher.model, teacher.provider, 0.0, 0.0, 0.0, 0.0, True))
     rl = cfg.rl
     distinct = train[: min(len(train), rl.steps * rl.prompts_per_step)]
-    for i, name in enumerate(rl_stages):
-        lines.append(core_line(cfg, name, [train[j % len(train)] for j in range(rl.steps * rl.prompts_per_step)],
-                               family, rl.group_size, strategy, core_out, scale, batchable=False))
+    for i, (name, preset) in enumerate(rl_stages):
+        out = alone_out if preset == "advisor" else core_out
+        lines += guided_lines(cfg, name, [train[j % len(train)] for j in range(rl.steps * rl.prompts_per_step)],
+                              family, rl.group_size, strategy, out, judge_out, scale, batchable=False)
         if i == 0 and cfg.rl.core_only_samples and distinct:  # later RL stages replay these
             lines.append(core_line(cfg, "core_only", distinct, family, rl.core_only_samples, None, alone_out,
                                    scale, batchable=False))
     if rl.held_out:
         validation = task.problems("validation")[: rl.held_out]
-        for name in rl_stages:
-            lines.append(core_line(cfg, "rl_eval", validation, family, 2, strategy, core_out, scale,
-                                   batchable=False))
+        for name, preset in rl_stages:
+            out = alone_out if preset == "advisor" else core_out
+            lines += guided_lines(cfg, "rl_eval", validation, family, 2, strategy, out, judge_out, scale,
+                                  batchable=False)
     ev = cfg.eval
     # the eval stage's own prompts, read as the eval stage reads them: their lengths price its
     # calls, and nothing else of this estimate sees them (tasks guard the test split)
@@ -217,9 +268,10 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[str] = ("rl
         test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
     test = test[: ev.n_problems] if ev.n_problems is not None else test
     lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale, batchable=True))
-    guided = len(ev.guides) + len(ev.advisor_methods)
-    lines.append(core_line(cfg, "eval", test, family, ev.samples * guided, strategy, core_out, scale,
-                           batchable=True))
+    for name, path in ev.guides.items():
+        executes = name not in ev.advisor_methods and Path(path).name != BASE_GUIDE_DIR
+        lines += guided_lines(cfg, "eval", test, family, ev.samples, strategy,
+                              core_out if executes else alone_out, judge_out, scale, batchable=True)
     if ev.core_strong and cfg.api.core_strong is not None:
         lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale,
                                endpoint="core_strong", batchable=True))
@@ -286,7 +338,7 @@ def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False, **
         cfg = prepare(cfg, None, quick)
     found = run_pilot(cfg, pilot)
     prices = load_prices(cfg.api.prices)
-    stages = ("advisor_rl", "rl") if demo or quick else (cfg.rl.name,)
+    stages = (("advisor_rl", "advisor"), ("rl", "exectune")) if demo or quick else None
     rows = stage_table(prices, project(cfg, found, rl_stages=stages, unfiltered=demo or quick))
     out = Path(cfg.run_dir) / "estimate.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +350,8 @@ def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False, **
     print(f"prices read on {prices.read_on}; output tokens per call "
           + (f"from a pilot of {found.problems} problems (cached: the run replays it)" if found
              else f"from the stated defaults {DEFAULT_OUTPUT_TOKENS}"))
+    print("guided calls of RL and eval are counted as all paid: a guide repeating a strategy is "
+          "replayed from the call cache, so those stages are upper bounds")
     for warning in budget_warnings(cfg, rows):
         print(warning)
     print(f"written to {out}")

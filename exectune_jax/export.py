@@ -39,13 +39,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from exectune_jax import model_card, parallel, preflight
-from exectune_jax.config import Config, LoraConfig
+from exectune_jax.config import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR, Config, LoraConfig
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora
 from exectune_jax.models.transformer import Transformer
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
-GUIDE_DIR, CHECKPOINT_DIR, BASE_GUIDE_DIR = "guide", "checkpoints", "base_guide"
 CHECKPOINT_META = "meta"  # an item every checkpoint step holds (train/checkpoint.py)
 TOKEN_ENV = "HF_TOKEN"
 EXPECTED = ("expected a run directory (holding {stages}), a stage directory (holding guide/ or "

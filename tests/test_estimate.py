@@ -46,8 +46,14 @@ def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_p
             if not json.loads(line)["cached"] and json.loads(line)["stage"].startswith("sample")]
     assert rows["sample"]["calls"] == pytest.approx(len(paid) / 4 * 16)
     assert pilot["problems"] == 4 and set(rows) == {"sample", "rl", "core_only", "eval"}
-    # eval: 8 problems x (core_only + 5 guides + 1 advisor + core_strong)
-    assert rows["eval"]["calls"] == 8 * 8 and rows["rl"]["calls"] == 2 * 2 * 2
+    # the follow check's judge calls are their own endpoint: one per guided core execution
+    per = pilot["per_problem"]
+    judged = [r for r in paid if r["stage"].endswith(".judge")]
+    assert judged and per["judge.calls"] == pytest.approx(len(judged) / 4)
+    assert per["core.calls"] == pytest.approx(sum(r["stage"] == "sample.core" for r in paid) / 4)
+    # eval: 8 problems x (core_only + 5 guides, the advisor among them, + core_strong) core calls
+    # and a judge call per guided one; RL: steps x prompts x group core calls, each judged
+    assert rows["eval"]["calls"] == 8 * 7 + 8 * 5 and rows["rl"]["calls"] == 2 * (2 * 2 * 2)
     assert rows["eval"]["batch_usd"] == pytest.approx(rows["eval"]["online_usd"] / 2)
     assert rows["rl"]["batchable"] is False
 
@@ -59,3 +65,24 @@ def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_p
     assert estimate.run_pilot(cfg, 4) == estimate.Pilot(**pilot)  # kept, not re-measured from replays
     assert estimate.run_pilot(cfg, 6) is None  # the cache would hide the pilot's work: stated defaults
     assert "no pilot:" in capsys.readouterr().out
+
+
+def test_judge_calls_read_the_projected_reply_and_advice_is_projected_as_the_core_alone():
+    cfg = load_config(None, SIZES)
+    pilot = estimate.Pilot(problems=4, per_problem={}, core_output=50.0, teacher_output=40.0,
+                           strategy=estimate.DEFAULT_STRATEGY, scale=1.0, alone_output=200.0, judge_output=10.0)
+    lines = estimate.project(cfg, pilot, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")))
+    per_call = {(ln.stage, ln.endpoint, ln.output_tokens / ln.calls) for ln in lines if ln.calls}
+    assert ("advisor_rl", "core", 200.0) in per_call and ("rl", "core", 50.0) in per_call
+    assert {ln.endpoint for ln in lines if ln.stage == "core_only"} == {"core"}  # nothing to judge
+    judge = {ln.stage: ln for ln in lines if ln.endpoint == "judge" and ln.stage.endswith("rl")}
+    assert {ln.output_tokens / ln.calls for ln in judge.values()} == {10.0}
+    # the same prompts and strategy: the advisor's judge reads a reply 150 tokens longer
+    gap = judge["advisor_rl"].input_tokens / judge["advisor_rl"].calls - judge["rl"].input_tokens / judge["rl"].calls
+    assert gap == pytest.approx(150.0)
+    # eval: the base guide's and the advisor's core calls at the core-alone length, trained guides'
+    # at the executed-strategy length; core_only and core_strong unjudged
+    evals = [ln for ln in lines if ln.stage == "eval"]
+    core_outs = sorted(ln.output_tokens / ln.calls for ln in evals if ln.endpoint == "core")
+    assert core_outs == [50.0, 50.0, 50.0, 200.0, 200.0, 200.0]  # 3 trained, base + advisor, core_only
+    assert sum(ln.endpoint == "judge" for ln in evals) == len(cfg.eval.guides)

@@ -36,7 +36,7 @@ from flax import nnx
 
 from exectune_jax import parallel, preflight, resume
 from exectune_jax.api.pool import open_pool
-from exectune_jax.config import Config, to_dict
+from exectune_jax.config import CHECKPOINT_DIR, Config, to_dict
 from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
@@ -306,7 +306,7 @@ def train(cfg: Config) -> dict:
     rl = cfg.rl
     spec = rewards.make_spec(rl.preset, rl.weights)
     stage = Path(cfg.run_dir) / rl.name
-    ckpt = Checkpointer(stage / "checkpoints", keep=rl.keep_checkpoints)
+    ckpt = Checkpointer(stage / CHECKPOINT_DIR, keep=rl.keep_checkpoints)
     resume.begin(cfg, stage, "rl", ckpt, write=jax.process_index() == 0)
     init = resolve_init(cfg)
     from transformers import AutoTokenizer

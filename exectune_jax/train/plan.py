@@ -271,8 +271,46 @@ def resident_state(cfg: Config, mcfg: Any, mesh: Any) -> dict[str, int]:
     }
 
 
+def sft_program(cfg: Config, mcfg: Any, mesh: Any) -> tuple[str, Callable[[], Any], int]:
+    """The SFT step at `sft.batch_size` x `sft.seq_len` on the same mesh, as train/sft.py runs it:
+    the split (model, optimizer) state donated and returned. SFT is its own process, so nothing
+    else is resident beside it."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from exectune_jax import parallel
+    from exectune_jax.data.pipeline import BATCH_KEYS
+    from exectune_jax.models import lora
+    from exectune_jax.models.transformer import Transformer
+    from exectune_jax.train.optim import make_optimizer
+    from exectune_jax.train.sft import make_train_step
+
+    sc = cfg.sft
+    wrt = lora.trainable(cfg.model.lora)
+    tx = make_optimizer(sc.lr, sc.steps, sc.warmup_steps, sc.weight_decay, sc.clip_norm,
+                        grad_accum=sc.grad_accum)
+
+    def build():
+        model = lora.apply(Transformer(mcfg, rngs=nnx.Rngs(0), dtype=_dtype(cfg.model.dtype),
+                                       param_dtype=_dtype(cfg.model.param_dtype),
+                                       remat=cfg.model.remat), cfg.model.lora)
+        return model, nnx.Optimizer(model, tx, wrt=wrt)
+
+    with parallel.use_mesh(mesh):
+        graphdef, state = nnx.split(nnx.eval_shape(build))
+    shardings = parallel.state_shardings(state, mesh)
+    state = _sds(state, shardings)
+    rows = parallel.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((sc.batch_size, sc.seq_len), jnp.int32, sharding=rows)
+             for k in BATCH_KEYS}
+    step = make_train_step(graphdef, shardings, wrt, head_chunk=cfg.model.head_chunk)
+    return "SFT step", lambda: step.lower(state, batch), 0
+
+
 def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int], list[ProgramMemory]]:
-    """Compile sampler prefill + decode, reference log-probs and the GRPO update; measure each."""
+    """Compile sampler prefill + decode, reference log-probs, the GRPO update and the SFT step;
+    measure each."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
@@ -341,6 +379,7 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
             wrt=lora.trainable(cfg.model.lora),
             head_chunk=cfg.model.head_chunk).lower(params, opt, batch, logp),
          resident["reference"]),
+        sft_program(cfg, mcfg, mesh),
     ]
     out = []
     with parallel.use_mesh(mesh):
@@ -413,7 +452,8 @@ def report(plan: Plan, cfg: Config) -> str:
         f"plan for {where}{how}: mesh {mesh}; G={cfg.rl.group_size} x "
         f"{cfg.rl.prompts_per_step} prompts, {cfg.rl.max_new_tokens} new tokens, "
         f"seq_len {cfg.model.max_seq_len}, micro_batch {cfg.rl.micro_batch}, "
-        f"compute {cfg.model.dtype}, params {cfg.model.param_dtype}",
+        f"compute {cfg.model.dtype}, params {cfg.model.param_dtype}; SFT "
+        f"{cfg.sft.batch_size} x {cfg.sft.seq_len}",
         "resident per device:",
         *(f"  {k:<22}{_gib(v)}" for k, v in plan.resident.items()),
         "programs per device (args + outputs - donated + temporaries + other resident = total):",

@@ -32,7 +32,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from exectune_jax import parallel, preflight, resume
-from exectune_jax.config import Config, to_dict
+from exectune_jax.config import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR, Config, to_dict
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
@@ -44,9 +44,6 @@ from exectune_jax.train.optim import lr_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
-GUIDE_DIR = "guide"
-BASE_GUIDE_DIR = "base_guide"  # under run_dir: the starting guide when the config names none
-CHECKPOINT_DIR = "checkpoints"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -47,8 +47,12 @@ def test_tiny_plan_compiles_every_program_and_fits(tmp_path, capsys):
     assert "fsdp=8" in out and "fits" in out
     saved = json.loads((tmp_path / "plan.json").read_text())
     names = [p["name"] for p in saved["programs"]]
-    assert names == ["sample: prefill", "sample: decode", "reference log-probs", "GRPO update"]
+    assert names == ["sample: prefill", "sample: decode", "reference log-probs", "GRPO update", "SFT step"]
     assert all(p["total"] > 0 for p in saved["programs"]) and saved["fits"]
+    # SFT is its own stage: its step takes the whole (model, optimizer) state, nothing beside it
+    sft = saved["programs"][-1]
+    assert sft["arguments"] >= saved["resident"]["policy"] + saved["resident"]["optimizer"]
+    assert sft["other_resident"] == 0
     # fsdp=8: each device holds an eighth of every matrix; the 5 norm scales are replicated
     matrices = 2 * 256 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
     assert saved["resident"]["policy"] == 4 * (matrices // 8 + 5 * 64)
@@ -82,7 +86,7 @@ def test_lora_plan_holds_optimizer_state_for_the_adapters_only_and_no_reference(
     assert plan.run(cfg, "1xh100") == 0
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert [p["name"] for p in saved["programs"]] == [
-        "sample: prefill", "sample: decode", "reference log-probs", "GRPO update"]
+        "sample: prefill", "sample: decode", "reference log-probs", "GRPO update", "SFT step"]
     # rank 4 on q, k, v, o (64->64, 64->32, 64->32, 64->64) and gate, up, down (64<->128)
     adapter_bytes = 4 * 2 * 4 * (64 + 64 + 64 + 32 + 64 + 32 + 64 + 64 + 3 * (64 + 128))
     resident = saved["resident"]
