@@ -32,6 +32,7 @@ examples:
   exectune export runs/a/rl runs/a/export --dtype bf16
   exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
   exectune estimate --config configs/demo.yaml run_dir=runs/a --pilot 8
+  exectune study run_dir=runs/study --seeds 0,1,2     # the demo per seed, mean ± sd, pooled tests
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
@@ -52,11 +53,12 @@ COMMANDS = {
     "export": ("exectune_jax.export", "run", "write a Hugging Face checkpoint (and push it)"),
     "config": ("exectune_jax.cli", "show_config", "print the resolved config with each field's doc"),
     "estimate": ("exectune_jax.estimate", "run", "projected calls, tokens and USD per stage, before paying"),
+    "study": ("exectune_jax.study", "run", "the demo over several seeds: mean ± sd per row, per-seed and pooled tests"),
 }
 # the config sections each command's --help documents (`config --help`: all of them)
 HELP_SECTIONS = {"serve-sim": ("sim",), "sample": ("sample",), "sft": ("sft",), "rl": ("rl",),
                  "eval": ("eval",), "plan": ("mesh",), "export": ("export",),
-                 "demo": ("model", "task", "metrics")}
+                 "demo": ("model", "task", "metrics"), "study": ("model", "task", "metrics")}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -88,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demo":
             p.add_argument("--out", help="output directory (default: run_dir)")
             p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+        if name == "study":
+            p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one demo each "
+                           "in run_dir/seed-N (default: 0,1,2)")
+            p.add_argument("--quick", action="store_true", help="each seed at the demo's --quick sizes")
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",
                            help="keep every well-formed teacher strategy (the SFT-guide baseline)")

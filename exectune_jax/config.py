@@ -182,7 +182,7 @@ class SimConfig:
     latency_ms: float = 0.0  # added to every reply
     rpm: float | None = None  # answer 429 with Retry-After above this rate
     fault_rate: float = 0.0  # fraction of requests answered with an injected fault
-    seed: int = 0  # of the simulated models and faults
+    seed: int = 0  # of faults, and of sampled (temperature > 0) answers: the teacher's samples differ per seed
     # JSONL where the server records whether sim-core really followed each strategy it was given
     # (the ground truth the follow-check estimators are measured against; it never travels
     # through the API); None = not recorded

@@ -459,6 +459,9 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
     reference = None if quick else reference_line(rows)
     if reference:
         lines.append(reference)
+    if not quick:
+        lines.append("one seed: `exectune study --seeds 0,1,2` runs the demo per seed and reports "
+                     "mean ± sd with per-seed and pooled tests")
     if study is not None:
         lines += study_lines(study)
     lines.append("")

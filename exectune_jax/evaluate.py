@@ -36,7 +36,7 @@ ROW_FIELDS = ("method", "n", "accuracy", "accuracy_ci", "executability", "execut
               "usd_per_problem", "guide_tokens", "failed_calls", "mcnemar_p_vs_exectune",
               "p_correct_followed", "p_correct_followed_ci", "p_correct_not_followed",
               "p_correct_not_followed_ci", "mixture_accuracy", "follow_unknown",
-              "follow_usd_per_problem")
+              "follow_usd_per_problem", "discordant_vs_exectune")
 FOLLOW_LABELS = "follow_labels.jsonl"
 
 
@@ -140,7 +140,9 @@ def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
         row["leak_rate"] = sum(strategy.leaks(t, p, data.family) is not None
                                for t, p in zip(texts, data.problems)) / len(texts)
     if ref is not None and data.method != REFERENCE:
-        row["mcnemar_p_vs_exectune"] = mcnemar_exact(*discordant(ref, first))
+        pairs = discordant(ref, first)
+        row["mcnemar_p_vs_exectune"] = mcnemar_exact(*pairs)
+        row["discordant_vs_exectune"] = list(pairs)  # (exectune right, this row right): pooled by a study
     return row
 
 

@@ -55,6 +55,16 @@ def fault_for(seed: int, digest: str, arrival: int, rate: float, kinds: tuple[st
     return kinds[int.from_bytes(h[8:12], "big") % len(kinds)]
 
 
+def model_seed(sim_seed: int, request_seed: int, temperature: float) -> int:
+    """The seed a simulated model answers a request with. Greedy requests, and every request
+    under sim seed 0, use the request's own seed (its sample index), so the world at temperature
+    0 is one fixed function of the prompt; a sampled request under another sim seed draws other
+    text, as a real provider's sampling does from one run to the next."""
+    if sim_seed == 0 or float(temperature) == 0.0:
+        return request_seed
+    return request_seed + (sim_seed << 32)
+
+
 def _default_models(name: str) -> Any:
     from exectune_jax.sim import models
 
@@ -203,11 +213,13 @@ class SimServer:
         with `.respond` also says whether it followed a strategy: that goes to the truth log only."""
         followed = None
         if hasattr(model, "respond"):
-            reply = model.respond(req["messages"], temperature=req["temperature"], seed=req["seed"])
+            seed = model_seed(self.seed, req["seed"], req["temperature"])
+            reply = model.respond(req["messages"], temperature=req["temperature"], seed=seed)
             text, followed = reply.text, reply.followed
         else:
             text = model.complete(req["messages"], max_tokens=req["max_tokens"],
-                                  temperature=req["temperature"], seed=req["seed"])
+                                  temperature=req["temperature"],
+                                  seed=model_seed(self.seed, req["seed"], req["temperature"]))
         stop = "end"
         if tokens.count(text) > req["max_tokens"]:
             text, stop = tokens.truncate(text, req["max_tokens"]), "max_tokens"

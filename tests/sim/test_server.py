@@ -249,3 +249,28 @@ def test_serve_sim_judges_in_the_fixed_form_and_keeps_the_ground_truth_to_itself
         assert parsed is not None and parsed[1]
         assert (parsed[0] == "yes") == truth[digest]
     assert [truth[d] for d, _ in exchanges] == [False, True]
+
+
+def test_another_sim_seed_draws_other_teacher_samples_and_keeps_the_greedy_core():
+    """sim.seed seeds sampled answers (a study's seeds get different teacher proposals); at
+    temperature 0 the world is one function of the prompt, whatever the seed."""
+    from exectune_jax.data import tasks
+    from exectune_jax.gcop import prompts
+
+    problems = tasks.get("arith", n_train=8, n_validation=2, n_test=2).problems("train")
+
+    def answers(seed: int, model: str, temperature: float, messages_of) -> list[str]:
+        with SimServer(seed=seed) as s:
+            return [requests.post(s.url + "/v1/chat/completions", timeout=10, json={
+                "model": model, "messages": messages_of(p), "temperature": temperature, "seed": 0,
+                "max_tokens": 512}).json()["choices"][0]["message"]["content"] for p in problems]
+
+    def teacher(p):
+        return prompts.teacher_propose_messages(p, "math")
+
+    def core(p):
+        return prompts.core_messages(p, "math", None)
+
+    assert answers(0, "sim-teacher", 1.0, teacher) == answers(0, "sim-teacher", 1.0, teacher)
+    assert answers(0, "sim-teacher", 1.0, teacher) != answers(1, "sim-teacher", 1.0, teacher)
+    assert answers(0, "sim-core", 0.0, core) == answers(1, "sim-core", 0.0, core)
