@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,12 @@ PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("eval",),),
     (("export",),),
 )
+# The command each stage's process runs (`python -m exectune_jax.demo COMMAND CONFIG`).
+COMMANDS: dict[str, str] = {
+    "base_guide": "base_guide", "sample": "sample", "sample_unfiltered": "sample_unfiltered",
+    "sft": "sft", "sft_unfiltered": "sft", "advisor_rl": "rl", "rl": "rl", "eval": "eval",
+    "export": "export",
+}
 OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "accuracy_vs_alpha.png",
            "rl_curves.png", "break_even.md", "cost_vs_problems.png")
 TRUTH_LOG = "sim_truth.jsonl"  # the sim server's ground truth of "followed", for the study
@@ -145,11 +151,11 @@ def stage_configs(cfg: Config) -> dict[str, Config]:
     }
 
 
-def stage_steps(cfg: Config, stage: str) -> tuple[Path, int] | None:
+def stage_steps(cfg: Config, command: str) -> tuple[Path, int] | None:
     """(metrics.jsonl, total steps) of a training stage, for the progress line."""
-    if stage.startswith("sft"):
+    if command == "sft":
         return Path(cfg.run_dir) / cfg.sft.name / "metrics.jsonl", cfg.sft.steps
-    if stage in ("rl", "advisor_rl"):
+    if command == "rl":
         return Path(cfg.run_dir) / cfg.rl.name / "metrics.jsonl", cfg.rl.steps
     return None
 
@@ -167,43 +173,43 @@ def export_guide(cfg: Config, out: Path) -> Path:
     return out
 
 
-def run_stage(stage: str, cfg: Config) -> Any:
-    if stage == "base_guide":
+def run_stage(command: str, cfg: Config) -> Any:
+    if command == "base_guide":
         from exectune_jax.sim.guide import ensure_base_guide
 
         return ensure_base_guide(cfg)
-    if stage.startswith("sample"):
+    if command in ("sample", "sample_unfiltered"):
         from exectune_jax.train import acceptance
 
-        return acceptance.run(cfg, unfiltered=stage == "sample_unfiltered")
-    if stage.startswith("sft"):
+        return acceptance.run(cfg, unfiltered=command == "sample_unfiltered")
+    if command == "sft":
         from exectune_jax.train import sft
 
         return sft.run(cfg)
-    if stage in ("rl", "advisor_rl"):
+    if command == "rl":
         from exectune_jax.train import grpo
 
         return grpo.run(cfg)
-    if stage == "eval":
+    if command == "eval":
         from exectune_jax import evaluate
 
         return evaluate.run(cfg)
-    if stage == "export":
+    if command == "export":
         return export_guide(cfg, Path(cfg.run_dir) / "export")
-    raise ValueError(f"unknown demo stage {stage!r}")
+    raise ValueError(f"unknown demo command {command!r}")
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """`python -m exectune_jax.demo STAGE CONFIG`: one stage, as its own process."""
+    """`python -m exectune_jax.demo COMMAND CONFIG`: one stage, as its own process."""
     from exectune_jax.cli import prepare_runtime
 
     prepare_runtime()
-    stage, path = argv
+    command, path = argv
     try:
-        with tasks.reading_as(stage):
-            result = run_stage(stage, load_config(path))
+        with tasks.reading_as(command):
+            result = run_stage(command, load_config(path))
     except UserError as e:  # one line in the stage's log, as the CLI prints it
-        print(f"exectune demo {stage}: {e}", file=sys.stderr)
+        print(f"exectune demo {command}: {e}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 
@@ -221,8 +227,10 @@ class StageFailed(Exception):
 class Runner:
     """Runs the phases' chains as child processes, keeping one status line up to date."""
 
-    def __init__(self, configs: Mapping[str, Config], logs: Path, *, show: bool):
-        self.configs, self.logs, self.show = configs, logs, show
+    def __init__(self, configs: Mapping[str, Config], logs: Path, *, show: bool,
+                 commands: Mapping[str, str] = COMMANDS):
+        self.configs, self.logs, self.show, self.commands = configs, logs, show, commands
+        self.phases = 0
         # a terminal gets one status line rewritten in place; a log file a line every half minute
         self.tty = sys.stderr.isatty()
         self._last_line = float("-inf")
@@ -242,9 +250,9 @@ class Runner:
             log = self.logs / f"{stage}.log"
             start = time.perf_counter()
             with open(log, "a") as f:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "exectune_jax.demo", stage, str(config_path)],
-                    stdout=f, stderr=subprocess.STDOUT)
+                argv = [sys.executable, "-m", "exectune_jax.demo", self.commands[stage],
+                        str(config_path)]
+                proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
                 with self._lock:
                     self.running[stage] = proc
                 code = proc.wait()
@@ -277,13 +285,14 @@ class Runner:
         with self._lock:
             names = list(self.running)
         for stage in names:
-            parts.append(stage + progress_of(self.configs[stage], stage))
+            parts.append(stage + progress_of(self.configs[stage], self.commands[stage]))
         elapsed = time.perf_counter() - self._started
-        return (f"demo [{phase + 1}/{len(PHASES)}] {' | '.join(parts) or '...'}  "
+        return (f"demo [{phase + 1}/{self.phases}] {' | '.join(parts) or '...'}  "
                 f"{int(elapsed // 60):02d}:{int(elapsed % 60):02d}")
 
     def run(self, phases: Sequence[Sequence[Sequence[str]]]) -> dict[str, float]:
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.phases = len(phases)
         try:
             for i, chains in enumerate(phases):
                 threads = [threading.Thread(target=self._chain, args=(c,), daemon=True)
@@ -319,9 +328,9 @@ class Runner:
                 proc.kill()
 
 
-def progress_of(cfg: Config, stage: str) -> str:
+def progress_of(cfg: Config, command: str) -> str:
     """" 340/1000" from the stage's metrics.jsonl, or "" when it has no step count."""
-    found = stage_steps(cfg, stage)
+    found = stage_steps(cfg, command)
     if found is None or not found[0].exists():
         return ""
     path, total = found
@@ -460,8 +469,8 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
     if reference:
         lines.append(reference)
     if not quick:
-        lines.append("one seed: `exectune study --seeds 0,1,2` runs the demo per seed and reports "
-                     "mean ± sd with per-seed and pooled tests")
+        lines.append("one seed: `exectune study --seeds 0,1,2` runs the demo per seed, with two "
+                     "ablations, and reports mean ± sd with per-seed and pooled tests")
     if study is not None:
         lines += study_lines(study)
     lines.append("")
@@ -484,28 +493,42 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
     return sized(cfg, QUICK_SIZES if quick else DEMO_SIZES)
 
 
-def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
+def run_phases(cfg: Config, phases: Sequence[Sequence[Sequence[str]]],
+               configs_of: Callable[[Config], dict[str, Config]],
+               commands: Mapping[str, str] = COMMANDS) -> dict[str, float] | None:
+    """Start the sim server and run the phases' stage processes against it.
+
+    Returns the seconds per stage, or None when a stage failed (its log's tail printed).
+    """
     from exectune_jax.sim.server import SimServer
 
-    cfg = prepare(cfg, out, quick)
-    preflight.check(cfg, "demo")
     root = Path(cfg.run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    dump(cfg, root / "demo_config.yaml")
-    start = time.perf_counter()
     with SimServer.from_config(cfg.sim) as server:
-        print(f"exectune demo{' --quick' if quick else ''}: sim API at {server.url}, "
-              f"output in {root}" + (f"; {SMOKE_NOTE}" if quick else ""), file=sys.stderr)
-        configs = stage_configs(with_sim_url(cfg, server.url))
-        runner = Runner(configs, root / "logs", show=cfg.metrics.progress)
+        print(f"exectune demo: sim API at {server.url}, output in {root}", file=sys.stderr)
+        configs = configs_of(with_sim_url(cfg, server.url))
+        runner = Runner(configs, root / "logs", show=cfg.metrics.progress, commands=commands)
         try:
-            seconds = runner.run(PHASES)
+            return runner.run(phases)
         except StageFailed as e:
             tail = e.log.read_text(errors="replace").splitlines()[-20:]
             print("\n".join(tail), file=sys.stderr)
             print(f"exectune demo: {e}. Run the same command again to resume from the "
                   "finished stages.", file=sys.stderr)
-            return 1
+            return None
+
+
+def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
+    cfg = prepare(cfg, out, quick)
+    preflight.check(cfg, "demo")
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    dump(cfg, root / "demo_config.yaml")
+    if quick:
+        print(f"exectune demo --quick: {SMOKE_NOTE}", file=sys.stderr)
+    start = time.perf_counter()
+    seconds = run_phases(cfg, PHASES, stage_configs)
+    if seconds is None:
+        return 1
     collect_outputs(cfg, root)
     print(closing_summary(root, seconds, time.perf_counter() - start, follow_study(root, cfg),
                           quick=quick))

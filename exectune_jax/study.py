@@ -10,6 +10,16 @@ Then, per row: accuracy, executability α and USD per problem as mean ± sd over
 seed, the paired McNemar p against exectune; and one pooled paired test over all seeds, the
 exact McNemar test on the discordant pairs summed over seeds (each seed's problems are pairs of
 the same two methods on the same problems, so the seeds are strata of one matched design).
+Ablations (`--ablations`, the default), trained in each seed's run dir after its demo and scored
+by one more eval stage (run_dir/seed-N/ablations/) beside every guide of the demo (whose core
+calls replay from the call cache):
+- `outcome_rl_from_sft`: GRPO from the `exectune_sft` guide with the outcome term alone (format,
+  improve, harm, leak and cost weighted 0; the strategy prompt and its format gate kept): against
+  `exectune`, what the structure-aware reward terms add from the same starting point;
+- `exectune_rl_from_base`: ExecTune's RL from the base guide, no SFT: what the
+  acceptance-filtered SFT stage adds.
+They are aggregated like the main rows, with their own McNemar tests against `exectune`.
+
 Writes run_dir/study.json (every number) and study.md, which the README's table is copied from.
 """
 
@@ -25,6 +35,12 @@ from exectune_jax.config import Config
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import REFERENCE, mcnemar_exact
 
+OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost": 0.0}
+ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir
+ABLATION_PHASES = ((("rl_outcome",), ("rl_from_base",)), (("eval_ablations",),))
+ABLATION_COMMANDS = {"rl_outcome": "rl", "rl_from_base": "rl", "eval_ablations": "eval"}
+ABLATION_GUIDES = {"outcome_rl_from_sft": "rl_outcome/guide",
+                   "exectune_rl_from_base": "rl_from_base/guide"}
 MEASURES = ("accuracy", "executability", "usd_per_problem")
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
 
@@ -41,6 +57,22 @@ def parse_seeds(text: str) -> list[int]:
 
 def seed_dir(root: Path, seed: int) -> Path:
     return root / f"seed-{seed}"
+
+
+def ablation_configs(cfg: Config) -> dict[str, Config]:
+    """The ablation stages' configs, inside one seed's run dir (its demo's guides as starts)."""
+    from exectune_jax.demo import with_values
+
+    run_dir = Path(cfg.run_dir)
+    return {
+        "rl_outcome": with_values(cfg, {"rl.name": "rl_outcome", "rl.preset": "exectune",
+                                        "rl.weights": OUTCOME_ONLY,
+                                        "rl.init": str(run_dir / "sft" / "guide")}),
+        "rl_from_base": with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
+                                          "rl.init": str(run_dir / "base_guide")}),
+        "eval_ablations": with_values(cfg, {"eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
+                                            "eval.core_strong": False}),
+    }
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -85,17 +117,28 @@ def _pm(cell: Mapping[str, float] | None, scale: float, digits: int) -> str:
 
 
 def table(study: Mapping[str, Any]) -> str:
-    """study.md: one markdown table, mean ± sd over seeds, per-seed and pooled tests."""
+    """study.md: the main table and the ablations', mean ± sd over seeds, per-seed and pooled tests."""
     seeds = ", ".join(str(s) for s in study["seeds"])
     head = (f"Seeds {seeds} ({len(study['seeds'])} runs of `exectune demo`), world version "
             f"{study['world']['version']} (`{study['world']['hash']}`), {study['problems']} "
             f"{study['split']} problems per seed. Mean ± sd over seeds; McNemar p against "
-            f"{study['reference']} per seed and pooled over seeds (discordant pairs summed).\n\n"
-            "| method | accuracy % | executability α % | USD / problem | McNemar p per seed | "
+            f"{study['reference']} per seed and pooled over seeds (discordant pairs summed).\n\n")
+    text = head + rows_table(study["rows"])
+    if study.get("ablations"):
+        text += ("\n## Ablations\n\n`outcome_rl_from_sft`: GRPO from exectune_sft with the outcome "
+                 "term alone (same prompt and format gate); `exectune_rl_from_base`: ExecTune RL "
+                 "from the base guide, no SFT. Scored by one more eval stage per seed on the same "
+                 "problems, beside the demo's guides (whose rows repeat the table above).\n\n"
+                 + rows_table(study["ablations"]["rows"]))
+    return text
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = ("| method | accuracy % | executability α % | USD / problem | McNemar p per seed | "
             "pooled discordant (exectune right / other right) | pooled p |\n"
             "|---|---|---|---|---|---|---|\n")
     body = ""
-    for r in study["rows"]:
+    for r in rows:
         pooled = r.get("pooled")
         per_seed = ", ".join(f"{p:.3g}" for p in r.get("mcnemar_p_per_seed", [])) or "–"
         body += (f"| {r['method']} | {_pm(r['accuracy'], 100, 1)} | {_pm(r['executability'], 100, 1)} "
@@ -105,26 +148,45 @@ def table(study: Mapping[str, Any]) -> str:
     return head + body
 
 
-def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, **_: Any) -> int:
+def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
+    """One seed's ablation stages, against the sim server as its demo ran them."""
+    from exectune_jax import demo
+
+    cfg = demo.prepare(cfg, str(out), quick)
+    return demo.run_phases(cfg, ABLATION_PHASES, ablation_configs, ABLATION_COMMANDS) is not None
+
+
+def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, ablations: bool = True,
+        **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md."""
     from exectune_jax import demo
     from exectune_jax.train.acceptance import write_json_atomic
 
     chosen = parse_seeds(seeds)
     root = Path(cfg.run_dir)
-    results = {}
+    results, ablated = {}, {}
     for seed in chosen:
         out = seed_dir(root, seed)
-        done = out / "results.json"
+        seed_cfg = demo.with_values(cfg, {"seed": seed, "sim.seed": seed})
+        done, ablations_done = out / "results.json", out / ABLATIONS / "results.json"
+        step = f"seed {seed} ({chosen.index(seed) + 1}/{len(chosen)}) in {out}"
         if not done.exists():
-            print(f"exectune study: seed {seed} ({chosen.index(seed) + 1}/{len(chosen)}) in {out}")
-            code = demo.run(demo.with_values(cfg, {"seed": seed, "sim.seed": seed}), out=str(out),
-                            quick=quick)
-            if code:
+            print(f"exectune study: {step}")
+            if demo.run(seed_cfg, out=str(out), quick=quick):
                 print(f"exectune study: seed {seed} stopped; run the same command again to resume")
-                return code
+                return 1
+        if ablations and not ablations_done.exists():
+            print(f"exectune study: ablations of {step}")
+            if not run_ablations(seed_cfg, out, quick):
+                print(f"exectune study: seed {seed}'s ablations stopped; run the same command "
+                      "again to resume")
+                return 1
         results[seed] = json.loads(done.read_text())
+        if ablations:
+            ablated[seed] = json.loads(ablations_done.read_text())
     study = aggregate(results)
+    if ablations:
+        study["ablations"] = aggregate(ablated)
     write_json_atomic(root / STUDY_JSON, study)
     (root / STUDY_MD).write_text(table(study))
     print(table(study) + f"\nwritten to {root / STUDY_JSON} and {root / STUDY_MD}")

@@ -46,12 +46,43 @@ def test_seeds_from_other_worlds_or_with_missing_rows_are_refused():
 
 def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path, capsys):
     for seed, doc in ((0, results(0.6, 0.8, [3, 1])), (2, results(0.7, 0.9, [4, 2]))):
-        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / study.ABLATIONS).mkdir(parents=True)
         (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(doc))
+        ablated = results(0.6, 0.7, [1, 2])
+        ablated["rows"][0]["method"] = "outcome_rl_from_sft"
+        (tmp_path / f"seed-{seed}" / study.ABLATIONS / "results.json").write_text(json.dumps(ablated))
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2"]) == 0  # no demo reruns
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["seeds"] == [0, 2] and (tmp_path / "study.md").read_text() == study.table(saved)
+    assert [r["method"] for r in saved["ablations"]["rows"]] == ["outcome_rl_from_sft", "exectune"]
+    assert saved["ablations"]["rows"][0]["pooled"]["exectune_wrong_other_right"] == 4
+    assert "## Ablations" in study.table(saved)
+    assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert "ablations" not in saved and "## Ablations" not in study.table(saved)
     capsys.readouterr()
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "two or more distinct seeds" in err
+
+
+def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows(tmp_path):
+    from exectune_jax.config import Config, dump, load_config
+    from exectune_jax.demo import with_values
+    from exectune_jax.train.rewards import make_spec
+
+    cfg = with_values(Config(), {"run_dir": str(tmp_path)})
+    staged = study.ablation_configs(cfg)
+    assert set(staged) == set(study.ABLATION_COMMANDS) == {
+        s for phase in study.ABLATION_PHASES for chain in phase for s in chain}
+    outcome, base = staged["rl_outcome"].rl, staged["rl_from_base"].rl
+    assert outcome.init == str(tmp_path / "sft" / "guide") and base.init == str(tmp_path / "base_guide")
+    spec = make_spec(outcome.preset, outcome.weights)
+    assert {t for t, w in spec.weights.items() if w > 0} == {"success"} and spec.gate
+    assert make_spec(base.preset, base.weights) == make_spec("exectune")
+    ev = staged["eval_ablations"].eval
+    assert ev.out == study.ABLATIONS and ev.guides["outcome_rl_from_sft"] == "rl_outcome/guide"
+    assert set(Config().eval.guides) < set(ev.guides) and not ev.core_strong
+    for stage, config in staged.items():  # the configs survive the hand-off to the stage process
+        dump(config, tmp_path / f"{stage}.yaml")
+        assert load_config(tmp_path / f"{stage}.yaml") == config, stage
