@@ -1,5 +1,5 @@
-"""Figures for the README and the eval directory: accuracy vs cost, accuracy vs executability α,
-and RL training curves.
+"""Figures for the README and the eval directory: accuracy vs cost, accuracy vs executability α
+(one run, or a study's seeds), and RL training curves.
 
 Rendered with the Agg backend (no display needed), sized to stay readable when a README shows
 them at about 700 px wide: large fonts, one legend, axes labelled with units.
@@ -86,6 +86,33 @@ def accuracy_vs_alpha(rows: Sequence[Mapping], path: str | Path) -> Path | None:
         ax.set_xlabel("executability α (% of strategies the core followed, 95% Wilson CI)")
         ax.set_ylabel("accuracy (%, 95% Wilson CI)")
         ax.set_title("Accuracy vs executability")
+        ax.set_xlim(-3, 103)
+        return _save(fig, ax, path)
+
+
+def seeds_accuracy_vs_alpha(rows: Sequence[Mapping], path: str | Path) -> Path | None:
+    """A study's rows: each seed a small point, the mean ± sd over seeds a large one with bars;
+    the core alone's mean accuracy a horizontal reference line. None when no row has α."""
+    guided = [r for r in rows if r.get("executability") is not None]
+    if not guided:
+        return None
+    path = Path(path)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+        for r in rows:
+            if r["method"] == "core_only" and r.get("accuracy") is not None:
+                ax.axhline(100 * r["accuracy"]["mean"], color="0.5", linestyle="--",
+                           linewidth=1.2, label="core_only, mean (no strategy)")
+        for i, r in enumerate(guided):
+            acc, alpha, color = r["accuracy"], r["executability"], f"C{i % 10}"
+            ax.scatter([100 * v for v in alpha["per_seed"]], [100 * v for v in acc["per_seed"]],
+                       s=18, color=color, alpha=0.45)
+            ax.errorbar([100 * alpha["mean"]], [100 * acc["mean"]], xerr=[100 * alpha["sd"]],
+                        yerr=[100 * acc["sd"]], fmt=MARKERS[i % len(MARKERS)], markersize=9,
+                        capsize=5, elinewidth=1.5, color=color, label=r["method"])
+        ax.set_xlabel("executability α (% of strategies the core followed; mean ± sd over seeds)")
+        ax.set_ylabel("accuracy (%; mean ± sd, small points: seeds)")
+        ax.set_title(f"Accuracy vs executability over {len(guided[0]['accuracy']['per_seed'])} seeds")
         ax.set_xlim(-3, 103)
         return _save(fig, ax, path)
 

@@ -20,7 +20,8 @@ calls replay from the call cache):
   acceptance-filtered SFT stage adds.
 They are aggregated like the main rows, with their own McNemar tests against `exectune`.
 
-Writes run_dir/study.json (every number) and study.md, which the README's table is copied from.
+Writes run_dir/study.json (every number), study.md, which the README's table is copied from, and
+study_accuracy_vs_alpha.png (every seed of every row, and the mean ± sd).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ABLATION_PHASES = ((("rl_outcome",), ("rl_from_base",)), (("eval_ablations",),))
 ABLATION_COMMANDS = {"rl_outcome": "rl", "rl_from_base": "rl", "eval_ablations": "eval"}
 ABLATION_GUIDES = {"outcome_rl_from_sft": "rl_outcome/guide",
                    "exectune_rl_from_base": "rl_from_base/guide"}
+STUDY_PLOT = "study_accuracy_vs_alpha.png"
 MEASURES = ("accuracy", "executability", "usd_per_problem")
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
 
@@ -110,6 +112,13 @@ def aggregate(results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
             "problems": results[seeds[0]]["problems"], "reference": REFERENCE, "rows": rows}
 
 
+def all_rows(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The main rows, then the ablation rows the main table does not have."""
+    main = {r["method"] for r in study["rows"]}
+    extra = [r for r in study.get("ablations", {}).get("rows", []) if r["method"] not in main]
+    return list(study["rows"]) + extra
+
+
 def _pm(cell: Mapping[str, float] | None, scale: float, digits: int) -> str:
     if cell is None:
         return "–"
@@ -130,7 +139,7 @@ def table(study: Mapping[str, Any]) -> str:
                  "from the base guide, no SFT. Scored by one more eval stage per seed on the same "
                  "problems, beside the demo's guides (whose rows repeat the table above).\n\n"
                  + rows_table(study["ablations"]["rows"]))
-    return text
+    return text + f"\n![accuracy vs executability over seeds]({STUDY_PLOT})\n"
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -159,7 +168,7 @@ def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
 def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, ablations: bool = True,
         **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md."""
-    from exectune_jax import demo
+    from exectune_jax import demo, plots
     from exectune_jax.train.acceptance import write_json_atomic
 
     chosen = parse_seeds(seeds)
@@ -189,5 +198,6 @@ def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, ablations: bool 
         study["ablations"] = aggregate(ablated)
     write_json_atomic(root / STUDY_JSON, study)
     (root / STUDY_MD).write_text(table(study))
-    print(table(study) + f"\nwritten to {root / STUDY_JSON} and {root / STUDY_MD}")
+    plots.seeds_accuracy_vs_alpha(all_rows(study), root / STUDY_PLOT)
+    print(table(study) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and {root / STUDY_PLOT}")
     return 0

@@ -56,7 +56,9 @@ def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path
     assert saved["seeds"] == [0, 2] and (tmp_path / "study.md").read_text() == study.table(saved)
     assert [r["method"] for r in saved["ablations"]["rows"]] == ["outcome_rl_from_sft", "exectune"]
     assert saved["ablations"]["rows"][0]["pooled"]["exectune_wrong_other_right"] == 4
-    assert "## Ablations" in study.table(saved)
+    assert "## Ablations" in study.table(saved) and (tmp_path / study.STUDY_PLOT).stat().st_size
+    assert [r["method"] for r in study.all_rows(saved)] == ["core_only", "exectune",
+                                                            "outcome_rl_from_sft"]
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
     saved = json.loads((tmp_path / "study.json").read_text())
     assert "ablations" not in saved and "## Ablations" not in study.table(saved)
