@@ -104,6 +104,7 @@ def aggregate(results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         if method != REFERENCE:
             pairs = [per_seed[s]["discordant_vs_exectune"] for s in seeds]
             b, c = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+            row["discordant_per_seed"] = pairs
             row["mcnemar_p_per_seed"] = [mcnemar_exact(*p) for p in pairs]
             row["pooled"] = {"exectune_right_other_wrong": b, "exectune_wrong_other_right": c,
                              "mcnemar_p": mcnemar_exact(b, c)}
@@ -119,10 +120,14 @@ def all_rows(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list(study["rows"]) + extra
 
 
-def _pm(cell: Mapping[str, float] | None, scale: float, digits: int) -> str:
+def _pm(cell: Mapping[str, Any] | None, scale: float, digits: int, seeds: bool = False) -> str:
+    """"mean ± sd", and with `seeds` each seed's value after it."""
     if cell is None:
         return "–"
-    return f"{cell['mean'] * scale:.{digits}f} ± {cell['sd'] * scale:.{digits}f}"
+    text = f"{cell['mean'] * scale:.{digits}f} ± {cell['sd'] * scale:.{digits}f}"
+    if seeds:
+        text += " (" + ", ".join(f"{v * scale:.{digits}f}" for v in cell["per_seed"]) + ")"
+    return text
 
 
 def table(study: Mapping[str, Any]) -> str:
@@ -143,14 +148,16 @@ def table(study: Mapping[str, Any]) -> str:
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = ("| method | accuracy % | executability α % | USD / problem | McNemar p per seed | "
-            "pooled discordant (exectune right / other right) | pooled p |\n"
+    head = ("| method | accuracy % (per seed) | executability α % (per seed) | USD / problem | per seed: discordant "
+            "(exectune right / other right), McNemar p | pooled discordant | pooled p |\n"
             "|---|---|---|---|---|---|---|\n")
     body = ""
     for r in rows:
         pooled = r.get("pooled")
-        per_seed = ", ".join(f"{p:.3g}" for p in r.get("mcnemar_p_per_seed", [])) or "–"
-        body += (f"| {r['method']} | {_pm(r['accuracy'], 100, 1)} | {_pm(r['executability'], 100, 1)} "
+        per_seed = "; ".join(f"{b} / {c}, {p:.3g}" for (b, c), p in
+                             zip(r.get("discordant_per_seed", []), r.get("mcnemar_p_per_seed", []))) or "–"
+        body += (f"| {r['method']} | {_pm(r['accuracy'], 100, 1, seeds=True)} "
+                 f"| {_pm(r['executability'], 100, 1, seeds=True)} "
                  f"| {_pm(r['usd_per_problem'], 1, 6)} | {per_seed} | "
                  + (f"{pooled['exectune_right_other_wrong']} / {pooled['exectune_wrong_other_right']} "
                     f"| {pooled['mcnemar_p']:.3g} |" if pooled else "– | – |") + "\n")

@@ -32,7 +32,9 @@ def test_rows_are_mean_and_sd_over_seeds_and_the_pooled_test_sums_the_discordant
     assert core["pooled"] == {"exectune_right_other_wrong": 7, "exectune_wrong_other_right": 3,
                               "mcnemar_p": mcnemar_exact(7, 3)}
     assert "pooled" not in ex and doc["seeds"] == [0, 1]
-    assert "| core_only | 65.0 ± 7.1 | – | 0.002000 ± 0.000000 | 0.625, 0.688 | 7 / 3 |" in study.table(doc)
+    assert core["discordant_per_seed"] == [[3, 1], [4, 2]]
+    assert ("| core_only | 65.0 ± 7.1 (60.0, 70.0) | – | 0.002000 ± 0.000000 | 3 / 1, 0.625; "
+            "4 / 2, 0.688 | 7 / 3 |" in study.table(doc))
 
 
 def test_seeds_from_other_worlds_or_with_missing_rows_are_refused():
