@@ -40,7 +40,12 @@ def test_2000_requests_under_30pct_faults_and_429s_match_a_fault_free_run_exactl
         clean_totals = pool.ledger.totals()
 
     server = sim_server(fault_rate=0.3, seed=7, rpm=200 * 60, burst=20, hang_s=2.5)
-    with make_pool(tmp_path / "faulty", {"core": endpoint(server, timeout_s=2.0)}, concurrency=64) as pool:
+    # 64 workers race for a 20-request bucket, so on a loaded machine one request can lose that
+    # race to a 429 more than twenty times in a row (seen in a full suite run): the retry budget
+    # is set far past that, since what this test pins is that no answer is lost, duplicated or
+    # changed, not how many retries a rate limit takes
+    with make_pool(tmp_path / "faulty", {"core": endpoint(server, timeout_s=2.0)}, concurrency=64,
+                   max_retries=100) as pool:
         t0 = time.monotonic()
         got = pool.map(reqs)
         seconds = time.monotonic() - t0
