@@ -10,6 +10,7 @@ Then, per row: accuracy, executability α and USD per problem as mean ± sd over
 seed, the paired McNemar p against exectune; and one pooled paired test over all seeds, the
 exact McNemar test on the discordant pairs summed over seeds (each seed's problems are pairs of
 the same two methods on the same problems, so the seeds are strata of one matched design).
+
 Ablations (`--ablations`, the default), trained in each seed's run dir after its demo and scored
 by one more eval stage (run_dir/seed-N/ablations/) beside every guide of the demo (whose core
 calls replay from the call cache):
@@ -72,7 +73,8 @@ def ablation_configs(cfg: Config) -> dict[str, Config]:
                                         "rl.init": str(run_dir / "sft" / "guide")}),
         "rl_from_base": with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
                                           "rl.init": str(run_dir / "base_guide")}),
-        "eval_ablations": with_values(cfg, {"eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
+        "eval_ablations": with_values(cfg, {"eval.out": ABLATIONS,
+                                            "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
                                             "eval.core_strong": False}),
     }
 
@@ -148,14 +150,15 @@ def table(study: Mapping[str, Any]) -> str:
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = ("| method | accuracy % (per seed) | executability α % (per seed) | USD / problem | per seed: discordant "
-            "(exectune right / other right), McNemar p | pooled discordant | pooled p |\n"
+    head = ("| method | accuracy % (per seed) | executability α % (per seed) | USD / problem "
+            "| per seed: discordant (exectune right / other right), McNemar p "
+            "| pooled discordant | pooled p |\n"
             "|---|---|---|---|---|---|---|\n")
     body = ""
     for r in rows:
         pooled = r.get("pooled")
-        per_seed = "; ".join(f"{b} / {c}, {p:.3g}" for (b, c), p in
-                             zip(r.get("discordant_per_seed", []), r.get("mcnemar_p_per_seed", []))) or "–"
+        tests = zip(r.get("discordant_per_seed", []), r.get("mcnemar_p_per_seed", []))
+        per_seed = "; ".join(f"{b} / {c}, {p:.3g}" for (b, c), p in tests) or "–"
         body += (f"| {r['method']} | {_pm(r['accuracy'], 100, 1, seeds=True)} "
                  f"| {_pm(r['executability'], 100, 1, seeds=True)} "
                  f"| {_pm(r['usd_per_problem'], 1, 6)} | {per_seed} | "
