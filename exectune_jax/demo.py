@@ -81,7 +81,7 @@ PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("export",),),
 )
 # The command each stage's process runs (`python -m exectune_jax.demo COMMAND CONFIG`).
-COMMANDS: dict[str, str] = {
+STAGE_COMMANDS: dict[str, str] = {
     "base_guide": "base_guide", "sample": "sample", "sample_unfiltered": "sample_unfiltered",
     "sft": "sft", "sft_unfiltered": "sft", "advisor_rl": "rl", "rl": "rl", "eval": "eval",
     "export": "export",
@@ -228,7 +228,7 @@ class Runner:
     """Runs the phases' chains as child processes, keeping one status line up to date."""
 
     def __init__(self, configs: Mapping[str, Config], logs: Path, *, show: bool,
-                 commands: Mapping[str, str] = COMMANDS):
+                 commands: Mapping[str, str] = STAGE_COMMANDS):
         self.configs, self.logs, self.show, self.commands = configs, logs, show, commands
         self.phases = 0
         # a terminal gets one status line rewritten in place; a log file a line every half minute
@@ -495,7 +495,7 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
 
 def run_phases(cfg: Config, phases: Sequence[Sequence[Sequence[str]]],
                configs_of: Callable[[Config], dict[str, Config]],
-               commands: Mapping[str, str] = COMMANDS) -> dict[str, float] | None:
+               commands: Mapping[str, str] = STAGE_COMMANDS) -> dict[str, float] | None:
     """Start the sim server and run the phases' stage processes against it.
 
     Returns the seconds per stage, or None when a stage failed (its log's tail printed).

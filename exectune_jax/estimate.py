@@ -88,6 +88,11 @@ def system_tokens(messages: Sequence[Mapping[str, str]], scale: float) -> float:
                for m in messages if m["role"] == "system") * scale
 
 
+def judge_system_tokens(scale: float) -> float:
+    """The follow check's constant system prompt, the part of a judge call a provider caches."""
+    return system_tokens(prompts.judge_follow_messages("", "", ""), scale)
+
+
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -114,7 +119,7 @@ def judge_line(cfg: Config, core: Line, problems: Sequence[Any], strategy: str, 
     msgs = [prompts.judge_follow_messages(p.prompt, strategy, "") for p in problems]
     per_call = _mean([prompt_tokens(m, scale) for m in msgs]) + core.output_tokens / core.calls * scale
     return Line(core.stage, "judge", ep.model, ep.provider, core.calls, per_call * core.calls,
-                judge_output * core.calls, _mean([system_tokens(m, scale) for m in msgs]), core.batchable)
+                judge_output * core.calls, judge_system_tokens(scale), core.batchable)
 
 
 def guided_lines(cfg: Config, stage: str, problems: Sequence[Any], family: str, calls_per_problem: float,
@@ -232,10 +237,9 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
                           per.get("core.input", 0.0) * len(train), per.get("core.output", 0.0) * len(train),
                           c_sys, True))
         if per.get("judge.calls"):
-            j_sys = system_tokens(prompts.judge_follow_messages("", "", ""), scale)
             lines.append(Line(stage, "judge", cfg.api.judge.model, cfg.api.judge.provider,
                               per["judge.calls"] * len(train), per.get("judge.input", 0.0) * len(train),
-                              per.get("judge.output", 0.0) * len(train), j_sys, True))
+                              per.get("judge.output", 0.0) * len(train), judge_system_tokens(scale), True))
     else:  # no pilot: every proposal executed once, no revisions (a lower bound)
         msgs = [prompts.teacher_propose_messages(p, family) for p in train]
         n = len(train) * cfg.sample.proposals
@@ -268,10 +272,14 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
         test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
     test = test[: ev.n_problems] if ev.n_problems is not None else test
     lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale, batchable=True))
-    for name, path in ev.guides.items():
-        executes = name not in ev.advisor_methods and Path(path).name != BASE_GUIDE_DIR
-        lines += guided_lines(cfg, "eval", test, family, ev.samples, strategy,
-                              core_out if executes else alone_out, judge_out, scale, batchable=True)
+    # trained guides' strategies are executed; advice and the base guide's text leave the core on
+    # its own: one line for each reply length, priced over every guide that has it
+    executed = sum(name not in ev.advisor_methods and Path(path).name != BASE_GUIDE_DIR
+                   for name, path in ev.guides.items())
+    for guides, out in ((executed, core_out), (len(ev.guides) - executed, alone_out)):
+        if guides:
+            lines += guided_lines(cfg, "eval", test, family, ev.samples * guides, strategy, out,
+                                  judge_out, scale, batchable=True)
     if ev.core_strong and cfg.api.core_strong is not None:
         lines.append(core_line(cfg, "eval", test, family, ev.samples, None, alone_out, scale,
                                endpoint="core_strong", batchable=True))

@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exectune_jax.config import Config
+from exectune_jax import demo
+from exectune_jax.config import BASE_GUIDE_DIR, GUIDE_DIR, Config
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import REFERENCE, mcnemar_exact
 
@@ -41,8 +42,8 @@ OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost":
 ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir
 ABLATION_PHASES = ((("rl_outcome",), ("rl_from_base",)), (("eval_ablations",),))
 ABLATION_COMMANDS = {"rl_outcome": "rl", "rl_from_base": "rl", "eval_ablations": "eval"}
-ABLATION_GUIDES = {"outcome_rl_from_sft": "rl_outcome/guide",
-                   "exectune_rl_from_base": "rl_from_base/guide"}
+ABLATION_GUIDES = {"outcome_rl_from_sft": f"rl_outcome/{GUIDE_DIR}",  # method -> guide, as eval.guides
+                   "exectune_rl_from_base": f"rl_from_base/{GUIDE_DIR}"}
 STUDY_PLOT = "study_accuracy_vs_alpha.png"
 MEASURES = ("accuracy", "executability", "usd_per_problem")
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
@@ -64,18 +65,16 @@ def seed_dir(root: Path, seed: int) -> Path:
 
 def ablation_configs(cfg: Config) -> dict[str, Config]:
     """The ablation stages' configs, inside one seed's run dir (its demo's guides as starts)."""
-    from exectune_jax.demo import with_values
-
     run_dir = Path(cfg.run_dir)
     return {
-        "rl_outcome": with_values(cfg, {"rl.name": "rl_outcome", "rl.preset": "exectune",
-                                        "rl.weights": OUTCOME_ONLY,
-                                        "rl.init": str(run_dir / "sft" / "guide")}),
-        "rl_from_base": with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
-                                          "rl.init": str(run_dir / "base_guide")}),
-        "eval_ablations": with_values(cfg, {"eval.out": ABLATIONS,
-                                            "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
-                                            "eval.core_strong": False}),
+        "rl_outcome": demo.with_values(cfg, {"rl.name": "rl_outcome", "rl.preset": "exectune",
+                                             "rl.weights": OUTCOME_ONLY,
+                                             "rl.init": str(run_dir / "sft" / GUIDE_DIR)}),
+        "rl_from_base": demo.with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
+                                               "rl.init": str(run_dir / BASE_GUIDE_DIR)}),
+        "eval_ablations": demo.with_values(cfg, {
+            "eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
+            "eval.core_strong": False}),
     }
 
 
@@ -169,8 +168,6 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
     """One seed's ablation stages, against the sim server as its demo ran them."""
-    from exectune_jax import demo
-
     cfg = demo.prepare(cfg, str(out), quick)
     return demo.run_phases(cfg, ABLATION_PHASES, ablation_configs, ABLATION_COMMANDS) is not None
 
@@ -178,7 +175,7 @@ def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
 def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, ablations: bool = True,
         **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md."""
-    from exectune_jax import demo, plots
+    from exectune_jax import plots
     from exectune_jax.train.acceptance import write_json_atomic
 
     chosen = parse_seeds(seeds)

@@ -212,14 +212,13 @@ class SimServer:
         """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens. A model
         with `.respond` also says whether it followed a strategy: that goes to the truth log only."""
         followed = None
+        seed = model_seed(self.seed, req["seed"], req["temperature"])
         if hasattr(model, "respond"):
-            seed = model_seed(self.seed, req["seed"], req["temperature"])
             reply = model.respond(req["messages"], temperature=req["temperature"], seed=seed)
             text, followed = reply.text, reply.followed
         else:
             text = model.complete(req["messages"], max_tokens=req["max_tokens"],
-                                  temperature=req["temperature"],
-                                  seed=model_seed(self.seed, req["seed"], req["temperature"]))
+                                  temperature=req["temperature"], seed=seed)
         stop = "end"
         if tokens.count(text) > req["max_tokens"]:
             text, stop = tokens.truncate(text, req["max_tokens"]), "max_tokens"
