@@ -65,6 +65,31 @@ def wandb_records(run_file: Path):
             yield record
 
 
+def finished_wandb_records(run_file: Path, wait_s: float = 120.0) -> list:
+    """The run file's records once wandb's service has written its exit record.
+
+    `run.finish()` returns when the service has handled the exit; its writer may still hold the
+    file's last buffer for a moment on a loaded machine, so the test waits for the file to be
+    complete (a bounded wait for a condition, not a timed assertion).
+    """
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline, kinds = time.monotonic() + wait_s, []
+    while True:
+        try:
+            records = list(wandb_records(run_file))
+            kinds = [r.WhichOneof("record_type") for r in records]
+            if "exit" in kinds:
+                return records
+        except DecodeError:  # a record still being written
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{run_file} never got its exit record; records so far: {kinds}")
+        time.sleep(0.1)
+
+
 def test_wandb_offline_run_holds_the_metrics_and_the_resolved_config(tmp_path, monkeypatch):
     import json as jsonlib
 
@@ -79,7 +104,7 @@ def test_wandb_offline_run_holds_the_metrics_and_the_resolved_config(tmp_path, m
         w.log(2, loss=1.5, lr=0.1)
     [run_file] = (tmp_path / "sft" / "wandb").glob("offline-run-*/run-*.wandb")
     history, config, project = {}, {}, None
-    for record in wandb_records(run_file):
+    for record in finished_wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             project = record.run.project
