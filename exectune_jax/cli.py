@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "lengths (cached: the run reuses them); 0 = stated defaults")
             p.add_argument("--demo", action="store_true", help="size and stage the run as `exectune demo`")
             p.add_argument("--quick", action="store_true", help="as `exectune demo --quick`")
+            p.add_argument("--repeat", type=float, default=None, metavar="SHARE",
+                           help="share of a trained guide's guided calls (RL, later guides at eval) "
+                                "replayed free from the call cache (default: the measured 0.45; "
+                                "0 = every call paid, an upper bound)")
         if name == "plan":
             p.add_argument("--accelerator", default=None,
                            help="named accelerator to check the fit against (e.g. tpu-v5e-8)")

@@ -18,8 +18,14 @@ calls replay from the call cache):
   improve, harm, leak and cost weighted 0; the strategy prompt and its format gate kept): against
   `exectune`, what the structure-aware reward terms add from the same starting point;
 - `exectune_rl_from_base`: ExecTune's RL from the base guide, no SFT: what the
-  acceptance-filtered SFT stage adds.
-They are aggregated like the main rows, with their own McNemar tests against `exectune`.
+  acceptance-filtered SFT stage adds;
+- `sft_followed_cost`: SFT on strategies accepted only when the follow check says the core
+  carried them out and their execution cost at most the core alone on the problem
+  (`sample.require_followed`, `sample.max_cost_vs_core=1`): against `exectune_sft`, what
+  acceptance that checks executability and cost, not only the answer, gives the SFT stage.
+They are aggregated like the main rows, with their own McNemar tests against `exectune`. A seed
+whose ablation eval lacks one of them (a study from an earlier version) trains the missing ones;
+finished stages resume as finished.
 
 Writes run_dir/study.json (every number), study.md, which the README's table is copied from, and
 study_accuracy_vs_alpha.png (every seed of every row, and the mean ± sd).
@@ -40,10 +46,17 @@ from exectune_jax.evaluate import REFERENCE, mcnemar_exact
 
 OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost": 0.0}
 ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir
-ABLATION_PHASES = ((("rl_outcome",), ("rl_from_base",)), (("eval_ablations",),))
-ABLATION_COMMANDS = {"rl_outcome": "rl", "rl_from_base": "rl", "eval_ablations": "eval"}
+ABLATION_PHASES = ((("rl_outcome",), ("rl_from_base",), ("sample_followed", "sft_followed")),
+                   (("eval_ablations",),))
+ABLATION_COMMANDS = {"rl_outcome": "rl", "rl_from_base": "rl", "sample_followed": "sample",
+                     "sft_followed": "sft", "eval_ablations": "eval"}
 ABLATION_GUIDES = {"outcome_rl_from_sft": f"rl_outcome/{GUIDE_DIR}",  # method -> guide, as eval.guides
-                   "exectune_rl_from_base": f"rl_from_base/{GUIDE_DIR}"}
+                   "exectune_rl_from_base": f"rl_from_base/{GUIDE_DIR}",
+                   "sft_followed_cost": f"sft_followed/{GUIDE_DIR}"}
+# acceptance of ablation (c): a strategy's execution may cost at most the core alone on the
+# problem (the point of a guide is a core that pays no more), and the core must have followed it
+FOLLOWED_COST = {"sample.out": "sample_followed", "sample.require_followed": True,
+                 "sample.max_cost_vs_core": 1.0}
 STUDY_PLOT = "study_accuracy_vs_alpha.png"
 MEASURES = ("accuracy", "executability", "usd_per_problem")
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
@@ -72,6 +85,10 @@ def ablation_configs(cfg: Config) -> dict[str, Config]:
                                              "rl.init": str(run_dir / "sft" / GUIDE_DIR)}),
         "rl_from_base": demo.with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
                                                "rl.init": str(run_dir / BASE_GUIDE_DIR)}),
+        "sample_followed": demo.with_values(cfg, FOLLOWED_COST),
+        "sft_followed": demo.with_values(cfg, {
+            "sft.name": "sft_followed",
+            "sft.data": str(run_dir / FOLLOWED_COST["sample.out"] / "accepted.jsonl")}),
         "eval_ablations": demo.with_values(cfg, {
             "eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
             "eval.core_strong": False}),
@@ -142,8 +159,10 @@ def table(study: Mapping[str, Any]) -> str:
     if study.get("ablations"):
         text += ("\n## Ablations\n\n`outcome_rl_from_sft`: GRPO from exectune_sft with the outcome "
                  "term alone (same prompt and format gate); `exectune_rl_from_base`: ExecTune RL "
-                 "from the base guide, no SFT. Scored by one more eval stage per seed on the same "
-                 "problems, beside the demo's guides (whose rows repeat the table above).\n\n"
+                 "from the base guide, no SFT; `sft_followed_cost`: SFT on strategies accepted only "
+                 "when the core followed them at no more than its own cost. Scored by one more eval "
+                 "stage per seed on the same problems, beside the demo's guides (whose rows repeat "
+                 "the table above).\n\n"
                  + rows_table(study["ablations"]["rows"]))
     return text + f"\n![accuracy vs executability over seeds]({STUDY_PLOT})\n"
 
@@ -164,6 +183,14 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
                  + (f"{pooled['exectune_right_other_wrong']} / {pooled['exectune_wrong_other_right']} "
                     f"| {pooled['mcnemar_p']:.3g} |" if pooled else "– | – |") + "\n")
     return head + body
+
+
+def ablations_complete(results_json: Path) -> bool:
+    """Whether a seed's ablation eval holds a row for every ablation of this version."""
+    if not results_json.exists():
+        return False
+    methods = {r["method"] for r in json.loads(results_json.read_text())["rows"]}
+    return set(ABLATION_GUIDES) <= methods
 
 
 def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
@@ -191,7 +218,7 @@ def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, ablations: bool 
             if demo.run(seed_cfg, out=str(out), quick=quick):
                 print(f"exectune study: seed {seed} stopped; run the same command again to resume")
                 return 1
-        if ablations and not ablations_done.exists():
+        if ablations and not ablations_complete(ablations_done):
             print(f"exectune study: ablations of {step}")
             if not run_ablations(seed_cfg, out, quick):
                 print(f"exectune study: seed {seed}'s ablations stopped; run the same command "

@@ -27,6 +27,13 @@ def test_a_line_is_priced_online_batch_and_with_the_cached_prefix():
     assert estimate.line_usd(prices, line, batch=False, caching=True) == pytest.approx(cached)
     rl = estimate.Line("rl", "core", "claude-3-5-haiku", "anthropic", 10, 1000, 500, 40, batchable=False)
     assert estimate.line_usd(prices, rl, batch=True, caching=False) == pytest.approx(online)
+    # replays are free: 4 of the 10 calls repeat an earlier request; the 6 paid ones read the
+    # prefix from the cache 5 times after one write
+    half = estimate.Line("rl", "core", "claude-3-5-haiku", "anthropic", 10, 1000, 500, 40,
+                         batchable=False, replayed=0.4)
+    assert estimate.line_usd(prices, half, batch=False, caching=False) == pytest.approx(online * 0.6)
+    cached = ((600 - 40 - 200) * 0.8 + 40 * 0.8 * 1.25 + 200 * 0.8 * 0.1 + 300 * 4.0) / 1e6
+    assert estimate.line_usd(prices, half, batch=False, caching=True) == pytest.approx(cached)
 
 
 def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_pilot(tmp_path, capsys):
@@ -85,5 +92,35 @@ def test_judge_calls_read_the_projected_reply_and_advice_is_projected_as_the_cor
     evals = [ln for ln in lines if ln.stage == "eval"]
     n = cfg.eval.n_problems
     core = sorted((ln.output_tokens / ln.calls, ln.calls / n) for ln in evals if ln.endpoint == "core")
-    assert core == [(50.0, 3), (200.0, 1), (200.0, 2)]  # 3 trained guides; core_only; base + advisor
+    # 3 trained guides (the first, then the two that repeat it in part); core_only; base + advisor
+    assert core == [(50.0, 1), (50.0, 2), (200.0, 1), (200.0, 2)]
     assert sum(ln.calls for ln in evals if ln.endpoint == "judge") == n * len(cfg.eval.guides)
+
+
+def test_trained_guides_repeat_requests_the_cache_replays_and_advice_does_not():
+    cfg = load_config(None, SIZES)
+    lines = estimate.project(cfg, None, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")),
+                             repeat=0.3)
+    replayed = {(ln.stage, ln.endpoint, ln.replayed) for ln in lines if ln.stage.endswith("rl")}
+    assert replayed == {("advisor_rl", "core", 0.0), ("advisor_rl", "judge", 0.0),
+                        ("rl", "core", 0.3), ("rl", "judge", 0.3)}
+    # eval: the first trained guide's strategies all paid, the other two repeat it in part; the
+    # base guide, the advisor and the core-alone rows never repeat
+    n = cfg.eval.n_problems
+    core = sorted((ln.calls / n, ln.replayed) for ln in lines if ln.stage == "eval" and ln.endpoint == "core")
+    assert core == [(1, 0.0), (1, 0.0), (2, 0.0), (2, 0.3)]  # core_only, first, base + advisor, later
+    rows = {r["stage"]: r for r in estimate.stage_table(load_prices(), lines)}
+    assert rows["rl"]["replayed_calls"] == pytest.approx(0.3 * rows["rl"]["calls"])
+    assert rows["eval"]["replayed_calls"] == pytest.approx(0.3 * 2 * n * 2)  # core and judge calls
+    upper = {r["stage"]: r for r in estimate.stage_table(load_prices(), estimate.project(
+        cfg, None, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")), repeat=0.0))}
+    # whole tokens are priced, so the paid share holds to the token
+    assert rows["rl"]["online_usd"] == pytest.approx(0.7 * upper["rl"]["online_usd"], rel=1e-3)
+    assert rows["advisor_rl"]["online_usd"] == pytest.approx(upper["advisor_rl"]["online_usd"])
+
+
+def test_a_repeat_share_outside_0_to_1_is_one_line(tmp_path, capsys):
+    assert main(["estimate", "--repeat", "1.5", f"run_dir={tmp_path}", *SIZES]) == 2
+    err = capsys.readouterr().err
+    assert "--repeat 1.5: a share of calls" in err and "Traceback" not in err
+    assert not (tmp_path / "ledger.jsonl").exists()  # refused before the pilot paid anything

@@ -51,19 +51,23 @@ def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path
         (tmp_path / f"seed-{seed}" / study.ABLATIONS).mkdir(parents=True)
         (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(doc))
         ablated = results(0.6, 0.7, [1, 2])
-        ablated["rows"][0]["method"] = "outcome_rl_from_sft"
+        ablated["rows"] = [{**ablated["rows"][0], "method": m} for m in study.ABLATION_GUIDES] + ablated["rows"][1:]
         (tmp_path / f"seed-{seed}" / study.ABLATIONS / "results.json").write_text(json.dumps(ablated))
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2"]) == 0  # no demo reruns
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["seeds"] == [0, 2] and (tmp_path / "study.md").read_text() == study.table(saved)
-    assert [r["method"] for r in saved["ablations"]["rows"]] == ["outcome_rl_from_sft", "exectune"]
+    assert [r["method"] for r in saved["ablations"]["rows"]] == [*study.ABLATION_GUIDES, "exectune"]
     assert saved["ablations"]["rows"][0]["pooled"]["exectune_wrong_other_right"] == 4
     assert "## Ablations" in study.table(saved) and (tmp_path / study.STUDY_PLOT).stat().st_size
-    assert [r["method"] for r in study.all_rows(saved)] == ["core_only", "exectune",
-                                                            "outcome_rl_from_sft"]
+    assert [r["method"] for r in study.all_rows(saved)] == ["core_only", "exectune", *study.ABLATION_GUIDES]
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
     saved = json.loads((tmp_path / "study.json").read_text())
     assert "ablations" not in saved and "## Ablations" not in study.table(saved)
+    partial = tmp_path / "seed-0" / study.ABLATIONS / "results.json"
+    assert study.ablations_complete(partial)  # an earlier version's eval, without (c), is not
+    doc = json.loads(partial.read_text())
+    partial.write_text(json.dumps({**doc, "rows": [r for r in doc["rows"] if r["method"] != "sft_followed_cost"]}))
+    assert not study.ablations_complete(partial) and not study.ablations_complete(tmp_path / "none.json")
     capsys.readouterr()
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0"]) == 2
     err = capsys.readouterr().err
@@ -84,9 +88,15 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     spec = make_spec(outcome.preset, outcome.weights)
     assert {t for t, w in spec.weights.items() if w > 0} == {"success"} and spec.gate
     assert make_spec(base.preset, base.weights) == make_spec("exectune")
+    followed = staged["sample_followed"].sample
+    assert followed.require_followed and followed.max_cost_vs_core == 1.0 and followed.out == "sample_followed"
+    sft = staged["sft_followed"].sft
+    assert sft.name == "sft_followed" and sft.data == str(tmp_path / "sample_followed" / "accepted.jsonl")
+    assert cfg.sample.out == "sample" and not cfg.sample.require_followed  # the demo's own, untouched
     ev = staged["eval_ablations"].eval
     assert ev.out == study.ABLATIONS and ev.guides["outcome_rl_from_sft"] == "rl_outcome/guide"
     assert set(Config().eval.guides) < set(ev.guides) and not ev.core_strong
+    assert ev.guides["sft_followed_cost"] == "sft_followed/guide"
     for stage, config in staged.items():  # the configs survive the hand-off to the stage process
         dump(config, tmp_path / f"{stage}.yaml")
         assert load_config(tmp_path / f"{stage}.yaml") == config, stage
