@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quick", action="store_true", help="each seed at the demo's --quick sizes")
             p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                            help="per seed, also train and score outcome-only GRPO from the SFT "
-                                "guide and ExecTune RL from the base guide (default: on)")
+                                "guide, ExecTune RL from the base guide, and SFT on strategies "
+                                "accepted only when followed at no more than the core's own cost "
+                                "(default: on)")
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",
                            help="keep every well-formed teacher strategy (the SFT-guide baseline)")

@@ -469,7 +469,7 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
     if reference:
         lines.append(reference)
     if not quick:
-        lines.append("one seed: `exectune study --seeds 0,1,2` runs the demo per seed, with two "
+        lines.append("one seed: `exectune study --seeds 0,1,2` runs the demo per seed, with three "
                      "ablations, and reports mean ± sd with per-seed and pooled tests")
     if study is not None:
         lines += study_lines(study)
