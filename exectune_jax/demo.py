@@ -45,7 +45,7 @@ DEMO_SIZES: dict[str, Any] = {
     "task.options": {"n_train": 8000, "n_validation": 500, "n_test": 500},
     "sample.proposals": 1,
     "sft.base_guide": {"warmup_steps": 300},  # a longer warm-up: SFT then generalises sooner
-    "sft.steps": 900,
+    "sft.steps": 900,  # the fewest that the validation split allows (docs/world.md, demo sizes)
     "sft.lr": 2e-3,
     "sft.eval_every": 0,
     "sft.checkpoint_every": 250,

@@ -351,9 +351,11 @@ def test_resume_after_sigkill_gives_identical_metrics_and_no_repeated_paid_calls
     assert "resumed rl from step " in resumed.stderr.read().decode()
     assert _learning_metrics(killed) == _learning_metrics(whole)
     # the same calls paid once each; USD agrees up to the prompt-cache reads that the resumed
-    # process's fresh provider cache could not give its first call of each prompt prefix
+    # process's fresh provider cache could not give its first calls of each prompt prefix (how
+    # many of the concurrent first calls miss depends on timing: 0.1% of the USD was seen on a
+    # loaded machine); one call paid twice would add about 1/68 of it, well past 0.5%
     (calls, usd), (whole_calls, whole_usd) = _paid(killed), _paid(whole)
-    assert calls == whole_calls and usd == pytest.approx(whole_usd, rel=1e-3)
+    assert calls == whole_calls and usd == pytest.approx(whole_usd, rel=5e-3)
 
 
 # ---------------------------------------------------------------------------------------------
