@@ -86,9 +86,8 @@ def ablation_configs(cfg: Config) -> dict[str, Config]:
         "rl_from_base": demo.with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
                                                "rl.init": str(run_dir / BASE_GUIDE_DIR)}),
         "sample_followed": demo.with_values(cfg, FOLLOWED_COST),
-        "sft_followed": demo.with_values(cfg, {
-            "sft.name": "sft_followed",
-            "sft.data": str(run_dir / FOLLOWED_COST["sample.out"] / "accepted.jsonl")}),
+        # SFT reads the accepted strategies of its config's sample stage (sft.data_path)
+        "sft_followed": demo.with_values(cfg, {**FOLLOWED_COST, "sft.name": "sft_followed"}),
         "eval_ablations": demo.with_values(cfg, {
             "eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
             "eval.core_strong": False}),

@@ -78,6 +78,7 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     from exectune_jax.config import Config, dump, load_config
     from exectune_jax.demo import with_values
     from exectune_jax.train.rewards import make_spec
+    from exectune_jax.train.sft import data_path
 
     cfg = with_values(Config(), {"run_dir": str(tmp_path)})
     staged = study.ablation_configs(cfg)
@@ -90,8 +91,8 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     assert make_spec(base.preset, base.weights) == make_spec("exectune")
     followed = staged["sample_followed"].sample
     assert followed.require_followed and followed.max_cost_vs_core == 1.0 and followed.out == "sample_followed"
-    sft = staged["sft_followed"].sft
-    assert sft.name == "sft_followed" and sft.data == str(tmp_path / "sample_followed" / "accepted.jsonl")
+    assert staged["sft_followed"].sft.name == "sft_followed"
+    assert data_path(staged["sft_followed"]) == tmp_path / "sample_followed" / "accepted.jsonl"
     assert cfg.sample.out == "sample" and not cfg.sample.require_followed  # the demo's own, untouched
     ev = staged["eval_ablations"].eval
     assert ev.out == study.ABLATIONS and ev.guides["outcome_rl_from_sft"] == "rl_outcome/guide"
