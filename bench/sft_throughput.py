@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from exectune_jax.config import ModelConfig  # noqa: E402
 from exectune_jax.data import pipeline, tasks  # noqa: E402
 from exectune_jax.gcop import prompts  # noqa: E402
 from exectune_jax.models.transformer import Transformer  # noqa: E402
@@ -58,11 +59,14 @@ def batches(batch: int, seq: int, n: int):
 
 
 class Ours:
+    """The step `exectune sft` runs, with the config's defaults for remat and the head chunk."""
+
     def __init__(self, mcfg):
-        model = Transformer(mcfg, rngs=nnx.Rngs(0))
+        defaults = ModelConfig()
+        model = Transformer(mcfg, rngs=nnx.Rngs(0), remat=defaults.remat)
         opt = nnx.Optimizer(model, make_optimizer(LR, 10_000, 0, WEIGHT_DECAY, CLIP), wrt=nnx.Param)
         graphdef, self.state = nnx.split((model, opt))
-        self.step = make_train_step(graphdef)
+        self.step = make_train_step(graphdef, head_chunk=defaults.head_chunk)
 
     def run(self, data) -> float:
         t = time.perf_counter()

@@ -51,7 +51,6 @@ DEMO_SIZES: dict[str, Any] = {
     "sft.checkpoint_every": 250,
     "rl.steps": 30,
     "rl.held_out": 0,  # the eval stage measures every guide on the test split anyway
-    "model.remat": "none",  # the demo guide's activations are small: recomputing them costs time
 }
 QUICK_SIZES: dict[str, Any] = {
     "task.options": {"n_train": 64, "n_validation": 8, "n_test": 48},
@@ -70,7 +69,6 @@ QUICK_SIZES: dict[str, Any] = {
     "rl.checkpoint_every": 2,
     "rl.held_out": 0,
     "eval.n_problems": 48,
-    "model.remat": "none",
 }
 # Phases run in order; the chains of a phase run side by side; a chain's stages run in order.
 PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (

@@ -208,12 +208,15 @@ def warmup_examples(
 
 
 def build_base_guide(problems: Sequence[Problem], spec: BaseGuideSpec, seed: int, out: Path,
-                     family: str = "math") -> list[float]:
-    """Tokenizer + warmed-up tiny model written to `out` as an HF directory; returns the losses."""
+                     family: str = "math", remat: str = "none") -> list[float]:
+    """Tokenizer + warmed-up tiny model written to `out` as an HF directory; returns the losses.
+
+    `remat` is the warm-up's rematerialisation policy (`model.remat`); it changes speed only.
+    """
     tokenizer = train_tokenizer(tokenizer_corpus(problems, family), spec.vocab_size)
     mcfg = guide_model_config(tokenizer, spec)
     with jax.default_device(jax.local_devices()[0]):
-        model = Transformer(mcfg, rngs=nnx.Rngs(seed))
+        model = Transformer(mcfg, rngs=nnx.Rngs(seed), remat=remat)
         examples = warmup_examples(problems, tokenizer, spec.warmup_seq_len, family, seed)
         losses = warm_up(model, examples, spec, seed)
     hf.save(model, mcfg, out, tokenizer=tokenizer)
@@ -251,7 +254,7 @@ def ensure_base_guide(cfg: Config) -> Path:
         raise UserError("the demo guide needs arith train problems; set task.options.n_train > 0")
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    losses = build_base_guide(problems, spec, cfg.seed, tmp)
+    losses = build_base_guide(problems, spec, cfg.seed, tmp, remat=cfg.model.remat)
     (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1]}, indent=2) + "\n")
     try:
         os.replace(tmp, out)
