@@ -181,5 +181,11 @@ def test_exectune_sft_on_two_local_processes_matches_one_process(tmp_path):
          str(exectune), "sft", *overrides, f"run_dir={tmp_path / 'two'}"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _sft_losses(tmp_path / "two") == _sft_losses(tmp_path / "one")
+    # Same batches, same gradients: the losses agree to float rounding. Not bit for bit: one
+    # process with 4 devices and two processes with 2 run different thread pools and
+    # collectives, and XLA:CPU's summation order may follow them (seen on one machine: 8e-8
+    # relative at step 3). Gradients of half the batch, or not synchronised, move step 2 by
+    # orders of magnitude more.
+    np.testing.assert_allclose(_sft_losses(tmp_path / "two"), _sft_losses(tmp_path / "one"),
+                               rtol=1e-5, atol=0)
     assert (tmp_path / "two" / "sft" / "guide" / "config.json").exists()
