@@ -66,7 +66,7 @@ def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path
     partial = tmp_path / "seed-0" / study.ABLATIONS / "results.json"
     assert study.ablations_complete(partial)  # an earlier version's eval, without (c), is not
     doc = json.loads(partial.read_text())
-    partial.write_text(json.dumps({**doc, "rows": [r for r in doc["rows"] if r["method"] != "sft_followed_cost"]}))
+    partial.write_text(json.dumps({**doc, "rows": [r for r in doc["rows"] if r["method"] != "sft_answer_only"]}))
     assert not study.ablations_complete(partial) and not study.ablations_complete(tmp_path / "none.json")
     capsys.readouterr()
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0"]) == 2
@@ -76,11 +76,11 @@ def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path
 
 def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows(tmp_path):
     from exectune_jax.config import Config, dump, load_config
-    from exectune_jax.demo import with_values
+    from exectune_jax.demo import DEMO_SIZES, sized, with_values
     from exectune_jax.train.rewards import make_spec
     from exectune_jax.train.sft import data_path
 
-    cfg = with_values(Config(), {"run_dir": str(tmp_path)})
+    cfg = sized(with_values(Config(), {"run_dir": str(tmp_path)}), DEMO_SIZES)
     staged = study.ablation_configs(cfg)
     assert set(staged) == set(study.ABLATION_COMMANDS) == {
         s for phase in study.ABLATION_PHASES for chain in phase for s in chain}
@@ -89,15 +89,18 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     spec = make_spec(outcome.preset, outcome.weights)
     assert {t for t, w in spec.weights.items() if w > 0} == {"success"} and spec.gate
     assert make_spec(base.preset, base.weights) == make_spec("exectune")
-    followed = staged["sample_followed"].sample
-    assert followed.require_followed and followed.max_cost_vs_core == 1.0 and followed.out == "sample_followed"
-    assert staged["sft_followed"].sft.name == "sft_followed"
-    assert data_path(staged["sft_followed"]) == tmp_path / "sample_followed" / "accepted.jsonl"
-    assert cfg.sample.out == "sample" and not cfg.sample.require_followed  # the demo's own, untouched
+    answer_only = staged["sample_answer_only"].sample
+    assert not answer_only.require_followed and answer_only.max_cost_vs_core is None
+    assert answer_only.out == "sample_answer_only"
+    assert staged["sft_answer_only"].sft.name == "sft_answer_only"
+    assert data_path(staged["sft_answer_only"]) == tmp_path / "sample_answer_only" / "accepted.jsonl"
+    # the demo's own acceptance, untouched: followed, at no more than the core's own cost
+    assert cfg.sample.out == "sample" and cfg.sample.require_followed
+    assert cfg.sample.max_cost_vs_core == 1.0
     ev = staged["eval_ablations"].eval
     assert ev.out == study.ABLATIONS and ev.guides["outcome_rl_from_sft"] == "rl_outcome/guide"
     assert set(Config().eval.guides) < set(ev.guides) and not ev.core_strong
-    assert ev.guides["sft_followed_cost"] == "sft_followed/guide"
+    assert ev.guides["sft_answer_only"] == "sft_answer_only/guide"
     for stage, config in staged.items():  # the configs survive the hand-off to the stage process
         dump(config, tmp_path / f"{stage}.yaml")
         assert load_config(tmp_path / f"{stage}.yaml") == config, stage
