@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                            help="per seed, also train and score outcome-only GRPO from the SFT "
                                 "guide, ExecTune RL from the base guide, and SFT on strategies "
-                                "accepted only when followed at no more than the core's own cost "
+                                "accepted on the answer alone, the paper's acceptance "
                                 "(default: on)")
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",

@@ -47,10 +47,14 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class LoraConfig:
     """Low-rank adapters (models/lora.py): with rank > 0 only the adapters train and checkpoint."""
 
-    RANGES: ClassVar[dict[str, str]] = {"rank": "[0, inf)", "alpha": "(0, inf)"}
+    RANGES: ClassVar[dict[str, str]] = {"rank": "[0, inf)", "alpha": "(0, inf)",
+                                        "dropout": "[0, 1)"}
 
     rank: int = 0  # r of every adapter; 0 = full fine-tuning (no adapters)
     alpha: float = 16.0  # adapter output scaled by alpha / rank (PEFT's lora_alpha)
+    # dropout on each adapter's input in SFT steps (PEFT's lora_dropout); RL steps run without
+    # it, as TRL's GRPO does by default, so the policy's ratio to its own sampler starts at 1
+    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # HF/PEFT names
 
 

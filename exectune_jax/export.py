@@ -119,7 +119,9 @@ def checkpoint_lora(checkpoints: Path, step: int) -> tuple[Path, LoraConfig] | N
     if not _is_guide(base):
         raise ExportError(f"{checkpoints / str(step)}: holds LoRA adapters for the base guide "
                           f"{base}, which is gone (no {hf.CONFIG_FILE}); restore that directory")
+    # "dropout": absent from checkpoints written before adapters had it
     return base, LoraConfig(rank=spec["rank"], alpha=spec["alpha"],
+                            dropout=spec.get("dropout", 0.0),
                             target_modules=list(spec["target_modules"]))
 
 

@@ -355,7 +355,8 @@ def lora_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lora_run")
     base, tokenizer = tiny_guide(root / "base")
-    spec = LoraConfig(rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    spec = LoraConfig(rank=4, alpha=8.0, dropout=0.05,
+                      target_modules=["q_proj", "v_proj", "down_proj"])
     lora.apply(base, spec, seed=3)
     for i, (_, _, module) in enumerate(lora.adapted(base)):
         b = module.lora_b
@@ -388,6 +389,7 @@ def test_lora_export_writes_merged_weights_and_a_peft_adapter_with_the_same_logi
     config = json.loads((peft_dir / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((root / "base").resolve())
     assert sorted(config["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    assert config["lora_dropout"] == 0.05  # the training spec, read from the checkpoint's meta
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]).eval()
     on_base = PeftModel.from_pretrained(base, str(peft_dir)).eval()
     np.testing.assert_allclose(_torch_logits(on_base, tokens), ours, atol=1e-4)

@@ -4,7 +4,9 @@
 down_proj) for a `LoraLinear` that keeps the base kernel and adds `x @ A @ B * alpha / r`, with
 A [layers, in, r] and B [layers, r, out] carrying the `layers` axis like every stacked weight, so
 the one scan slices them per layer. B starts at zero: an adapted model computes exactly its base
-until it trains. Adapters are `nnx.LoRAParam`s (a kind of `nnx.Param`), so `TRAINABLE` selects
+until it trains. With `dropout` p > 0 and a dropout key (SFT steps only: `Transformer.hidden`'s
+`dropout_key`), each adapter sees its input with entries zeroed at rate p and the rest scaled by
+1 / (1 - p), as PEFT's lora_dropout; the base projection always sees the whole input. Adapters are `nnx.LoRAParam`s (a kind of `nnx.Param`), so `TRAINABLE` selects
 what an optimizer updates and a checkpoint saves, and `FROZEN` the base loaded once from its HF
 directory.
 
@@ -44,7 +46,8 @@ PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 class LoraLinear(Linear):
     """A stacked Linear plus its adapter; the kernel and bias are the base's own Variables."""
 
-    def __init__(self, base: Linear, rank: int, alpha: float, key: jax.Array):
+    def __init__(self, base: Linear, rank: int, alpha: float, key: jax.Array, *,
+                 dropout: float = 0.0, salt: int = 0):
         self.kernel, self.bias = base.kernel, base.bias
         layers, d_in, d_out = self.kernel.shape
         layer_axis, in_axis, out_axis = self.kernel.get_metadata()["out_sharding"]
@@ -57,9 +60,16 @@ class LoraLinear(Linear):
         self.lora_b = nnx.LoRAParam(jnp.zeros((layers, rank, d_out), dtype),
                                     out_sharding=(layer_axis, None, out_axis), eager_sharding=False)
         self.scale = alpha / rank
+        self.dropout = dropout
+        self.salt = salt  # which projection of the layer: its own dropout mask from the layer key
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        delta = (x @ self.lora_a[...].astype(x.dtype)) @ self.lora_b[...].astype(x.dtype)
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        adapter_in = x
+        if key is not None and self.dropout > 0:
+            keep = jax.random.bernoulli(jax.random.fold_in(key, self.salt), 1.0 - self.dropout,
+                                        x.shape)
+            adapter_in = jnp.where(keep, x / jnp.asarray(1.0 - self.dropout, x.dtype), 0)
+        delta = (adapter_in @ self.lora_a[...].astype(x.dtype)) @ self.lora_b[...].astype(x.dtype)
         return super().__call__(x) + delta * jnp.asarray(self.scale, x.dtype)
 
 
@@ -82,8 +92,9 @@ def apply(model: Transformer, lora_cfg: Any, *, seed: int = 0, mesh=None) -> Tra
     keys = jax.random.split(jax.random.key(seed), len(lora_cfg.target_modules))
     for key, name in zip(keys, lora_cfg.target_modules, strict=True):
         parent = getattr(model.layers, PARENTS[name])
-        setattr(parent, name, LoraLinear(getattr(parent, name), lora_cfg.rank,
-                                         lora_cfg.alpha, key))
+        setattr(parent, name, LoraLinear(getattr(parent, name), lora_cfg.rank, lora_cfg.alpha,
+                                         key, dropout=lora_cfg.dropout,
+                                         salt=list(PARENTS).index(name)))
     if mesh is not None:  # placed from host copies, as hf.load places the base (multi-process safe)
         adapters = jax.tree.map(np.asarray, nnx.state(model, TRAINABLE))
         nnx.update(model, jax.device_put(adapters, parallel.state_shardings(adapters, mesh)))
@@ -145,7 +156,8 @@ def peft_config(model: Transformer, base_model: str) -> dict[str, Any]:
     rank = modules[0][1].lora_a.shape[-1]
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": rank, "lora_alpha": modules[0][1].scale * rank, "lora_dropout": 0.0,
+        "r": rank, "lora_alpha": modules[0][1].scale * rank,
+        "lora_dropout": modules[0][1].dropout,
         "target_modules": sorted(name for name, _ in modules), "bias": "none",
         "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "modules_to_save": None, "inference_mode": True,
@@ -180,4 +192,5 @@ def checkpoint_meta(lora_cfg: Any, base: str | os.PathLike) -> dict[str, Any]:
     if not enabled(lora_cfg):
         return {}
     return {"lora": {"base": str(Path(base).resolve()), "rank": lora_cfg.rank,
-                     "alpha": lora_cfg.alpha, "target_modules": list(lora_cfg.target_modules)}}
+                     "alpha": lora_cfg.alpha, "dropout": lora_cfg.dropout,
+                     "target_modules": list(lora_cfg.target_modules)}}

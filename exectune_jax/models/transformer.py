@@ -380,7 +380,10 @@ class Linear(nnx.Module):
         self.kernel = _param(_normal(rngs.params(), (d_in, d_out), param_dtype), axes)
         self.bias = _param(jnp.zeros((d_out,), param_dtype), axes[1:]) if bias else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """x @ kernel (+ bias). `key`: randomness for an adapter's dropout; a plain projection
+        has none to use."""
+        del key
         y = x @ self.kernel[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
@@ -413,18 +416,19 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, positions, mask, inv_freq, cache):
+    def __call__(self, x, positions, mask, inv_freq, cache, key=None):
         """Returns (output, cache).
 
         `cache` is None or (k, v, layer, index): the stacked caches [layers, B, S, K, D] of
         every layer; this layer's new keys are written at [layer, :, index] and it attends
         over its own slice. Writing into the stacked arrays (a scan carry) keeps the update
-        in place instead of copying a layer's cache on every decode step.
+        in place instead of copying a layer's cache on every decode step. `key`: this layer's
+        adapter-dropout randomness (None: no dropout).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(x, key).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x, key).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x, key).reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
@@ -436,7 +440,7 @@ class Attention(nnx.Module):
             k, v = all_k[layer], all_v[layer]
             cache = (all_k, all_v, layer, index)
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        return self.o_proj(out.reshape(b, t, -1)), cache
+        return self.o_proj(out.reshape(b, t, -1), key), cache
 
 
 class MLP(nnx.Module):
@@ -447,8 +451,8 @@ class MLP(nnx.Module):
         self.up_proj = Linear(e, m, ("embed", "mlp"), **kw)
         self.down_proj = Linear(m, e, ("mlp", "embed"), **kw)
 
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x, key=None):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x, key)) * self.up_proj(x, key), key)
 
 
 class Block(nnx.Module):
@@ -458,10 +462,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x, positions, mask, inv_freq, cache):
-        h, cache = self.attn(self.attn_norm(x), positions, mask, inv_freq, cache)
+    def __call__(self, x, positions, mask, inv_freq, cache, key=None):
+        h, cache = self.attn(self.attn_norm(x), positions, mask, inv_freq, cache, key)
         x = with_logical_constraint(x + h, ACTIVATION_AXES)
-        x = with_logical_constraint(x + self.mlp(self.mlp_norm(x)), ACTIVATION_AXES)
+        x = with_logical_constraint(x + self.mlp(self.mlp_norm(x), key), ACTIVATION_AXES)
         return x, cache
 
 
@@ -531,8 +535,13 @@ class Transformer(nnx.Module):
         logits = self.logits(x)
         return logits if cache is None else (logits, cache)
 
-    def hidden(self, tokens, positions, *, segment_ids=None, cache: KVCache | None = None):
-        """(final-normed hidden states [B,T,E], updated cache or None): all but the head."""
+    def hidden(self, tokens, positions, *, segment_ids=None, cache: KVCache | None = None,
+               dropout_key: jax.Array | None = None):
+        """(final-normed hidden states [B,T,E], updated cache or None): all but the head.
+
+        `dropout_key` turns on the LoRA adapters' dropout (models/lora.py), one key per layer
+        folded from it; None (sampling, log-probs, RL, eval) computes without dropout.
+        """
         t = tokens.shape[1]
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
@@ -556,8 +565,9 @@ class Transformer(nnx.Module):
             x, kv = carry
             weights, layer = xs
             layer_cache = None if kv is None else (*kv, layer, cache.index)
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, layer)
             x, layer_cache = nnx.merge(block_def, weights)(x, positions, mask, inv_freq,
-                                                           layer_cache)
+                                                           layer_cache, key)
             return (x, None if kv is None else layer_cache[:2]), None
 
         policy = REMAT_POLICIES[self.remat]

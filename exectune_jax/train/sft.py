@@ -51,32 +51,38 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Loss and steps (pure)
 
 
-def _forward_losses(model, batch, head_chunk):
+def _forward_losses(model, batch, head_chunk, dropout_key=None):
     """(sum of masked next-token cross-entropies, number of masked tokens), in float32.
 
     The head runs over chunks of `head_chunk` positions (train/head.py), so the full
-    [batch, length, vocab] logits never exist at once.
+    [batch, length, vocab] logits never exist at once. `dropout_key`: the LoRA adapters'
+    dropout randomness (None: none).
     """
-    x, _ = model.hidden(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+    x, _ = model.hidden(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"],
+                        dropout_key=dropout_key)
     logp, _ = head.chunked_head(x, model.head(), batch["targets"], head_chunk)
     mask = batch["loss_mask"].astype(jnp.float32)
     return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
 def make_train_step(graphdef: nnx.GraphDef, shardings: Any = None, wrt: Any = nnx.Param, *,
-                    head_chunk: int = 0):
+                    head_chunk: int = 0, dropout_seed: int | None = None):
     """jit(state, batch) -> (state, stats) for the split state of (model, optimizer).
 
     The loss is the mean over the batch's masked tokens, differentiated with respect to the
     `wrt` parameters (the optimizer's; LoRA adapters only with lora). With `shardings` (the
-    state's NamedShardings) the new state is pinned to the same layout as the old one.
+    state's NamedShardings) the new state is pinned to the same layout as the old one. With
+    `dropout_seed`, the LoRA adapters' dropout draws from a key of the seed and the optimizer's
+    step count, so a resumed run draws what the uninterrupted one would have.
     """
 
     def step(state, batch):
         model, opt = nnx.merge(graphdef, state)
+        key = (None if dropout_seed is None
+               else jax.random.fold_in(jax.random.key(dropout_seed), opt.step[...]))
 
         def loss_fn(m):
-            total, count = _forward_losses(m, batch, head_chunk)
+            total, count = _forward_losses(m, batch, head_chunk, key)
             return total / jnp.maximum(count, 1.0), count
 
         (loss, count), grads = nnx.value_and_grad(
@@ -211,7 +217,9 @@ def run(cfg: Config, **_: Any) -> int:
     graphdef, state = nnx.split((model, opt))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     chunk = cfg.model.head_chunk
-    train_step = make_train_step(graphdef, shardings, wrt, head_chunk=chunk)
+    dropout = lora.enabled(cfg.model.lora) and cfg.model.lora.dropout > 0
+    train_step = make_train_step(graphdef, shardings, wrt, head_chunk=chunk,
+                                 dropout_seed=cfg.seed if dropout else None)
     eval_step = make_eval_step(graphdef, head_chunk=chunk)
     evals = pipeline.eval_batches(data.held_out, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                   process_index=pi, process_count=pc)

@@ -24,11 +24,11 @@ def logits_of(model):
     return np.asarray(model(jnp.asarray(TOKENS), jnp.asarray(positions)))
 
 
-def trained_adapters(path, targets=None, rank=4, alpha=8.0):
+def trained_adapters(path, targets=None, rank=4, alpha=8.0, dropout=0.0):
     """The HF model at `path` with adapters whose B is random, as if trained."""
     model, cfg = hf.load(path)
-    spec = LoraConfig(rank=rank, alpha=alpha) if targets is None else LoraConfig(
-        rank=rank, alpha=alpha, target_modules=targets)
+    spec = LoraConfig(rank=rank, alpha=alpha, dropout=dropout) if targets is None else LoraConfig(
+        rank=rank, alpha=alpha, dropout=dropout, target_modules=targets)
     lora.apply(model, spec, seed=1)
     for i, (_, _, module) in enumerate(lora.adapted(model)):
         b = module.lora_b
@@ -44,6 +44,40 @@ def test_fresh_adapters_leave_the_base_function_unchanged(hf_checkpoint, family)
     lora.apply(adapted, LoraConfig(rank=4), seed=0)
     assert len(list(lora.adapted(adapted))) == 7
     np.testing.assert_array_equal(logits_of(adapted), logits_of(base))
+
+
+def test_adapter_dropout_drops_whole_input_entries_at_its_rate_and_spares_the_base(hf_checkpoint):
+    _, path = hf_checkpoint("llama")
+    model, _ = trained_adapters(path, dropout=0.25)
+    graphdef, state = nnx.split(model.layers.mlp.down_proj)
+    layer = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))  # layer 0's projection
+    x = jnp.zeros((4000, layer.lora_a.shape[0])).at[:, 3].set(1.0)  # one input entry per row
+    base = x @ layer.kernel[...]
+    adapter = np.asarray(layer(x) - base)  # no key: no dropout
+    dropped = np.asarray(layer(x, jax.random.key(0)) - base)
+    zeroed = np.all(dropped == 0, axis=1)
+    assert 0.22 < zeroed.mean() < 0.28  # the rate, row by row
+    # a kept entry is scaled by 1 / (1 - p), so the adapter's expected output is unchanged
+    np.testing.assert_allclose(dropped[~zeroed], adapter[~zeroed] / 0.75, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(layer(x, jax.random.key(0))),
+                                  np.asarray(layer(x, jax.random.key(0))))
+
+
+def test_a_dropout_key_changes_only_what_the_adapters_add(hf_checkpoint):
+    _, path = hf_checkpoint("qwen3")
+    positions = np.broadcast_to(np.arange(TOKENS.shape[1]), TOKENS.shape)
+    fresh, _ = hf.load(path)
+    lora.apply(fresh, LoraConfig(rank=4, dropout=0.5), seed=0)
+    trained, _ = trained_adapters(path, dropout=0.5)
+    key = jax.random.key(7)
+    for model, changes in ((fresh, False), (trained, True)):
+        plain, _ = model.hidden(TOKENS, positions)
+        dropped, _ = model.hidden(TOKENS, positions, dropout_key=key)
+        assert bool(np.any(np.asarray(plain) != np.asarray(dropped))) == changes
+    again, _ = trained.hidden(TOKENS, positions, dropout_key=key)
+    other, _ = trained.hidden(TOKENS, positions, dropout_key=jax.random.key(8))
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(dropped))
+    assert np.abs(np.asarray(other) - np.asarray(dropped)).max() > 1e-3
 
 
 @pytest.mark.parametrize("family,tied", [("llama", False), ("qwen2", True), ("qwen3", False)])
@@ -63,10 +97,10 @@ def test_merged_export_loads_in_transformers_with_the_adapted_logits(
 def test_peft_adapter_on_the_hf_base_gives_the_adapted_logits(
         hf_checkpoint, tmp_path, family, targets):
     _, path = hf_checkpoint(family)
-    model, _ = trained_adapters(path, targets)
+    model, _ = trained_adapters(path, targets, dropout=0.1)
     lora.save_peft(model, tmp_path, str(path))
     config = json.loads((tmp_path / lora.PEFT_CONFIG_FILE).read_text())
-    assert config["r"] == 4 and config["lora_alpha"] == 8.0
+    assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["lora_dropout"] == 0.1
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     peft_model = PeftModel.from_pretrained(base, tmp_path).eval()
     np.testing.assert_allclose(torch_logits(peft_model, TOKENS), logits_of(model), atol=1e-4)

@@ -186,6 +186,7 @@ def test_resume_changes_ignore_fields_that_do_not_change_the_run():
 
 
 LORA = "model.lora={rank: 4, alpha: 8}"
+DROPOUT = "model.lora.dropout=0.1"  # drawn per optimizer step: a resumed run draws the same
 
 
 def _lora_run(world, run_dir: Path, steps: int, *extra: str):
@@ -213,7 +214,7 @@ def test_lora_sft_trains_and_checkpoints_only_the_adapters(world, tmp_path):
     assert paths and all("lora_a" in p or "lora_b" in p for p in paths), paths
     model, meta = _adapted_base(cfg, tmp_path, 3)
     assert meta["lora"] == {"base": str(Path(cfg.model.path).resolve()), "rank": 4,
-                            "alpha": 8.0, "target_modules": list(LORA_TARGETS)}
+                            "alpha": 8.0, "dropout": 0.0, "target_modules": list(LORA_TARGETS)}
     assert all(np.abs(np.asarray(m.lora_b.get_value())).max() > 0
                for _, _, m in lora.adapted(model))
     # the hand-off guide is the untouched base plus the checkpointed adapters, merged
@@ -224,13 +225,23 @@ def test_lora_sft_trains_and_checkpoints_only_the_adapters(world, tmp_path):
                                np.asarray(model(tokens, positions)), atol=1e-5)
 
 
+def test_lora_dropout_leaves_the_first_step_and_changes_the_ones_after(world, tmp_path):
+    _lora_run(world, tmp_path / "plain", 3, "sft.checkpoint_every=0")
+    _lora_run(world, tmp_path / "dropout", 3, "sft.checkpoint_every=0", DROPOUT)
+    plain, dropped = losses(tmp_path / "plain" / "sft"), losses(tmp_path / "dropout" / "sft")
+    assert plain[1] == dropped[1]  # B starts at 0: the adapters add nothing yet, dropped or not
+    # the warm-up's first learning rate is 0, so the adapters first move in step 2, on
+    # gradients that saw the dropped inputs: step 3's loss tells the two runs apart
+    assert plain[3] != dropped[3]
+
+
 def test_lora_sft_resume_repeats_the_uninterrupted_run(world, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _lora_run(world, whole, 4, "sft.checkpoint_every=2")
+    _lora_run(world, whole, 4, "sft.checkpoint_every=2", DROPOUT)
     shutil.copytree(whole, resumed)
     shutil.rmtree(resumed / "sft" / "checkpoints" / "4")
     shutil.rmtree(resumed / "sft" / "guide")
-    _lora_run(world, resumed, 4, "sft.checkpoint_every=2")
+    _lora_run(world, resumed, 4, "sft.checkpoint_every=2", DROPOUT)
     want, got = losses(whole / "sft"), losses(resumed / "sft")
     assert sorted(got) == [1, 2, 3, 4]
     kept = [(d / "sft" / "metrics.jsonl").read_text().splitlines()[:3] for d in (whole, resumed)]
