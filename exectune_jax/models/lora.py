@@ -6,9 +6,9 @@ A [layers, in, r] and B [layers, r, out] carrying the `layers` axis like every s
 the one scan slices them per layer. B starts at zero: an adapted model computes exactly its base
 until it trains. With `dropout` p > 0 and a dropout key (SFT steps only: `Transformer.hidden`'s
 `dropout_key`), each adapter sees its input with entries zeroed at rate p and the rest scaled by
-1 / (1 - p), as PEFT's lora_dropout; the base projection always sees the whole input. Adapters are `nnx.LoRAParam`s (a kind of `nnx.Param`), so `TRAINABLE` selects
-what an optimizer updates and a checkpoint saves, and `FROZEN` the base loaded once from its HF
-directory.
+1 / (1 - p), as PEFT's lora_dropout; the base projection always sees the whole input. Adapters
+are `nnx.LoRAParam`s (a kind of `nnx.Param`), so `TRAINABLE` selects what an optimizer updates
+and a checkpoint saves, and `FROZEN` the base loaded once from its HF directory.
 
 `merged` folds the adapters into the kernels (what `transformers` loads); `save_peft` writes
 them as a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) that

@@ -27,8 +27,8 @@ def logits_of(model):
 def trained_adapters(path, targets=None, rank=4, alpha=8.0, dropout=0.0):
     """The HF model at `path` with adapters whose B is random, as if trained."""
     model, cfg = hf.load(path)
-    spec = LoraConfig(rank=rank, alpha=alpha, dropout=dropout) if targets is None else LoraConfig(
-        rank=rank, alpha=alpha, dropout=dropout, target_modules=targets)
+    chosen = {} if targets is None else {"target_modules": targets}
+    spec = LoraConfig(rank=rank, alpha=alpha, dropout=dropout, **chosen)
     lora.apply(model, spec, seed=1)
     for i, (_, _, module) in enumerate(lora.adapted(model)):
         b = module.lora_b
@@ -59,8 +59,6 @@ def test_adapter_dropout_drops_whole_input_entries_at_its_rate_and_spares_the_ba
     assert 0.22 < zeroed.mean() < 0.28  # the rate, row by row
     # a kept entry is scaled by 1 / (1 - p), so the adapter's expected output is unchanged
     np.testing.assert_allclose(dropped[~zeroed], adapter[~zeroed] / 0.75, rtol=1e-5)
-    np.testing.assert_array_equal(np.asarray(layer(x, jax.random.key(0))),
-                                  np.asarray(layer(x, jax.random.key(0))))
 
 
 def test_a_dropout_key_changes_only_what_the_adapters_add(hf_checkpoint):
