@@ -1,4 +1,4 @@
-"""Accelerator check: MFU of a Qwen3-1.7B-shaped SFT step and sampler decode throughput.
+"""Accelerator check: MFU of a Qwen3-1.7B-shaped SFT step, one GRPO step and decode throughput.
 
     python bench/gpu_check.py            # on a GPU/TPU host: the Qwen3-1.7B shape
     python bench/gpu_check.py --tiny     # a smoke run of the same code on CPU
@@ -8,8 +8,18 @@ in the same run: our jitted SFT train step (bf16 compute, fp32 params, AdamW) ag
 train step (bf16 autocast, fp32 params, AdamW), and our KV-cache sampler against
 `transformers` `generate` (greedy, bf16). MFU counts 6·N·tokens plus the attention matmuls
 (12·layers·heads·head_dim·T per token) against the chip's dense bf16 peak.
-Each framework runs in its own subprocess. Results go to stdout and, when $OUT is set, to
-$OUT/gpu_check.json.
+
+The GRPO step is the RL stage's own: the learner `grpo.build_learner` makes from an HF
+directory (written here from random weights), G sampled completions for each of P prompts from
+its bf16 sampling model, the frozen reference's log-probs (`rl_step.make_logprob_fn`) and one
+update (`rl_step.make_train_step`: clipped ratio, k3 KL, micro-batches, AdamW), each phase
+timed; no stop token, so every completion has the full length on both sides. The update's MFU
+counts every token of its [P·G, prompt + new] batch like the SFT step; the log-prob pass is a
+third of that (2·N·tokens plus the forward attention). The reference step is in
+gpu_check_torch.py.
+
+Each framework and workload runs in its own subprocess. Results go to stdout and, when $OUT is
+set, to $OUT/gpu_check.json.
 """
 
 from __future__ import annotations
@@ -19,15 +29,21 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from exectune_jax.models import sampler
+import gpu_check_torch as reference
+from exectune_jax import config, parallel
+from exectune_jax.models import hf, sampler
 from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.train import grpo, rl_step
+from exectune_jax.train.advantages import group_advantages
 from exectune_jax.train.optim import make_optimizer
 from exectune_jax.train.sft import make_train_step
 
@@ -61,15 +77,6 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6 * n_params(cfg) + attention
 
 
-def timed(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - start) / iters
-
-
 def jax_sft(cfg: ModelConfig, batch: int, seq_len: int, iters: int) -> dict:
     model = Transformer(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.float32)
     opt = nnx.Optimizer(model, make_optimizer(1e-5, 1000, 10, 0.01, 1.0), wrt=nnx.Param)
@@ -94,43 +101,9 @@ def jax_sft(cfg: ModelConfig, batch: int, seq_len: int, iters: int) -> dict:
         holder["state"], s = step(holder["state"], b)
         jax.block_until_ready(s["loss"])
 
-    seconds = timed(one, 1, iters)
+    seconds = reference.timed(one, 1, iters)
     del holder
     return {"step_s": seconds, "tokens_per_s": batch * seq_len / seconds, "compile_s": compile_s}
-
-
-def torch_qwen3(cfg: ModelConfig):
-    """(torch, the same architecture as a transformers model on the best device, device)."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf_cfg = Qwen3Config(**{k: v for k, v in cfg.to_hf().items() if k != "architectures"})
-    hf_cfg._attn_implementation = "sdpa"
-    return torch, Qwen3ForCausalLM(hf_cfg).to(device), device
-
-
-def torch_sft(cfg: ModelConfig, batch: int, seq_len: int, iters: int) -> dict:
-    torch, model, device = torch_qwen3(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=device == "cuda")
-    ids = torch.randint(2, cfg.vocab_size, (batch, seq_len), device=device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16)
-
-    def one():
-        with autocast:
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    seconds = timed(one, 2, iters)
-    del model, opt
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return {"step_s": seconds, "tokens_per_s": batch * seq_len / seconds}
 
 
 def jax_decode(cfg: ModelConfig, batch: int, prompt_len: int, new: int) -> dict:
@@ -144,30 +117,68 @@ def jax_decode(cfg: ModelConfig, batch: int, prompt_len: int, new: int) -> dict:
     t0 = time.perf_counter()
     one()
     compile_s = time.perf_counter() - t0
-    seconds = timed(one, 0, 2)
+    seconds = reference.timed(one, 0, 2)
     return {"s": seconds, "new_tokens_per_s": batch * new / seconds, "compile_s": compile_s}
 
 
-def torch_decode(cfg: ModelConfig, batch: int, prompt_len: int, new: int) -> dict:
-    torch, model, device = torch_qwen3(cfg)
-    model = model.to(dtype=torch.bfloat16).eval()
-    ids = torch.randint(2, cfg.vocab_size, (batch, prompt_len), device=device)
+def jax_grpo(cfg: ModelConfig, args) -> dict:
+    """Seconds of each phase of one GRPO step (mean of `args.rl_iters` after one warm-up)."""
+    p, g, new = args.rl_prompts, args.group, args.rl_new
+    run = config.Config(
+        model=config.ModelConfig(dtype="bfloat16", param_dtype="float32",
+                                 max_seq_len=args.rl_prompt_len + new),
+        rl=config.RlConfig(prompts_per_step=p, group_size=g, micro_batch=args.micro,
+                           max_new_tokens=new, lr=1e-6),
+    )
+    mesh = parallel.make_mesh(1, -1, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save(Transformer(cfg, rngs=nnx.Rngs(2), param_dtype=jnp.bfloat16), cfg, tmp)
+        learner, _ = grpo.build_learner(run, Path(tmp), mesh)
+    rng = np.random.default_rng(2)
+    prompts = [list(rng.integers(2, cfg.vocab_size, args.rl_prompt_len)) for _ in range(p)]
+    rows = [prompt for prompt in prompts for _ in range(g)]
+    adv = group_advantages(rng.random((p, g)), np.ones((p, g), bool)).reshape(-1)
+    shardings = rl_step.batch_shardings(mesh, learner.layout)
 
-    def one():
-        with torch.no_grad():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                           min_new_tokens=new, do_sample=False, pad_token_id=0)
-        if device == "cuda":
-            torch.cuda.synchronize()
+    def step(i: int) -> dict:
+        t0 = time.perf_counter()
+        out = sampler.generate(learner.sampling_model(), rows, max_new_tokens=new,
+                               temperature=run.rl.temperature, stop_token_ids=(),
+                               rng=jax.random.key(i))
+        t1 = time.perf_counter()
+        host = rl_step.build_batch(rows, out.tokens, out.logprobs, adv, np.ones(p * g, bool),
+                                   learner.layout, learner.pad_id)
+        batch = {k: jax.device_put(v, shardings[k]) for k, v in host.items()}
+        with parallel.use_mesh(mesh):
+            ref_logp = jax.block_until_ready(learner.logprob_fn(learner.reference, batch))
+            t2 = time.perf_counter()
+            learner.params, learner.opt_state, stats = learner.train_step(
+                learner.params, learner.opt_state, batch, ref_logp)
+            jax.block_until_ready(stats)
+        return {"sample_s": t1 - t0, "logprob_s": t2 - t1, "update_s": time.perf_counter() - t2}
 
-    seconds = timed(one, 1, 2)
-    del model
-    return {"s": seconds, "new_tokens_per_s": batch * new / seconds}
+    t0 = time.perf_counter()
+    step(0)
+    first_s = time.perf_counter() - t0
+    runs = [step(i + 1) for i in range(args.rl_iters)]
+    result = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    tokens = p * g * (args.rl_prompt_len + new)
+    flops = train_flops_per_token(cfg, args.rl_prompt_len + new) * tokens
+    peak = peak_flops()
+    result.update(first_step_s=first_s, update_tokens=tokens,
+                  update_mfu=flops / result["update_s"] / peak if peak else None,
+                  logprob_mfu=flops / 3 / result["logprob_s"] / peak if peak else None)
+    return result
+
+
+PARTS = ("torch", "jax", "torch_rl", "jax_rl")
 
 
 def measure(part: str, args, cfg: ModelConfig) -> dict:
-    """One framework's numbers; each framework runs in its own process so neither holds the
-    other's device memory (JAX's allocator keeps what it has grown to)."""
+    """One framework's numbers for one workload group; each runs in its own process so none
+    holds another's device memory (JAX's allocator keeps what it has grown to)."""
+    rl = dict(prompts=args.rl_prompts, group=args.group, prompt_len=args.rl_prompt_len,
+              new=args.rl_new, micro=args.micro, iters=args.rl_iters)
     if part == "jax":
         sft = jax_sft(cfg, args.batch, args.seq_len, args.iters)
         peak = peak_flops()
@@ -176,30 +187,53 @@ def measure(part: str, args, cfg: ModelConfig) -> dict:
         sft["mfu"] = flops / peak if peak else None
         return {"device": jax.devices()[0].device_kind, "sft": sft,
                 "decode": jax_decode(cfg, args.decode_batch, args.prompt_len, args.new_tokens)}
-    return {"sft": torch_sft(cfg, args.batch, args.seq_len, args.iters),
-            "decode": torch_decode(cfg, args.decode_batch, args.prompt_len, args.new_tokens)}
+    if part == "jax_rl":
+        return {"device": jax.devices()[0].device_kind, "grpo": jax_grpo(cfg, args)}
+    if part == "torch_rl":
+        rl_cfg = config.RlConfig()
+        return {"grpo": reference.grpo(cfg, **rl, clip_eps=rl_cfg.clip_eps, beta=rl_cfg.beta,
+                                       lr=1e-6)}
+    return {"sft": reference.sft(cfg, args.batch, args.seq_len, args.iters),
+            "decode": reference.decode(cfg, args.decode_batch, args.prompt_len, args.new_tokens)}
+
+
+def grpo_line(ours: dict, ref: dict, args) -> str:
+    phases = (("sample", "sample_s"), ("log-probs", "logprob_s"), ("update", "update_s"))
+    ours_s, ref_s = (sum(d[k] for _, k in phases) for d in (ours, ref))
+    each = ", ".join(f"{name} {ours[k]:.2f} vs {ref[k]:.2f} s" for name, k in phases)
+    return (f"grpo_step: {ref_s / ours_s:.2f}x {ours_s:.2f} vs {ref_s:.2f} s per step of "
+            f"{args.rl_prompts}x{args.group} completions ({each}; our update MFU "
+            f"{ours['update_mfu'] or 0:.3f})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke run)")
-    ap.add_argument("--part", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--decode-batch", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--rl-prompts", type=int, default=16, help="GRPO: prompts per step (P)")
+    ap.add_argument("--group", type=int, default=8, help="GRPO: completions per prompt (G)")
+    ap.add_argument("--rl-prompt-len", type=int, default=128)
+    ap.add_argument("--rl-new", type=int, default=384, help="GRPO: tokens per completion")
+    ap.add_argument("--micro", type=int, default=16, help="GRPO: rows per micro-batch")
+    ap.add_argument("--rl-iters", type=int, default=2)
     args, _ = ap.parse_known_args()
     cfg = ModelConfig(**(TINY if args.tiny else QWEN3_1_7B))
     if args.tiny:
         args.batch, args.seq_len, args.iters = 2, 64, 2
         args.decode_batch, args.prompt_len, args.new_tokens = 4, 16, 16
+        args.rl_prompts, args.group, args.rl_prompt_len, args.rl_new = 2, 4, 16, 16
+        args.micro, args.rl_iters = 4, 1
     if args.part:
         print(json.dumps(measure(args.part, args, cfg)), flush=True)
         return
     report: dict = {"params": n_params(cfg), "shape": vars(args)}
-    for part in ("torch", "jax"):
+    for part in PARTS:
         proc = subprocess.run([sys.executable, __file__, "--part", part, *sys.argv[1:]],
                               capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -213,6 +247,8 @@ def main() -> None:
         r = ours["sft"]["tokens_per_s"] / ref["sft"]["tokens_per_s"]
         print(f"sft_step: {r:.2f}x {ours['sft']['tokens_per_s']:.0f} vs "
               f"{ref['sft']['tokens_per_s']:.0f} tokens/s (our MFU {ours['sft']['mfu'] or 0:.3f})")
+    if report["jax_rl"].get("grpo") and report["torch_rl"].get("grpo"):
+        print(grpo_line(report["jax_rl"]["grpo"], report["torch_rl"]["grpo"], args))
     if ours.get("decode") and ref.get("decode"):
         d, t = ours["decode"]["new_tokens_per_s"], ref["decode"]["new_tokens_per_s"]
         print(f"gpu_check: {d / t:.2f}x {d:.0f} vs {t:.0f} decode new tokens/s")
