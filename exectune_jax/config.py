@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import yaml
 
 from exectune_jax.errors import UserError
+from exectune_jax.sim.world import world_from
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 SIM_URL = "sim"  # an endpoint whose base_url is "sim" talks to the embedded loopback server
@@ -193,6 +194,13 @@ class SimConfig:
     truth_log: str | None = None
     batch_delay_s: float = 0.0  # seconds a batch takes to process (its items finish evenly over it)
     batch_expire_s: float | None = None  # a batch unfinished this long after creation expires; None = 24 h
+    # Values of the simulated world other than the default's (`WorldSpec` in sim/world.py, each
+    # value's meaning in docs/world.md): a field -> value (a core profile: some of its fields; a
+    # style mix: every style -> weight), plus `teacher_habit_rate`, the compound share of
+    # `teacher_habit` (its other styles rescaled to keep their proportions). {} = the default
+    # world. The server runs this world and results.json records its hash and these overrides;
+    # a run_dir holds one world (its call cache answers in the world it was filled in).
+    world: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -576,6 +584,10 @@ def validate(config: Config) -> None:
     if config.api.follow_check == "judge" and config.api.judge is None:
         raise ConfigError("config: `api.follow_check` is judge but `api.judge` is not set; set "
                           "api.judge to a judge model or api.follow_check=trace")
+    try:
+        world_from(config.sim.world, prefix="sim.world.")
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
     lora = config.model.lora
     unknown = [t for t in lora.target_modules if t not in LORA_TARGETS]
     if unknown or not lora.target_modules:

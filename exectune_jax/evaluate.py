@@ -26,7 +26,7 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import mixture, wilson
 from exectune_jax.gcop.follow import exchange_digest
-from exectune_jax.sim.world import WORLD
+from exectune_jax.sim.world import summary_of
 
 REFERENCE = "exectune"
 ROW_ORDER = ("core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl",
@@ -291,7 +291,7 @@ def results(cfg: Config, rows: Sequence[RowData], skipped: list, n_problems: int
         "problems": n_problems,
         "samples_per_problem": cfg.eval.samples,
         "core_model": cfg.api.core.model,
-        "world": WORLD.summary(),  # the simulated world's version and hash (sim endpoints)
+        "world": summary_of(cfg.sim.world),  # the sim world's version, hash and overrides
         "follow_check": cfg.api.follow_check,
         "judge_model": cfg.api.judge.model if cfg.api.judge and cfg.api.follow_check == "judge" else None,
         "reference": REFERENCE if ref is not None else None,

@@ -3,8 +3,9 @@
 Every stage writes the resolved config it runs with into its directory. A checkpointed stage
 (sft, rl) that finds a checkpoint first compares the config it is given with the one it was
 started with: a difference in a field that changes what it computes (its own section, the
-model, the task, the seed, and for RL the endpoints' models and sampling) stops it with one
-line naming the fields and the way out, a new run_dir or `resume.allow_changes=[...]`. Fields
+model, the task, the seed, and for RL the endpoints' models and sampling and the simulated
+world) stops it with one line naming the fields and the way out, a new run_dir or
+`resume.allow_changes=[...]`. Fields
 that only change how a run is carried out or watched (checkpoint cadence, retries, rate limits,
 the budget, server addresses, the mesh) may change freely: resuming on another topology or with a
 larger budget is the normal case.
@@ -25,7 +26,7 @@ CONFIG_FILE = "config.yaml"
 # dotted fields (exact, or a prefix ending in ".") that change what a resumed stage computes
 RUN_FIELDS = {
     "sft": ("seed", "model.", "task.", "sft.", "sample.out"),
-    "rl": ("seed", "model.", "task.", "api.", "sim.seed", "rl.", "sft.name"),
+    "rl": ("seed", "model.", "task.", "api.", "sim.seed", "sim.world", "rl.", "sft.name"),
 }
 # ... except these, which change how the run is carried out or watched, not its results
 INERT = re.compile(

@@ -169,3 +169,13 @@ def test_lora_section_takes_peft_module_names_and_rejects_others():
     assert load_config().model.lora.rank == 0  # off by default: full fine-tuning
     with pytest.raises(ConfigError, match="model.lora.*query_key_value"):
         load_config(None, ["model.lora.rank=8", "model.lora.target_modules=[query_key_value]"])
+
+
+def test_world_overrides_are_checked_at_load_and_a_bad_one_is_one_line_naming_the_key(capsys):
+    cfg = load_config(None, ["sim.world.follow_compound=0.25", "sim.world.teacher_habit_rate=0"])
+    assert cfg.sim.world == {"follow_compound": 0.25, "teacher_habit_rate": 0}
+    assert main(["serve-sim", "sim.world.follow_compund=0.25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "`sim.world.follow_compund` is not a value of the simulated world" in err and "\n" not in err
+    with pytest.raises(ConfigError, match=r"`sim.world.follow_compound` is 2; it must be in \[0, 1\]"):
+        load_config(None, ["sim.world={follow_compound: 2}"])

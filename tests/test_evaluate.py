@@ -151,7 +151,7 @@ def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
         assert 0.0 <= lo <= row["accuracy"] <= hi <= 1.0
         assert row["usd_total"] > 0 and row["core_input_tokens"] > 0
     assert doc["skipped"] == [{"method": "sft_unfiltered", "reason": "no guide at missing/guide"}]
-    assert doc["world"] == {"version": WORLD.version, "hash": WORLD.hash}
+    assert doc["world"] == {"version": WORLD.version, "hash": WORLD.hash, "overrides": {}}
     text = json.dumps(doc)
     assert str(evaluated) not in text and "/tmp" not in text and "time" not in text
     assert doc["follow_check"] == "judge" and doc["judge_model"] == "sim-judge"
@@ -161,6 +161,13 @@ def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
             continue
         a, pf, pn = row["executability"], row["p_correct_followed"] or 0.0, row["p_correct_not_followed"] or 0.0
         assert row["mixture_accuracy"] == pytest.approx(a * pf + (1 - a) * pn, abs=1e-12)
+
+
+def test_results_json_records_the_overridden_world_under_its_own_hash():
+    cfg = load_config(None, ["sim.world={follow_compound: 0.25, teacher_habit_rate: 0.4}"])
+    world = evaluate.results(cfg, [], [], 0)["world"]
+    assert world["overrides"] == {"follow_compound": 0.25, "teacher_habit_rate": 0.4}
+    assert world["version"] == WORLD.version and world["hash"] != WORLD.hash
 
 
 def test_follow_labels_name_every_guided_execution_by_its_digest():

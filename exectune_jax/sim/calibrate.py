@@ -1,4 +1,6 @@
-"""`python -m exectune_jax.sim.calibrate`: the simulated world measured on the validation split.
+"""`python -m exectune_jax.sim.calibrate [key=value ...]`: the simulated world measured on the
+validation split (the default world, or the one whose values the arguments name, as `sim.world`
+does: `follow_compound=0.25`, `teacher_habit_rate=0.4`).
 
 Prints, for the core alone and for each kind of strategy the world's guides and teacher write,
 accuracy, the share of strategies the core followed to the end, and output tokens per reply.
@@ -12,31 +14,34 @@ import random
 import sys
 from collections import Counter, defaultdict
 
+import yaml
+
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.sim import guide, models, teacher, tokens
-from exectune_jax.sim.world import WORLD
+from exectune_jax.sim.world import WORLD, WorldSpec, world_from
 
 STYLES = ("atomic", "compound", "verbose", "vague", "wrong", "leak")
 
 
-def measure(problems, task) -> tuple[dict[str, list[tuple[bool, bool | None, int]]], Counter]:
-    core = models.get("sim-core")
+def measure(problems, task, world: WorldSpec = WORLD
+            ) -> tuple[dict[str, list[tuple[bool, bool | None, int]]], Counter]:
+    core = models.get("sim-core", world)
 
     def run(p, text, c=core):
         reply = c.respond(prompts.core_messages(p, "math", text))
         return task.check(p, reply.text).correct, reply.followed, tokens.count(reply.text)
 
     rows = {"core alone": [run(p, None) for p in problems],
-            "strong core alone": [run(p, None, models.get("sim-core-strong")) for p in problems],
-            "base-guide advice (prose)": [run(p, guide.advice(p)) for p in problems]}
+            "strong core alone": [run(p, None, models.get("sim-core-strong", world)) for p in problems],
+            "base-guide advice (prose)": [run(p, guide.advice(p, world=world)) for p in problems]}
     for style in STYLES:
-        written = ((p, teacher.write(parse_problem(p.prompt), style, random.Random(i))) for i, p in enumerate(problems))
+        written = ((p, teacher.write(parse_problem(p.prompt), style, random.Random(i), world)) for i, p in enumerate(problems))
         rows[f"teacher {style}"] = [run(p, strategy.render(s)) for p, s in written if s]
     mix, styles = [], Counter()
     for p in problems:
-        reply = models.get("sim-teacher").complete(prompts.teacher_propose_messages(p, "math"),
+        reply = models.get("sim-teacher", world).complete(prompts.teacher_propose_messages(p, "math"),
                                                    max_tokens=512, temperature=1.0, seed=0)
         text, style = reply.rsplit("\nstyle: ", 1)
         styles[style] += 1
@@ -45,12 +50,15 @@ def measure(problems, task) -> tuple[dict[str, list[tuple[bool, bool | None, int
     return rows, styles
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    overrides = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in argv)}
+    world = world_from(overrides)
     task = tasks.get("arith")
     with tasks.reading_as("calibrate"):
         problems = task.problems("validation")
-    rows, styles = measure(problems, task)
-    print(f"world {WORLD.version} ({WORLD.hash}), arith validation split, {len(problems)} problems")
+    rows, styles = measure(problems, task, world)
+    print(f"world {world.version} ({world.hash}, overrides {overrides}), arith validation split, "
+          f"{len(problems)} problems")
     print("| strategies | n | accuracy | followed to the end | output tokens |")
     print("|---|---:|---:|---:|---:|")
     for name, r in rows.items():
@@ -67,4 +75,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -42,7 +42,7 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import ModelConfig, Transformer
 from exectune_jax.sim import teacher
-from exectune_jax.sim.world import WORLD
+from exectune_jax.sim.world import WORLD, WorldSpec, world_from
 from exectune_jax.train.sft import base_guide_dir
 from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config, warm_up
 
@@ -96,7 +96,7 @@ _CLOSINGS = (
 )
 
 
-def advice(problem: Problem, seed: int = 0) -> str:
+def advice(problem: Problem, seed: int = 0, world: WorldSpec = WORLD) -> str:
     """Free-form advice in prose (no tags, no numbered steps), as an instruct model might write.
 
     It walks through the story in order, one sentence per event, naming the operation and the
@@ -111,7 +111,7 @@ def advice(problem: Problem, seed: int = 0) -> str:
     parts = [rng.choice(_OPENINGS)]
     for j, (op, left, right) in enumerate(problem.meta["program"]):
         a, b = (_mention(ref, q, j) for ref in (left, right))
-        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < WORLD.advice_connector_rate else "Then"
+        connector = _CONNECTORS[min(j, len(_CONNECTORS) - 1)] if j == 0 or rng.random() < world.advice_connector_rate else "Then"
         parts.append(f"{connector} think about {_PHRASES[op].format(a=a, b=b)}.")
     parts.append(rng.choice(_CLOSINGS))
     return " ".join(parts)
@@ -124,7 +124,8 @@ def _mention(ref: str, quantities: Sequence[int], step: int) -> str:
     return "the amount so far" if int(ref[1:]) == step - 1 else "an earlier amount"
 
 
-def tokenizer_corpus(problems: Sequence[Problem], family: str = "math") -> Iterable[str]:
+def tokenizer_corpus(problems: Sequence[Problem], family: str = "math",
+                     world: WorldSpec = WORLD) -> Iterable[str]:
     """Every kind of text the guide will read or write: prompts, strategies, advice."""
     first = problems[0]
     instructions = {
@@ -135,7 +136,7 @@ def tokenizer_corpus(problems: Sequence[Problem], family: str = "math") -> Itera
     for p in problems:
         yield p.prompt
         yield gold_strategy(p)
-        yield advice(p)
+        yield advice(p, world=world)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +192,8 @@ def guide_model_config(tokenizer, spec: BaseGuideSpec) -> ModelConfig:
 
 
 def warmup_examples(
-    problems: Sequence[Problem], tokenizer, seq_len: int, family: str = "math", seed: int = 0
+    problems: Sequence[Problem], tokenizer, seq_len: int, family: str = "math", seed: int = 0,
+    world: WorldSpec = WORLD,
 ) -> list[Example]:
     """Guide or advisor prompt followed by free-form advice; loss on every token.
 
@@ -201,32 +203,35 @@ def warmup_examples(
     out = []
     for i, p in enumerate(problems):
         make = prompts.guide_messages if i % 2 == 0 else prompts.advisor_messages
-        ex = encode_example(tokenizer, make(p, family), advice(p, seed), p.id)
+        ex = encode_example(tokenizer, make(p, family), advice(p, seed, world), p.id)
         if len(ex.inputs) <= seq_len:
             out.append(dataclasses.replace(ex, loss_mask=np.ones_like(ex.loss_mask)))
     return out
 
 
 def build_base_guide(problems: Sequence[Problem], spec: BaseGuideSpec, seed: int, out: Path,
-                     family: str = "math", remat: str = "none") -> list[float]:
+                     family: str = "math", remat: str = "none", world: WorldSpec = WORLD) -> list[float]:
     """Tokenizer + warmed-up tiny model written to `out` as an HF directory; returns the losses.
 
     `remat` is the warm-up's rematerialisation policy (`model.remat`); it changes speed only.
+    `world` words the advice it is warmed up on.
     """
-    tokenizer = train_tokenizer(tokenizer_corpus(problems, family), spec.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(problems, family, world), spec.vocab_size)
     mcfg = guide_model_config(tokenizer, spec)
     with jax.default_device(jax.local_devices()[0]):
         model = Transformer(mcfg, rngs=nnx.Rngs(seed), remat=remat)
-        examples = warmup_examples(problems, tokenizer, spec.warmup_seq_len, family, seed)
+        examples = warmup_examples(problems, tokenizer, spec.warmup_seq_len, family, seed, world)
         losses = warm_up(model, examples, spec, seed)
     hf.save(model, mcfg, out, tokenizer=tokenizer)
     return losses
 
 
-def _marker(seed: int, spec: BaseGuideSpec, problems: Sequence[Problem]) -> dict:
-    """What the guide is a function of: seed, spec and the corpus (not how options spelled it)."""
+def _marker(seed: int, spec: BaseGuideSpec, problems: Sequence[Problem], world: WorldSpec) -> dict:
+    """What the guide is a function of: seed, spec, the corpus (not how options spelled it) and
+    the one world value its advice reads."""
     corpus = hashlib.sha256("\n".join(p.prompt for p in problems).encode()).hexdigest()
-    return {"seed": seed, "spec": dataclasses.asdict(spec), "corpus_sha256": corpus}
+    return {"seed": seed, "spec": dataclasses.asdict(spec), "corpus_sha256": corpus,
+            "advice_connector_rate": world.advice_connector_rate}
 
 
 def ensure_base_guide(cfg: Config) -> Path:
@@ -240,21 +245,24 @@ def ensure_base_guide(cfg: Config) -> Path:
     options = dict(cfg.task.options) if cfg.task.name == "arith" else {}
     problems = tasks.get("arith", **options).problems("train")
     out = base_guide_dir(cfg)
-    marker = _marker(cfg.seed, spec, problems)
+    world = world_from(cfg.sim.world)
+    marker = _marker(cfg.seed, spec, problems, world)
     if out.exists():
         found = out / MARKER
         built = json.loads(found.read_text()) if found.exists() else {}
+        # guides built before the world could be overridden worded their advice at the default rate
+        built.setdefault("advice_connector_rate", WORLD.advice_connector_rate)
         if {k: built.get(k) for k in marker} != json.loads(json.dumps(marker)):
             raise UserError(
                 f"{out}: built with other settings than this run's (seed, arith task.options, "
-                f"sft.base_guide); use another run_dir or delete {out}"
+                f"sft.base_guide, sim.world.advice_connector_rate); use another run_dir or delete {out}"
             )
         return out
     if not problems:
         raise UserError("the demo guide needs arith train problems; set task.options.n_train > 0")
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    losses = build_base_guide(problems, spec, cfg.seed, tmp, remat=cfg.model.remat)
+    losses = build_base_guide(problems, spec, cfg.seed, tmp, remat=cfg.model.remat, world=world)
     (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1]}, indent=2) + "\n")
     try:
         os.replace(tmp, out)

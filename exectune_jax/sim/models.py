@@ -8,17 +8,19 @@ from exectune_jax.errors import UserError
 from exectune_jax.sim.core import PROFILES, SimCore
 from exectune_jax.sim.judge import SimJudge
 from exectune_jax.sim.teacher import SimTeacher
+from exectune_jax.sim.world import WORLD, WorldSpec
 
 NAMES = (*PROFILES, SimTeacher.name, SimJudge.name)
 
 
 @cache
-def get(name: str) -> SimCore | SimTeacher | SimJudge:
-    """The simulated model `name`; each has `.complete(messages, *, max_tokens, temperature, seed)`."""
+def get(name: str, world: WorldSpec = WORLD) -> SimCore | SimTeacher | SimJudge:
+    """The simulated model `name` in `world`; each has `.complete(messages, *, max_tokens,
+    temperature, seed)`. The judge reads texts only, so it is the same in every world."""
     if name in PROFILES:
-        return SimCore(name)
+        return SimCore(name, world)
     if name == SimTeacher.name:
-        return SimTeacher()
+        return SimTeacher(world)
     if name == SimJudge.name:
         return SimJudge()
     raise UserError(f"unknown simulated model {name!r}; known: {', '.join(NAMES)} (check the endpoint's model)")

@@ -36,6 +36,7 @@ from exectune_jax.sim.batches import BatchStore
 from exectune_jax.sim.truth import TruthLog
 from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, malformed_body, openai_error,
                                    openai_response, parse_anthropic_request, parse_openai_request)
+from exectune_jax.sim.world import WORLD, WorldSpec, summary_of, world_from
 
 FAULT_KINDS = ("server_error", "timeout", "disconnect", "truncated", "malformed")
 OPENAI_PATH = "/v1/chat/completions"
@@ -65,18 +66,13 @@ def model_seed(sim_seed: int, request_seed: int, temperature: float) -> int:
     return request_seed + (sim_seed << 32)
 
 
-def _default_models(name: str) -> Any:
-    from exectune_jax.sim import models
-
-    return models.get(name)
-
-
 class SimServer:
     """The simulated APIs on a free loopback port. `start()` returns the root URL; use
     `sim_base_url(root, provider)` for a client's base_url. `stats` counts what it served.
 
     `models` maps a model name to an object with `.complete(messages, *, max_tokens,
-    temperature, seed) -> str` (a mapping or a lookup function; default: the sim registry).
+    temperature, seed) -> str` (a mapping or a lookup function; default: the sim registry's
+    models in `world`, the default world unless given).
     `api_key`, when set, is required as a Bearer token or x-api-key (else 401).
     `burst` is the rate limiter's bucket size (default: one second's worth of requests).
     `hang_s` is how long a `timeout` fault stalls before dropping the connection.
@@ -90,7 +86,7 @@ class SimServer:
                  api_key: str | None = None, burst: float | None = None, hang_s: float = 2.0,
                  fault_kinds: tuple[str, ...] = FAULT_KINDS,
                  batch_delay_s: float = 0.0, batch_expire_s: float | None = None,
-                 truth_log: str | Path | None = None):
+                 truth_log: str | Path | None = None, world: WorldSpec = WORLD):
         if not 0.0 <= fault_rate < 1.0:
             raise ValueError("fault_rate must be in [0, 1)")
         unknown = set(fault_kinds) - set(FAULT_KINDS)
@@ -100,7 +96,8 @@ class SimServer:
         self.latency_s = latency_ms / 1000.0
         self.limiter = TokenBucket(rpm / 60.0, burst or max(1.0, rpm / 60.0)) if rpm else None
         self.fault_rate, self.seed, self.hang_s, self.fault_kinds = fault_rate, seed, hang_s, fault_kinds
-        self._lookup = models.get if isinstance(models, Mapping) else (models or _default_models)
+        self.world = world
+        self._lookup = models.get if isinstance(models, Mapping) else (models or self._registry)
         self._api_key = api_key
         self.truth = TruthLog(truth_log) if truth_log is not None else None
         self._lock = threading.Lock()
@@ -116,11 +113,17 @@ class SimServer:
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> SimServer:
         """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed, truth_log,
-        batch_delay_s, batch_expire_s)."""
+        batch_delay_s, batch_expire_s, and the world its `world` overrides name)."""
+        kwargs.setdefault("world", world_from(cfg.world, prefix="sim.world."))
         kwargs.setdefault("truth_log", cfg.truth_log)
         kwargs.setdefault("batch_delay_s", cfg.batch_delay_s)
         kwargs.setdefault("batch_expire_s", cfg.batch_expire_s)
         return cls(cfg.host, cfg.port, cfg.latency_ms, cfg.rpm, cfg.fault_rate, cfg.seed, **kwargs)
+
+    def _registry(self, name: str) -> Any:
+        from exectune_jax.sim import models
+
+        return models.get(name, self.world)
 
     @property
     def stats(self) -> dict:
@@ -370,6 +373,7 @@ def serve_forever(cfg_sim: Any) -> None:
     root = server.start()
     try:  # an interrupt that lands while the URLs print also stops the server cleanly
         print(f"sim server listening on {root}", flush=True)
+        print(f"  world: {json.dumps(summary_of(cfg_sim.world))}", flush=True)
         print(f"  OpenAI-compatible base_url: {sim_base_url(root, 'openai')}", flush=True)
         print(f"  Anthropic base_url:         {sim_base_url(root, 'anthropic')}", flush=True)
         while True:

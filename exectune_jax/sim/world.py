@@ -1,9 +1,13 @@
 """`WorldSpec`: every behaviour parameter of the simulated world, frozen and versioned.
 
-sim-core, sim-teacher and the base guide's advice read their numbers from `WORLD` and from
-nowhere else, so a run's behaviour is fixed by one object whose `hash` results.json records.
-Change a value only with a new `version` and a validation-split run recorded in docs/world.md;
-the test split never chooses a value.
+sim-core, sim-teacher and the base guide's advice read their numbers from a `WorldSpec` and
+from nowhere else, so a run's behaviour is fixed by one object whose `hash` results.json records.
+`WORLD` is the default world. Change one of its values only with a new `version` and a
+validation-split run recorded in docs/world.md; the test split never chooses a value.
+
+A run may name other values (config `sim.world`, read by `world_from`): the study's sensitivity
+ablation does, to see how the results move with the world. Such a world keeps `WORLD`'s version
+and differs in its hash, and results.json records the overrides beside it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,100 @@ class WorldSpec:
 
 
 WORLD = WorldSpec()
+
+# ---------------------------------------------------------------------------------------------
+# Overrides (config `sim.world`): the default world with some values named otherwise
+
+# The one derived knob: the compound share of `teacher_habit`. The other styles of that mix are
+# rescaled by (1 - rate) / (1 - their compound share) and so keep their proportions to each other.
+HABIT_RATE = "teacher_habit_rate"
+_PROBABILITY = (0.0, 1.0)
+# closed [lo, hi] of each scalar an override may set
+RANGES: dict[str, tuple[float, float]] = {
+    "success_floor": _PROBABILITY, "success_ceil": _PROBABILITY, "max_step_words": (1, math.inf),
+    "follow_atomic": _PROBABILITY, "follow_prose": _PROBABILITY, "follow_compound": _PROBABILITY,
+    "follow_verbose": _PROBABILITY, "follow_vague": _PROBABILITY,
+    "own_filler_per_step": (0, math.inf), "teacher_merge_rate": _PROBABILITY,
+    "teacher_verbose_rate": _PROBABILITY, "teacher_vague_rate": _PROBABILITY,
+    "advice_connector_rate": _PROBABILITY, HABIT_RATE: _PROBABILITY,
+}
+PROFILE_RANGES: dict[str, tuple[float, float]] = {
+    "intercept": (0.0, 2.0), "slope": (0.0, 1.0), "flip": _PROBABILITY, "slip": _PROBABILITY}
+MIXES = ("teacher_propose", "teacher_habit", "teacher_revise")
+
+
+def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: str = "") -> WorldSpec:
+    """`base` with the values `overrides` names: a field -> its value (a core profile: a mapping
+    of some of its fields; a style mix: a mapping of each of its styles to a weight, the weights
+    summing to 1), and `teacher_habit_rate` (see HABIT_RATE). A bad key or value raises one-line
+    ValueError naming `prefix + key`."""
+    names = [f.name for f in dataclasses.fields(WorldSpec) if f.name != "version"] + [HABIT_RATE]
+    if HABIT_RATE in overrides and "teacher_habit" in overrides:
+        raise ValueError(f"`{prefix}{HABIT_RATE}` and `{prefix}teacher_habit` both set the habit "
+                         "mix; give one")
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = prefix + key
+        if key == "version":
+            raise ValueError(f"`{name}` names the default world and is not overridden; the "
+                             "overrides are recorded beside it")
+        if key not in names:
+            raise ValueError(f"`{name}` is not a value of the simulated world (known: {', '.join(names)})")
+        if key in ("core", "core_strong"):
+            changes[key] = _profile(getattr(base, key), value, name)
+        elif key in MIXES:
+            changes[key] = _mix(getattr(base, key), value, name)
+        elif key == HABIT_RATE:
+            changes["teacher_habit"] = habit_mix(base.teacher_habit, _scalar(value, float, RANGES[key], name))
+        else:
+            changes[key] = _scalar(value, type(getattr(base, key)), RANGES[key], name)
+    world = dataclasses.replace(base, **changes)
+    if world.success_floor > world.success_ceil:
+        raise ValueError(f"`{prefix}success_floor` ({world.success_floor}) is above "
+                         f"`{prefix}success_ceil` ({world.success_ceil})")
+    return world
+
+
+def habit_mix(mix: tuple[tuple[str, float], ...], rate: float) -> tuple[tuple[str, float], ...]:
+    """`mix` with its compound share set to `rate` and every other share scaled by
+    (1 - rate) / (1 - compound share), so they keep their proportions to each other."""
+    compound = dict(mix)["compound"]
+    if compound >= 1.0 and rate < 1.0:
+        raise ValueError("a habit mix that is all compound has no other styles to rescale")
+    scale = 0.0 if compound >= 1.0 else (1.0 - rate) / (1.0 - compound)
+    return tuple((s, rate if s == "compound" else round(w * scale, 12)) for s, w in mix)
+
+
+def summary_of(overrides: Mapping[str, Any]) -> dict:
+    """What results.json records of a run's world: version, hash, and the overrides it ran with."""
+    return {**world_from(overrides).summary(), "overrides": dict(overrides)}
+
+
+def _scalar(value: Any, kind: type, bounds: tuple[float, float], name: str) -> float | int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or (kind is int and not isinstance(value, int)):
+        raise ValueError(f"`{name}` must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"`{name}` is {value!r}; it must be in [{bounds[0]:g}, {bounds[1]:g}]")
+    return kind(value)
+
+
+def _profile(profile: CoreProfile, value: Any, name: str) -> CoreProfile:
+    known = ", ".join(PROFILE_RANGES)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"`{name}` must be a mapping of some of {known}, got {value!r}")
+    for k in value:
+        if k not in PROFILE_RANGES:
+            raise ValueError(f"`{name}.{k}` is not a value of a core profile (known: {known})")
+    return dataclasses.replace(profile, **{k: _scalar(v, float, PROFILE_RANGES[k], f"{name}.{k}")
+                                           for k, v in value.items()})
+
+
+def _mix(mix: tuple[tuple[str, float], ...], value: Any, name: str) -> tuple[tuple[str, float], ...]:
+    styles = [s for s, _ in mix]
+    if not isinstance(value, Mapping) or sorted(value) != sorted(styles):
+        raise ValueError(f"`{name}` must map each of {', '.join(styles)} to a weight, got {value!r}")
+    weights = {s: _scalar(value[s], float, _PROBABILITY, f"{name}.{s}") for s in styles}
+    if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-9):
+        raise ValueError(f"`{name}`: the weights sum to {sum(weights.values()):g}; they must sum to 1")
+    return tuple((s, weights[s]) for s in styles)

@@ -274,3 +274,44 @@ def test_another_sim_seed_draws_other_teacher_samples_and_keeps_the_greedy_core(
     assert answers(0, "sim-teacher", 1.0, teacher) == answers(0, "sim-teacher", 1.0, teacher)
     assert answers(0, "sim-teacher", 1.0, teacher) != answers(1, "sim-teacher", 1.0, teacher)
     assert answers(0, "sim-core", 0.0, core) == answers(1, "sim-core", 0.0, core)
+
+
+def test_the_served_core_runs_the_configured_world(tmp_path):
+    """sim.world.follow_compound=0: through the real loopback server (and `exectune serve-sim`),
+    a strategy with a compound step is never followed to the end; in the default world some are."""
+    import random
+
+    from exectune_jax.data import tasks
+    from exectune_jax.data.tasks.arith import parse_problem
+    from exectune_jax.gcop import prompts
+    from exectune_jax.gcop.strategy import render
+    from exectune_jax.sim.teacher import write
+    from exectune_jax.sim.truth import read_truth
+    from exectune_jax.sim.world import WORLD, summary_of
+
+    problems = tasks.get("arith", n_train=0, n_validation=0, n_test=30).problems("test")
+    written = [(p, write(parse_problem(p.prompt), "compound", random.Random(i))) for i, p in enumerate(problems)]
+    bodies = [{"model": "sim-core", "messages": prompts.core_messages(p, "math", render(steps))}
+              for p, steps in written if steps]
+
+    def followed(name: str, **world) -> list[bool]:
+        log = tmp_path / f"{name}.jsonl"
+        with SimServer.from_config(SimConfig(world=world, truth_log=str(log))) as s:
+            for body in bodies:
+                requests.post(s.url + "/v1/chat/completions", json=body, timeout=10).raise_for_status()
+        return list(read_truth(log).values())
+
+    assert len(bodies) >= 20 and any(followed("default"))
+    assert followed("never", follow_compound=0.0) == [False] * len(bodies)
+    command = [sys.executable, "-m", "exectune_jax.cli", "serve-sim", "sim.world.follow_compound=0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        root = proc.stdout.readline().split()[-1]
+        lines = [proc.stdout.readline() for _ in range(3)]
+        reply = requests.post(root + "/v1/chat/completions", json=bodies[0], timeout=10).json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    world = json.loads(next(line for line in lines if "world:" in line).split("world: ", 1)[1])
+    assert world == summary_of({"follow_compound": 0}) and world["hash"] != WORLD.hash
+    assert "I cannot" in reply["choices"][0]["message"]["content"]

@@ -1,4 +1,5 @@
-"""The frozen world: one versioned spec whose hash changes with any value and only then."""
+"""The frozen world: one versioned spec whose hash changes with any value and only then, and the
+other worlds a run may name by overriding some of its values."""
 
 import dataclasses
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from exectune_jax.sim import models
-from exectune_jax.sim.world import WORLD, CoreProfile, WorldSpec
+from exectune_jax.sim.world import HABIT_RATE, WORLD, CoreProfile, WorldSpec, summary_of, world_from
 
 
 def test_world_is_frozen():
@@ -31,3 +32,40 @@ def test_simulated_models_read_their_numbers_from_the_world():
     assert core.world is strong.world is teacher.world is WORLD
     assert core.profile == WORLD.core and strong.profile == WORLD.core_strong
     assert core.solo_rate(0) == WORLD.success_ceil and core.solo_rate(40) == WORLD.success_floor
+
+
+def test_the_habit_rate_sets_the_compound_share_and_keeps_the_other_styles_proportions():
+    assert dict(world_from({HABIT_RATE: 0.4}).teacher_habit) == pytest.approx(
+        {"atomic": 0.3, "compound": 0.4, "verbose": 0.09, "vague": 0.09, "wrong": 0.06, "leak": 0.06})
+    none = dict(world_from({HABIT_RATE: 0.0}).teacher_habit)
+    assert none["compound"] == 0.0 and none["atomic"] == pytest.approx(0.5) and sum(none.values()) == pytest.approx(1)
+    assert world_from({HABIT_RATE: 0.8}) == WORLD  # the default's own share: the default world
+
+
+def test_an_override_makes_another_world_under_another_hash_and_the_summary_says_so():
+    other = world_from({"follow_compound": 0.25, "core": {"slope": 0.1}})
+    assert (other.follow_compound, other.core.slope, other.core.flip) == (0.25, 0.1, WORLD.core.flip)
+    assert other.hash != WORLD.hash and other.version == WORLD.version
+    assert world_from({"follow_compound": WORLD.follow_compound}).hash == WORLD.hash
+    assert summary_of({"follow_compound": 0.25, "core": {"slope": 0.1}}) == {
+        "version": WORLD.version, "hash": other.hash,
+        "overrides": {"follow_compound": 0.25, "core": {"slope": 0.1}}}
+    mix = {"atomic": 0.6, "compound": 0.1, "verbose": 0.1, "vague": 0.1, "wrong": 0.1}
+    assert world_from({"teacher_revise": mix}).teacher_revise == tuple(mix.items())
+    assert models.get("sim-core", other).world is other and models.get("sim-teacher", other).world is other
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"follow_compund": 0.3}, "`w.follow_compund` is not a value of the simulated world"),
+    ({"follow_compound": 1.5}, "`w.follow_compound` is 1.5; it must be in [0, 1]"),
+    ({"max_step_words": 2.5}, "`w.max_step_words` must be an integer"),
+    ({"core": {"slop": 0.1}}, "`w.core.slop` is not a value of a core profile"),
+    ({"teacher_revise": {"atomic": 1.0}}, "`w.teacher_revise` must map each of atomic, compound"),
+    ({HABIT_RATE: 0.4, "teacher_habit": {}}, "both set the habit mix"),
+    ({"success_floor": 0.99}, "`w.success_floor` (0.99) is above `w.success_ceil`"),
+    ({"version": "3"}, "`w.version` names the default world"),
+])
+def test_a_bad_override_is_one_line_naming_its_key(overrides, needle):
+    with pytest.raises(ValueError) as e:
+        world_from(overrides, prefix="w.")
+    assert needle in str(e.value) and "\n" not in str(e.value)
