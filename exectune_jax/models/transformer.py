@@ -26,7 +26,7 @@ from flax import nnx
 from flax.core import FrozenDict
 
 from exectune_jax.errors import UserError
-from exectune_jax.parallel import with_logical_constraint
+from exectune_jax.parallel import fit_spec, logical_to_spec, with_logical_constraint
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -274,16 +274,23 @@ def query_block(batch: int, heads: int, queries: int, keys: int) -> int:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention without the full score matrix: q [B,T,H,D], k/v [B,S,K,D].
 
-    On GPU, in half precision with several queries (training, prefill), this is cuDNN's fused
-    kernel through `jax.nn.dot_product_attention`. Otherwise (and for one-token decode steps)
-    the queries run in blocks (`query_block`) through `attend_reference`, each block
-    rematerialised, so neither the forward nor the backward pass holds [B,H,T,S] scores.
+    What runs where:
+    - GPU, half precision, several queries (training, prefill): cuDNN's fused kernel through
+      `jax.nn.dot_product_attention`, given the mask itself.
+    - TPU, self-attention over one sequence of slots (T == S: training, log-probs, a prefill
+      that fills the whole cache): the Pallas splash kernel (`attend_splash`), given segment
+      ids derived from the mask and its own causal rule.
+    - Everywhere else (CPU; one-token decode steps and a prefill into a longer cache on TPU):
+      the queries run in blocks (`query_block`) through `attend_reference`, each block
+      rematerialised, so neither the forward nor the backward pass holds [B,H,T,S] scores.
     The mask [B,T,S] is the one from `attention_mask` on every path.
     """
     b, t, h, d = q.shape
     if _cudnn_applies(q):
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=d**-0.5,
                                             implementation="cudnn")
+    if _splash_applies(q, k):
+        return attend_splash(q, k, v, mask)
     size = query_block(b, h, t, k.shape[1])
     if size >= t:
         return attend_reference(q, k, v, mask)
@@ -305,6 +312,75 @@ def _cudnn_applies(q: jax.Array) -> bool:
     d = q.shape[-1]
     half = q.dtype in (jnp.bfloat16, jnp.float16)
     return jax.default_backend() == "gpu" and half and q.shape[1] > 1 and d % 8 == 0 and d <= 128
+
+
+SPLASH_LANES = 128
+"""The splash kernel's sequence length is padded to a multiple of this (its smallest tile)."""
+SPLASH_MAX_BLOCK = 512
+"""Largest query/key tile of the splash kernel; shorter padded lengths use one that divides."""
+
+
+def _splash_applies(q: jax.Array, k: jax.Array) -> bool:
+    """Splash on TPU when queries and keys are the same slots (T == S, more than one)."""
+    return jax.default_backend() == "tpu" and 1 < q.shape[1] == k.shape[1]
+
+
+def splash_segment_ids(mask: jax.Array) -> jax.Array:
+    """[B,T] int32 segment ids that re-express a square mask [B,T,T] as `same id & causal`.
+
+    The mask must come from `attention_mask` with the same slots 0..T-1 on both sides (no
+    cache, or a prefill filling the whole cache): query i attends key j iff seg[i] == seg[j]
+    and j <= i. The first key a query attends is then the first slot holding its segment, so
+    that slot's index names the segment: equal ids exactly where the segments are equal, and
+    `ids[i] == ids[j] & j <= i` is the mask again (every query attends at least itself).
+    """
+    return jnp.argmax(mask, axis=-1).astype(jnp.int32)
+
+
+def attend_splash(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                  interpret: bool = False) -> jax.Array:
+    """`attend` through the Pallas splash kernel: q [B,T,H,D], k/v [B,T,K,D], mask [B,T,T].
+
+    The kernel gets the mask as segment ids (`splash_segment_ids`) and its static causal
+    mask, so the mask rule stays `attention_mask`'s. The length is padded to a multiple of
+    SPLASH_LANES with a segment id no real slot has (padding attends only padding; its
+    output is dropped). Query heads are scaled here (the kernel does not scale) and grouped
+    onto their KV heads by the kernel. Under a mesh the kernel runs per shard (`shard_map`):
+    rows split over the batch axes, heads over `tensor` when the KV heads divide. `interpret`
+    runs the kernel in Pallas's interpreter on any backend (tests).
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU runs only
+
+    b, t, h, d = q.shape
+    length = -(-t // SPLASH_LANES) * SPLASH_LANES
+    block = math.gcd(length, SPLASH_MAX_BLOCK)
+    ids = jnp.pad(splash_segment_ids(mask), ((0, 0), (0, length - t)), constant_values=t)
+
+    def heads_first(x):  # [B,T,N,D] -> [B,N,length,D]
+        return jnp.pad(x, ((0, 0), (0, length - t), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    kernel = splash.make_splash_mha_single_device(
+        splash.MultiHeadMask([splash.CausalMask((length, length))] * h),
+        block_sizes=splash.BlockSizes(
+            block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
+        ),
+        interpret=interpret,
+    )
+
+    def run(q, k, v, ids):
+        segments = splash.SegmentIds(q=ids, kv=ids)
+        return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=s))(q, k, v, segments)
+
+    args = (heads_first(q * jnp.asarray(d**-0.5, q.dtype)), heads_first(k), heads_first(v), ids)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        spec = fit_spec(logical_to_spec(("batch", "kv_heads")), args[1].shape[:2],
+                        dict(mesh.shape))
+        rows = jax.sharding.PartitionSpec(spec[0])
+        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, rows), out_specs=spec,
+                            check_vma=False)
+    return run(*args).transpose(0, 2, 1, 3)[:, :t]
 
 
 def attend_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
