@@ -280,9 +280,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     - TPU, self-attention over one sequence of slots (T == S: training, log-probs, a prefill
       that fills the whole cache): the Pallas splash kernel (`attend_splash`), given segment
       ids derived from the mask and its own causal rule.
-    - Everywhere else (CPU; one-token decode steps and a prefill into a longer cache on TPU):
-      the queries run in blocks (`query_block`) through `attend_reference`, each block
-      rematerialised, so neither the forward nor the backward pass holds [B,H,T,S] scores.
+    - Everywhere else (CPU; on TPU, one-token decode steps and the sampler's prefill, whose
+      cache is longer than the prompt): the queries run in blocks (`query_block`) through
+      `attend_reference`, each block rematerialised, so neither the forward nor the backward
+      pass holds [B,H,T,S] scores.
     The mask [B,T,S] is the one from `attention_mask` on every path.
     """
     b, t, h, d = q.shape
