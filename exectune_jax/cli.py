@@ -33,6 +33,7 @@ examples:
   exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
   exectune estimate --config configs/demo.yaml run_dir=runs/a --pilot 8
   exectune study run_dir=runs/study --seeds 0,1,2     # the demo per seed, mean ± sd, pooled tests
+  exectune study run_dir=runs/study --sensitivity     # ablation (d): the demo in 4 more worlds
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
@@ -91,14 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="output directory (default: run_dir)")
             p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
         if name == "study":
-            p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one demo each "
-                           "in run_dir/seed-N (default: 0,1,2)")
+            p.add_argument("--seeds", default=None, help="comma-separated seeds, one demo each "
+                           "in run_dir/seed-N (default: 0,1,2; with --sensitivity: 0)")
             p.add_argument("--quick", action="store_true", help="each seed at the demo's --quick sizes")
             p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                            help="per seed, also train and score outcome-only GRPO from the SFT "
                                 "guide, ExecTune RL from the base guide, and SFT on strategies "
                                 "accepted on the answer alone, the paper's acceptance "
                                 "(default: on)")
+            p.add_argument("--sensitivity", action="store_true",
+                           help="instead, ablation (d): the demo in the worlds around the run's own "
+                                "(teacher habit rate 0, 0.4; follow_compound 0.25, 0.85), each "
+                                "in run_dir/sensitivity/<value>/seed-N, beside each seed's demo "
+                                "in the run's own world; adds its tables and plot to study.md")
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",
                            help="keep every well-formed teacher strategy (the SFT-guide baseline)")

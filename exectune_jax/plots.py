@@ -1,5 +1,5 @@
 """Figures for the README and the eval directory: accuracy vs cost, accuracy vs executability α
-(one run, or a study's seeds), and RL training curves.
+(one run, or a study's seeds), RL training curves, and a study's sensitivity to the world.
 
 Rendered with the Agg backend (no display needed), sized to stay readable when a README shows
 them at about 700 px wide: large fonts, one legend, axes labelled with units.
@@ -212,3 +212,47 @@ def cost_vs_problems(rows: Sequence[Mapping], entries: Sequence[Mapping], path: 
         ax.set_ylabel("cumulative USD")
         ax.set_title("Cumulative cost: does the guide pay for itself?")
         return _save(fig, ax, path)
+
+
+SWEEP_MEASURES = (("accuracy", "accuracy (%)", 100), ("executability", "executability α (%)", 100),
+                  ("usd_per_problem", f"USD per {USD_SCALE:,} problems", USD_SCALE))
+
+
+def sensitivity(sweeps: Mapping[str, Sequence[tuple[float, Sequence[Mapping]]]],
+                path: str | Path, title: str) -> Path | None:
+    """A study's sensitivity sweep: one column of panels per swept world value, one row per
+    measure (accuracy, α, USD), each method's mean ± sd over seeds against the value.
+
+    `sweeps` maps an x-axis label to (value, the study rows of the world with that value), the
+    run's own world first (marked by a dotted line). None when there is nothing to plot."""
+    if not sweeps:
+        return None
+    path = Path(path)
+    with plt.rc_context({**STYLE, "legend.fontsize": 9.5}):
+        fig, axes = plt.subplots(len(SWEEP_MEASURES), len(sweeps), squeeze=False,
+                                 figsize=(5.5 * len(sweeps), 3.4 * len(SWEEP_MEASURES) + 0.4), dpi=100)
+        for col, (xlabel, points) in enumerate(sweeps.items()):
+            own = points[0][0]
+            points = sorted(points, key=lambda p: p[0])
+            methods = list(dict.fromkeys(r["method"] for _, rows in points for r in rows))
+            for row, (key, ylabel, scale) in enumerate(SWEEP_MEASURES):
+                ax = axes[row][col]
+                for i, method in enumerate(methods):
+                    cells = [(x, r[key]) for x, rows in points for r in rows
+                             if r["method"] == method and r.get(key) is not None]
+                    if cells:
+                        ax.errorbar([x for x, _ in cells], [scale * c["mean"] for _, c in cells],
+                                    yerr=[scale * c["sd"] for _, c in cells], color=f"C{i % 10}",
+                                    marker=MARKERS[i % len(MARKERS)], capsize=4, linewidth=1.6,
+                                    label=method)
+                ax.axvline(own, color="0.5", linestyle=":", linewidth=1.2)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+                ax.set_xticks([x for x, _ in points])
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(loc="best", frameon=True)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path

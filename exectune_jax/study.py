@@ -28,8 +28,17 @@ They are aggregated like the main rows, with their own McNemar tests against `ex
 whose ablation eval lacks one of them (a study from an earlier version) trains the missing ones;
 finished stages resume as finished.
 
+Ablation (d), `--sensitivity`: how the rows move with the simulated world. One value of the world
+is varied at a time around the run's own (SWEEP: the teacher's habit rate and the core's chance of
+carrying out a two-operation step; values and their rationale in docs/world.md), each other value
+one whole demo in run_dir/sensitivity/<value>/seed-N with `sim.world` naming it, for one seed
+(`--seeds` for more); the run's own world at each seed is that seed's demo above. A finished world
+is read back, and one whose results.json names another world is refused. Each world's rows are
+aggregated like the main ones.
+
 Writes run_dir/study.json (every number), study.md, which the README's table is copied from, and
-study_accuracy_vs_alpha.png (every seed of every row, and the mean ± sd).
+study_accuracy_vs_alpha.png (every seed of every row, and the mean ± sd); a sweep adds its section
+to both (a run of either kind keeps the other's as it was) and study_sensitivity.png.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from exectune_jax import demo
 from exectune_jax.config import BASE_GUIDE_DIR, GUIDE_DIR, Config
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import REFERENCE, mcnemar_exact
+from exectune_jax.sim.world import HABIT_RATE, value_of, world_from
 
 OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost": 0.0}
 ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir
@@ -58,22 +68,100 @@ ABLATION_GUIDES = {"outcome_rl_from_sft": f"rl_outcome/{GUIDE_DIR}",  # method -
 ANSWER_ONLY = {"sample.out": "sample_answer_only", "sample.require_followed": False,
                "sample.max_cost_vs_core": None}
 STUDY_PLOT = "study_accuracy_vs_alpha.png"
+# Ablation (d): each swept world value -> the values it takes, the run's own among them
+SWEEP: dict[str, tuple[float, ...]] = {
+    HABIT_RATE: (0.0, 0.4, 0.8),  # no habit, half the default's, the default's
+    "follow_compound": (0.25, 0.55, 0.85),  # as hard as a vague step, the default, as easy as prose
+}
+SWEEP_AXES = {HABIT_RATE: "teacher habit rate (compound share at habit sites)",
+              "follow_compound": "follow_compound (P core carries out a 2-operation step)"}
+SENSITIVITY = "sensitivity"  # the sweep's worlds under run_dir, and its section of study.json
+SENSITIVITY_PLOT = "study_sensitivity.png"
 MEASURES = ("accuracy", "executability", "usd_per_problem")
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
 
 
-def parse_seeds(text: str) -> list[int]:
+def parse_seeds(text: str, least: int = 2) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         seeds = []
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--seeds {text!r}: give two or more distinct seeds >= 0, e.g. --seeds 0,1,2")
+    if len(seeds) < least or len(set(seeds)) != len(seeds) or min(seeds, default=-1) < 0:
+        many = "two or more distinct seeds" if least == 2 else "distinct seeds"
+        raise UserError(f"--seeds {text!r}: give {many} >= 0, e.g. --seeds 0,1,2")
     return seeds
 
 
 def seed_dir(root: Path, seed: int) -> Path:
     return root / f"seed-{seed}"
+
+
+def seed_config(cfg: Config, seed: int) -> Config:
+    """A seed's demo: its guides' seed and the sim's (the teacher's samples) both `seed`."""
+    return demo.with_values(cfg, {"seed": seed, "sim.seed": seed})
+
+
+def demo_results(cfg: Config, out: Path, quick: bool, what: str) -> dict | None:
+    """`out`'s results.json, after running the demo there unless it finished (None: it stopped)."""
+    done = out / "results.json"
+    if not done.exists():
+        print(f"exectune study: {what} in {out}")
+        if demo.run(cfg, out=str(out), quick=quick):
+            print(f"exectune study: {what} stopped; run the same command again to resume")
+            return None
+    return json.loads(done.read_text())
+
+
+def variants(overrides: Mapping[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
+    """(value name, value, sim.world overrides) of each world the sweep adds to the run's own:
+    every value of SWEEP other than the one the run's world has."""
+    base = world_from(overrides)
+    return [(name, value, {**overrides, name: value})
+            for name, values in SWEEP.items() for value in values if value != value_of(base, name)]
+
+
+def variant_dir(root: Path, name: str, value: float) -> Path:
+    return root / SENSITIVITY / f"{name}-{value:g}"
+
+
+def world_rows(overrides: Mapping[str, Any], results: Mapping[int, Mapping[str, Any]],
+               dirs: Mapping[int, Path]) -> dict[str, Any]:
+    """One world of the sweep: its swept values, what its runs recorded of it, and its rows
+    aggregated over seeds; a run recorded in another world is refused."""
+    world = world_from(overrides)
+    for seed, doc in results.items():
+        if doc["world"]["hash"] != world.hash:
+            raise UserError(f"{dirs[seed]} ran in world {doc['world']['hash']}, not the sweep's "
+                            f"{world.hash} ({dict(overrides)}); delete it or use another run_dir")
+    agg = aggregate(results)
+    return {"values": {name: value_of(world, name) for name in SWEEP}, "world": agg["world"],
+            "rows": agg["rows"]}
+
+
+def run_sweep(cfg: Config, seeds: Sequence[int], quick: bool) -> dict[str, Any] | None:
+    """Ablation (d): the run's own world (each seed's demo) and every variant of it, each world's
+    rows aggregated over `seeds`; None when a demo stopped."""
+    root = Path(cfg.run_dir)
+    try:
+        added = variants(cfg.sim.world)
+    except ValueError as e:
+        raise UserError(f"the sensitivity sweep sets {', '.join(SWEEP)} on top of sim.world: {e}") from None
+    runs = [(dict(cfg.sim.world), root, "")]
+    runs += [(overrides, variant_dir(root, name, value), f"world {name}={value:g}, ")
+             for name, value, overrides in added]
+    worlds = []
+    for overrides, where, what in runs:
+        dirs = {s: seed_dir(where, s) for s in seeds}
+        results = {}
+        for s in seeds:
+            cfg_s = demo.with_values(seed_config(cfg, s), {"sim.world": overrides})
+            got = demo_results(cfg_s, dirs[s], quick, f"{what}seed {s}")
+            if got is None:
+                return None
+            results[s] = got
+        worlds.append(world_rows(overrides, results, dirs))
+    return {"seeds": list(seeds), "swept": {name: list(values) for name, values in SWEEP.items()},
+            "worlds": worlds}
 
 
 def ablation_configs(cfg: Config) -> dict[str, Config]:
@@ -101,7 +189,8 @@ def mean_sd(values: Sequence[float]) -> dict[str, float]:
 def aggregate(results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     """study.json's content from each seed's results.json (pure)."""
     seeds = sorted(results)
-    worlds = {json.dumps(results[s]["world"], sort_keys=True) for s in seeds}
+    # a world is its version and hash (results.json of an earlier version recorded no overrides)
+    worlds = {(results[s]["world"].get("version"), results[s]["world"].get("hash")) for s in seeds}
     if len(worlds) != 1:
         raise UserError(f"the seeds ran in different worlds ({sorted(worlds)}); rerun them with one "
                         "version of exectune")
@@ -137,18 +226,29 @@ def all_rows(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list(study["rows"]) + extra
 
 
-def _pm(cell: Mapping[str, Any] | None, scale: float, digits: int, seeds: bool = False) -> str:
-    """"mean ± sd", and with `seeds` each seed's value after it."""
+def _pm(cell: Mapping[str, Any] | None, scale: float, digits: int, seeds: bool = False,
+        sd: bool = True) -> str:
+    """"mean ± sd" (without `sd`: the mean), and with `seeds` each seed's value after it."""
     if cell is None:
         return "–"
-    text = f"{cell['mean'] * scale:.{digits}f} ± {cell['sd'] * scale:.{digits}f}"
+    text = f"{cell['mean'] * scale:.{digits}f}"
+    if sd:
+        text += f" ± {cell['sd'] * scale:.{digits}f}"
     if seeds:
         text += " (" + ", ".join(f"{v * scale:.{digits}f}" for v in cell["per_seed"]) + ")"
     return text
 
 
 def table(study: Mapping[str, Any]) -> str:
-    """study.md: the main table and the ablations', mean ± sd over seeds, per-seed and pooled tests."""
+    """study.md: the main table and the ablations', mean ± sd over seeds, per-seed and pooled
+    tests; then the sensitivity sweep's, when the study has one."""
+    text = main_table(study) if "rows" in study else ""
+    if SENSITIVITY in study:
+        text += sweep_table(study[SENSITIVITY])
+    return text
+
+
+def main_table(study: Mapping[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in study["seeds"])
     head = (f"Seeds {seeds} ({len(study['seeds'])} runs of `exectune demo`), world version "
             f"{study['world']['version']} (`{study['world']['hash']}`), {study['problems']} "
@@ -165,6 +265,44 @@ def table(study: Mapping[str, Any]) -> str:
                  "the table above).\n\n"
                  + rows_table(study["ablations"]["rows"]))
     return text + f"\n![accuracy vs executability over seeds]({STUDY_PLOT})\n"
+
+
+SWEEP_TABLES = (("accuracy", "Accuracy %", 100, 1), ("executability", "Executability α %", 100, 1),
+                ("usd_per_problem", "USD per problem", 1, 6))
+
+
+def sweep_table(sweep: Mapping[str, Any]) -> str:
+    """The sweep's section of study.md: per measure, one row per world, one column per method."""
+    worlds, names, n = sweep["worlds"], list(sweep["swept"]), len(sweep["seeds"])
+    methods = list(dict.fromkeys(r["method"] for w in worlds for r in w["rows"]))
+    seeds = ", ".join(str(s) for s in sweep["seeds"])
+    text = ("\n## Sensitivity to the world\n\nAblation (d): "
+            + " and ".join(f"`{k}` ({', '.join(f'{v:g}' for v in sweep['swept'][k])})" for k in names)
+            + " varied one at a time around the run's own world (first row); each world is one "
+            f"`exectune demo` per seed (seed{'s' if n > 1 else ''} {seeds}) on the same problems, "
+            "named by its hash. Values and their rationale: docs/world.md."
+            + (" Mean ± sd over seeds." if n > 1 else " One seed: a row also moves by a few points "
+               "from one seed to another in the same world (the seeds' sd above).") + "\n")
+    head = ("| " + " | ".join([*(f"`{k}`" for k in names), "world", *methods]) + " |\n|"
+            + "---|" * (len(names) + 1 + len(methods)) + "\n")
+    for key, title, scale, digits in SWEEP_TABLES:
+        text += f"\n{title}:\n\n" + head
+        for w in worlds:
+            cells = {r["method"]: r[key] for r in w["rows"]}
+            text += ("| " + " | ".join([*(f"{w['values'][k]:g}" for k in names), f"`{w['world']['hash']}`",
+                                        *(_pm(cells.get(m), scale, digits, sd=n > 1) for m in methods)])
+                     + " |\n")
+    return text + f"\n![accuracy, α and USD against each swept world value]({SENSITIVITY_PLOT})\n"
+
+
+def sweep_points(sweep: Mapping[str, Any]) -> dict[str, list[tuple[float, list]]]:
+    """Per swept value, its axis label -> (value, rows) of each world that differs from the
+    run's own (the first) in that value alone, the run's own included."""
+    own = sweep["worlds"][0]["values"]
+    return {SWEEP_AXES.get(name, name): [
+        (w["values"][name], w["rows"]) for w in sweep["worlds"]
+        if all(w["values"][k] == own[k] for k in sweep["swept"] if k != name)]
+        for name in sweep["swept"]}
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -199,39 +337,64 @@ def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
     return demo.run_phases(cfg, ABLATION_PHASES, ablation_configs, ABLATION_COMMANDS) is not None
 
 
-def run(cfg: Config, seeds: str = "0,1,2", quick: bool = False, ablations: bool = True,
-        **_: Any) -> int:
-    """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md."""
-    from exectune_jax import plots
+def save(root: Path, part: Mapping[str, Any]) -> dict[str, Any]:
+    """study.json and study.md with `part` in place of what the file held: a sweep's part
+    replaces the sweep's section, a seeds' study everything else; each keeps the other's."""
     from exectune_jax.train.acceptance import write_json_atomic
 
-    chosen = parse_seeds(seeds)
+    path = root / STUDY_JSON
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    swept = SENSITIVITY in part
+    kept = {k: v for k, v in previous.items() if (k == SENSITIVITY) != swept}
+    study = {**kept, **part} if swept else {**part, **kept}
+    write_json_atomic(path, study)
+    (root / STUDY_MD).write_text(table(study))
+    return study
+
+
+def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
+        sensitivity: bool = False, **_: Any) -> int:
+    """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
+    with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says)."""
+    from exectune_jax import plots
+
     root = Path(cfg.run_dir)
+    if sensitivity:
+        sweep = run_sweep(cfg, parse_seeds(seeds or "0", least=1), quick)
+        if sweep is None:
+            return 1
+        save(root, {SENSITIVITY: sweep})
+        n = len(sweep["seeds"])
+        plots.sensitivity(sweep_points(sweep), root / SENSITIVITY_PLOT,
+                          f"Rows against the world's values ({'mean ± sd over ' if n > 1 else ''}"
+                          f"{n} seed{'s' if n > 1 else ''}; dotted: the run's own world)")
+        print(sweep_table(sweep) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and "
+              f"{root / SENSITIVITY_PLOT}")
+        return 0
+    chosen = parse_seeds(seeds or "0,1,2")
     results, ablated = {}, {}
     for seed in chosen:
         out = seed_dir(root, seed)
-        seed_cfg = demo.with_values(cfg, {"seed": seed, "sim.seed": seed})
-        done, ablations_done = out / "results.json", out / ABLATIONS / "results.json"
-        step = f"seed {seed} ({chosen.index(seed) + 1}/{len(chosen)}) in {out}"
-        if not done.exists():
-            print(f"exectune study: {step}")
-            if demo.run(seed_cfg, out=str(out), quick=quick):
-                print(f"exectune study: seed {seed} stopped; run the same command again to resume")
-                return 1
+        seed_cfg = seed_config(cfg, seed)
+        ablations_done = out / ABLATIONS / "results.json"
+        step = f"seed {seed} ({chosen.index(seed) + 1}/{len(chosen)})"
+        got = demo_results(seed_cfg, out, quick, step)
+        if got is None:
+            return 1
+        results[seed] = got
+        step += f" in {out}"
         if ablations and not ablations_complete(ablations_done):
             print(f"exectune study: ablations of {step}")
             if not run_ablations(seed_cfg, out, quick):
                 print(f"exectune study: seed {seed}'s ablations stopped; run the same command "
                       "again to resume")
                 return 1
-        results[seed] = json.loads(done.read_text())
         if ablations:
             ablated[seed] = json.loads(ablations_done.read_text())
     study = aggregate(results)
     if ablations:
         study["ablations"] = aggregate(ablated)
-    write_json_atomic(root / STUDY_JSON, study)
-    (root / STUDY_MD).write_text(table(study))
+    study = save(root, study)
     plots.seeds_accuracy_vs_alpha(all_rows(study), root / STUDY_PLOT)
-    print(table(study) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and {root / STUDY_PLOT}")
+    print(main_table(study) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and {root / STUDY_PLOT}")
     return 0

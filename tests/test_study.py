@@ -104,3 +104,73 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     for stage, config in staged.items():  # the configs survive the hand-off to the stage process
         dump(config, tmp_path / f"{stage}.yaml")
         assert load_config(tmp_path / f"{stage}.yaml") == config, stage
+
+
+def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulates_one_row_each(
+        tmp_path, monkeypatch, capsys):
+    """`--sensitivity --quick`: the run's own world is seed 0's demo, each other world one more demo
+    in its own run dir; each results.json names its own world (through the stage config's YAML
+    hand-off and evaluate's recorder), finished worlds are read back, and study.json keeps the
+    seeds' study beside the sweep."""
+    from pathlib import Path
+
+    from exectune_jax import demo, evaluate
+    from exectune_jax.config import dump, load_config
+    from exectune_jax.sim.world import HABIT_RATE, WORLD, summary_of, world_from
+
+    ran = []
+
+    def fake_demo(cfg, out, quick):  # the demo, down to what its eval stage records
+        staged = tmp_path / "stage.yaml"
+        dump(demo.prepare(cfg, out, quick), staged)
+        cfg = load_config(staged)
+        ran.append((cfg.run_dir, quick))
+        accuracy = cfg.sim.world.get("follow_compound", 0.55)
+        doc = {**evaluate.results(cfg, [], [], 10), "rows": results(0.6, accuracy, [3, 1])["rows"]}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(doc))
+        return 0
+
+    monkeypatch.setattr(demo, "run", fake_demo)
+    for seed in (0, 2):  # a seeds' study first: the sweep reuses seed 0 as the run's own world
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "results.json").write_text(
+            json.dumps(results(0.6, 0.8, [3, 1], summary_of({}))))
+    assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
+    assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--quick"]) == 0
+    variants = {"teacher_habit_rate-0": {HABIT_RATE: 0.0}, "teacher_habit_rate-0.4": {HABIT_RATE: 0.4},
+                "follow_compound-0.25": {"follow_compound": 0.25},
+                "follow_compound-0.85": {"follow_compound": 0.85}}
+    dirs = {v: tmp_path / study.SENSITIVITY / v / "seed-0" for v in variants}
+    assert sorted(d for d, _ in ran) == sorted(map(str, dirs.values())) and all(q for _, q in ran)
+    hashes = {WORLD.hash}
+    for name, overrides in variants.items():
+        recorded = json.loads((dirs[name] / "results.json").read_text())["world"]
+        assert recorded == summary_of(overrides) and recorded["hash"] == world_from(overrides).hash
+        hashes.add(recorded["hash"])
+    assert len(hashes) == 5
+    saved = json.loads((tmp_path / "study.json").read_text())
+    sweep = saved[study.SENSITIVITY]
+    assert saved["seeds"] == [0, 2] and sweep["seeds"] == [0]  # the seeds' study kept beside it
+    assert [w["world"]["hash"] for w in sweep["worlds"]][0] == WORLD.hash and len(sweep["worlds"]) == 5
+    assert [w["values"] for w in sweep["worlds"]][1:] == [
+        {HABIT_RATE: 0.0, "follow_compound": 0.55}, {HABIT_RATE: 0.4, "follow_compound": 0.55},
+        {HABIT_RATE: 0.8, "follow_compound": 0.25}, {HABIT_RATE: 0.8, "follow_compound": 0.85}]
+    md = (tmp_path / "study.md").read_text()
+    assert md == study.table(saved) and "## Sensitivity to the world" in md and "| core_only |" in md
+    for h in hashes:  # one row per world in each of the three tables
+        assert md.count(f"`{h}`") == 3 + (h == WORLD.hash)  # the default's also heads the seeds' table
+    assert "| 0.8 | 0.85 | `" in md and "| 85.0 |" in md  # exectune's accuracy in that world
+    assert (tmp_path / study.SENSITIVITY_PLOT).stat().st_size
+    points = study.sweep_points(sweep)
+    assert [[x for x, _ in p] for p in points.values()] == [[0.8, 0.0, 0.4], [0.55, 0.25, 0.85]]
+    ran.clear()
+    assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 0 and ran == []  # read back
+    assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
+    assert json.loads((tmp_path / "study.json").read_text())[study.SENSITIVITY] == sweep
+    stale = tmp_path / study.SENSITIVITY / "follow_compound-0.25" / "seed-0" / "results.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "world": summary_of({})}))
+    capsys.readouterr()
+    assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"ran in world {WORLD.hash}, not the sweep's" in err

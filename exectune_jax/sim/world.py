@@ -162,6 +162,11 @@ def habit_mix(mix: tuple[tuple[str, float], ...], rate: float) -> tuple[tuple[st
     return tuple((s, rate if s == "compound" else round(w * scale, 12)) for s, w in mix)
 
 
+def value_of(world: WorldSpec, name: str) -> Any:
+    """The value `name` (a field, or HABIT_RATE) has in `world`."""
+    return dict(world.teacher_habit)["compound"] if name == HABIT_RATE else getattr(world, name)
+
+
 def summary_of(overrides: Mapping[str, Any]) -> dict:
     """What results.json records of a run's world: version, hash, and the overrides it ran with."""
     return {**world_from(overrides).summary(), "overrides": dict(overrides)}

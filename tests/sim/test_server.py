@@ -290,7 +290,8 @@ def test_the_served_core_runs_the_configured_world(tmp_path):
     from exectune_jax.sim.world import WORLD, summary_of
 
     problems = tasks.get("arith", n_train=0, n_validation=0, n_test=30).problems("test")
-    written = [(p, write(parse_problem(p.prompt), "compound", random.Random(i))) for i, p in enumerate(problems)]
+    written = [(p, write(parse_problem(p.prompt), "compound", random.Random(i)))
+               for i, p in enumerate(problems)]
     bodies = [{"model": "sim-core", "messages": prompts.core_messages(p, "math", render(steps))}
               for p, steps in written if steps]
 
