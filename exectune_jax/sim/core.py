@@ -62,6 +62,7 @@ def sample_rng(name: str, messages, temperature: float, seed: int) -> random.Ran
 class Reply:
     text: str
     followed: bool | None  # the core carried out every step of the strategy; None: no strategy
+    carried_out: int = 0  # operations of the strategy it carried out before it stopped (or all)
 
 
 class SimCore:
@@ -97,11 +98,11 @@ class SimCore:
             slip=lambda: Fraction(rng.choice((1, -1, 10))) if rng.random() < self.profile.slip else Fraction(0),
         )
         if run.followed_all:
-            return Reply(_followed(run), True)
+            return Reply(_followed(run), True, len(run.done))
         if not run.done:
             note = f"I cannot follow the strategy ({run.reason}), so I will solve the problem my own way.\n"
             return Reply(note + self._attempt(problem, rng), False)
-        return Reply(self._continue(problem, run, rng), False)
+        return Reply(self._continue(problem, run, rng), False, len(run.done))
 
     # ------------------------------------------------------------ on its own
 

@@ -213,12 +213,13 @@ class SimServer:
 
     def generate(self, model: Any, req: dict) -> tuple[str, str, int, int]:
         """(text, stop, input_tokens, output_tokens); the text is cut to max_tokens. A model
-        with `.respond` also says whether it followed a strategy: that goes to the truth log only."""
-        followed = None
+        with `.respond` also says whether it followed a strategy and how many of its operations
+        it carried out: that goes to the truth log only."""
+        followed, carried_out = None, 0
         seed = model_seed(self.seed, req["seed"], req["temperature"])
         if hasattr(model, "respond"):
             reply = model.respond(req["messages"], temperature=req["temperature"], seed=seed)
-            text, followed = reply.text, reply.followed
+            text, followed, carried_out = reply.text, reply.followed, reply.carried_out
         else:
             text = model.complete(req["messages"], max_tokens=req["max_tokens"],
                                   temperature=req["temperature"], seed=seed)
@@ -226,7 +227,7 @@ class SimServer:
         if tokens.count(text) > req["max_tokens"]:
             text, stop = tokens.truncate(text, req["max_tokens"]), "max_tokens"
         if followed is not None and self.truth is not None:
-            self.truth.record(req["model"], req["messages"], text, followed)
+            self.truth.record(req["model"], req["messages"], text, followed, carried_out)
         return text, stop, tokens.count_messages(req["messages"]), tokens.count(text)
 
 

@@ -1,8 +1,9 @@
 """The simulator's ground truth of "followed", kept on the server side only.
 
 When sim-core answers a prompt that carries a strategy, the server appends one JSON line
-`{"digest", "model", "followed"}` to its truth log, keyed by the exchange's digest (prompt and
-reply, `gcop.follow.exchange_digest`). Nothing of it goes into the API response: a client (and
+`{"digest", "model", "followed", "carried_out"}` to its truth log (carried_out: how many of the
+strategy's operations the core carried out before it stopped), keyed by the exchange's digest
+(prompt and reply, `gcop.follow.exchange_digest`). Nothing of it goes into the API response: a client (and
 every estimator) sees only the texts. Tests and the demo's study read the log to measure how
 well each estimator of "followed" agrees with what the simulated core really did.
 """
@@ -25,9 +26,10 @@ class TruthLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def record(self, model: str, messages: Sequence[Mapping[str, str]], text: str, followed: bool) -> None:
+    def record(self, model: str, messages: Sequence[Mapping[str, str]], text: str, followed: bool,
+               carried_out: int = 0) -> None:
         line = json.dumps({"digest": exchange_digest(messages, text), "model": model,
-                           "followed": bool(followed)})
+                           "followed": bool(followed), "carried_out": int(carried_out)})
         with self._lock, open(self.path, "a") as f:
             f.write(line + "\n")
 

@@ -159,6 +159,17 @@ def test_core_keeps_what_it_followed_and_goes_on_alone_from_the_first_step_it_ca
     assert extract_answer(text) == "27"  # on track after step 1; one easy operation left
 
 
+@pytest.mark.parametrize(("strategy", "followed", "carried_out"), [
+    (ATOMIC, True, 2),
+    (render(["Multiply 3 by 5.", "Add 7 to the result of step 1."]), False, 1),
+    (render(["Multiply 15 by 1.", "Add 12 to the result of step 1."]), False, 0),
+])
+def test_the_ground_truth_says_how_many_of_the_strategys_operations_were_carried_out(
+        strategy, followed, carried_out):
+    reply = models.get("sim-core").respond(prompts.core_messages(P, "math", strategy))
+    assert (reply.followed, reply.carried_out) == (followed, carried_out)
+
+
 def test_replays_make_the_same_follow_decisions(task):
     core = models.get("sim-core")
     for p in task.problems("validation")[:40]:

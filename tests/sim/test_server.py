@@ -249,6 +249,8 @@ def test_serve_sim_judges_in_the_fixed_form_and_keeps_the_ground_truth_to_itself
         assert parsed is not None and parsed[1]
         assert (parsed[0] == "yes") == truth[digest]
     assert [truth[d] for d, _ in exchanges] == [False, True]
+    carried = [json.loads(line)["carried_out"] for line in truth_log.read_text().splitlines()]
+    assert carried == [0, len(parse_problem(problem.prompt).ops)]  # how far it got, in the log only
 
 
 def test_another_sim_seed_draws_other_teacher_samples_and_keeps_the_greedy_core():
