@@ -246,14 +246,29 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def first_max(x: jax.Array) -> jax.Array:
+    """argmax over the last axis (the first index of the largest value; the last index for a
+    row of NaNs) as two plain reductions: XLA:CPU runs argmax's paired value-index reduction
+    several times slower, and in the decode loop that was a fifth of each step."""
+    last = x.shape[-1] - 1
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1]), last), axis=-1)
+
+
 def sample_tokens(logits, key, temperature, top_p, top_k, *, filtered: bool) -> jax.Array:
-    """One token per row from logits [B,V]; temperature 0 is argmax."""
-    greedy = jnp.argmax(logits, axis=-1)
-    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-    if filtered:
-        scaled = filter_logits(scaled, top_k, top_p)
-    sampled = jax.random.categorical(key, scaled, axis=-1)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    """One token per row from logits [B,V]; temperature 0 is argmax, without a random draw.
+
+    Sampling is the Gumbel-max draw of `jax.random.categorical` (the same key gives the same
+    tokens); which branch runs is decided on device, so temperature is never compiled in.
+    """
+
+    def sampled(logits):
+        scaled = logits / temperature
+        if filtered:
+            scaled = filter_logits(scaled, top_k, top_p)
+        return first_max(scaled + jax.random.gumbel(key, scaled.shape, scaled.dtype))
+
+    return jax.lax.cond(temperature > 0, sampled, first_max, logits).astype(jnp.int32)
 
 
 def ends_with_stop(history: jax.Array, stop_seqs: jax.Array) -> jax.Array:

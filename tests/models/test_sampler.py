@@ -159,6 +159,18 @@ def test_filter_logits_keeps_top_k_then_smallest_top_p_set():
     assert kept(3, 0.83) == [True, True, False, False]
 
 
+def test_sample_tokens_take_the_first_largest_when_greedy_and_jax_categorical_draws_else():
+    logits = jnp.array([[1.0, 3.0, 3.0, 0.0], [-jnp.inf, 2.0, 5.0, 5.0]])
+    key = jax.random.key(3)
+    args = (jnp.float32(1.0), jnp.int32(0))  # top_p, top_k
+    greedy = sampler.sample_tokens(logits, key, jnp.float32(0.0), *args, filtered=False)
+    assert greedy.tolist() == [1, 2]
+    wide = jax.random.normal(jax.random.key(1), (64, 50))
+    for t in (0.5, 1.3):
+        drawn = sampler.sample_tokens(wide, key, jnp.float32(t), *args, filtered=False)
+        np.testing.assert_array_equal(drawn, jax.random.categorical(key, wide / t, axis=-1))
+
+
 def test_prompts_within_one_bucket_share_one_compilation(llama):
     _, model = llama
     sampler.generate(model, [[5, 6, 7]], max_new_tokens=5, temperature=0.0)
