@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="share of a trained guide's guided calls (RL, later guides at eval) "
                                 "replayed free from the call cache (default: the measured 0.45; "
                                 "0 = every call paid, an upper bound)")
+            p.add_argument("--rl-pilot", type=int, default=None, metavar="K",
+                           help="where an RL stage's start guide exists, sample RL's first K "
+                                "batches from it locally and look their core requests up in the "
+                                "call cache: the share replayed free, measured (default 8; 0 = "
+                                "the stated share)")
         if name == "plan":
             p.add_argument("--accelerator", default=None,
                            help="named accelerator to check the fit against (e.g. tpu-v5e-8)")

@@ -1,14 +1,22 @@
-"""`exectune estimate`: the pricing of projected lines, the pilot's scaling, the budget warning, and
-that the run replays the pilot instead of paying for it again."""
+"""`exectune estimate`: the pricing of projected lines, the pilot's scaling, the budget warning,
+that the run replays the pilot instead of paying for it again, and the replays it projects: RL's
+core-alone calls that sampling already sent, and the guide pilot's measured repeats."""
 
 import json
 
+import numpy as np
 import pytest
 
 from exectune_jax import estimate
+from exectune_jax.api import open_pool
+from exectune_jax.api.cache import Cache
 from exectune_jax.api.ledger import load_prices
+from exectune_jax.api.providers import Completion
 from exectune_jax.cli import main
 from exectune_jax.config import load_config
+from exectune_jax.data import tasks
+from exectune_jax.train import grpo, rewards
+from exectune_jax.train.rollouts import LabelContext, Rollout, label_rollout
 
 SIZES = ["task.options={n_train: 16, n_validation: 2, n_test: 8}", "sample.n_problems=16",
          "sample.proposals=2", "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.held_out=0",
@@ -124,3 +132,118 @@ def test_a_repeat_share_outside_0_to_1_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--repeat 1.5: a share of calls" in err and "Traceback" not in err
     assert not (tmp_path / "ledger.jsonl").exists()  # refused before the pilot paid anything
+
+
+# ---------------------------------------------------------------------------------------------
+# What the call cache replays: RL's core-alone baseline, and a trained guide's repeats
+
+
+def test_rl_core_alone_calls_replay_the_ones_acceptance_sampling_sent_as_projected(tmp_path):
+    """With sample.max_cost_vs_core set, sampling sent the core alone once per problem (sample
+    index 0), which is RL's first core-alone sample: RL's baseline pays the other indices."""
+    args = [f"run_dir={tmp_path}", *SIZES, "sample.max_cost_vs_core=1.0"]
+    assert main(["sample", *args]) == 0
+    cfg = load_config(None, args)
+    task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
+    drawn = estimate.rl_draws(cfg, task.problems("train"), cfg.rl.steps)
+    spec = rewards.make_spec("exectune")
+    with open_pool(cfg, cfg.run_dir) as pool:  # RL's labelling, malformed texts: the baseline alone
+        ctx = LabelContext(pool=pool, task=task, spec=spec, stage="rl", price=lambda i, o: 0.0,
+                           core_alone=rewards.CoreAloneCache(tmp_path / "rl" / "core_alone.json"),
+                           core_alone_samples=cfg.rl.core_only_samples)
+        for i, batch in enumerate(drawn):
+            label_rollout(ctx, Rollout(i, 0, batch, 1, [[]] * len(batch), [[]] * len(batch),
+                                       [np.zeros(0)] * len(batch), ["no strategy"] * len(batch)))
+    rows = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    paid = sum(r["stage"] == "core_only" and not r["cached"] for r in rows)
+    # a run_dir whose sampling finished is measured by that stage's own rows, over all its problems
+    measured = estimate.measured_pilot(cfg)
+    teacher = sum(r["stage"] == "sample.teacher" and not r["cached"] for r in rows)
+    assert measured.problems == 16 and measured.per_problem["teacher.calls"] * 16 == pytest.approx(teacher)
+    [line] = [ln for ln in estimate.project(cfg, None) if ln.stage == "core_only"]
+    distinct = len({p.id for batch in drawn for p in batch})
+    assert line.calls == distinct * cfg.rl.core_only_samples == 16
+    assert line.calls * (1 - line.replayed) == pytest.approx(paid) and paid == 12
+    # without the cost check sampling never runs the core alone: every baseline call is paid
+    [unchecked] = [ln for ln in estimate.project(load_config(None, SIZES), None) if ln.stage == "core_only"]
+    assert unchecked.replayed == 0.0 and unchecked.calls == 16
+
+
+def test_guide_pilot_counts_a_cached_request_and_a_repeat_within_it_as_replayed(tmp_path):
+    cfg = load_config(None, [f"run_dir={tmp_path}", *SIZES])
+    task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
+    p0, p1 = task.problems("train")[:2]
+    seen, new = "<strategy>\n1. Add 2 to 3.\n</strategy>", "<strategy>\n1. Multiply 2 by 3.\n</strategy>"
+    # group of 3 per problem: p0 writes the strategy sampling already executed, a new one twice;
+    # p1 the new one (another problem: another request), a malformed text, and p0's old one
+    texts = [seen, new, new, new, "no strategy here", seen]
+    rollout = Rollout(0, 0, [p0, p1], 3, [[]] * 6, [[]] * 6, [np.zeros(0)] * 6, texts)
+    with Cache(tmp_path / "calls.sqlite") as cache:
+        [key] = estimate.core_request_keys(cfg, task.family, [(p0, seen)])
+        cache.put(key, cfg.api.core.model, Completion("6", "stop", 80, 37))
+        gated = estimate.guide_pilot(cfg, task.family, rewards.make_spec("exectune"), [rollout], cache.get)
+        free = estimate.guide_pilot(cfg, task.family, rewards.make_spec("advisor"), [rollout], cache.get)
+    assert (gated.sampled, gated.executed, gated.replayed) == (6, 5, 2)  # the gate stops one
+    assert gated.replayed_share == pytest.approx(2 / 5) and gated.replayed_output == 37
+    # its standard error over problems (p0: 2 of 3 replayed, p1: 0 of 2): residuals 0.8 and -0.8
+    # from the pooled share, sqrt(1.28 / (2 * 1)) / 2.5 executed per problem
+    assert gated.replayed_se == pytest.approx(0.32)
+    assert [(p.id, t) for p, t in gated.priced] == [(p0.id, new), (p1.id, new), (p1.id, seen)]
+    assert (free.executed, free.replayed) == (6, 2)  # advice has no gate: the text goes too
+    # RL's calls priced from the pilot: its executed share, its replayed share
+    drawn = [p for batch in estimate.rl_draws(cfg, task.problems("train"), cfg.rl.steps) for p in batch]
+    core, judge = estimate.rl_lines(cfg, "rl", "exectune", drawn, task.family, gated,
+                                    strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, alone_out=200.0,
+                                    judge_out=10.0, scale=1.0, repeat=0.45)
+    assert core.calls == pytest.approx(len(drawn) * cfg.rl.group_size * 5 / 6)
+    assert core.replayed == judge.replayed == pytest.approx(0.4)
+    assert core.source == "guide pilot (6 texts)"
+    # a guide whose every text the gate stops sends RL nothing to pay for
+    nothing = Rollout(0, 0, [p0], 2, [[]] * 2, [[]] * 2, [np.zeros(0)] * 2, ["no", "strategy"])
+    stopped = estimate.guide_pilot(cfg, task.family, rewards.make_spec("exectune"), [nothing], lambda k: None)
+    lines = estimate.rl_lines(cfg, "rl", "exectune", drawn, task.family, stopped,
+                              strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, alone_out=200.0,
+                              judge_out=10.0, scale=1.0, repeat=0.45)
+    assert [ln.calls for ln in lines] == [0.0]
+
+
+@pytest.fixture(scope="module")
+def tiny_guide(tmp_path_factory):
+    from exectune_jax.sim.guide import BaseGuideSpec, build_base_guide
+
+    out = tmp_path_factory.mktemp("guide") / "guide"
+    spec = BaseGuideSpec(vocab_size=400, hidden_size=64, intermediate_size=128, num_layers=2,
+                         num_heads=4, num_kv_heads=2, warmup_steps=2, warmup_batch_size=4)
+    build_base_guide(tasks.get("arith", n_train=16, n_validation=2, n_test=8).problems("train"), spec, 0, out)
+    return out
+
+
+def test_the_guide_pilot_draws_the_requests_rl_sends_and_rl_tells_it_before_paying(
+        tmp_path, tiny_guide, capsys):
+    cfg = load_config(None, [f"run_dir={tmp_path}", *SIZES, f"rl.init={tiny_guide}", "rl.preset=advisor",
+                             "rl.group_size=4", "rl.max_new_tokens=16", "rl.micro_batch=4",
+                             "model.max_seq_len=256", "mesh.fsdp=1"])
+    before = estimate.start_guide_pilot(cfg, 2)  # an empty cache: only its own repeats replay
+    grpo.train(cfg)
+    assert "rl: forecast before its first paid call" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    # both batches are sampled before RL's first update (staleness 1): the pilot saw RL's requests
+    assert sum(r["stage"] == "rl" and not r["cached"] for r in rows) == before.executed - before.replayed
+    after = estimate.start_guide_pilot(cfg, 2)
+    assert after.executed == before.executed == 16 and after.replayed == 16  # every one now cached
+
+
+def test_the_pilot_measures_guided_replies_apart_from_the_core_alone():
+    cfg = load_config(None, [*SIZES, "sample.max_cost_vs_core=1.0"])
+    task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
+
+    def row(stage, out, cached=False):
+        return {"stage": stage, "input_tokens": 100, "output_tokens": out, "cached": cached}
+
+    rows = [row("sample.core_alone", 200), row("sample.teacher", 40), row("sample.core", 50),
+            row("sample.core.judge", 10), row("sample.core", 70, cached=True),
+            row("core_only", 200, cached=True)]
+    pilot = estimate.pilot_from_rows(cfg, task.family, task.problems("train")[:2], rows, None)
+    assert (pilot.core_output, pilot.alone_output, pilot.judge_output) == (50.0, 200.0, 10.0)
+    # paid per problem: the core-alone call is sampling's spend too; replays are not paid
+    assert pilot.per_problem["core.calls"] == 1.0 and pilot.per_problem["core.output"] == 125.0

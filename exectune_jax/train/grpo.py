@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from exectune_jax import parallel, preflight, resume
+from exectune_jax import estimate, parallel, preflight, resume
 from exectune_jax.api.pool import open_pool
 from exectune_jax.config import CHECKPOINT_DIR, Config, to_dict
 from exectune_jax.data import tasks
@@ -332,6 +332,12 @@ def train(cfg: Config) -> dict:
     heldout = json.loads(heldout_path.read_text()) if heldout_path.exists() else {}
     validation = prompts_that_fit(task.problems("validation"), tokenizer, task.family, spec,
                                   cfg)[: rl.held_out] if rl.held_out else []
+    if start == 0:  # what this stage will pay, told before its first paid call
+        with parallel.use_mesh(mesh):
+            model = learner.sampling_model()
+        forecast = estimate.rl_start_forecast(cfg, spec, model, tokenizer, problems, mesh)
+        if jax.process_index() == 0:
+            print(forecast, end="", flush=True)
 
     with open_pool(cfg, cfg.run_dir) as pool, \
             ThreadPoolExecutor(rl.staleness + 1, thread_name_prefix="label") as labeller:
