@@ -271,6 +271,26 @@ def query_block(batch: int, heads: int, queries: int, keys: int) -> int:
     return max(MIN_QUERY_BLOCK, 1 << max(fit, 1).bit_length() - 1) if fit < queries else queries
 
 
+CAUSAL_BLOCKS = 4
+"""Query blocks of self-attention on the XLA path. Block i attends only the keys up to its own
+end (later keys are masked by causality), which skips (n - 1) / 2n of the score work: 37.5% at
+4, which measured fastest on XLA:CPU for the demo's 8 x 256 SFT step (1.17x the whole step
+over one block; 3 and 6 blocks were slower, each block adds its own small ops)."""
+MAX_CAUSAL_BLOCKS = 16
+"""More blocks than this (a long sequence under the memory bound) run as one scan instead, so
+the program does not grow with the sequence length."""
+
+
+def causal_blocks(batch: int, heads: int, length: int) -> list[tuple[int, int]]:
+    """[start, end) of each query block of self-attention over `length` slots, or [] when the
+    memory bound needs more than MAX_CAUSAL_BLOCKS of them."""
+    size = max(MIN_QUERY_BLOCK, -(-length // CAUSAL_BLOCKS))
+    size = min(size, query_block(batch, heads, length, length))
+    if -(-length // size) > MAX_CAUSAL_BLOCKS:
+        return []
+    return [(start, min(length, start + size)) for start in range(0, length, size)]
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention without the full score matrix: q [B,T,H,D], k/v [B,S,K,D].
 
@@ -281,10 +301,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
       that fills the whole cache): the Pallas splash kernel (`attend_splash`), given segment
       ids derived from the mask and its own causal rule.
     - Everywhere else (CPU; on TPU, one-token decode steps and the sampler's prefill, whose
-      cache is longer than the prompt): the queries run in blocks (`query_block`) through
-      `attend_reference`, each block rematerialised, so neither the forward nor the backward
-      pass holds [B,H,T,S] scores.
-    The mask [B,T,S] is the one from `attention_mask` on every path.
+      cache is longer than the prompt) through `attend_reference`, in query blocks so neither
+      the forward nor the backward pass holds [B,H,T,S] scores. Self-attention (T == S) runs
+      `causal_blocks`, each block over the keys up to its own end; otherwise (or when that
+      would take too many blocks) a scan over blocks of `query_block` queries, each
+      rematerialised.
+    T == S means queries and keys are the same slots 0..T-1 (no cache, or a prefill that fills
+    the whole cache from slot 0), so a key after a query's block is masked by causality and
+    skipping it changes nothing. The mask [B,T,S] is the one from `attention_mask` on every
+    path.
     """
     b, t, h, d = q.shape
     if _cudnn_applies(q):
@@ -292,6 +317,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
                                             implementation="cudnn")
     if _splash_applies(q, k):
         return attend_splash(q, k, v, mask)
+    blocks = causal_blocks(b, h, t) if t == k.shape[1] else []
+    if blocks:
+        return _attend_causal(q, k, v, mask, blocks)
     size = query_block(b, h, t, k.shape[1])
     if size >= t:
         return attend_reference(q, k, v, mask)
@@ -306,6 +334,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
     _, out = jax.lax.scan(block, None, (qs, ms))
     return out.swapaxes(0, 1).reshape(b, n * size, h, d)[:, :t]
+
+
+def _attend_causal(q, k, v, mask, blocks: list[tuple[int, int]]) -> jax.Array:
+    """Self-attention as query blocks over the keys up to each block's end; each block is
+    rematerialised when the whole score matrix would exceed the memory bound."""
+    b, t, h, _ = q.shape
+    one = attend_reference if query_block(b, h, t, t) >= t else jax.checkpoint(attend_reference)
+    return jnp.concatenate([one(q[:, i:e], k[:, :e], v[:, :e], mask[:, i:e, :e])
+                            for i, e in blocks], axis=1)
 
 
 def _cudnn_applies(q: jax.Array) -> bool:
