@@ -24,6 +24,13 @@ def group_advantages(rewards: np.ndarray, valid: np.ndarray, eps: float = 1e-6) 
     return np.where(valid & informative, adv, 0.0).astype(np.float32)
 
 
+def informative_share(rewards: list[float | None], group_size: int) -> float:
+    """The share of groups an update learns from: those with a non-zero advantage (two or more
+    valid rewards, not all equal)."""
+    values, valid = group_rewards(rewards, group_size)
+    return float(np.any(group_advantages(values, valid) != 0, axis=1).mean())
+
+
 def group_rewards(
     rewards: list[float | None], group_size: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora
 from exectune_jax.train import rewards, rl_step
-from exectune_jax.train.advantages import group_advantages, group_rewards
+from exectune_jax.train.advantages import group_advantages, group_rewards, informative_share
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import MetricsWriter, progress_bar
 from exectune_jax.train.optim import make_optimizer
@@ -280,7 +280,8 @@ def _held_out_report(before: dict, after: dict) -> str:
 
 def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None,
                 spec: rewards.RewardSpec, timing: dict[str, float]) -> dict:
-    """One metrics.jsonl line: update statistics, outcome metrics, staleness and timings.
+    """One metrics.jsonl line: update statistics, outcome metrics, the share of groups with a
+    non-zero advantage (`groups_with_spread`), staleness and timings.
 
     `device_busy` is the fraction of the step's wall time the device spent sampling or
     updating; `pool_wait_s` the time the loop sat waiting for the core's labels.
@@ -292,6 +293,7 @@ def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None
         "loss": stats.pop("loss", None),
         **stats,
         **outcome_metrics(rollout, labelled, spec),
+        "groups_with_spread": informative_share(labelled.rewards, rollout.group_size),
         "update_skipped": int(skipped),
         "staleness": t - rollout.policy_step,
         **timing,

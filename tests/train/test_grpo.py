@@ -22,7 +22,7 @@ from exectune_jax.models.transformer import ModelConfig, Transformer
 from exectune_jax.train import grpo, grpo_loss, rewards, rl_step
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import read_metrics
-from exectune_jax.train.advantages import group_advantages, group_rewards
+from exectune_jax.train.advantages import group_advantages, group_rewards, informative_share
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,6 +49,12 @@ def test_uninformative_groups_get_zero_advantage():
     rewards = np.array([[0.5, 0.5, 0.5], [1.0, 0.0, 0.0]])
     valid = np.array([[True, True, True], [True, False, False]])
     assert not group_advantages(rewards, valid).any()
+
+
+def test_the_informative_share_counts_the_groups_with_a_non_zero_advantage():
+    # spread; all equal; one valid reward left; spread among the valid ones
+    rewards = [1.0, 0.0, 1.0, 1.0, 1.0, None, None, None, 0.0, None, 1.0, 0.0]
+    assert informative_share(rewards, 3) == 0.5
 
 
 def test_group_rewards_marks_failed_calls_invalid():
@@ -288,7 +294,7 @@ def test_rl_stage_logs_every_metric_and_writes_the_guide(tmp_path, tiny_guide):
     assert [r["step"] for r in rows] == [1, 2]
     expected = {"loss", "kl", "entropy", "accuracy", "format_valid", "leak_rate", "executability",
                 "executability_lo", "executability_hi", "core_input_tokens", "core_output_tokens",
-                "usd", "device_busy", "pool_wait_s", "staleness",
+                "usd", "device_busy", "pool_wait_s", "staleness", "groups_with_spread",
                 *(f"reward_{t}" for t in rewards.TERMS)}
     assert expected <= set(rows[0])
     assert rows[0]["scored"] == 8 and rows[0]["failed_calls"] == 0
