@@ -62,11 +62,6 @@ DEFAULT_STRATEGY = "<strategy>\n1. Multiply 12 by 3.\n2. Add 5 to the result of 
 # 0.394, eval 0.558 and 0.623; RL repeats most where it sharpens the guide onto followable
 # strategies).
 TRAINED_REPEAT = 0.45
-# RL batches a guide pilot samples (`--rl-pilot`). A problem's group repeats together, so the
-# share varies by problem and a pilot's size is its number of problems: on the default demo's SFT
-# guide (seed 0), 2 batches (16 problems) measured 62% and 8 batches (64) 71%, where RL then
-# replayed 74% over its 30 steps.
-GUIDE_PILOT_BATCHES = 8
 PILOT_FILE = "estimate_pilot.json"
 
 
@@ -644,7 +639,7 @@ def rl_start_forecast(cfg: Config, spec, model, tokenizer, problems: Sequence[An
     the batches it draws before its first update (sampled again, so RL's own are untouched), output
     lengths from the run's acceptance sampling."""
     rl = cfg.rl
-    guide = pilot_of_model(cfg, spec, model, tokenizer, problems, mesh, min(rl.steps, GUIDE_PILOT_BATCHES))
+    guide = pilot_of_model(cfg, spec, model, tokenizer, problems, mesh, min(rl.steps, rl.forecast_batches))
     pilot = measured_pilot(cfg)
     family = _family(cfg)
     scale, strategy, core_out, alone_out, judge_out = measures(pilot)
@@ -676,7 +671,7 @@ def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False,
         repeat: float | None = None, rl_pilot: int | None = None, **_: Any) -> int:
     """`exectune estimate`: the table, budget warnings, and run_dir/estimate.json."""
     repeat = TRAINED_REPEAT if repeat is None else repeat
-    rl_pilot = GUIDE_PILOT_BATCHES if rl_pilot is None else rl_pilot
+    rl_pilot = cfg.rl.forecast_batches if rl_pilot is None else rl_pilot
     if not 0.0 <= repeat < 1.0:
         raise UserError(f"--repeat {repeat}: a share of calls, at least 0 and below 1")
     if demo or quick:

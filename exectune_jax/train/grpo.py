@@ -334,7 +334,7 @@ def train(cfg: Config) -> dict:
     heldout = json.loads(heldout_path.read_text()) if heldout_path.exists() else {}
     validation = prompts_that_fit(task.problems("validation"), tokenizer, task.family, spec,
                                   cfg)[: rl.held_out] if rl.held_out else []
-    if start == 0:  # what this stage will pay, told before its first paid call
+    if start == 0 and rl.forecast_batches:  # what this stage will pay, before its first paid call
         with parallel.use_mesh(mesh):
             model = learner.sampling_model()
         forecast = estimate.rl_start_forecast(cfg, spec, model, tokenizer, problems, mesh)
