@@ -57,8 +57,12 @@ def test_2000_requests_under_30pct_faults_and_429s_match_a_fault_free_run_exactl
     assert [r.text for r in got] == [expected_text([{"role": "system", "content": "Answer briefly."},
                                                     {"role": "user", "content": f"question {i}"}],
                                                    seed=i % 3) for i in range(n)]
-    # none lost or duplicated: the server answered each request exactly once, and was billed once
-    assert served["ok"] == n
+    # none lost or duplicated: the server answered each request once and the ledger billed it
+    # once. Only a reply slower than the client's timeout is answered twice (a loaded machine
+    # can delay a normal one past 2 s): the client cannot know it was served, so it retries, as
+    # it must; those are the client's timeouts beyond the server's injected hangs.
+    slow = stats["errors"].get("timeout", 0) - served["faults"].get("timeout", 0)
+    assert slow >= 0 and served["ok"] == n + slow
     assert totals.keys() == clean_totals.keys()
     # Which stage's call first delivers the shared system prompt (and so pays no cached read) is
     # a matter of thread timing: cache reads, and the USD they save, agree over all stages.
@@ -73,7 +77,7 @@ def test_2000_requests_under_30pct_faults_and_429s_match_a_fault_free_run_exactl
     # retries counted: every failed attempt the server saw was retried, and nothing else was
     injected = sum(served["faults"].values())
     assert injected > 0.2 * n and served["rate_limited"] > 0
-    assert stats["retries"] == injected + served["rate_limited"]
+    assert stats["retries"] == injected + served["rate_limited"] + slow
     assert stats["calls"] == served["requests"] == sum(r.attempts for r in got)
     assert stats["failures"] == {} and stats["errors"]["rate_limit"] == served["rate_limited"]
     print(f"2000 requests under faults: {seconds:.1f}s, {stats['retries']} retries, "
