@@ -82,26 +82,27 @@ def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_p
     assert "no pilot:" in capsys.readouterr().out
 
 
-def test_judge_calls_read_the_projected_reply_and_advice_is_projected_as_the_core_alone():
+def test_judge_calls_read_the_projected_reply_and_advice_lengthens_the_core_alone_reply():
     cfg = load_config(None, SIZES)
     pilot = estimate.Pilot(problems=4, per_problem={}, core_output=50.0, teacher_output=40.0,
                            strategy=estimate.DEFAULT_STRATEGY, scale=1.0, alone_output=200.0, judge_output=10.0)
     lines = estimate.project(cfg, pilot, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")))
-    per_call = {(ln.stage, ln.endpoint, ln.output_tokens / ln.calls) for ln in lines if ln.calls}
-    assert ("advisor_rl", "core", 200.0) in per_call and ("rl", "core", 50.0) in per_call
+    per_call = {(ln.stage, ln.endpoint): ln.output_tokens / ln.calls for ln in lines if ln.calls}
+    advice = 200.0 * estimate.ADVICE_LENGTHENS  # the core-alone reply, lengthened by the advice
+    assert per_call["advisor_rl", "core"] == pytest.approx(advice) and per_call["rl", "core"] == 50.0
     assert {ln.endpoint for ln in lines if ln.stage == "core_only"} == {"core"}  # nothing to judge
     judge = {ln.stage: ln for ln in lines if ln.endpoint == "judge" and ln.stage.endswith("rl")}
     assert {ln.output_tokens / ln.calls for ln in judge.values()} == {10.0}
-    # the same prompts and strategy: the advisor's judge reads a reply 150 tokens longer
+    # the same prompts and strategy: the advisor's judge reads the longer reply
     gap = judge["advisor_rl"].input_tokens / judge["advisor_rl"].calls - judge["rl"].input_tokens / judge["rl"].calls
-    assert gap == pytest.approx(150.0)
-    # eval: the base guide's and the advisor's core calls at the core-alone length, trained guides'
+    assert gap == pytest.approx(advice - 50.0)
+    # eval: the base guide's and the advisor's core calls at the advice length, trained guides'
     # at the executed-strategy length; core_only and core_strong unjudged
     evals = [ln for ln in lines if ln.stage == "eval"]
     n = cfg.eval.n_problems
     core = sorted((ln.output_tokens / ln.calls, ln.calls / n) for ln in evals if ln.endpoint == "core")
     # 3 trained guides (the first, then the two that repeat it in part); core_only; base + advisor
-    assert core == [(50.0, 1), (50.0, 2), (200.0, 1), (200.0, 2)]
+    assert core == [(50.0, 1), (50.0, 2), (200.0, 1), (pytest.approx(advice), 2)]
     assert sum(ln.calls for ln in evals if ln.endpoint == "judge") == n * len(cfg.eval.guides)
 
 
@@ -193,7 +194,7 @@ def test_guide_pilot_counts_a_cached_request_and_a_repeat_within_it_as_replayed(
     # RL's calls priced from the pilot: its executed share, its replayed share
     drawn = [p for batch in estimate.rl_draws(cfg, task.problems("train"), cfg.rl.steps) for p in batch]
     core, judge = estimate.rl_lines(cfg, "rl", "exectune", drawn, task.family, gated,
-                                    strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, alone_out=200.0,
+                                    strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, advice_out=200.0,
                                     judge_out=10.0, scale=1.0, repeat=0.45)
     assert core.calls == pytest.approx(len(drawn) * cfg.rl.group_size * 5 / 6)
     assert core.replayed == judge.replayed == pytest.approx(0.4)
@@ -202,7 +203,7 @@ def test_guide_pilot_counts_a_cached_request_and_a_repeat_within_it_as_replayed(
     nothing = Rollout(0, 0, [p0], 2, [[]] * 2, [[]] * 2, [np.zeros(0)] * 2, ["no", "strategy"])
     stopped = estimate.guide_pilot(cfg, task.family, rewards.make_spec("exectune"), [nothing], lambda k: None)
     lines = estimate.rl_lines(cfg, "rl", "exectune", drawn, task.family, stopped,
-                              strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, alone_out=200.0,
+                              strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, advice_out=200.0,
                               judge_out=10.0, scale=1.0, repeat=0.45)
     assert [ln.calls for ln in lines] == [0.0]
 
