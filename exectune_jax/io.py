@@ -1,0 +1,160 @@
+"""Files under a run directory: whole-or-nothing writes, JSONL, and the run_dir lock.
+
+Every file the package writes whole (datasets, summaries, results, totals) goes through
+`write_text_atomic`: a temp file with a per-process unique name beside the target, fsynced, then
+renamed over it, so a reader never sees half a file and two processes never share a temp name.
+A failed write (a full disk above all) removes its temp file and raises `DiskFull` with one line
+naming the file, so nothing half-written or stray is left behind.
+
+`RunLock` is an OS file lock (`fcntl.flock`) on `run_dir/.lock`, held for a stage's life. The
+kernel releases it when the process ends however it ends (SIGKILL included), so a stale lock
+never blocks a resume; a second process on the same run_dir is refused with the holder's PID
+and stage.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from exectune_jax.errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+class DiskFull(UserError):
+    """A write failed for lack of space; the message names the file."""
+
+
+class RunDirBusy(UserError):
+    """Another live process holds the run directory."""
+
+
+def _space_error(path: Path, e: OSError) -> UserError | None:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"{path}: no space left on the device while writing it; free some space "
+                        "and run the same command again (finished API calls are cached and "
+                        "recorded: nothing is paid twice)")
+    return None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and (short := _space_error(path, e)) is not None:
+            raise short from None
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[Mapping]) -> None:
+    """A whole JSONL file or nothing: an interrupted run never leaves half a dataset behind."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def whole_lines(path: str | Path) -> str:
+    """The file's text up to its last newline: a torn tail (a crash mid-append) is ignored."""
+    data = Path(path).read_bytes()
+    return data[: data.rfind(b"\n") + 1].decode("utf-8")
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row) for each non-blank whole line; a line that is not JSON raises a
+    UserError naming the file and line."""
+    for lineno, line in enumerate(whole_lines(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path} line {lineno}: not valid JSON ({e.msg}); fix or remove "
+                            "that line") from None
+
+
+def append_line(fd: int, path: Path, line: bytes) -> None:
+    """One `write` on an O_APPEND descriptor: whole lines only. A short write (a full disk) is
+    cut back so no torn line stays, and raises DiskFull."""
+    try:
+        written = os.write(fd, line)
+    except OSError as e:
+        if (short := _space_error(path, e)) is not None:
+            raise short from None
+        raise
+    if written != len(line):
+        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_END) - written)
+        raise DiskFull(f"{path}: no space left on the device while appending to it; free some "
+                       "space and run the same command again")
+
+
+def append_jsonl(path: str | Path, row: Mapping) -> None:
+    """Append one JSON row as one whole line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        append_line(fd, path, (json.dumps(row, ensure_ascii=False) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """Exclusive hold of a run directory for one stage; `with RunLock(run_dir, "sample"):`.
+
+    Re-entrant within a process (a stage that runs another stage in-process holds it once)."""
+
+    _held: dict[Path, int] = {}
+
+    def __init__(self, run_dir: str | Path, stage: str):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.stage = stage
+        self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        key = self.path.resolve() if self.path.parent.exists() else self.path.absolute()
+        if key in RunLock._held:
+            RunLock._held[key] += 1
+            self._key = key
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirBusy(f"{self.path.parent}: in use by {holder}; wait for it to finish "
+                             "or use another run_dir (two stages on one run_dir would pay "
+                             "for the same calls twice)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} (exectune {self.stage})".encode(), 0)
+        self._fd, self._key = fd, self.path.resolve()
+        RunLock._held[self._key] = 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        RunLock._held[self._key] -= 1
+        if RunLock._held[self._key]:
+            return
+        del RunLock._held[self._key]
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = -1
