@@ -13,7 +13,6 @@ for the same seed. It goes to break_even.json, break_even.md (beside results.md)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,18 +97,20 @@ def table(entries: Sequence[Mapping]) -> str:
 def write(cfg: Any, out: Path, doc: Mapping) -> list[Path]:
     """break_even.json, break_even.md and cost_vs_problems.png in the eval directory."""
     from exectune_jax import plots
-    from exectune_jax.train.acceptance import write_json_atomic
+    from exectune_jax import layout
+    from exectune_jax.api.ledger import read_totals
+    from exectune_jax.io import write_json_atomic, write_text_atomic
 
-    totals = Path(cfg.run_dir) / "ledger_totals.json"
-    if not totals.exists():
+    ledger = layout.ledger(cfg.run_dir)
+    if not ledger.exists():
         return []
-    stages = json.loads(totals.read_text())["stages"]
+    stages = read_totals(ledger)
     lineages = {m: lineage(m, d) for m, d in cfg.eval.guides.items()}
     entries = break_even(doc["rows"], training_spend(stages, lineages), cfg.eval.guide_usd_per_mtok)
     write_json_atomic(out / "break_even.json", {"guide_usd_per_mtok": cfg.eval.guide_usd_per_mtok,
                                                 "entries": entries})
-    (out / "break_even.md").write_text(
-        "Training spend (ledger) and the problems after which each guide's savings repay it "
+    write_text_atomic(
+        out / "break_even.md", "Training spend (ledger) and the problems after which each guide's savings repay it "
         f"(guide tokens at ${cfg.eval.guide_usd_per_mtok}/M):\n\n" + table(entries))
     figure = plots.cost_vs_problems(doc["rows"], entries, out / "cost_vs_problems.png")
     return [out / "break_even.json", out / "break_even.md"] + ([figure] if figure else [])

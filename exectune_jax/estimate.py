@@ -46,9 +46,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from exectune_jax import layout
 from exectune_jax.api.ledger import PriceTable, load_prices
-from exectune_jax.config import BASE_GUIDE_DIR, Config
+from exectune_jax.config import Config
 from exectune_jax.errors import UserError
+from exectune_jax.io import read_jsonl, write_json_atomic
+from exectune_jax.layout import BASE_GUIDE_DIR
 from exectune_jax.gcop import prompts
 from exectune_jax.sim import tokens
 
@@ -256,8 +259,7 @@ def pilot_from_rows(cfg: Config, family: str, problems: Sequence[Any], rows: Seq
 
 def _ledger_rows(path: Path) -> list[dict]:
     """The ledger's complete rows (a stage running beside may be appending one)."""
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text.split("\n")[:-1]]
+    return [row for _, row in read_jsonl(path)] if path.exists() else []
 
 
 def run_pilot(cfg: Config, n: int) -> Pilot | None:
@@ -275,7 +277,7 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
         data = json.loads(kept.read_text())
         if data.get("fingerprint") == _fingerprint(cfg, n):
             return Pilot(**data["pilot"])
-    ledger = Path(cfg.run_dir) / "ledger.jsonl"
+    ledger = layout.ledger(cfg.run_dir)
     if ledger.exists() and ledger.stat().st_size:
         print(f"no pilot: {cfg.run_dir} already holds paid calls, so a pilot could not tell its own "
               "work from replays (estimate before the first stage, in a fresh run_dir, to get one)")
@@ -291,10 +293,16 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
         if pool.stopped:
             raise UserError(f"the pilot of {len(problems)} problems reached api.budget_usd="
                             f"{cfg.api.budget_usd}; use a smaller --pilot (0: stated defaults) or raise the budget")
+        failures = pool.stats["failures"]
+        if failures:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(failures.items()))
+            raise UserError(f"{sum(failures.values())} of the pilot's calls failed ({kinds}); a "
+                            "projection from it would leave out what they cost. Check api.core, "
+                            "api.teacher and api.judge and run again (answered calls are cached)")
     accepted = [c.completion for c in candidates if c.status == "accepted" and c.completion]
     pilot = pilot_from_rows(cfg, task.family, problems, _ledger_rows(ledger),
                             accepted[0] if accepted else None)
-    kept.write_text(json.dumps({"fingerprint": _fingerprint(cfg, n), "pilot": asdict(pilot)}, indent=2) + "\n")
+    write_json_atomic(kept, {"fingerprint": _fingerprint(cfg, n), "pilot": asdict(pilot)})
     return pilot
 
 
@@ -307,7 +315,7 @@ def measured_pilot(cfg: Config) -> Pilot | None:
     out = Path(cfg.run_dir) / cfg.sample.out
     if (out / "summary.json").exists():
         task, problems = training_problems(cfg)
-        rows = [r for r in _ledger_rows(Path(cfg.run_dir) / "ledger.jsonl")
+        rows = [r for r in _ledger_rows(layout.ledger(cfg.run_dir))
                 if r["stage"].startswith(f"{cfg.sample.out}.")]
         accepted = out / "accepted.jsonl"
         first = accepted.read_text().partition("\n")[0] if accepted.exists() else ""
@@ -424,7 +432,7 @@ def pilot_of_model(cfg: Config, spec, model, tokenizer, problems: Sequence[Any],
     family = _family(cfg)
     with parallel.use_mesh(mesh):
         rollouts = first_batches(cfg, spec, model, tokenizer, problems, family, batches)
-    with Cache(Path(cfg.run_dir) / "calls.sqlite") as cache:
+    with Cache(layout.call_cache(cfg.run_dir)) as cache:
         return guide_pilot(cfg, family, spec, rollouts, cache.get)
 
 
@@ -697,13 +705,11 @@ def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False,
     rows = stage_table(prices, project(cfg, found, rl_stages=stages, unfiltered=demo or quick,
                                        repeat=repeat, guides=guides))
     out = Path(cfg.run_dir) / "estimate.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"prices_read_on": prices.read_on,
-                               "pilot": asdict(found) if found else None,
-                               "output_tokens_default": None if found else DEFAULT_OUTPUT_TOKENS,
-                               "trained_repeat": repeat,
-                               "guide_pilots": {n: g.summary() for n, g in guides.items()},
-                               "stages": rows}, indent=2) + "\n")
+    write_json_atomic(out, {
+        "prices_read_on": prices.read_on, "pilot": asdict(found) if found else None,
+        "output_tokens_default": None if found else DEFAULT_OUTPUT_TOKENS,
+        "trained_repeat": repeat, "guide_pilots": {n: g.summary() for n, g in guides.items()},
+        "stages": rows})
     print(format_table(rows, cfg), end="")
     print(f"prices read on {prices.read_on}; output tokens per call "
           + (f"from acceptance sampling on {found.problems} problems (a pilot's are cached: the run "

@@ -22,10 +22,12 @@ from pathlib import Path
 from exectune_jax import break_even, preflight, resume
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
+from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import mixture, wilson
 from exectune_jax.gcop.follow import exchange_digest
+from exectune_jax.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from exectune_jax.sim.world import summary_of
 
 REFERENCE = "exectune"
@@ -336,11 +338,10 @@ def rl_metrics(cfg: Config) -> dict[str, list[dict]]:
 def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]],
                   labels: Sequence[Mapping] = ()) -> list[Path]:
     from exectune_jax import plots
-    from exectune_jax.train.acceptance import write_json_atomic, write_jsonl_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", doc)
-    (out / "results.md").write_text(table(doc["rows"]))
+    write_text_atomic(out / "results.md", table(doc["rows"]))
     write_jsonl_atomic(out / FOLLOW_LABELS, labels)
     figures = [plots.accuracy_vs_cost(doc["rows"], out / "accuracy_vs_cost.png"),
                plots.accuracy_vs_alpha(doc["rows"], out / "accuracy_vs_alpha.png")]
@@ -364,6 +365,11 @@ def run(cfg: Config) -> int:
         rows, skipped = collect(cfg, pool, task, problems)
         pool.raise_if_stopped()
     doc = results(cfg, rows, skipped, len(problems))
+    empty = [r["method"] for r in doc["rows"] if r["n"] == 0]
+    if empty:
+        raise UserError(f"eval: no execution was scored for {', '.join(empty)} (every call "
+                        f"failed or none was made); nothing written to {out}. Check the "
+                        "endpoints and run the same command again")
     write_outputs(out, doc, rl_metrics(cfg), follow_labels(rows))
     break_even.write(cfg, out, doc)
     for note in skipped:

@@ -23,9 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from exectune_jax import layout
 from exectune_jax.errors import UserError
-
-LOCK_FILE = ".lock"
 
 
 class DiskFull(UserError):
@@ -124,7 +123,7 @@ class RunLock:
     _held: dict[Path, int] = {}
 
     def __init__(self, run_dir: str | Path, stage: str):
-        self.path = Path(run_dir) / LOCK_FILE
+        self.path = layout.lock(run_dir)
         self.stage = stage
         self._fd = -1
 

@@ -9,22 +9,34 @@ world) stops it with one line naming the fields and the way out, a new run_dir o
 that only change how a run is carried out or watched (checkpoint cadence, retries, rate limits,
 the budget, server addresses, the mesh) may change freely: resuming on another topology or with a
 larger budget is the normal case.
+
+The acceptance stage (`sample`) is held to the same check against its config.yaml, since a
+rerun would replace the dataset SFT trained on. And each stage fingerprints the files it reads
+(`inputs.json`: SHA-256 of SFT's dataset, of the guide RL starts from): a resume whose inputs
+changed since the stage started — `sample` rerun after `sft` began — stops with one line
+instead of continuing a run trained on other data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
+from exectune_jax import layout
 from exectune_jax.config import Config, dump, flat, load_config
 from exectune_jax.errors import UserError
+from exectune_jax.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = layout.STAGE_CONFIG
 # dotted fields (exact, or a prefix ending in ".") that change what a resumed stage computes
 RUN_FIELDS = {
+    "sample": ("seed", "task.", "sample.", "api.", "sim.seed", "sim.world"),
     "sft": ("seed", "model.", "task.", "sft.", "sample.out"),
     "rl": ("seed", "model.", "task.", "api.", "sim.seed", "sim.world", "rl.", "sft.name"),
 }
@@ -33,7 +45,7 @@ INERT = re.compile(
     r"^(sft\.(checkpoint_every|keep_checkpoints|eval_every|eval_problems|eval_max_new_tokens)"
     r"|rl\.(checkpoint_every|keep_checkpoints)"
     r"|api\.(concurrency|rpm|tpm|max_retries|backoff_base_s|backoff_max_s|circuit_breaker_\w+"
-    r"|budget_usd)"
+    r"|budget_usd|max_failure_share)"
     r"|api\.\w+\.(base_url|api_key_env|timeout_s))$")
 _MISSING = object()
 
@@ -75,6 +87,45 @@ def check_resume(cfg: Config, stage_dir: Path, kind: str) -> None:
                           f"resume.allow_changes=[{names}]")
 
 
+def fingerprint(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's files (names and contents, in sorted order)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_inputs(stage_dir: Path, inputs: Mapping[str, Path]) -> None:
+    """Refuse to continue a stage whose input files changed since it started."""
+    path = stage_dir / layout.STAGE_INPUTS
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    changed = [name for name, f in inputs.items()
+               if name in before and Path(f).exists() and fingerprint(Path(f)) != before[name]]
+    if changed:
+        what = ", ".join(f"{name} ({inputs[name]})" for name in changed)
+        raise ResumeError(f"{stage_dir}: its input changed since the stage started: {what}; "
+                          "start a new run_dir, or delete the stage directory to train again "
+                          "on the new input")
+
+
+def record_inputs(stage_dir: Path, inputs: Mapping[str, Path]) -> None:
+    write_json_atomic(stage_dir / layout.STAGE_INPUTS,
+                      {name: fingerprint(Path(f)) for name, f in inputs.items() if Path(f).exists()})
+
+
+def begin_sample(cfg: Config, stage_dir: Path) -> None:
+    """Before acceptance sampling: a rerun in a directory that already has a config.yaml must
+    not change the data it produces; then this config is recorded."""
+    check_resume(cfg, stage_dir, "sample")
+    record(cfg, stage_dir)
+
+
 def record(cfg: Config, stage_dir: Path, *, write: bool = True) -> Path:
     """Create `stage_dir` and write the config the stage runs with to its config.yaml (when
     `write`: process 0 of a multi-process run)."""
@@ -90,14 +141,19 @@ def resumed(stage: str, step: int) -> None:
     log.info("resumed %s from step %d", stage, step)
 
 
-def begin(cfg: Config, stage_dir: Path, kind: str, ckpt, *, write: bool = True) -> None:
+def begin(cfg: Config, stage_dir: Path, kind: str, ckpt, *, write: bool = True,
+          inputs: Mapping[str, Path] | None = None) -> None:
     """Before a training stage's first step: a resume (`ckpt` has a step) must match the config
-    it was started with (else `ckpt` is closed and the ResumeError raised); then this config is
-    recorded as the stage's config.yaml."""
+    it was started with and read the same `inputs` (else `ckpt` is closed and the ResumeError
+    raised); then this config and the inputs' fingerprints are recorded."""
+    inputs = inputs or {}
     if ckpt.latest_step() is not None:
         try:
             check_resume(cfg, stage_dir, kind)
+            check_inputs(stage_dir, inputs)
         except ResumeError:
             ckpt.close()
             raise
     record(cfg, stage_dir, write=write)
+    if write:
+        record_inputs(stage_dir, inputs)

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from exectune_jax import demo
-from exectune_jax.config import BASE_GUIDE_DIR, GUIDE_DIR, Config
+from exectune_jax.config import Config
+from exectune_jax.layout import BASE_GUIDE_DIR, GUIDE_DIR
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import REFERENCE, mcnemar_exact
 from exectune_jax.sim.world import HABIT_RATE, value_of, world_from
@@ -340,7 +341,7 @@ def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
 def save(root: Path, part: Mapping[str, Any]) -> dict[str, Any]:
     """study.json and study.md with `part` in place of what the file held: a sweep's part
     replaces the sweep's section, a seeds' study everything else; each keeps the other's."""
-    from exectune_jax.train.acceptance import write_json_atomic
+    from exectune_jax.io import write_json_atomic, write_text_atomic
 
     path = root / STUDY_JSON
     previous = json.loads(path.read_text()) if path.exists() else {}
@@ -348,7 +349,7 @@ def save(root: Path, part: Mapping[str, Any]) -> dict[str, Any]:
     kept = {k: v for k, v in previous.items() if (k == SENSITIVITY) != swept}
     study = {**kept, **part} if swept else {**part, **kept}
     write_json_atomic(path, study)
-    (root / STUDY_MD).write_text(table(study))
+    write_text_atomic(root / STUDY_MD, table(study))
     return study
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from exectune_jax import break_even as be
+from exectune_jax.api.ledger import Ledger
 from exectune_jax.config import load_config
 
 
@@ -41,7 +42,14 @@ def test_problems_to_repay_is_training_over_per_problem_saving_and_never_without
 
 def test_write_leaves_json_a_markdown_table_and_the_plot(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}"])
-    (tmp_path / "ledger_totals.json").write_text(json.dumps({"stages": STAGES}))
+    # the spend comes from the ledger's lines: each stage's USD as one paid call of 1M output
+    # tokens of a model priced at that many USD per million
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("read_on: 2026-01-01\nmodels:\n" + "".join(
+        f"  m{i}: {{input_per_mtok: 0, output_per_mtok: {t['usd']}}}\n" for i, t in enumerate(STAGES.values())))
+    with Ledger(tmp_path / "ledger.jsonl", prices) as ledger:
+        for i, stage in enumerate(STAGES):
+            ledger.record(stage, f"m{i}", 0, 1_000_000, cached=False)
     out = tmp_path / "eval"
     out.mkdir()
     rows = [_row("core_only", 0.0010), _row("exectune", 0.0006), _row("core_strong", 0.0040)]

@@ -224,7 +224,9 @@ class Batcher:
                     usd = pool.ledger.record(stage, ep.model, outcome.input_tokens, outcome.output_tokens,
                                              cached=False, provider=ep.provider,
                                              cache_read=outcome.cache_read_tokens,
-                                             cache_write=outcome.cache_write_tokens, batch=True)
+                                             cache_write=outcome.cache_write_tokens, batch=True,
+                                             key=key, text=outcome.text,
+                                             stop_reason=outcome.stop_reason)
                     if pool._cache is not None:
                         pool._cache.put(key, ep.model, outcome)
                 item = running.waiting.pop(key, None)

@@ -5,6 +5,10 @@ threads), a busy timeout so several threads or processes can write. The key cove
 that changes an answer (provider, model, messages, max_tokens, temperature, sample index) and
 nothing that does not: the base URL and the API key are deliberately absent, so the file holds
 no secret and moving a server does not invalidate replays.
+
+The cache is a copy, not the record: every paid reply is also in the ledger, so a damaged cache
+file is moved aside and `fill` rebuilds it from the ledger. Errors of the file (not a database,
+a full disk) surface as one line naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from exectune_jax.api.providers import Completion
+from exectune_jax.errors import UserError
+from exectune_jax.io import DiskFull
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -44,6 +51,27 @@ def cache_key(provider: str, model: str, messages: Sequence[Mapping[str, str]], 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+class DamagedCache(UserError):
+    """The call cache file cannot be read as a database."""
+
+
+@contextmanager
+def _file_errors(path: Path):
+    """sqlite's errors about the file itself, as one line each with the way out."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if "disk is full" in str(e) or "disk I/O error" in str(e):
+            raise DiskFull(f"{path}: no space left on the device while writing it; free some "
+                           "space and run the same command again (paid replies are kept in the "
+                           "ledger: nothing is paid twice)") from None
+        raise
+    except sqlite3.DatabaseError as e:
+        raise DamagedCache(f"{path} is damaged ({e}); move it aside (e.g. `mv {path} "
+                           f"{path}.bad`) and run again: it is rebuilt from the ledger, and no "
+                           "call the ledger records as paid is paid again") from None
+
+
 class Cache:
     """key -> Completion, durable across processes."""
 
@@ -54,7 +82,8 @@ class Cache:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
-        self._conn().execute(_SCHEMA)
+        with _file_errors(self.path):
+            self._conn().execute(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -71,24 +100,43 @@ class Cache:
         return conn
 
     def get(self, key: str) -> Completion | None:
-        row = self._conn().execute(
-            "SELECT text, stop_reason, input_tokens, output_tokens FROM calls WHERE key = ?", (key,)
-        ).fetchone()
+        with _file_errors(self.path):
+            row = self._conn().execute(
+                "SELECT text, stop_reason, input_tokens, output_tokens FROM calls WHERE key = ?",
+                (key,)).fetchone()
         return Completion(*row) if row else None
 
     def put(self, key: str, model: str, completion: Completion) -> None:
-        self._conn().execute(
-            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, model, completion.text, completion.stop_reason, completion.input_tokens,
-             completion.output_tokens, time.time()),
-        )
+        with _file_errors(self.path):
+            self._conn().execute(
+                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, model, completion.text, completion.stop_reason, completion.input_tokens,
+                 completion.output_tokens, time.time()),
+            )
+
+    def fill(self, rows: Iterable[Mapping]) -> int:
+        """Insert the ledger's paid replies (key, model, text, stop_reason, input_tokens,
+        output_tokens) this cache lacks; returns how many were missing."""
+        added = 0
+        with _file_errors(self.path):
+            conn = self._conn()
+            for row in rows:
+                if conn.execute("SELECT 1 FROM calls WHERE key = ?", (row["key"],)).fetchone():
+                    continue
+                conn.execute("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (row["key"], row["model"], row["text"], row["stop_reason"],
+                              row["input_tokens"], row["output_tokens"], time.time()))
+                added += 1
+        return added
 
     def __len__(self) -> int:
-        return self._conn().execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        with _file_errors(self.path):
+            return self._conn().execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the main file (e.g. before copying the run directory)."""
-        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with _file_errors(self.path):
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:

@@ -4,8 +4,13 @@ The ledger is an append-only JSONL file: one line per call, each line written by
 `write` on an O_APPEND descriptor, so a killed run leaves whole lines only (a torn tail from a
 crash mid-write is dropped on the next open). Reopening the same file continues its totals, so a
 resumed run reports what the whole run cost. Cached replays are recorded too, at no charge, with
-what they would have cost in `replayed_usd`. `write_totals()` leaves a small JSON summary
-beside the ledger (written to a temp file and renamed, so it is never half written).
+what they would have cost in `replayed_usd`.
+
+A paid call's line also holds its cache key and the reply itself, written before the call cache
+is: what was paid for is never lost to a later failed write, a deleted or damaged call cache is
+rebuilt from the ledger (`paid_replies`) instead of being paid again. `write_totals()` leaves a
+small JSON summary beside the ledger, derived from the ledger file itself (so stages appending
+side by side never overwrite each other's spend), written whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from exectune_jax.errors import UserError
+from exectune_jax.io import append_line, whole_lines, write_json_atomic
 
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
 STAGE_FIELDS = ("calls", "cached_calls", "input_tokens", "output_tokens", "usd", "replayed_usd",
@@ -159,6 +165,11 @@ def _add(totals: dict, row: Mapping) -> None:
         stage["usd"] += row["usd"]
 
 
+def read_totals(path: str | Path) -> dict[str, dict]:
+    """Per-stage totals of a ledger file: what `Ledger.totals()` holds, read without opening it."""
+    return Ledger._sum(Path(path), whole_lines(path))
+
+
 class Ledger:
     """Append-only record of calls; `totals()` per stage; safe to use from many threads."""
 
@@ -179,23 +190,40 @@ class Ledger:
         if len(whole) != len(data):  # a crash mid-write: drop the torn tail
             with open(self.path, "r+b") as f:
                 f.truncate(len(whole))
-        for lineno, line in enumerate(whole.decode().splitlines(), 1):
+        self._totals = self._sum(self.path, whole.decode())
+
+    @staticmethod
+    def _sum(path: Path, text: str) -> dict[str, dict]:
+        totals: dict[str, dict] = {}
+        for lineno, line in enumerate(text.splitlines(), 1):
             try:
-                _add(self._totals, json.loads(line))
+                _add(totals, json.loads(line))
             except (ValueError, KeyError, TypeError):
                 raise UserError(
-                    f"ledger {self.path} line {lineno}: not a ledger record; "
+                    f"ledger {path} line {lineno}: not a ledger record; "
                     "move the file aside to start a fresh ledger"
                 ) from None
+        return totals
+
+    def paid_replies(self) -> Iterator[dict]:
+        """The paid rows that carry their reply (key, model, text, stop_reason, tokens)."""
+        if not self.path.exists():
+            return
+        for line in whole_lines(self.path).splitlines():
+            row = json.loads(line)
+            if not row["cached"] and "key" in row:
+                yield row
 
     def record(self, stage: str, model: str, input_tokens: int, output_tokens: int,
                cached: bool, *, provider: str | None = None, cache_read: int = 0,
-               cache_write: int = 0, batch: bool = False) -> float:
+               cache_write: int = 0, batch: bool = False, key: str | None = None,
+               text: str | None = None, stop_reason: str | None = None) -> float:
         """Append one call; returns the USD charged (0 for a cached replay).
 
         `input_tokens` counts every prompt token; `cache_read` and `cache_write` are the part the
         provider read from or wrote to its prompt cache; the charge applies `provider`'s cache
-        and (when `batch`) batch rates. A replay is valued at list price, as a fresh online call."""
+        and (when `batch`) batch rates. A replay is valued at list price, as a fresh online call.
+        A paid call given its cache `key` keeps `text` and `stop_reason` in its line."""
         value = (self.prices.usd(model, input_tokens, output_tokens) if cached else
                  self.prices.charge(model, provider, input_tokens, output_tokens,
                                     cache_read=cache_read, cache_write=cache_write, batch=batch))
@@ -205,12 +233,11 @@ class Ledger:
             "usd": 0.0 if cached else value, "replayed_usd": value if cached else 0.0,
             "cache_read_tokens": cache_read, "cache_write_tokens": cache_write, "batch": batch,
         }
+        if key is not None and not cached:
+            row.update(key=key, text=text, stop_reason=stop_reason)
         line = (json.dumps(row) + "\n").encode()
         with self._lock:
-            written = os.write(self._fd, line)
-            if written != len(line):  # a short write on a full disk: never leave a torn line
-                os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - written)
-                raise OSError(f"ledger {self.path}: disk full while appending")
+            append_line(self._fd, self.path, line)
             _add(self._totals, row)
         return row["usd"]
 
@@ -231,19 +258,21 @@ class Ledger:
         return self.path.with_name(self.path.stem + "_totals.json")
 
     def write_totals(self) -> Path:
-        """Write the per-stage totals and the price date beside the ledger, atomically."""
-        summary = {"prices_read_on": self.prices.read_on, "usd": self.spent_usd(),
-                   "stages": self.totals(),
+        """Write the per-stage totals of the whole ledger file (every process's lines) and the
+        price date beside the ledger, atomically."""
+        stages = read_totals(self.path) if self.path.exists() else {}
+        summary = {"prices_read_on": self.prices.read_on,
+                   "usd": sum(t["usd"] for t in stages.values()), "stages": stages,
                    "discounts_read_on": {name: d.read_on for name, d in self.prices.providers.items()}}
-        # one temp name per process: stages running side by side share the run's ledger
-        tmp = self.totals_path.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.totals_path)
+        write_json_atomic(self.totals_path, summary)
         return self.totals_path
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._fd < 0:
+            return
+        try:
             self.write_totals()
+        finally:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1

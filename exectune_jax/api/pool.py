@@ -14,8 +14,12 @@ could score. Per call, in order:
 4. the HTTP call, with bounded concurrency (one worker thread per concurrent call);
 5. retries with exponential backoff and jitter for 408/409/429/5xx, timeouts, connection
    errors and malformed bodies, honouring `Retry-After`; other 4xx fail at once;
-6. on success the ledger line is written before the cache entry, so a run killed in between
-   pays again rather than hiding a paid call.
+6. on success the ledger line, holding the reply, is written before the cache entry, so a
+   run killed in between, or a cache lost later, is refilled from the ledger, not paid again.
+
+A stage is only as good as its calls: `raise_if_stopped` also ends a stage whose share of
+failed calls exceeds `api.max_failure_share`, naming the endpoint and the error kinds, so an
+unreachable or dying endpoint is never mistaken for a finished stage.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from exectune_jax import layout
 from exectune_jax.api import providers
 from exectune_jax.api.batching import Batcher, Item, check_modes, stage_mode
 from exectune_jax.api.cache import Cache, cache_key
@@ -48,6 +53,10 @@ CHARS_PER_TOKEN = 3  # a deliberately low ratio, so budget and TPM estimates err
 
 class BudgetExceeded(UserError):
     """The run reached api.budget_usd; finished calls are cached, so raising it resumes cheaply."""
+
+
+class TooManyFailures(UserError):
+    """More of a stage's calls failed than api.max_failure_share allows."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,9 @@ class Result:
     cached: bool
     attempts: int  # HTTP calls made for this result (0 for a replay)
     error: str | None  # when not ok: rate_limit, server_error, timeout, connection, malformed,
-    #                    client_error, budget_exceeded, circuit_open, unfinished (a batch item
-    #                    never ran) or batch_pending (the pool closed while its batch ran)
+    #                    client_error, budget_exceeded, circuit_open, halted (the run's records
+    #                    could not be written), unfinished (a batch item never ran) or
+    #                    batch_pending (the pool closed while its batch ran)
     detail: str = ""  # a one-line explanation when not ok (never contains a key)
 
 
@@ -141,9 +151,11 @@ class Pool:
         self._rng = random.Random()
         self._counts: collections.Counter = collections.Counter()
         self._failures: collections.Counter = collections.Counter()
+        self._failed_at: collections.Counter = collections.Counter()  # (endpoint, kind) -> count
         self._errors: collections.Counter = collections.Counter()
         self.stopped = False
         self.stop_reason: str | None = None
+        self._halted: UserError | None = None  # a failed write of the ledger or the cache
         self._closed = False
         self._owned: list[Any] = []  # things to stop on close (an embedded sim server)
         if batch_log is not None:
@@ -208,9 +220,27 @@ class Pool:
             }
 
     def raise_if_stopped(self) -> None:
-        """For stage loops: after checkpointing, end the run with the stop reason."""
+        """For stage loops: after checkpointing, end the run with the stop reason, or when more
+        calls failed than `api.max_failure_share` of the requests so far."""
+        if self._halted is not None:
+            raise self._halted
         if self.stopped:
             raise BudgetExceeded(self.stop_reason)
+        with self._lock:
+            requests = self._counts["requests"]
+            failed_at = {k: v for k, v in self._failed_at.items() if k[1] != "budget_exceeded"}
+        failed = sum(failed_at.values())
+        if failed and failed > self.cfg.max_failure_share * requests:
+            worst = max({name for name, _ in failed_at},
+                        key=lambda n: sum(v for (e, _), v in failed_at.items() if e == n))
+            kinds = ", ".join(f"{kind} {n}" for (name, kind), n in sorted(failed_at.items())
+                              if name == worst)
+            url = self._lanes[worst].endpoint.base_url
+            raise TooManyFailures(
+                f"{failed} of {requests} API calls failed, above api.max_failure_share="
+                f"{self.cfg.max_failure_share:g}; endpoint {worst} ({url}): {kinds}. Nothing "
+                "failed was scored; fix the endpoint and run the same command again to resume "
+                "(answered calls are cached)")
 
     def checkpoint(self) -> None:
         """Make the cache and ledger totals durable (call before saving a training checkpoint)."""
@@ -291,9 +321,11 @@ class Pool:
             if budget is not None and self.ledger.spent_usd() + self._reserved + usd > budget:
                 self.stopped = True
                 self.stop_reason = (
-                    f"budget reached: spent ${self.ledger.spent_usd():.4f} of api.budget_usd="
-                    f"${budget:.4f}; no new calls are started. Finished calls are cached: raise "
-                    "api.budget_usd and run again to continue where this run stopped")
+                    f"budget reached: paid ${self.ledger.spent_usd():.6f}, with "
+                    f"${self._reserved:.6f} reserved for calls in flight and ${usd:.6f} for the "
+                    f"next, of api.budget_usd=${budget:.6f}; no new calls are started. Finished "
+                    "calls are cached: raise api.budget_usd and run again to continue where this "
+                    "run stopped")
                 log.warning(self.stop_reason)
                 return False
             self._reserved += usd
@@ -311,7 +343,8 @@ class Pool:
     def _fail(self, kind: str, attempts: int, detail: str, lane: _Lane) -> Result:
         with self._lock:
             self._failures[kind] += 1
-        if kind not in ("budget_exceeded", "circuit_open"):
+            self._failed_at[lane.name, kind] += 1
+        if kind not in ("budget_exceeded", "circuit_open", "halted"):
             log.warning("call to %s failed after %d attempt(s): %s", lane.name, attempts, detail)
         return failed(kind, attempts, detail)
 
@@ -327,7 +360,8 @@ class Pool:
                                   f"{cfg.circuit_breaker_failures} times in a row; calls paused", lane)
             if not self._reserve(est_usd):
                 lane.breaker.record(None)
-                return self._fail("budget_exceeded", attempts, self.stop_reason or "", lane)
+                return self._fail("budget_exceeded" if self._halted is None else "halted",
+                                  attempts, self.stop_reason or "", lane)
             try:
                 lane.wait_turn(est_tokens)
                 with self._lock:
@@ -358,23 +392,52 @@ class Pool:
             lane.breaker.record(True)
             if lane.tpm:
                 lane.tpm.settle(completion.input_tokens + completion.output_tokens - est_tokens)
-            with self._lock:  # charge and un-reserve together so the budget check never double counts
-                usd = self.ledger.record(stage, ep.model, completion.input_tokens,
-                                         completion.output_tokens, cached=False,
-                                         provider=ep.provider,
-                                         cache_read=completion.cache_read_tokens,
-                                         cache_write=completion.cache_write_tokens)
-                self._reserved -= est_usd
-                self._counts["ok"] += 1
-            if self._cache is not None:
-                self._cache.put(key, ep.model, completion)
+            try:
+                with self._lock:  # charge and un-reserve together: the budget never double counts
+                    self._reserved -= est_usd
+                    usd = self.ledger.record(stage, ep.model, completion.input_tokens,
+                                             completion.output_tokens, cached=False,
+                                             provider=ep.provider,
+                                             cache_read=completion.cache_read_tokens,
+                                             cache_write=completion.cache_write_tokens,
+                                             key=key, text=completion.text,
+                                             stop_reason=completion.stop_reason)
+                    self._counts["ok"] += 1
+                if self._cache is not None:
+                    self._cache.put(key, ep.model, completion)
+            except UserError as e:
+                self._halt(e)
+                raise
             return self._result(completion, usd, attempts)
+
+    def _halt(self, error: UserError) -> None:
+        """A record that cannot be written (a full disk, a damaged cache) stops every later call:
+        a call paid while its reply cannot be kept would be paid again on the next run."""
+        with self._lock:
+            if self._halted is None:
+                self._halted, self.stopped, self.stop_reason = error, True, str(error)
+                log.warning("%s", error)
 
 
 def _done(result: Result) -> Future:
     fut: Future = Future()
     fut.set_result(result)
     return fut
+
+
+def open_cache(path: Path, ledger: Ledger) -> Cache:
+    """The run's call cache, holding every reply the ledger records as paid: a cache deleted,
+    moved aside or short of what was paid (a write that failed after the charge) is refilled
+    from the ledger rather than paid again."""
+    cache = Cache(path)
+    try:
+        added = cache.fill(ledger.paid_replies())
+    except BaseException:
+        cache.close()
+        raise
+    if added:
+        log.warning("%s lacked %d paid replies; restored them from %s", path, added, ledger.path)
+    return cache
 
 
 def open_pool(cfg: Any, run_dir: str | Path, *, batch: bool = False) -> Pool:
@@ -399,9 +462,10 @@ def open_pool(cfg: Any, run_dir: str | Path, *, batch: bool = False) -> Pool:
                      else ep for n, ep in endpoints.items()}
     try:
         run_dir = Path(run_dir)
-        ledger = Ledger(run_dir / "ledger.jsonl", load_prices(api.prices))
-        pool = Pool(endpoints, api, cache=Cache(run_dir / "calls.sqlite"), ledger=ledger,
-                    batch_log=run_dir / "batches.jsonl" if batch else None)
+        ledger = Ledger(layout.ledger(run_dir), load_prices(api.prices))
+        cache = open_cache(layout.call_cache(run_dir), ledger)
+        pool = Pool(endpoints, api, cache=cache, ledger=ledger,
+                    batch_log=layout.batch_log(run_dir) if batch else None)
     except BaseException:
         if server is not None:
             server.stop()

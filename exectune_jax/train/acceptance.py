@@ -28,11 +28,8 @@ plain "SFT guide" baseline, which the filtered data is measured against.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from exectune_jax.data.tasks import Problem
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import wilson
+from exectune_jax.io import write_json_atomic, write_jsonl_atomic
 
 REASONS = ("format", "leak", "wrong_answer", "costly", "not_followed", "follow_unknown", "api_failure")
 REVISABLE = ("format", "leak", "wrong_answer", "costly", "not_followed")
@@ -260,23 +258,6 @@ def summarize(candidates: Sequence[Candidate], n_problems: int, sc: SampleConfig
     }
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[Mapping]) -> None:
-    """Whole file or nothing: an interrupted run never leaves half a dataset behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Mapping) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def fmt_rate(r: Mapping) -> str:
     lo, hi = r["ci"]
     return f"{r['rate']:.1%} [{lo:.1%}, {hi:.1%}] ({r['k']}/{r['n']})"
@@ -318,7 +299,7 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
     preflight.check(cfg, "sample", unfiltered=unfiltered)
     stage = cfg.sample.out
     out = Path(cfg.run_dir) / stage
-    resume.record(cfg, out)
+    resume.begin_sample(cfg, out)
     task, problems = training_problems(cfg)
     with open_pool(cfg, cfg.run_dir, batch=True) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample,

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from exectune_jax import estimate, parallel, preflight, resume
+from exectune_jax import estimate, layout, parallel, preflight, resume
 from exectune_jax.api.pool import open_pool
-from exectune_jax.config import CHECKPOINT_DIR, Config, to_dict
+from exectune_jax.config import Config, to_dict
 from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
@@ -86,7 +86,7 @@ def prompts_that_fit(problems: list, tokenizer, family: str, spec, cfg: Config) 
 
 def resolve_init(cfg: Config) -> Path:
     """The guide RL starts from (and keeps as its KL reference)."""
-    path = Path(cfg.rl.init) if cfg.rl.init else Path(cfg.run_dir) / cfg.sft.name / "guide"
+    path = Path(cfg.rl.init) if cfg.rl.init else layout.guide(cfg.run_dir, cfg.sft.name)
     if not (path / "config.json").exists():
         hint = "set rl.init" if cfg.rl.init else "run `exectune sft` first or set rl.init"
         raise UserError(f"RL start guide {path} not found (no config.json); {hint}")
@@ -307,10 +307,10 @@ def train(cfg: Config) -> dict:
     preflight.check(cfg, "rl")
     rl = cfg.rl
     spec = rewards.make_spec(rl.preset, rl.weights)
-    stage = Path(cfg.run_dir) / rl.name
-    ckpt = Checkpointer(stage / CHECKPOINT_DIR, keep=rl.keep_checkpoints)
-    resume.begin(cfg, stage, "rl", ckpt, write=jax.process_index() == 0)
+    stage = layout.stage(cfg.run_dir, rl.name)
     init = resolve_init(cfg)
+    ckpt = Checkpointer(layout.checkpoints(cfg.run_dir, rl.name), keep=rl.keep_checkpoints)
+    resume.begin(cfg, stage, "rl", ckpt, write=jax.process_index() == 0, inputs={"rl.init": init})
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(init)
@@ -411,7 +411,7 @@ def train(cfg: Config) -> dict:
         totals = pool.ledger.totals()
     writer.close()
     ckpt.close()
-    out_dir = stage / "guide"
+    out_dir = layout.guide(cfg.run_dir, rl.name)
     hf.save(lora.merged(nnx.merge(learner.graphdef, learner.params)), mcfg, out_dir,
             tokenizer=tokenizer)
     summary = {
@@ -428,5 +428,5 @@ def run(cfg: Config, **_: Any) -> int:
     held = summary["heldout"]
     if "before" in held and "after" in held:
         print(_held_out_report(held["before"], held["after"]))
-    print(f"{cfg.rl.name}: guide written to {Path(cfg.run_dir) / cfg.rl.name / 'guide'}")
+    print(f"{cfg.rl.name}: guide written to {layout.guide(cfg.run_dir, cfg.rl.name)}")
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from exectune_jax.errors import UserError
+from exectune_jax.io import append_jsonl, read_jsonl, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # the stage's W&B run, so a resume logs into the same one
@@ -42,11 +42,6 @@ def _plain(value: Any) -> Any:
     return value if math.isfinite(value) else None
 
 
-def format_line(step: int, scalars: Mapping[str, Any]) -> str:
-    record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-    return json.dumps(record, allow_nan=False) + "\n"
-
-
 def read_metrics(path: str | Path) -> list[dict]:
     """All records of a metrics.jsonl (a directory holding one is accepted too)."""
     path = Path(path)
@@ -54,7 +49,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(path)]
 
 
 def require_wandb(project: str) -> Any:
@@ -105,12 +100,8 @@ class MetricsWriter:
     def log(self, step: int, **scalars: Any) -> None:
         if not self.enabled:
             return
-        line = format_line(step, {"time": round(time.time(), 3), **scalars}).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_jsonl(self.path, {"step": int(step), "time": round(time.time(), 3),
+                                 **{k: _plain(v) for k, v in scalars.items()}})
         numbers = {k: v for k, v in ((k, _plain(v)) for k, v in scalars.items())
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
@@ -127,9 +118,7 @@ class MetricsWriter:
             line for line in self.path.read_text().splitlines(keepends=True)
             if line.strip() and json.loads(line)["step"] <= step
         ]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(kept))
 
     def close(self) -> None:
         if self._tb is not None:

@@ -31,8 +31,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from exectune_jax import parallel, preflight, resume
-from exectune_jax.config import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR, Config, to_dict
+from exectune_jax import layout, parallel, preflight, resume
+from exectune_jax.config import Config, to_dict
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
@@ -116,11 +116,11 @@ def _mesh_of(shardings: Any):
 
 
 def stage_dir(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / cfg.sft.name
+    return layout.stage(cfg.run_dir, cfg.sft.name)
 
 
 def base_guide_dir(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / BASE_GUIDE_DIR
+    return layout.base_guide(cfg.run_dir)
 
 
 def starts_from_base_guide(cfg: Config) -> bool:
@@ -144,7 +144,7 @@ def init_guide(cfg: Config) -> Path:
 def data_path(cfg: Config) -> Path:
     if cfg.sft.data:
         return Path(cfg.sft.data)
-    return Path(cfg.run_dir) / cfg.sample.out / "accepted.jsonl"
+    return layout.accepted(cfg.run_dir, cfg.sample.out)
 
 
 def load_tokenizer(path: Path):
@@ -186,11 +186,12 @@ def run(cfg: Config, **_: Any) -> int:
     preflight.check(cfg, "sft")
     sc = cfg.sft
     out_dir = stage_dir(cfg)
-    ckpt = Checkpointer(out_dir / CHECKPOINT_DIR, keep=sc.keep_checkpoints)
-    resume.begin(cfg, out_dir, "sft", ckpt, write=jax.process_index() == 0)
-    if ckpt.latest_step() == sc.steps and (out_dir / GUIDE_DIR / hf.CONFIG_FILE).exists():
+    ckpt = Checkpointer(layout.checkpoints(cfg.run_dir, sc.name), keep=sc.keep_checkpoints)
+    resume.begin(cfg, out_dir, "sft", ckpt, write=jax.process_index() == 0,
+                 inputs={"sft.data": data_path(cfg)})
+    if ckpt.latest_step() == sc.steps and (layout.guide(cfg.run_dir, sc.name) / hf.CONFIG_FILE).exists():
         ckpt.close()
-        print(f"sft {sc.name}: already at step {sc.steps}; guide at {out_dir / GUIDE_DIR}")
+        print(f"sft {sc.name}: already at step {sc.steps}; guide at {layout.guide(cfg.run_dir, sc.name)}")
         return 0
     init = init_guide(cfg)
     tokenizer = load_tokenizer(init)
@@ -278,7 +279,7 @@ def run(cfg: Config, **_: Any) -> int:
     ckpt.close()
     writer.close()
     nnx.update((model, opt), state)
-    guide = _write_guide(model, mcfg, tokenizer, out_dir / GUIDE_DIR)
+    guide = _write_guide(model, mcfg, tokenizer, layout.guide(cfg.run_dir, sc.name))
     if pi == 0:
         scores = "".join(f", {k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
         print(f"sft {sc.name}: step {sc.steps}{scores}; guide at {guide}")

@@ -1,0 +1,75 @@
+"""Where every stage's files live under `run_dir`: the one module that knows.
+
+```
+run_dir/
+  .lock                 the run_dir lock (io.RunLock), held by the stage running
+  ledger.jsonl          every call, paid or replayed, with the reply of each paid one
+  ledger_totals.json    per-stage totals, derived from ledger.jsonl
+  calls.sqlite          the call cache (a copy: rebuilt from the ledger when lost)
+  batches.jsonl         batch-API jobs in flight, for re-attaching after a restart
+  base_guide/           the demo's starting guide (HF directory)
+  <sample.out>/         accepted.jsonl, rejected.jsonl, summary.json, config.yaml, inputs.json
+  <sft.name>/, <rl.name>/
+    config.yaml         the resolved config the stage ran with
+    inputs.json         fingerprints of the stage's inputs (resume.py)
+    checkpoints/        orbax steps
+    guide/              the stage's hand-off: an HF directory the next stage reads
+    metrics.jsonl
+  <eval.out>/           results.json, results.md, plots
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GUIDE_DIR, CHECKPOINT_DIR = "guide", "checkpoints"
+BASE_GUIDE_DIR = "base_guide"
+LOCK_FILE = ".lock"
+STAGE_CONFIG, STAGE_INPUTS = "config.yaml", "inputs.json"
+
+
+def lock(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LOCK_FILE
+
+
+def ledger(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ledger.jsonl"
+
+
+def ledger_totals(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ledger_totals.json"
+
+
+def call_cache(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "calls.sqlite"
+
+
+def batch_log(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "batches.jsonl"
+
+
+def base_guide(run_dir: str | Path) -> Path:
+    return Path(run_dir) / BASE_GUIDE_DIR
+
+
+def stage(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / name
+
+
+def guide(run_dir: str | Path, name: str) -> Path:
+    """A training stage's hand-off guide."""
+    return Path(run_dir) / name / GUIDE_DIR
+
+
+def checkpoints(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / name / CHECKPOINT_DIR
+
+
+def metrics(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / name / "metrics.jsonl"
+
+
+def accepted(run_dir: str | Path, sample_out: str) -> Path:
+    """The acceptance stage's dataset, SFT's default input."""
+    return Path(run_dir) / sample_out / "accepted.jsonl"
