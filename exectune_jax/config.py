@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import io
@@ -111,7 +112,7 @@ class EndpointConfig:
     }
 
     provider: str = "openai"  # openai (any OpenAI-compatible server) | anthropic
-    base_url: str = SIM_URL  # server root; "sim" = the embedded loopback server
+    base_url: str = SIM_URL  # the API's root URL, with or without /v1; "sim" = the embedded loopback server
     model: str = "sim-core"  # the provider's model name (priced by api.prices)
     api_key_env: str | None = None  # environment variable holding the key; None = no key
     max_tokens: int = 512  # reply token limit per call
@@ -518,6 +519,14 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def _unknown_key(source: str, prefix: str, key: Any, names: set[str]) -> ConfigError:
+    """The error for a key the section lacks: the closest valid key when one is near (a typo),
+    else every key valid there."""
+    near = difflib.get_close_matches(str(key), names, n=1)
+    hint = f"did you mean `{prefix}{near[0]}`?" if near else f"valid here: {', '.join(sorted(names))}"
+    return ConfigError(f"{source}: unknown key `{prefix}{key}`; {hint}")
+
+
 def build(cls: type, data: dict, source: str, prefix: str = "") -> Any:
     """Instantiate dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
@@ -525,8 +534,7 @@ def build(cls: type, data: dict, source: str, prefix: str = "") -> Any:
     kwargs = {}
     for k, v in data.items():
         if k not in names:
-            near = ", ".join(sorted(names))
-            raise ConfigError(f"{source}: unknown key `{prefix}{k}` (valid here: {near})")
+            raise _unknown_key(source, prefix, k, names)
         kwargs[k] = _coerce(v, hints[k], prefix + k, source)
     return cls(**kwargs)
 
@@ -538,9 +546,7 @@ def _apply(config: Any, data: dict, source: str, prefix: str = "") -> Any:
     changes = {}
     for k, v in data.items():
         if k not in names:
-            raise ConfigError(
-                f"{source}: unknown key `{prefix}{k}` (valid here: {', '.join(sorted(names))})"
-            )
+            raise _unknown_key(source, prefix, k, names)
         current = getattr(config, k)
         if dataclasses.is_dataclass(current) and isinstance(v, dict):
             changes[k] = _apply(current, v, source, prefix + k + ".")

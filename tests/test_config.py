@@ -35,6 +35,27 @@ def test_misspelt_key_in_file_names_key_and_file(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_a_misspelt_key_suggests_the_closest_valid_key_in_files_and_overrides(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("sft:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"config file {path}: unknown key `sft.lrr`; did you mean `sft.lr`?"
+    with pytest.raises(ConfigError, match=r"^command line: unknown key `sft.lrr`; did you mean `sft.lr`\?$"):
+        load_config(None, ["sft.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown key `api.judge.base_ulr`; did you mean `api.judge.base_url`\?"):
+        load_config(None, ["api.judge={base_ulr: x}"])  # an optional section, built whole from a mapping
+    with pytest.raises(ConfigError, match=r"unknown key `sfft`; did you mean `sft`\?"):
+        load_config(None, ["sfft.lr=0.1"])
+
+
+def test_an_unknown_key_near_no_valid_one_lists_the_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["sft.zzzzzz=1"])
+    assert str(e.value).startswith("command line: unknown key `sft.zzzzzz`; valid here: ")
+    assert "did you mean" not in str(e.value) and "lr" in str(e.value).split("valid here: ")[1].split(", ")
+
+
 def test_wrong_type_on_command_line_names_the_key():
     with pytest.raises(ConfigError, match=r"command line: `rl.group_size` must be int"):
         load_config(None, ["rl.group_size=eight"])

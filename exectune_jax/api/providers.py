@@ -19,10 +19,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 PROVIDERS = ("openai", "anthropic")
+ROUTES = {"openai": "/chat/completions", "anthropic": "/messages"}  # under api_root()
 ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE_KINDS = frozenset({"rate_limit", "server_error", "timeout", "connection", "malformed"})
 _ERROR_TEXT_CHARS = 300
@@ -198,10 +200,28 @@ def error_text(data: Any) -> str:
     return str(err or data)[:_ERROR_TEXT_CHARS]
 
 
+def api_root(provider: str, base_url: str) -> str:
+    """The root a provider's routes hang from, for each form of base_url users write: with or
+    without a trailing slash, with or without /v1, or the whole route URL pasted in.
+
+    Anthropic serves under /v1 on its host and behind gateways alike, so /v1 is added where it
+    is missing. An OpenAI-compatible base_url means what it means to the OpenAI SDK, so a path
+    that is given is kept (servers mount the API under their own prefixes: /openai/v1,
+    /v1beta/openai); only a bare host gets /v1, where OpenAI and the self-hosted servers (vLLM,
+    llama.cpp, Ollama) serve it. A server that answers at the host itself is reached by writing
+    its whole route URL."""
+    base = base_url.rstrip("/")
+    route = ROUTES[provider]
+    if base.endswith(route):
+        return base[: -len(route)]
+    if provider == "anthropic":
+        return base if base.endswith("/v1") else base + "/v1"
+    return base if urlsplit(base).path else base + "/v1"
+
+
 def endpoint_url(endpoint: Any) -> str:
-    """OpenAI-style base URLs end in /v1 (as in the OpenAI SDK); Anthropic's do not."""
-    base = endpoint.base_url.rstrip("/")
-    return base + ("/chat/completions" if endpoint.provider == "openai" else "/v1/messages")
+    """The URL one call of `endpoint` posts to."""
+    return api_root(endpoint.provider, endpoint.base_url) + ROUTES[endpoint.provider]
 
 
 def _secret(endpoint: Any) -> str | None:

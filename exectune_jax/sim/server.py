@@ -7,6 +7,11 @@ cached after its first delivered answer). Both providers' batch APIs are served 
 `Retry-After` and `retry-after-ms`) and inject faults: 5xx errors, hangs that outlast the
 client's timeout, dropped connections, truncated and malformed bodies.
 
+A request the server cannot or will not take (a body over the route's size limit, a bad
+Content-Length, JSON nested too deep, max_tokens above the model's limit, a method other than GET
+and POST, a request line http.server cannot parse) is answered with a 4xx in the route's JSON
+error format, never with a traceback: it is the client's mistake, not the server's.
+
 When a `truth_log` is given, the server records there whether sim-core really followed each
 strategy it was sent (sim/truth.py); that ground truth never goes into a response.
 
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,13 +40,29 @@ from exectune_jax.api.limits import TokenBucket
 from exectune_jax.sim import tokens
 from exectune_jax.sim.batches import BatchStore
 from exectune_jax.sim.truth import TruthLog
-from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, malformed_body, openai_error,
-                                   openai_response, parse_anthropic_request, parse_openai_request)
+from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, check_nesting, malformed_body,
+                                   openai_error, openai_response, parse_anthropic_request, parse_json,
+                                   parse_openai_request)
 from exectune_jax.sim.world import WORLD, WorldSpec, summary_of, world_from
 
 FAULT_KINDS = ("server_error", "timeout", "disconnect", "truncated", "malformed")
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+# An online request here is a few KB (instructions, a problem, a strategy); 1 MiB is far above any
+# real one and bounds the memory one connection can make the server take.
+MAX_BODY_BYTES = 1 << 20
+# A batch carries many requests: Anthropic takes batches up to 256 MB (OpenAI's batch input files
+# stop at 200 MB), so no batch a real provider would take is refused here.
+MAX_BATCH_BODY_BYTES = 256 << 20
+# A refused body up to this size is read and dropped, so that a client which sends its whole body
+# before it reads gets the 413 rather than a reset connection; a larger one is not worth the wait.
+DRAIN_BYTES = 16 << 20
+DRAIN_TIMEOUT_S = 5.0
+
+
+def route_format(path: str) -> str:
+    """The wire format a path's answers and errors use: Anthropic's under /v1/messages, else OpenAI's."""
+    return "anthropic" if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/") else "openai"
 
 
 def sim_base_url(root: str, provider: str) -> str:
@@ -261,11 +283,71 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in dict(headers).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":  # a HEAD answer has headers only, or the next response is garbled
+            self.wfile.write(payload)
 
     def _error(self, fmt: str, status: int, message: str, headers: Mapping[str, str] = ()) -> None:
         body = openai_error(status, message) if fmt == "openai" else anthropic_error(status, message)
         self._send(status, json.dumps(body).encode(), headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server refuses by itself (a request line or header it cannot parse or that is
+        too long, an unknown HTTP version) is answered in JSON too. The connection closes: after
+        such a request the server cannot tell where the next one starts."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # no version was read: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        path = (getattr(self, "path", None) or "").split("?", 1)[0]
+        self._error(route_format(path), code, message or HTTPStatus(code).phrase, {"connection": "close"})
+
+    def __getattr__(self, name: str) -> Any:
+        """Every method but GET and POST (PUT, DELETE, PATCH, HEAD...) is answered 405 in JSON;
+        http.server would answer 501 in HTML."""
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self) -> None:
+        fmt = route_format(self.path.split("?", 1)[0])
+        if self._body(fmt, MAX_BODY_BYTES) is None:
+            return
+        self.server.sim._count("client_errors")
+        self._error(fmt, 405, f"method {self.command} is not allowed; use POST {OPENAI_PATH} or {ANTHROPIC_PATH}",
+                    {"allow": "GET, POST"})
+
+    def _refuse(self, fmt: str, status: int, message: str) -> None:
+        """A 4xx after which the connection closes, because the body was not read."""
+        self.server.sim._count("client_errors")
+        self.close_connection = True
+        self._error(fmt, status, message, {"connection": "close"})
+        self.wfile.flush()
+
+    def _body(self, fmt: str, limit: int) -> bytes | None:
+        """The request body, or None once a 4xx has refused one that cannot or may not be read."""
+        if self.headers.get("transfer-encoding"):
+            self._refuse(fmt, 411, "Transfer-Encoding is not supported: send the body with a Content-Length")
+            return None
+        lengths = self.headers.get_all("content-length") or ["0"]
+        text = lengths[0].strip()
+        if len(set(lengths)) > 1 or not (text.isascii() and text.isdigit()):
+            self._refuse(fmt, 400, f"Content-Length must be one byte count >= 0, got {', '.join(lengths)}")
+            return None
+        n = int(text)
+        if n > limit:
+            self._refuse(fmt, 413, f"request body of {n} bytes exceeds this route's limit of {limit} bytes")
+            if n <= DRAIN_BYTES:
+                self._drain(n)
+            return None
+        return self.rfile.read(n)
+
+    def _drain(self, n: int) -> None:
+        """Read and drop `n` bytes of a refused body, giving up on a client that stops sending."""
+        self.connection.settimeout(DRAIN_TIMEOUT_S)
+        try:
+            while n > 0 and (chunk := self.rfile.read(min(n, 1 << 16))):
+                n -= len(chunk)
+        except OSError:
+            pass
 
     def do_POST(self) -> None:
         try:
@@ -285,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
         """A batch or file route (sim/batches.py): same auth and rate limit as the online routes."""
         sim = self.server.sim
         path = self.path.split("?", 1)[0]
-        fmt = "anthropic" if path.startswith("/v1/messages/") else "openai"
+        fmt = route_format(path)
         if not sim.authorized(self.headers):
             sim._count("client_errors")
             return self._error(fmt, 401, "invalid or missing API key")
@@ -293,6 +375,11 @@ class _Handler(BaseHTTPRequestHandler):
             sim._count("rate_limited")
             headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
             return self._error(fmt, 429, "Rate limit reached for requests per minute", headers)
+        try:
+            check_nesting(raw)
+        except BadRequest as e:
+            sim._count("client_errors")
+            return self._error(fmt, 400, str(e))
         status, payload, content_type = sim.batches.handle(method, path, self.headers, raw)
         self._send(status, payload, content_type=content_type)
 
@@ -300,8 +387,10 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         path = self.path.split("?", 1)[0]
         fmt = {OPENAI_PATH: "openai", ANTHROPIC_PATH: "anthropic"}.get(path)
-        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
         sim._count("requests")
+        raw = self._body(route_format(path), MAX_BATCH_BODY_BYTES if sim.batches.owns(path) else MAX_BODY_BYTES)
+        if raw is None:
+            return
         if sim.batches.owns(path):
             return self._batch("POST", raw)
         if fmt is None:
@@ -319,10 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fmt == "anthropic" and not self.headers.get("anthropic-version"):
                 raise BadRequest("anthropic-version: header is required")
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise BadRequest("request body is not valid JSON") from None
+            body = parse_json(raw)
             req = parse_openai_request(body) if fmt == "openai" else parse_anthropic_request(body)
         except BadRequest as e:
             sim._count("client_errors")

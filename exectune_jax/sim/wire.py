@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -27,8 +28,43 @@ ANTHROPIC_KEYS = frozenset({
 })
 
 
+# Every simulated model takes at most this many output tokens per reply: Claude 3.5 Haiku's limit,
+# the model sim-core stands in for; a client asking for more is refused as the real APIs refuse it.
+MAX_OUTPUT_TOKENS = 8192
+# A chat request nests about five levels deep (body, messages, message, content blocks, their
+# fields); 64 is far above any real body and far below the ~1000 frames at which Python's
+# recursive JSON decoder gives up with a RecursionError.
+MAX_JSON_DEPTH = 64
+# A JSON string (an unterminated one runs to the end: matched without backtracking) or a bracket.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+
+
 class BadRequest(Exception):
     """A request the real API would refuse with 400."""
+
+
+def check_nesting(raw: bytes) -> None:
+    """Refuse a body whose brackets (outside strings) nest deeper than MAX_JSON_DEPTH. A linear
+    scan, so a hostile body is refused before any recursive decoder sees it; it also covers the
+    JSON lines inside a batch upload."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(raw):
+        char = raw[token.start()]
+        if char in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"request body nests JSON more than {MAX_JSON_DEPTH} levels deep")
+        elif char in b"]}":
+            depth = max(depth - 1, 0)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of a request body, or BadRequest."""
+    check_nesting(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
 
 
 def _text(content: Any, where: str) -> str:
@@ -71,6 +107,23 @@ def _positive_int(value: Any, key: str) -> int:
     return value
 
 
+def _openai_max_tokens(body: dict) -> int:
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    n = _positive_int(body.get(key, 4096), key)
+    if n > MAX_OUTPUT_TOKENS:  # OpenAI's own wording
+        raise BadRequest(f"{key} is too large: {n}. This model supports at most {MAX_OUTPUT_TOKENS} "
+                         f"completion tokens, whereas you provided {n}.")
+    return n
+
+
+def _anthropic_max_tokens(body: dict) -> int:
+    n = _positive_int(body["max_tokens"], "max_tokens")
+    if n > MAX_OUTPUT_TOKENS:  # Anthropic's own wording
+        raise BadRequest(f"max_tokens: {n} > {MAX_OUTPUT_TOKENS}, which is the maximum allowed number of "
+                         f"output tokens for {body['model']}")
+    return n
+
+
 def parse_openai_request(body: Any) -> dict:
     """Validate a chat-completions body -> {model, messages, max_tokens, temperature, seed}."""
     if not isinstance(body, dict):
@@ -93,14 +146,13 @@ def parse_openai_request(body: Any) -> dict:
             raise BadRequest(f"messages[{i}].role: must be system, developer, user or assistant")
         role = "system" if m["role"] == "developer" else m["role"]
         messages.append({"role": role, "content": _text(m.get("content"), f"messages[{i}]")})
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 4096))
     seed = body.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise BadRequest("seed: must be an integer")
     # OpenAI caches prefixes automatically; the sim's cacheable prefix is the leading system turn.
     prefix = _prefix(messages, 0, messages[0]["content"]) if messages[0]["role"] == "system" else None
     return {"model": body["model"], "messages": messages,
-            "max_tokens": _positive_int(max_tokens, "max_tokens"),
+            "max_tokens": _openai_max_tokens(body),
             "temperature": _number(body, "temperature", 0.0, 2.0, 1.0), "seed": seed,
             "cache_prefix": prefix}
 
@@ -137,22 +189,23 @@ def parse_anthropic_request(body: Any) -> dict:
         if mark is not None:
             prefix = _prefix(messages, i, "".join(p["text"] for p in content[: mark + 1]))
     return {"model": body["model"], "messages": messages,
-            "max_tokens": _positive_int(body["max_tokens"], "max_tokens"),
+            "max_tokens": _anthropic_max_tokens(body),
             "temperature": _number(body, "temperature", 0.0, 1.0, 1.0), "seed": 0,
             "cache_prefix": prefix}
 
 
 def openai_error(status: int, message: str) -> dict:
     kind, code = {
-        400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
-        404: ("invalid_request_error", "model_not_found"), 429: ("requests", "rate_limit_exceeded"),
-    }.get(status, ("server_error", None))
+        401: ("invalid_request_error", "invalid_api_key"), 404: ("invalid_request_error", "model_not_found"),
+        429: ("requests", "rate_limit_exceeded"),
+    }.get(status, ("invalid_request_error" if status < 500 else "server_error", None))
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def anthropic_error(status: int, message: str) -> dict:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large",
+            429: "rate_limit_error", 529: "overloaded_error"}.get(
+        status, "invalid_request_error" if status < 500 else "api_error")
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 

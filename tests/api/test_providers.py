@@ -259,3 +259,36 @@ def test_truncated_or_malformed_200_bodies_are_retryable_malformed_errors(sim_se
             providers.complete(endpoint(server), [{"role": "user", "content": "x" * i}],
                                max_tokens=8, temperature=0.0, seed=0)
         assert e.value.kind == "malformed" and e.value.retryable
+
+
+@pytest.mark.parametrize("provider,base_url,url", [
+    # Anthropic: the host, with or without /v1 and a trailing slash, or the route pasted whole
+    ("anthropic", "https://api.anthropic.com", "https://api.anthropic.com/v1/messages"),
+    ("anthropic", "https://api.anthropic.com/", "https://api.anthropic.com/v1/messages"),
+    ("anthropic", "https://api.anthropic.com/v1", "https://api.anthropic.com/v1/messages"),
+    ("anthropic", "https://api.anthropic.com/v1/", "https://api.anthropic.com/v1/messages"),
+    ("anthropic", "https://api.anthropic.com/v1/messages", "https://api.anthropic.com/v1/messages"),
+    ("anthropic", "https://gw.example/acct/anthropic", "https://gw.example/acct/anthropic/v1/messages"),
+    # OpenAI-compatible: a bare host gets /v1; a given path is the SDK's base_url and is kept
+    ("openai", "http://host:8000", "http://host:8000/v1/chat/completions"),
+    ("openai", "http://host:8000/", "http://host:8000/v1/chat/completions"),
+    ("openai", "http://host:8000/v1", "http://host:8000/v1/chat/completions"),
+    ("openai", "http://host:8000/v1/", "http://host:8000/v1/chat/completions"),
+    ("openai", "https://api.groq.com/openai/v1", "https://api.groq.com/openai/v1/chat/completions"),
+    ("openai", "https://generativelanguage.googleapis.com/v1beta/openai/",
+     "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"),
+    ("openai", "http://host:8000/v1/chat/completions", "http://host:8000/v1/chat/completions"),
+    ("openai", "https://api.perplexity.ai/chat/completions", "https://api.perplexity.ai/chat/completions"),
+])
+def test_each_base_url_form_yields_exactly_one_correct_url(provider, base_url, url):
+    assert providers.endpoint_url(EndpointConfig(provider=provider, base_url=base_url)) == url
+
+
+@pytest.mark.parametrize("provider,suffix", [
+    ("openai", ""), ("openai", "/"), ("openai", "/v1/"), ("openai", "/v1/chat/completions"),
+    ("anthropic", "/"), ("anthropic", "/v1"), ("anthropic", "/v1/"), ("anthropic", "/v1/messages"),
+])
+def test_the_sim_server_answers_the_real_client_at_every_base_url_form(sim_server, provider, suffix):
+    server = sim_server()
+    ep = EndpointConfig(provider=provider, base_url=server.url + suffix, timeout_s=5.0)
+    assert providers.complete(ep, MESSAGES, max_tokens=8, temperature=0.0, seed=0).text.startswith("answer ")
