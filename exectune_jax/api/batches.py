@@ -44,8 +44,9 @@ class Status:
 
 
 def _base(endpoint) -> str:
-    base = endpoint.base_url.rstrip("/")
-    return base + "/v1/messages/batches" if endpoint.provider == "anthropic" else base
+    """The batch routes' root, from the same normalised API root as online calls."""
+    root = providers.api_root(endpoint.provider, endpoint.base_url)
+    return root + "/messages/batches" if endpoint.provider == "anthropic" else root
 
 
 def _http(method: str, url: str, endpoint, *, stream_text: bool = False, **kwargs):
