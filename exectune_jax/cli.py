@@ -8,6 +8,7 @@ Stage modules are imported lazily so `exectune --help` is instant and errors sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -18,6 +19,7 @@ from pathlib import Path
 from exectune_jax.config import Config, EndpointConfig, load_config, render, section_help
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
+from exectune_jax.io import RunLock
 
 EPILOG = """\
 examples:
@@ -41,6 +43,8 @@ api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
 
 # commands that drive devices join a multi-process job when launched as one (launch/*.sh)
 DISTRIBUTED = {"sft", "rl", "eval", "plan"}
+# commands that pay for calls or write a run's stages hold its run_dir for their whole life
+LOCKED = {"sample", "sft", "rl", "eval", "estimate", "demo", "study"}
 
 # subcommand -> (module, function, help)
 COMMANDS = {
@@ -207,6 +211,20 @@ def prepare_stage(command: str, cfg) -> None:
             ensure_base_guide(cfg)
 
 
+def held(command: str, cfg: Config, out: str | None) -> contextlib.AbstractContextManager:
+    """The run_dir lock for the commands in LOCKED (on the demo's --out where given); only
+    process 0 of a multi-process job takes it, as only it writes the run's shared files."""
+    if command not in LOCKED or (command in DISTRIBUTED and _process_index() != 0):
+        return contextlib.nullcontext()
+    return RunLock((out if command == "demo" and out else None) or cfg.run_dir, command)
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prepare_runtime()
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         func = getattr(importlib.import_module(module_name), func_name)
         extra = {k: v for k, v in vars(args).items()
                  if k not in ("command", "config", "overrides")}
-        with tasks.reading_as(args.command):
+        with tasks.reading_as(args.command), held(args.command, cfg, extra.get("out")):
             prepare_stage(args.command, cfg)
             result = func(cfg, **extra)
     except UserError as e:

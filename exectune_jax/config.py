@@ -33,9 +33,6 @@ from exectune_jax.sim.world import world_from
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 SIM_URL = "sim"  # an endpoint whose base_url is "sim" talks to the embedded loopback server
-# the run-dir layout: a training stage's directory holds GUIDE_DIR and CHECKPOINT_DIR
-GUIDE_DIR, CHECKPOINT_DIR = "guide", "checkpoints"
-BASE_GUIDE_DIR = "base_guide"  # under run_dir: the starting guide when the config names none
 
 
 class ConfigError(UserError):
@@ -136,6 +133,7 @@ class ApiConfig:
         "budget_usd": "[0, inf)",
         "batch_poll_s": "(0, inf)",
         "batch_poll_max_s": "(0, inf)",
+        "max_failure_share": "[0, 1]",
     }
 
     core: EndpointConfig = field(default_factory=EndpointConfig)  # executes the strategies
@@ -159,6 +157,9 @@ class ApiConfig:
     circuit_breaker_failures: int = 50  # consecutive failures that open the breaker
     circuit_breaker_cooldown_s: float = 5.0  # how long an open breaker refuses calls
     budget_usd: float | None = None  # stop starting new calls past this spend
+    # a stage whose calls failed (after retries) above this share of its requests exits
+    # non-zero: failed calls are never scored, so a stage mostly made of them measured nothing
+    max_failure_share: float = 0.05
     prices: str | None = None  # price table YAML; None = the packaged configs/prices.yaml
     # estimator of "followed" behind executability: judge (api.judge reads each guided
     # execution; one call each) | trace (math: the core's step lines, checked; no extra call)
