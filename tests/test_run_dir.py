@@ -108,6 +108,14 @@ def test_eval_writes_no_table_when_no_execution_is_scored(tmp_path, capsys):
     assert not (tmp_path / "eval" / "results.json").exists()
 
 
+def test_estimate_refuses_to_project_from_a_pilot_whose_calls_failed(tmp_path, capsys):
+    dead = ["api.core.provider=openai", f"api.core.base_url={dead_url()}"]
+    assert main(["estimate", "--pilot", "2", f"run_dir={tmp_path}", *SMALL, *dead]) == 2
+    err = capsys.readouterr().err
+    assert "of the pilot's calls failed (connection" in err and "USD 0.0000" not in err
+    assert not (tmp_path / "estimate.json").exists() and not (tmp_path / "estimate_pilot.json").exists()
+
+
 def _calls(cfg, n: int) -> list:
     with open_pool(cfg, cfg.run_dir) as pool:
         return pool.map([Request("core", [("user", f"question {i}")], stage="eval") for i in range(n)])

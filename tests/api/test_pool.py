@@ -139,6 +139,9 @@ def test_budget_cap_stops_new_calls_mid_run_and_tells_the_caller(sim_server, tmp
         assert server.stats["requests"] == len(ok)
         assert pool.ledger.spent_usd() <= budget
         assert pool.stopped and "budget_usd" in pool.stop_reason
+        # the stop names what was paid and what calls in flight held back, which together
+        # reached the cap (the paid part alone may be below it)
+        assert f"paid ${pool.ledger.spent_usd():.6f}" in pool.stop_reason and "reserved" in pool.stop_reason
         late = pool.submit(_ask(n + 1)).result()
         assert late.error == "budget_exceeded" and server.stats["requests"] == len(ok)
         assert pool.submit(_ask(0)).result().cached  # replays are free, so they still work
