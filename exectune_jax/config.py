@@ -298,6 +298,8 @@ class RlConfig:
         "judge_max_tokens": "[1, inf)",
         "held_out": "[0, inf)",
         "forecast_batches": "[0, inf)",
+        "std_floor": "[0, inf)",
+        "cost_resolution_usd": "[0, inf)",
     }
 
     name: str = "rl"  # stage directory under run_dir (the demo also trains "advisor_rl")
@@ -315,6 +317,14 @@ class RlConfig:
     preset: str = "exectune"  # exectune | advisor
     weights: dict[str, float] = field(default_factory=dict)  # overrides of the preset's weights
     core_only_samples: int = 4  # samples per problem to estimate core-alone success
+    # advantage estimator (train/advantages.py, derivation in docs/rl.md): grpo (divide by each
+    # group's std) | dr_grpo (reward units: each reward weight acts as written) | batch (one
+    # std for the batch)
+    advantage: str = "dr_grpo"
+    std_floor: float = 0.1  # reward units: grpo and batch divide by at least this spread
+    # USD: a group whose rewards differ by less than what this costs (times the cost weight)
+    # has no spread and teaches nothing, so token-count noise in the core's bill moves no weight
+    cost_resolution_usd: float = 0.0001
     init: str | None = None  # HF guide to start from (and the KL reference); None = run_dir/sft/guide
     checkpoint_every: int = 10  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept

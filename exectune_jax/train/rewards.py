@@ -21,6 +21,14 @@ core-only samples) replaces a single noisy draw. With the gate on, a malformed s
 exactly 0 whatever else happened (the core is not even asked); `w_format` >= `w_harm` keeps a
 well-formed, non-leaking strategy at or above that floor up to its cost.
 
+What a term does to the update depends on the advantage estimator (train/advantages.py;
+derived in docs/rl.md). p0 is the same for every member of a group, so `improve` and `harm`
+together are a(p0) * S + b(p0) with a(p0) = w_improve * (1 - p0) + w_harm * p0: the group mean
+removes b, and a(p0) adds to the weight of success on that problem. `dr_grpo` and `batch` keep
+that weight (problems the core alone fails weigh more under `improve`, those it solves under
+`harm`); `grpo` divides each group by its own spread and with it most of the weight. At equal
+weights a(p0) is the same on every problem: the pair then only raises the success weight.
+
 Two presets:
 - `exectune`: every term above, gate on.
 - `advisor`: the Advisor Models baseline: outcome only (w_success = 1), free-form advice, no
@@ -175,6 +183,12 @@ PRESETS: dict[str, RewardSpec] = {
         messages="advisor",
     ),
 }
+
+
+def spread_tolerance(spec: RewardSpec, cost_resolution_usd: float) -> float:
+    """The reward difference that `cost_resolution_usd` is worth (lambda * resolution): rewards
+    closer than this are no spread (0 when cost is not weighted)."""
+    return spec.weights.get("cost", 0.0) * cost_resolution_usd
 
 
 def make_spec(preset: str, overrides: Mapping[str, float] | None = None) -> RewardSpec:
