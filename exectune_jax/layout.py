@@ -73,3 +73,12 @@ def metrics(run_dir: str | Path, name: str) -> Path:
 def accepted(run_dir: str | Path, sample_out: str) -> Path:
     """The acceptance stage's dataset, SFT's default input."""
     return Path(run_dir) / sample_out / "accepted.jsonl"
+
+
+def sft_data(cfg) -> Path:
+    """What SFT trains on: `sft.data`, else the accepted.jsonl of the config's sample stage.
+    (Any object with the Config's `run_dir`, `sft.data` and `sample.out`: layout sits below
+    config.)"""
+    if cfg.sft.data:
+        return Path(cfg.sft.data)
+    return accepted(cfg.run_dir, cfg.sample.out)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+from exectune_jax import layout
 from exectune_jax.config import Config
 from exectune_jax.errors import UserError
 
@@ -46,8 +48,6 @@ def check(cfg: Config, stage: str, *, unfiltered: bool = False, out: str | None 
     if stage in DEVICE_STAGES:
         accelerator(cfg.mesh.platform)
     if stage in ("sft", "rl", "demo") and cfg.metrics.wandb:
-        from exectune_jax.train.metrics import require_wandb
-
         require_wandb(cfg.metrics.wandb)
     for field, path, fix in guides(cfg, stage):
         guide_dir(path, field, fix)
@@ -74,6 +74,16 @@ def writable_dir(path: Path, field: str) -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PreflightError(f"{field} {path}: not writable; set {field}=DIR to a directory you "
                              "can write")
+
+
+def require_wandb(project: str) -> Any:
+    """The wandb module, or one line saying how to install it."""
+    try:
+        import wandb
+    except ImportError:
+        raise PreflightError(f"metrics.wandb={project} needs the wandb package: pip install "
+                             "'exectune-jax[wandb]' (or set metrics.wandb=null)") from None
+    return wandb
 
 
 def accelerator(platform: str | None) -> None:
@@ -145,17 +155,18 @@ def endpoints(cfg: Config, stage: str, *, unfiltered: bool = False) -> list[str]
     if stage in ("rl", "eval", "demo"):
         used.append("core")
     follow_judged = cfg.api.follow_check == "judge" and "core" in used  # every guided execution
-    if follow_judged or (stage in ("rl", "demo") and _uses_judge(cfg)):
+    if follow_judged or (stage in ("rl", "demo") and reward_judged(cfg)):
         used.append("judge")
     if stage in ("eval", "demo") and cfg.eval.core_strong and api.core_strong is not None:
         used.append("core_strong")
     return list(dict.fromkeys(used))
 
 
-def _uses_judge(cfg: Config) -> bool:
-    from exectune_jax.train import rewards
-
-    return rewards.make_spec(cfg.rl.preset, cfg.rl.weights).uses_judge
+def reward_judged(cfg: Config) -> bool:
+    """Whether RL's reward weights the LLM judge. No preset in train/rewards.py weights it
+    (tests/test_preflight.py holds them to that), so only `rl.weights.judge` can: preflight sits
+    below the training stages that call it and reads the override, not the presets."""
+    return cfg.rl.weights.get("judge", 0.0) > 0.0
 
 
 def endpoint_ready(cfg: Config, name: str) -> None:
@@ -211,9 +222,7 @@ def _options(cfg: Config) -> str:
 
 
 def sft_data(cfg: Config) -> None:
-    from exectune_jax.train.sft import data_path
-
-    path = data_path(cfg)
+    path = layout.sft_data(cfg)
     fix = "run `exectune sample` first, or set sft.data to an accepted.jsonl"
     if not path.is_file():
         raise PreflightError(f"sft data {path}: not found; {fix}")

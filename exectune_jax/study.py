@@ -175,7 +175,7 @@ def ablation_configs(cfg: Config) -> dict[str, Config]:
         "rl_from_base": demo.with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
                                                "rl.init": str(run_dir / BASE_GUIDE_DIR)}),
         "sample_answer_only": demo.with_values(cfg, ANSWER_ONLY),
-        # SFT reads the accepted strategies of its config's sample stage (sft.data_path)
+        # SFT reads the accepted strategies of its config's sample stage (layout.sft_data)
         "sft_answer_only": demo.with_values(cfg, {**ANSWER_ONLY, "sft.name": "sft_answer_only"}),
         "eval_ablations": demo.with_values(cfg, {
             "eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},

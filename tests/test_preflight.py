@@ -149,3 +149,14 @@ def test_stage_endpoints_follow_what_the_stage_calls():
     assert preflight.endpoints(judged, "rl") == ["core", "judge"]
     with pytest.raises(preflight.PreflightError, match="api.judge is not set"):
         preflight.endpoint_ready(judged, "judge")
+
+
+def test_only_the_override_weights_the_judge():
+    """preflight reads `rl.weights.judge` alone: it holds while no preset weights the judge."""
+    from exectune_jax.train import rewards
+
+    assert not any(spec.uses_judge for spec in rewards.PRESETS.values())
+    for preset in rewards.PRESETS:
+        for weights in ({}, {"judge": 0.5}, {"judge": 0.0}):
+            cfg = load_config(None, [f"rl.preset={preset}", f"rl.weights={weights}"])
+            assert preflight.reward_judged(cfg) == rewards.make_spec(preset, weights).uses_judge

@@ -78,7 +78,7 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     from exectune_jax.config import Config, dump, load_config
     from exectune_jax.demo import DEMO_SIZES, sized, with_values
     from exectune_jax.train.rewards import make_spec
-    from exectune_jax.train.sft import data_path
+    from exectune_jax.layout import sft_data
 
     cfg = sized(with_values(Config(), {"run_dir": str(tmp_path)}), DEMO_SIZES)
     staged = study.ablation_configs(cfg)
@@ -93,7 +93,7 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     assert not answer_only.require_followed and answer_only.max_cost_vs_core is None
     assert answer_only.out == "sample_answer_only"
     assert staged["sft_answer_only"].sft.name == "sft_answer_only"
-    assert data_path(staged["sft_answer_only"]) == tmp_path / "sample_answer_only" / "accepted.jsonl"
+    assert sft_data(staged["sft_answer_only"]) == tmp_path / "sample_answer_only" / "accepted.jsonl"
     # the demo's own acceptance, untouched: followed, at no more than the core's own cost
     assert cfg.sample.out == "sample" and cfg.sample.require_followed
     assert cfg.sample.max_cost_vs_core == 1.0

@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exectune_jax.errors import UserError
 from exectune_jax.io import append_jsonl, read_jsonl, write_text_atomic
+from exectune_jax.preflight import require_wandb
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # the stage's W&B run, so a resume logs into the same one
@@ -50,16 +50,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [row for _, row in read_jsonl(path)]
-
-
-def require_wandb(project: str) -> Any:
-    """The wandb module, or one line saying how to install it."""
-    try:
-        import wandb
-    except ImportError:
-        raise UserError(f"metrics.wandb={project} needs the wandb package: pip install "
-                        "'exectune-jax[wandb]' (or set metrics.wandb=null)") from None
-    return wandb
 
 
 def wandb_run(project: str, directory: Path, name: str, config: Mapping[str, Any] | None) -> Any:

@@ -141,12 +141,6 @@ def init_guide(cfg: Config) -> Path:
     return path
 
 
-def data_path(cfg: Config) -> Path:
-    if cfg.sft.data:
-        return Path(cfg.sft.data)
-    return layout.accepted(cfg.run_dir, cfg.sample.out)
-
-
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -188,7 +182,7 @@ def run(cfg: Config, **_: Any) -> int:
     out_dir = stage_dir(cfg)
     ckpt = Checkpointer(layout.checkpoints(cfg.run_dir, sc.name), keep=sc.keep_checkpoints)
     resume.begin(cfg, out_dir, "sft", ckpt, write=jax.process_index() == 0,
-                 inputs={"sft.data": data_path(cfg)})
+                 inputs={"sft.data": layout.sft_data(cfg)})
     if ckpt.latest_step() == sc.steps and (layout.guide(cfg.run_dir, sc.name) / hf.CONFIG_FILE).exists():
         ckpt.close()
         print(f"sft {sc.name}: already at step {sc.steps}; guide at {layout.guide(cfg.run_dir, sc.name)}")
@@ -196,7 +190,7 @@ def run(cfg: Config, **_: Any) -> int:
     init = init_guide(cfg)
     tokenizer = load_tokenizer(init)
     pi, pc = jax.process_index(), jax.process_count()
-    data = pipeline.load_sft_examples(data_path(cfg), tokenizer, sc.seq_len,
+    data = pipeline.load_sft_examples(layout.sft_data(cfg), tokenizer, sc.seq_len,
                                       held_out=sc.held_out, seed=cfg.seed)
     mesh = parallel.make_mesh(cfg.mesh)
     model, mcfg = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.param_dtype],
