@@ -83,7 +83,7 @@ def ground_truth(samples: list[dict], cfg) -> None:
     from exectune_jax.gcop.trace import number, read_lines
     from exectune_jax.sim import models
     from exectune_jax.sim.server import model_seed
-    from exectune_jax.sim.world import world_from
+    from exectune_jax.world import world_from
 
     core = models.get(cfg.api.core.model, world_from(cfg.sim.world))
     temperature = cfg.api.core.temperature

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import yaml
 
 from exectune_jax.errors import UserError
-from exectune_jax.sim.world import world_from
+from exectune_jax.world import world_from
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 SIM_URL = "sim"  # an endpoint whose base_url is "sim" talks to the embedded loopback server
@@ -196,7 +196,7 @@ class SimConfig:
     truth_log: str | None = None
     batch_delay_s: float = 0.0  # seconds a batch takes to process (its items finish evenly over it)
     batch_expire_s: float | None = None  # a batch unfinished this long after creation expires; None = 24 h
-    # Values of the simulated world other than the default's (`WorldSpec` in sim/world.py, each
+    # Values of the simulated world other than the default's (`WorldSpec` in world.py, each
     # value's meaning in docs/world.md): a field -> value (a core profile: some of its fields; a
     # style mix: every style -> weight), plus `teacher_habit_rate`, the compound share of
     # `teacher_habit` (its other styles rescaled to keep their proportions). {} = the default

@@ -28,7 +28,7 @@ from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import mixture, wilson
 from exectune_jax.gcop.follow import exchange_digest
 from exectune_jax.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from exectune_jax.sim.world import summary_of
+from exectune_jax.world import summary_of
 
 REFERENCE = "exectune"
 ROW_ORDER = ("core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl",

@@ -54,7 +54,7 @@ from exectune_jax.config import Config
 from exectune_jax.layout import BASE_GUIDE_DIR, GUIDE_DIR
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import REFERENCE, mcnemar_exact
-from exectune_jax.sim.world import HABIT_RATE, value_of, world_from
+from exectune_jax.world import HABIT_RATE, value_of, world_from
 
 OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost": 0.0}
 ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir

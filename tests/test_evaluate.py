@@ -15,7 +15,7 @@ from exectune_jax.gcop.follow import FollowCheck
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import guide as sim_guide
-from exectune_jax.sim.world import WORLD
+from exectune_jax.world import WORLD
 
 
 def outcome(correct, tokens=(10, 5), followed=None, judge_usd=0.0):

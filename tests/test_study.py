@@ -116,7 +116,7 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
 
     from exectune_jax import demo, evaluate
     from exectune_jax.config import dump, load_config
-    from exectune_jax.sim.world import HABIT_RATE, WORLD, summary_of, world_from
+    from exectune_jax.world import HABIT_RATE, WORLD, summary_of, world_from
 
     ran = []
 

@@ -20,7 +20,7 @@ from exectune_jax.data import tasks
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.sim import guide, models, teacher, tokens
-from exectune_jax.sim.world import WORLD, WorldSpec, world_from
+from exectune_jax.world import WORLD, WorldSpec, world_from
 
 STYLES = ("atomic", "compound", "verbose", "vague", "wrong", "leak")
 

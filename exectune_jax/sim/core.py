@@ -12,7 +12,7 @@ the first step it does not carry out it goes on with its own reasoning from ther
 computed so far stays, and if that was on track (every result so far is one of the problem's
 true intermediate amounts) it solves the rest alone with the success rate of the operations
 left, so advice that names the right operations helps even when not followed to the end.
-Every number it behaves by is a field of `sim/world.py`'s `WorldSpec`.
+Every number it behaves by is a field of `world.py`'s `WorldSpec`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from exectune_jax.data.tasks.arith import Program, apply_op, operand_value, pars
 from exectune_jax.gcop import prompts
 from exectune_jax.sim import follow
 from exectune_jax.sim.steps import SYMBOLS, show
-from exectune_jax.sim.world import WORLD, WorldSpec
+from exectune_jax.world import WORLD, WorldSpec
 
 PROFILES = {"sim-core": "core", "sim-core-strong": "core_strong"}  # name -> WorldSpec field
 

@@ -38,7 +38,7 @@ from fractions import Fraction
 from exectune_jax.data.tasks.answers import canonical
 from exectune_jax.data.tasks.arith import apply_op
 from exectune_jax.gcop.strategy import OPEN, parse
-from exectune_jax.sim.world import WorldSpec
+from exectune_jax.world import WorldSpec
 
 _VAGUE = ("the previous result", "the running total", "an earlier amount", "this amount", "the total",
           "the amount", "that", "it")

@@ -42,7 +42,7 @@ from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import ModelConfig, Transformer
 from exectune_jax.sim import teacher
-from exectune_jax.sim.world import WORLD, WorldSpec, world_from
+from exectune_jax.world import WORLD, WorldSpec, world_from
 from exectune_jax.train.sft import base_guide_dir
 from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config, warm_up
 

@@ -8,7 +8,7 @@ from exectune_jax.errors import UserError
 from exectune_jax.sim.core import PROFILES, SimCore
 from exectune_jax.sim.judge import SimJudge
 from exectune_jax.sim.teacher import SimTeacher
-from exectune_jax.sim.world import WORLD, WorldSpec
+from exectune_jax.world import WORLD, WorldSpec
 
 NAMES = (*PROFILES, SimTeacher.name, SimJudge.name)
 

@@ -43,7 +43,7 @@ from exectune_jax.sim.truth import TruthLog
 from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, check_nesting, malformed_body,
                                    openai_error, openai_response, parse_anthropic_request, parse_json,
                                    parse_openai_request)
-from exectune_jax.sim.world import WORLD, WorldSpec, summary_of, world_from
+from exectune_jax.world import WORLD, WorldSpec, summary_of, world_from
 
 FAULT_KINDS = ("server_error", "timeout", "disconnect", "truncated", "malformed")
 OPENAI_PATH = "/v1/chat/completions"

@@ -27,7 +27,7 @@ from exectune_jax.gcop import prompts
 from exectune_jax.gcop.strategy import render
 from exectune_jax.sim.core import sample_rng
 from exectune_jax.sim.steps import render_operand, render_step, show
-from exectune_jax.sim.world import WORLD, WorldSpec
+from exectune_jax.world import WORLD, WorldSpec
 
 
 _VAGUE = ("that", "the previous result", "the total", "this amount", "the running total", "it")

@@ -11,7 +11,7 @@ from exectune_jax.gcop.strategy import render
 from exectune_jax.sim import models, tokens
 from exectune_jax.sim.core import SimCore
 from exectune_jax.sim import follow
-from exectune_jax.sim.world import WORLD
+from exectune_jax.world import WORLD
 from exectune_jax.sim.teacher import atomic, write
 
 P = Problem(

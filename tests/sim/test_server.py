@@ -289,7 +289,7 @@ def test_the_served_core_runs_the_configured_world(tmp_path):
     from exectune_jax.gcop.strategy import render
     from exectune_jax.sim.teacher import write
     from exectune_jax.sim.truth import read_truth
-    from exectune_jax.sim.world import WORLD, summary_of
+    from exectune_jax.world import WORLD, summary_of
 
     problems = tasks.get("arith", n_train=0, n_validation=0, n_test=30).problems("test")
     written = [(p, write(parse_problem(p.prompt), "compound", random.Random(i)))

@@ -12,7 +12,7 @@ from exectune_jax.gcop.strategy import OPEN, leaks, parse
 from exectune_jax.sim import models, teacher
 from exectune_jax.sim import follow
 from exectune_jax.sim.steps import show
-from exectune_jax.sim.world import WORLD
+from exectune_jax.world import WORLD
 
 
 @pytest.fixture(scope="module")

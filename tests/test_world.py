@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from exectune_jax.sim import models
-from exectune_jax.sim.world import HABIT_RATE, WORLD, CoreProfile, WorldSpec, summary_of, world_from
+from exectune_jax.world import HABIT_RATE, WORLD, CoreProfile, WorldSpec, summary_of, world_from
 
 
 def test_world_is_frozen():
@@ -17,7 +17,7 @@ def test_world_is_frozen():
 
 
 def test_hash_is_stable_across_processes_and_moves_with_any_value():
-    other = subprocess.run([sys.executable, "-c", "from exectune_jax.sim.world import WORLD; print(WORLD.hash)"],
+    other = subprocess.run([sys.executable, "-c", "from exectune_jax.world import WORLD; print(WORLD.hash)"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert other == WORLD.hash == WorldSpec().hash
     changed = [dataclasses.replace(WORLD, follow_compound=0.56),

@@ -8,6 +8,9 @@ validation-split run recorded in docs/world.md; the test split never chooses a v
 A run may name other values (config `sim.world`, read by `world_from`): the study's sensitivity
 ablation does, to see how the results move with the world. Such a world keeps `WORLD`'s version
 and differs in its hash, and results.json records the overrides beside it.
+
+The spec is plain data (standard library only), so it sits below config, which validates a run's
+`sim.world` when the config is loaded; the simulator (`sim/`) reads it from here.
 """
 
 from __future__ import annotations
