@@ -50,7 +50,7 @@ def replay_config(run_dir: Path, stage: str, scratch: Path):
 def replay(cfg, out: Path) -> None:
     """Every sample of the stage's rollouts, replayed, one JSON line each in `out`: step, group,
     problem id, advice, reward, and the core's reply the reward was scored on."""
-    from exectune_jax.cli import prepare_runtime
+    from exectune_jax.runtime import prepare_runtime
     from exectune_jax.data import tasks
     from exectune_jax.train import grpo
 

@@ -11,15 +11,13 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
-import logging
-import os
 import sys
-from pathlib import Path
 
 from exectune_jax.config import Config, EndpointConfig, load_config, render, section_help
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 from exectune_jax.io import RunLock
+from exectune_jax.runtime import prepare_runtime
 
 EPILOG = """\
 examples:
@@ -163,35 +161,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*getattr(args, "overrides", []), *late]
     return args
-
-
-def prepare_runtime() -> None:
-    """Process-wide setup every command needs before JAX or grain start."""
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(
-        Path.home() / ".cache" / "exectune-jax" / "xla"
-    )
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-    # JAX models need no PyTorch; transformers' advice that it is missing is only noise
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    configure_logging()
-
-
-def configure_logging() -> None:
-    """Once per process: the package's INFO lines (`resumed sft from step N`, skipped rows) go to
-    stderr as plain lines; other libraries keep their own levels."""
-    logger = logging.getLogger("exectune_jax")
-    if any(getattr(h, "exectune", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.exectune = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def prepare_stage(command: str, cfg) -> None:

@@ -35,6 +35,7 @@ from exectune_jax import preflight
 from exectune_jax.config import Config, dump, load_config
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
+from exectune_jax.runtime import prepare_runtime
 
 # ExecTune's acceptance in the demo: a strategy is kept only when the follow check says the core
 # carried it out and its execution cost at most the core alone on the problem. Chosen on the
@@ -207,8 +208,6 @@ def run_stage(command: str, cfg: Config) -> Any:
 
 def child_main(argv: Sequence[str]) -> int:
     """`python -m exectune_jax.demo COMMAND CONFIG`: one stage, as its own process."""
-    from exectune_jax.cli import prepare_runtime
-
     prepare_runtime()
     command, path = argv
     try:

@@ -38,7 +38,7 @@ def test_cli_silences_transformers_advice_that_pytorch_is_missing():
                            capture_output=True, text=True, timeout=120)
     assert "PyTorch was not found" in plain.stderr  # the warning this test is about
     quiet = subprocess.run(
-        [*run, hide_torch + "from exectune_jax.cli import prepare_runtime; prepare_runtime(); "
+        [*run, hide_torch + "from exectune_jax.runtime import prepare_runtime; prepare_runtime(); "
                             "import transformers"],
         env=env, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0, quiet.stderr
