@@ -30,6 +30,7 @@ examples:
   exectune plan --config configs/gsm8k-qwen3-1.7b.yaml --config configs/tpu-v5e-8.yaml \
                 --accelerator tpu-v5e-8
   exectune export runs/a/rl runs/a/export --dtype bf16
+  exectune import SmolLM2-135M-Instruct.Q4_1.gguf guides/smollm2   # needs the [import] extra
   exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
   exectune estimate --config configs/demo.yaml run_dir=runs/a --pilot 8
   exectune study run_dir=runs/study --seeds 0,1,2     # the demo per seed, mean ± sd, pooled tests
@@ -54,6 +55,8 @@ COMMANDS = {
     "eval": ("exectune_jax.evaluate", "run", "the method table: accuracy, executability, cost"),
     "plan": ("exectune_jax.train.plan", "run", "compile ahead of time and report per-device memory"),
     "export": ("exectune_jax.export", "run", "write a Hugging Face checkpoint (and push it)"),
+    "import": ("exectune_jax.models.importer", "run",
+               "a GGUF file or an HF model directory as a guide directory our loader reads"),
     "config": ("exectune_jax.cli", "show_config", "print the resolved config with each field's doc"),
     "estimate": ("exectune_jax.estimate", "run", "projected calls, tokens and USD per stage, before paying"),
     "study": ("exectune_jax.study", "run", "the demo over several seeds: mean ± sd per row, per-seed and pooled tests"),
@@ -90,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
             p.add_argument("--peft", metavar="DIR",
                            help="also write a LoRA run's adapters as a PEFT adapter directory")
+        if name == "import":
+            p.add_argument("source", help="a .gguf file or an HF model directory")
+            p.add_argument("out", help="a new or empty output directory")
         if name == "demo":
             p.add_argument("--out", help="output directory (default: run_dir)")
             p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
