@@ -11,8 +11,11 @@ stop strings' token sequences (checked inside the loop, so the device stops earl
 also write a stop string with different tokens; with a tokenizer, the host then cuts the
 output at the first token that completes the string, so the result is the same either way.
 
-Log-probs are those of the model itself (temperature 1, no top-k/top-p filtering), which is
-what a policy-gradient update compares against.
+Log-probs are those of the distribution each token was drawn from: the logits divided by the
+temperature, then top-k/top-p filtered and renormalised (`sampling_logits`). That is the policy
+an RL update's importance ratio divides by; train/grpo_loss.py recomputes the same distribution.
+Greedy decoding (temperature 0) draws from no distribution: its log-probs are the model's own at
+temperature 1 (filtered the same way).
 """
 
 from __future__ import annotations
@@ -255,20 +258,28 @@ def first_max(x: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1]), last), axis=-1)
 
 
+def sampling_logits(logits, temperature, top_p, top_k, *, filtered: bool) -> jax.Array:
+    """Logits [B,V] of the distribution a token is drawn from: logits / temperature, then the
+    top-k/top-p filter (removed tokens at -inf). Temperature 0 divides by 1 (greedy)."""
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+    return filter_logits(scaled, top_k, top_p) if filtered else scaled
+
+
+def draw(scaled, key, temperature) -> jax.Array:
+    """One token per row from sampling logits [B,V]; temperature 0 is argmax, without a random
+    draw. Sampling is the Gumbel-max draw of `jax.random.categorical` (the same key gives the
+    same tokens); which branch runs is decided on device, so temperature is never compiled in."""
+
+    def sampled(z):
+        return first_max(z + jax.random.gumbel(key, z.shape, z.dtype))
+
+    return jax.lax.cond(temperature > 0, sampled, first_max, scaled).astype(jnp.int32)
+
+
 def sample_tokens(logits, key, temperature, top_p, top_k, *, filtered: bool) -> jax.Array:
-    """One token per row from logits [B,V]; temperature 0 is argmax, without a random draw.
-
-    Sampling is the Gumbel-max draw of `jax.random.categorical` (the same key gives the same
-    tokens); which branch runs is decided on device, so temperature is never compiled in.
-    """
-
-    def sampled(logits):
-        scaled = logits / temperature
-        if filtered:
-            scaled = filter_logits(scaled, top_k, top_p)
-        return first_max(scaled + jax.random.gumbel(key, scaled.shape, scaled.dtype))
-
-    return jax.lax.cond(temperature > 0, sampled, first_max, logits).astype(jnp.int32)
+    """One token per row from raw logits [B,V] (`sampling_logits`, then `draw`)."""
+    scaled = sampling_logits(logits, temperature, top_p, top_k, filtered=filtered)
+    return draw(scaled, key, temperature)
 
 
 def ends_with_stop(history: jax.Array, stop_seqs: jax.Array) -> jax.Array:
@@ -322,10 +333,10 @@ def _decode(
 
     def step(s):
         key = jax.random.fold_in(rng, s["step"])
-        token = sample_tokens(s["logits"], key, temperature, top_p, top_k, filtered=filtered)
-        logprob = jnp.take_along_axis(
-            jax.nn.log_softmax(s["logits"], axis=-1), token[:, None], axis=-1
-        )[:, 0]
+        scaled = sampling_logits(s["logits"], temperature, top_p, top_k, filtered=filtered)
+        token = draw(scaled, key, temperature)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None],
+                                      axis=-1)[:, 0]
         live = ~s["done"]
         token = jnp.where(live, token, pad_id)
         history = jnp.concatenate([s["history"][:, 1:], token[:, None]], axis=1)

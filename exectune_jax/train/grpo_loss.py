@@ -8,7 +8,10 @@ a batch sampled a step or two ago — bounded staleness — is corrected by the 
     KL_t   = exp(ref - logp) - (ref - logp) - 1           # k3 estimator of KL(pi || ref), >= 0
 
 and the batch loss is the mean over every completion token in the batch (the token-level loss
-mask), so long and short strategies weigh each token equally. Everything here is pure jnp.
+mask), so long and short strategies weigh each token equally. pi, pi_old and ref are all the
+distribution sampled from (logits / rl.temperature, renormalised over the rl.top_p nucleus), so
+the ratio of a fresh batch starts at exactly 1 whatever the sampler settings. Everything here is
+pure jnp.
 """
 
 from __future__ import annotations
@@ -16,24 +19,47 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from exectune_jax.models.sampler import filter_logits
 
-def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """log pi(target) under the sampling temperature: logits [B,T,V], targets [B,T] -> [B,T].
+
+def nucleus(scaled: jax.Array, top_p: float) -> jax.Array:
+    """[..., V] bool: the tokens the sampler's top-p filter keeps from tempered logits (the
+    same rule, models/sampler.py `filter_logits`). A selection: it carries no gradient."""
+    return jnp.isfinite(filter_logits(jax.lax.stop_gradient(scaled), 0, top_p))
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0,
+                   top_p: float = 1.0) -> jax.Array:
+    """log pi(target) of the sampling distribution: logits [B,T,V], targets [B,T] -> [B,T].
+
+    pi is softmax(logits / temperature) renormalised over the top-p nucleus, the distribution
+    the sampler drew from (and whose log-probs it recorded). A target outside the current
+    nucleus (weights that moved since sampling) is counted in with it, so its log-prob stays
+    finite and the clipped ratio, not an infinity, bounds its update.
 
     Written as logit[target] - logsumexp(logits) rather than through log_softmax, so neither
     the forward nor the backward pass keeps a second [B,T,V] array of log-probs alive.
     """
     scaled = logits.astype(jnp.float32) / temperature
     picked = jnp.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
+    if top_p < 1.0:
+        kept = nucleus(scaled, top_p) | (jnp.arange(scaled.shape[-1]) == targets[..., None])
+        scaled = jnp.where(kept, scaled, -jnp.inf)
     return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
-def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """Entropy of the sampling distribution at each position: [B,T,V] -> [B,T].
+def token_entropy(logits: jax.Array, temperature: float = 1.0, top_p: float = 1.0) -> jax.Array:
+    """Entropy of the sampling distribution (tempered, top-p renormalised) at each position:
+    [B,T,V] -> [B,T].
 
     H = logsumexp(z) - sum(softmax(z) * z), which XLA fuses into one pass over the logits.
     """
     scaled = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        kept = nucleus(scaled, top_p)
+        lse = jax.nn.logsumexp(jnp.where(kept, scaled, -jnp.inf), axis=-1)
+        probs = jnp.where(kept, jnp.exp(scaled - lse[..., None]), 0.0)
+        return lse - jnp.sum(probs * jnp.where(kept, scaled, 0.0), axis=-1)
     lse = jax.nn.logsumexp(scaled, axis=-1)
     return lse - jnp.sum(jnp.exp(scaled - lse[..., None]) * scaled, axis=-1)
 

@@ -18,9 +18,12 @@ from exectune_jax.train.grpo_loss import token_entropy, token_logprobs
 
 
 def chunked_head(
-    x: jax.Array, head: jax.Array, targets: jax.Array, chunk: int
+    x: jax.Array, head: jax.Array, targets: jax.Array, chunk: int, temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """(log p(target) [B,T], entropy [B,T]) at temperature 1 from final hidden states x [B,T,E].
+    """(log p(target) [B,T], entropy [B,T]) from final hidden states x [B,T,E], of the
+    distribution sampled at `temperature` and `top_p` (train/grpo_loss.py; 1 and 1: the model's
+    own, as SFT's loss wants).
 
     `chunk` positions per head step (0 or >= T: the whole sequence at once). The entropy is a
     diagnostic and carries no gradient.
@@ -36,7 +39,8 @@ def chunked_head(
     def one(_, chunk_xs):
         xc, tc = chunk_xs
         logits = project(xc, head)
-        return None, (token_logprobs(logits, tc), token_entropy(jax.lax.stop_gradient(logits)))
+        return None, (token_logprobs(logits, tc, temperature, top_p),
+                      token_entropy(jax.lax.stop_gradient(logits), temperature, top_p))
 
     _, (logp, entropy) = jax.lax.scan(one, None, (xs, ts))
     unchunk = lambda a: a.swapaxes(0, 1).reshape(b, n * size)[:, :t]  # noqa: E731

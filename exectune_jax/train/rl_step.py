@@ -7,8 +7,10 @@ them from abstract shapes only. A batch is laid out on the host as micro-batches
 micro-batches with a bounded activation footprint and the per-row dimension is split over the
 mesh's batch axes.
 
-Log-probs are those of the model at temperature 1 (no filtering), matching what the sampler
-records, so on-policy ratios start at exactly 1.
+Log-probs are those of the distribution sampled from (logits / rl.temperature, renormalised over
+the rl.top_p nucleus: train/grpo_loss.py), matching what the sampler records, so on-policy
+ratios start at exactly 1; the reference's are taken the same way, so the KL penalty compares
+the two sampling distributions.
 """
 
 from __future__ import annotations
@@ -128,19 +130,22 @@ def cast_state(params: Any, dtype: Any) -> Any:
 # Device programs
 
 
-def _next_token_stats(graphdef, params, micro, head_chunk):
+def _next_token_stats(graphdef, params, micro, head_chunk, temperature, top_p):
     """(log-prob, entropy) [micro, L-1] of each next token, the head run in chunks."""
     model = nnx.merge(graphdef, params)
     x, _ = model.hidden(micro["tokens"], micro["positions"])
-    return head.chunked_head(x[:, :-1], model.head(), micro["tokens"][:, 1:], head_chunk)
+    return head.chunked_head(x[:, :-1], model.head(), micro["tokens"][:, 1:], head_chunk,
+                             temperature, top_p)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, prepare: Any = None, *, head_chunk: int = 0):
+def make_logprob_fn(graphdef: nnx.GraphDef, prepare: Any = None, *, head_chunk: int = 0,
+                    temperature: float = 1.0, top_p: float = 1.0):
     """jit fn(params, batch) -> log-probs [n_micro, micro, L-1] of each next token.
 
     `prepare` maps the weights inside the program first (lora.without_adapters: the frozen
     base as the reference, computed from the policy's own arrays instead of a second copy).
     `head_chunk`: positions per step of the output head (train/head.py; 0 = all at once).
+    `temperature`, `top_p`: the sampler's (rl.temperature, rl.top_p).
     """
 
     def logprobs(params, batch):
@@ -148,7 +153,7 @@ def make_logprob_fn(graphdef: nnx.GraphDef, prepare: Any = None, *, head_chunk: 
             params = prepare(params)
 
         def one(micro):
-            return _next_token_stats(graphdef, params, micro, head_chunk)[0]
+            return _next_token_stats(graphdef, params, micro, head_chunk, temperature, top_p)[0]
 
         return jax.lax.map(one, {k: batch[k] for k in ("tokens", "positions")})
 
@@ -156,8 +161,12 @@ def make_logprob_fn(graphdef: nnx.GraphDef, prepare: Any = None, *, head_chunk: 
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    clip_eps: float, beta: float, wrt: Any = nnx.Param, head_chunk: int = 0):
+                    clip_eps: float, beta: float, wrt: Any = nnx.Param, head_chunk: int = 0,
+                    temperature: float = 1.0, top_p: float = 1.0):
     """jit fn(params, opt_state, batch, ref_logp) -> (params, opt_state, stats).
+
+    Log-probs and entropy are of the distribution sampled at `temperature` and `top_p`
+    (rl.temperature, rl.top_p), like the sampler's `old_logp` and the reference's `ref_logp`.
 
     Only the `wrt` part of params trains (LoRA: the adapters); `opt_state` is tx's state for
     that part (`tx.init(nnx.filter_state(params, wrt))`), the rest passes through unchanged.
@@ -168,7 +177,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     """
 
     def loss_fn(params, micro, ref_logp, n_tokens):
-        logp, entropy = _next_token_stats(graphdef, params, micro, head_chunk)
+        logp, entropy = _next_token_stats(graphdef, params, micro, head_chunk, temperature,
+                                          top_p)
         per_token, diag = grpo_loss.grpo_token_loss(
             logp, micro["old_logp"], ref_logp, micro["advantages"], clip_eps=clip_eps, beta=beta
         )
