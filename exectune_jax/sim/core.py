@@ -6,7 +6,8 @@ per-sample noise. Real cores are consistent per problem, and so is this one: a s
 worked once through the core's own skill keeps working on replay.
 
 Given a strategy (or free-form advice) it *executes* it step by step (`sim/follow.py`: each
-step is carried out with a probability set by what it asks, decided by a stable hash). It
+step is carried out with a probability set by what it asks, decided by a stable hash of the
+execution, its sample index included). It
 writes one short line per step it carries out, so a wrong strategy yields a wrong answer. At
 the first step it does not carry out it goes on with its own reasoning from there: what it
 computed so far stays, and if that was on track (every result so far is one of the problem's
@@ -53,6 +54,15 @@ def unit(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def follow_draw(core: str, problem: str, strategy: str, step: int, seed: int) -> float:
+    """The uniform number that decides whether step `step` of `strategy` is carried out in the
+    execution answering with `seed` (the request's sample index, `server.model_seed`): each
+    execution draws anew, so one strategy executed under many seeds is followed at the world's
+    rate. Seed 0 leaves the seed out of the hash, which keeps every sample-0 execution (RL at a
+    greedy core, acceptance and eval at their default one sample) what world version 2 made it."""
+    return unit("follow", core, problem, strategy, step, *((seed,) if seed else ()))
+
+
 def sample_rng(name: str, messages, temperature: float, seed: int) -> random.Random:
     canon = [[m["role"], m["content"]] if isinstance(m, dict) else list(m) for m in messages]
     return random.Random(unit(name, canon, round(float(temperature), 6), int(seed)))
@@ -94,7 +104,7 @@ class SimCore:
             return Reply(self._attempt(problem, rng), None)
         run = follow.execute(
             strategy, frozenset(numbers_in(problem)), self.world,
-            carried_out=lambda i, p: unit("follow", self.name, problem, strategy, i) < p,
+            carried_out=lambda i, p: follow_draw(self.name, problem, strategy, i, seed) < p,
             slip=lambda: Fraction(rng.choice((1, -1, 10))) if rng.random() < self.profile.slip else Fraction(0),
         )
         if run.followed_all:

@@ -21,7 +21,9 @@ or, in a strategy block, names no operation. In free-form advice a sentence nami
 operation is commentary and is skipped. "The answer is N" is a claim, taken at face value.
 
 The rule. The core carries the steps out in order. Step i is carried out when a stable hash of
-(core, problem, strategy, i) falls under its probability, so a replay makes the same decisions.
+(core, problem, strategy, i, sample index) falls under its probability (`core.follow_draw`), so a
+replay makes the same decisions and another sample of the same strategy draws anew: e(x, s) is
+a probability over the core's samples, not a verdict fixed per strategy.
 At the first step it does not carry out it stops following and reasons on its own from there
 (`sim/core.py`): what it computed so far stays. `Execution.followed_all` is the ground truth
 "the core followed the whole strategy".

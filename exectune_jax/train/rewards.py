@@ -22,12 +22,14 @@ exactly 0 whatever else happened (the core is not even asked); `w_format` >= `w_
 well-formed, non-leaking strategy at or above that floor up to its cost.
 
 What a term does to the update depends on the advantage estimator (train/advantages.py;
-derived in docs/rl.md). p0 is the same for every member of a group, so `improve` and `harm`
-together are a(p0) * S + b(p0) with a(p0) = w_improve * (1 - p0) + w_harm * p0: the group mean
-removes b, and a(p0) adds to the weight of success on that problem. `dr_grpo` and `batch` keep
-that weight (problems the core alone fails weigh more under `improve`, those it solves under
-`harm`); `grpo` divides each group by its own spread and with it most of the weight. At equal
-weights a(p0) is the same on every problem: the pair then only raises the success weight.
+derived in docs/rl.md). p0 is the same for every member of a group, so for an executed strategy
+`improve` and `harm` together are a(p0) * S - w_harm * p0 with a(p0) = w_improve * (1 - p0) +
+w_harm * p0: the group mean removes the constant (except against a gated member, which scores
+0), and a(p0) adds to the weight of success on that problem. `dr_grpo` and `batch` keep that
+weight (problems the core alone fails weigh more under `improve`, those it solves under
+`harm`); `grpo` divides each group by its own spread, which removes it wherever success is what
+varies. At equal weights a(p0) is the same on every problem: the pair then raises the success
+weight and nothing else.
 
 Two presets:
 - `exectune`: every term above, gate on.

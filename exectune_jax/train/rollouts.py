@@ -5,6 +5,14 @@ host work — parse, leak check, core calls through the pool, optional judge, re
 GRPO loop can run it on a background thread while the device samples the next batch.
 Everything needed to label a rollout again (after a resume) is in the rollout itself; the call
 cache makes that second labelling free.
+
+Executability e(x, s) is a probability over the core's sampling. Where the core samples
+(api.core.temperature > 0), member j of a group is executed with sample index j (the request's
+`seed`), so identical strategies in one group are separate draws and can be followed on one
+execution and not on another; the index is a function of the row, so a resumed run sends the
+same requests and the cache replays the same verdicts. A greedy core (temperature 0) answers a
+prompt the same way every time: every member uses index 0, and identical strategies are one
+paid call and replays.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from exectune_jax.train import rewards
 from exectune_jax.train.rewards import Label, RewardSpec
 
 STOP_STRINGS = {"guide": (strategy.CLOSE,), "advisor": ()}
+# Per-step counts of what the call cache held rather than what was learned: a resumed run
+# replays the calls the interrupted one paid for, so these (like timings) differ between the two.
+CALL_KEYS = ("core_calls_paid", "core_calls_replayed")
 
 
 @dataclass
@@ -100,6 +111,12 @@ class LabelContext:
     judge_max_tokens: int = 8
 
 
+def execution_indices(rows: Sequence[int], group_size: int, core_temperature: float) -> list[int]:
+    """The core sample index of each executed row: its place in its group when the core samples,
+    else 0."""
+    return [i % group_size if core_temperature > 0 else 0 for i in rows]
+
+
 def _measure_core_alone(ctx: LabelContext, problems: Sequence[Problem]) -> None:
     """p0 for problems not measured yet: several core-only calls each, cached in the stage dir."""
     if ctx.core_alone is None:
@@ -143,7 +160,9 @@ def label_rollout(ctx: LabelContext, rollout: Rollout) -> Labelled:
         judged = side.submit(_judge_scores, ctx, rollout, run) if ctx.spec.uses_judge else None
         executed = execute_many(ctx.pool, ctx.task,
                                 [(rollout.problem_of(i), rollout.texts[i]) for i in run],
-                                stage=ctx.stage)
+                                stage=ctx.stage,
+                                sample_index=execution_indices(run, rollout.group_size,
+                                                               ctx.pool.cfg.core.temperature))
         p0_done.result()
         scores = judged.result() if judged is not None else {}
     outcomes: list[Outcome | None] = [None] * n
@@ -177,7 +196,9 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 def outcome_metrics(rollout: Rollout, labelled: Labelled, spec: RewardSpec) -> dict[str, float | None]:
     """Reward terms, validity, leaks, accuracy, executability α (interval; a gated strategy
-    counts as not followed), tokens and USD."""
+    counts as not followed), tokens, USD, and the strategy executions the core answered
+    (`core_calls_paid`) against those the call cache answered (`core_calls_replayed`: repeats of
+    an earlier request, this batch's included)."""
     scored = [i for i, r in enumerate(labelled.rewards) if r is not None]
     values = [rewards.term_values(labelled.labels[i]) for i in scored]
     out: dict[str, float | None] = {
@@ -198,6 +219,9 @@ def outcome_metrics(rollout: Rollout, labelled: Labelled, spec: RewardSpec) -> d
     out.update(executability=est.mean, executability_lo=est.lo, executability_hi=est.hi,
                follow_unknown=est.n_unknown)
     called = [o for o in labelled.outcomes if o is not None and o.correct is not None]
+    answered = [o for o in labelled.outcomes if o is not None and o.response is not None]
+    out["core_calls_paid"] = sum(not o.cached for o in answered)
+    out["core_calls_replayed"] = sum(o.cached for o in answered)
     out["core_input_tokens"] = sum(o.input_tokens for o in called)
     out["core_output_tokens"] = sum(o.output_tokens for o in called)
     out["usd"] = sum(labelled.labels[i].usd for i in scored)

@@ -19,7 +19,7 @@ from exectune_jax.config import LoraConfig, load_config
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora, sampler
 from exectune_jax.models.transformer import ModelConfig, Transformer
-from exectune_jax.train import grpo, grpo_loss, rewards, rl_step
+from exectune_jax.train import grpo, grpo_loss, rewards, rl_step, rollouts
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import read_metrics
 from exectune_jax.train.advantages import group_advantages, group_rewards, informative_share
@@ -31,7 +31,7 @@ from exectune_jax.train.advantages import group_advantages, group_rewards, infor
 
 def test_group_advantages_normalise_within_each_group():
     rewards = np.array([[1.0, 0.0, 1.0, 0.0], [2.0, 2.0, 2.0, 5.0]])
-    adv = group_advantages(rewards, np.ones_like(rewards, bool), eps=0.0)
+    adv = group_advantages(rewards, np.ones_like(rewards, bool))
     np.testing.assert_allclose(adv[0], [1, -1, 1, -1], atol=1e-6)
     # mean 2.75, std sqrt(1.6875) = 1.299
     np.testing.assert_allclose(adv[1], [-0.57735, -0.57735, -0.57735, 1.73205], atol=1e-5)
@@ -40,7 +40,7 @@ def test_group_advantages_normalise_within_each_group():
 def test_failed_samples_leave_the_baseline_and_get_no_advantage():
     rewards = np.array([[1.0, 0.0, 123.0, 0.0]])
     valid = np.array([[True, True, False, True]])
-    adv = group_advantages(rewards, valid, eps=0.0)
+    adv = group_advantages(rewards, valid)
     # valid rewards 1, 0, 0: mean 1/3, std sqrt(2)/3
     np.testing.assert_allclose(adv[0], [1.41421, -0.70711, 0.0, -0.70711], atol=1e-5)
 
@@ -321,7 +321,7 @@ def test_a_batch_whose_core_calls_all_fail_is_reported_and_moves_no_weight(
 
 
 def _learning_metrics(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in grpo.TIMING_KEYS}
+    return [{k: v for k, v in r.items() if k not in grpo.TIMING_KEYS + rollouts.CALL_KEYS}
             for r in read_metrics(run_dir / "rl")]
 
 
