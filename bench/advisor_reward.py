@@ -52,6 +52,7 @@ def replay(cfg, out: Path) -> None:
     problem id, advice, reward, and the core's reply the reward was scored on."""
     from exectune_jax.runtime import prepare_runtime
     from exectune_jax.data import tasks
+    from exectune_jax.sim import serving
     from exectune_jax.train import grpo
 
     prepare_runtime()
@@ -68,8 +69,8 @@ def replay(cfg, out: Path) -> None:
 
     grpo.step_record = capture
     try:
-        with tasks.reading_as("rl"):
-            grpo.train(cfg)
+        with tasks.reading_as("rl"), serving(cfg) as served:
+            grpo.train(served)
     finally:
         grpo.step_record = record
     out.write_text("".join(json.dumps(s) + "\n" for s in samples))

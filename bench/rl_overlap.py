@@ -48,6 +48,7 @@ def _guide(out: Path) -> Path:
 
 def _run(run_dir: Path, guide: Path, url: str, staleness: int, args) -> dict:
     from exectune_jax.config import load_config
+    from exectune_jax.sim import serving
     from exectune_jax.train import grpo
     from exectune_jax.train.metrics import read_metrics
 
@@ -59,7 +60,8 @@ def _run(run_dir: Path, guide: Path, url: str, staleness: int, args) -> dict:
         f"rl.staleness={staleness}", f"rl.checkpoint_every={args.steps}",
         f"api.core.base_url={url}/v1", "api.core_strong=null", "api.concurrency=64",
     ])
-    grpo.train(cfg)
+    with serving(cfg) as served:  # the core above; the judge of the follow check embedded
+        grpo.train(served)
     rows = read_metrics(run_dir / "rl")[args.warmup:]
     mean = lambda key: statistics.fmean(r[key] for r in rows)  # noqa: E731
     return {

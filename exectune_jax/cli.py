@@ -44,6 +44,9 @@ api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
 DISTRIBUTED = {"sft", "rl", "eval", "plan"}
 # commands that pay for calls or write a run's stages hold its run_dir for their whole life
 LOCKED = {"sample", "sft", "rl", "eval", "estimate", "demo", "study"}
+# commands whose stage calls the APIs as configured get its "sim" endpoints served
+# (sim.serving); the demo, the study and the estimate size their config first and serve that
+SERVED = {"sample", "rl", "eval"}
 
 # subcommand -> (module, function, help)
 COMMANDS = {
@@ -194,6 +197,16 @@ def held(command: str, cfg: Config, out: str | None) -> contextlib.AbstractConte
     return RunLock((out if command == "demo" and out else None) or cfg.run_dir, command)
 
 
+def served(command: str, cfg: Config) -> contextlib.AbstractContextManager[Config]:
+    """The config the command runs with: for the commands in SERVED, its "sim" endpoints served
+    by one embedded server for the command's life."""
+    if command not in SERVED:
+        return contextlib.nullcontext(cfg)
+    from exectune_jax.sim import serving
+
+    return serving(cfg)
+
+
 def _process_index() -> int:
     import jax
 
@@ -215,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                  if k not in ("command", "config", "overrides")}
         with tasks.reading_as(args.command), held(args.command, cfg, extra.get("out")):
             prepare_stage(args.command, cfg)
-            result = func(cfg, **extra)
+            with served(args.command, cfg) as cfg:
+                result = func(cfg, **extra)
     except UserError as e:
         print(f"exectune {args.command}: {e}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from exectune_jax.config import Config, dump, load_config
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 from exectune_jax.runtime import prepare_runtime
+from exectune_jax.sim import serving
 
 # ExecTune's acceptance in the demo: a strategy is kept only when the follow check says the core
 # carried it out and its execution cost at most the core alone on the problem. Chosen on the
@@ -122,19 +123,6 @@ def sized(cfg: Config, sizes: Mapping[str, Any]) -> Config:
     """Apply `sizes` only where `cfg` still holds the default value."""
     default = Config()
     return with_values(cfg, {k: v for k, v in sizes.items() if get(cfg, k) == get(default, k)})
-
-
-def with_sim_url(cfg: Config, root: str) -> Config:
-    """Every endpoint that names the sim points at the one server the demo started."""
-    from exectune_jax.config import SIM_URL
-    from exectune_jax.sim.server import sim_base_url
-
-    values = {}
-    for name in ("core", "teacher", "judge", "core_strong"):
-        ep = getattr(cfg.api, name)
-        if ep is not None and ep.base_url == SIM_URL:
-            values[f"api.{name}"] = dataclasses.replace(ep, base_url=sim_base_url(root, ep.provider))
-    return with_values(cfg, values)
 
 
 def stage_configs(cfg: Config) -> dict[str, Config]:
@@ -501,16 +489,16 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
 def run_phases(cfg: Config, phases: Sequence[Sequence[Sequence[str]]],
                configs_of: Callable[[Config], dict[str, Config]],
                commands: Mapping[str, str] = STAGE_COMMANDS) -> dict[str, float] | None:
-    """Start the sim server and run the phases' stage processes against it.
+    """Serve the config's "sim" endpoints (one server for every stage process) and run the
+    phases' stage processes against it.
 
     Returns the seconds per stage, or None when a stage failed (its log's tail printed).
     """
-    from exectune_jax.sim.server import SimServer
-
     root = Path(cfg.run_dir)
-    with SimServer.from_config(cfg.sim) as server:
-        print(f"exectune demo: sim API at {server.url}, output in {root}", file=sys.stderr)
-        configs = configs_of(with_sim_url(cfg, server.url))
+    with serving(cfg) as served:
+        print(f"exectune demo: core API at {served.api.core.base_url}, output in {root}",
+              file=sys.stderr)
+        configs = configs_of(served)
         runner = Runner(configs, root / "logs", show=cfg.metrics.progress, commands=commands)
         try:
             return runner.run(phases)

@@ -268,6 +268,7 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
     second pilot would find everything cached."""
     from exectune_jax.api import open_pool
     from exectune_jax.gcop.execute import execute_many
+    from exectune_jax.sim import serving
     from exectune_jax.train.acceptance import sample_candidates, training_problems
 
     if n <= 0:
@@ -284,7 +285,7 @@ def run_pilot(cfg: Config, n: int) -> Pilot | None:
         return None
     task, problems = training_problems(cfg)
     problems = problems[:n]
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with serving(cfg) as served, open_pool(served, cfg.run_dir) as pool:
         candidates = sample_candidates(pool, task, problems, cfg.sample, unfiltered=False,
                                        stage=cfg.sample.out, core_model=cfg.api.core.model)
         # the core-alone reply length prices RL's core_only baseline (RL replays these calls for

@@ -11,6 +11,7 @@ import pytest
 
 from exectune_jax import demo, evaluate
 from exectune_jax.config import Config, load_config
+from exectune_jax.sim.embedded import with_sim_url
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -90,7 +91,7 @@ def test_demo_sizes_fill_only_fields_the_user_left_at_their_defaults(tmp_path):
 
 
 def test_every_stage_points_at_the_one_sim_server():
-    cfg = demo.with_sim_url(Config(), "http://127.0.0.1:1234")
+    cfg = with_sim_url(Config(), "http://127.0.0.1:1234")
     assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"
     assert cfg.api.teacher.base_url == "http://127.0.0.1:1234/v1"
     staged = demo.stage_configs(cfg)
@@ -104,7 +105,7 @@ def test_stage_configs_survive_the_yaml_hand_off_to_the_stage_process(tmp_path):
     from exectune_jax.config import dump
 
     cfg = demo.prepare(load_config(None, ["api.core.max_tokens=300"]), str(tmp_path), quick=True)
-    for stage, staged in demo.stage_configs(demo.with_sim_url(cfg, "http://h:1")).items():
+    for stage, staged in demo.stage_configs(with_sim_url(cfg, "http://h:1")).items():
         dump(staged, tmp_path / f"{stage}.yaml")
         assert load_config(tmp_path / f"{stage}.yaml") == staged, stage
 

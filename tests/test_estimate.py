@@ -15,6 +15,7 @@ from exectune_jax.api.providers import Completion
 from exectune_jax.cli import main
 from exectune_jax.config import load_config
 from exectune_jax.data import tasks
+from exectune_jax.sim import serving
 from exectune_jax.train import grpo, rewards
 from exectune_jax.train.rollouts import LabelContext, Rollout, label_rollout
 
@@ -148,7 +149,8 @@ def test_rl_core_alone_calls_replay_the_ones_acceptance_sampling_sent_as_project
     task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
     drawn = estimate.rl_draws(cfg, task.problems("train"), cfg.rl.steps)
     spec = rewards.make_spec("exectune")
-    with open_pool(cfg, cfg.run_dir) as pool:  # RL's labelling, malformed texts: the baseline alone
+    # RL's labelling, malformed texts: the baseline alone
+    with serving(cfg) as served, open_pool(served, cfg.run_dir) as pool:
         ctx = LabelContext(pool=pool, task=task, spec=spec, stage="rl", price=lambda i, o: 0.0,
                            core_alone=rewards.CoreAloneCache(tmp_path / "rl" / "core_alone.json"),
                            core_alone_samples=cfg.rl.core_only_samples)
@@ -225,7 +227,8 @@ def test_the_guide_pilot_draws_the_requests_rl_sends_and_rl_tells_it_before_payi
                              "rl.group_size=4", "rl.max_new_tokens=16", "rl.micro_batch=4",
                              "model.max_seq_len=256", "mesh.fsdp=1"])
     before = estimate.start_guide_pilot(cfg, 2)  # an empty cache: only its own repeats replay
-    grpo.train(cfg)
+    with serving(cfg) as served:
+        grpo.train(served)
     assert "rl: forecast before its first paid call" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     # both batches are sampled before RL's first update (staleness 1): the pilot saw RL's requests

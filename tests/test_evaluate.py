@@ -15,6 +15,7 @@ from exectune_jax.gcop.follow import FollowCheck
 from exectune_jax.models import hf
 from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import guide as sim_guide
+from exectune_jax.sim import serving
 from exectune_jax.world import WORLD
 
 
@@ -136,7 +137,8 @@ def evaluated(tmp_path_factory, tiny_guide):
         f"eval.guides={{exectune: {tiny_guide}, base_guide: {tiny_guide}, "
         f"advisor_rl: {tiny_guide}, sft_unfiltered: missing/guide, exectune_sft: ''}}",
     ])
-    assert evaluate.run(cfg) == 0
+    with serving(cfg) as served:
+        assert evaluate.run(served) == 0
     return run_dir
 
 

@@ -62,7 +62,10 @@ def test_readme_python_section_calls_each_stage_as_the_api_defines_it():
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign)):
             exec(compile(ast.Module([node], []), "README.md", "exec"), namespace)
-    calls = [n.value for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+    (served,) = [n for n in tree.body if isinstance(n, ast.With)]
+    assert ast.unparse(served.items[0]) == "sim.serving(cfg) as cfg"  # the stages get URLs
+    body = [n for n in tree.body if isinstance(n, ast.Expr)] + served.body
+    calls = [n.value for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
     for call in calls:
         func = eval(ast.unparse(call.func), namespace)
         args = [eval(ast.unparse(a), namespace) for a in call.args]

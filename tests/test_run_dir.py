@@ -22,6 +22,7 @@ from exectune_jax.api.pool import Request, open_pool
 from exectune_jax.cli import main
 from exectune_jax.config import load_config
 from exectune_jax.io import RunLock
+from exectune_jax.sim import serving
 from exectune_jax.train import acceptance
 
 HERE = Path(__file__).parent
@@ -117,7 +118,7 @@ def test_estimate_refuses_to_project_from_a_pilot_whose_calls_failed(tmp_path, c
 
 
 def _calls(cfg, n: int) -> list:
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with serving(cfg) as served, open_pool(served, cfg.run_dir) as pool:
         return pool.map([Request("core", [("user", f"question {i}")], stage="eval") for i in range(n)])
 
 
@@ -143,14 +144,19 @@ def test_a_damaged_cache_is_one_line_and_a_deleted_one_is_rebuilt_from_the_ledge
     assert sum(not r["cached"] for r in ledger_rows(tmp_path)) == paid
 
 
+def sample(*overrides: str) -> int:
+    """Acceptance sampling as the CLI runs it: its "sim" endpoints served for the call."""
+    with serving(load_config(None, list(overrides))) as served:
+        return acceptance.run(served)
+
+
 def test_rerunning_sample_with_other_settings_is_refused(tmp_path):
-    cfg = load_config(None, [f"run_dir={tmp_path}", *SMALL])
-    assert acceptance.run(cfg) == 0
+    assert sample(f"run_dir={tmp_path}", *SMALL) == 0
     before = (tmp_path / "sample" / "accepted.jsonl").read_text()
     with pytest.raises(resume.ResumeError, match=r"sample.proposals 1 -> 2"):
-        acceptance.run(load_config(None, [f"run_dir={tmp_path}", *SMALL, "sample.proposals=2"]))
+        sample(f"run_dir={tmp_path}", *SMALL, "sample.proposals=2")
     assert (tmp_path / "sample" / "accepted.jsonl").read_text() == before
-    assert acceptance.run(load_config(None, [f"run_dir={tmp_path}", *SMALL, "api.budget_usd=5"])) == 0
+    assert sample(f"run_dir={tmp_path}", *SMALL, "api.budget_usd=5") == 0
 
 
 def test_a_stage_whose_input_changed_since_it_started_is_refused(tmp_path):
@@ -178,7 +184,9 @@ FULL_DISK = textwrap.dedent("""
     filler = mount / "filler"
     filler.write_bytes(b"x" * (8 * 1024 * 1024 - 160 * 1024))
     cfg = load_config(None, [f"run_dir={run_dir}", "api.concurrency=1", "api.core.provider=openai",
-                             f"api.core.base_url={url}", "api.core.max_tokens=2000"])
+                             f"api.core.base_url={url}", "api.core.max_tokens=2000",
+                             f"api.teacher.base_url={url}", f"api.judge.base_url={url}",
+                             "api.core_strong=null"])  # only the core is called
     asks = [Request("core", [("user", f"tell me a long story {i}")], stage="eval") for i in range(400)]
     try:
         with open_pool(cfg, run_dir) as pool:

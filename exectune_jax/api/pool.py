@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from exectune_jax.api.batching import Batcher, Item, check_modes, stage_mode
 from exectune_jax.api.cache import Cache, cache_key
 from exectune_jax.api.ledger import Ledger, cost_usd, load_prices
 from exectune_jax.api.limits import CircuitBreaker, TokenBucket, backoff_delay, per_minute_bucket
+from exectune_jax.config import SIM_URL
 from exectune_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,18 @@ def estimate_input_tokens(messages: Sequence[Mapping[str, str]]) -> int:
     return sum(len(m["content"]) // CHARS_PER_TOKEN + 8 for m in messages)
 
 
+def check_endpoints(endpoints: Mapping[str, Any]) -> None:
+    """Each endpoint names a known provider and a URL the pool can call."""
+    for name, ep in endpoints.items():
+        if ep.provider not in providers.PROVIDERS:
+            raise UserError(f"api.{name}.provider is {ep.provider!r}; choose openai or anthropic")
+        if ep.base_url == SIM_URL:
+            raise UserError(f'api.{name}.base_url is "sim", the embedded simulated API, which the '
+                            "pool does not start: run the stage inside `with "
+                            "exectune_jax.sim.serving(cfg) as cfg:` (the CLI and the demo do), or "
+                            f"set api.{name}.base_url to the API's URL")
+
+
 class _Lane:
     """Per-endpoint flow control: limits and health are properties of one model/account."""
 
@@ -140,9 +153,7 @@ class Pool:
                  ledger: Ledger, batch_log: str | Path | None = None):
         """`batch_log` (run_dir/batches.jsonl) enables batch mode for the stages that
         `api.mode`/`api.stage_modes` send as batches (api/batching.py); without it every call is online."""
-        for name, ep in endpoints.items():
-            if ep.provider not in providers.PROVIDERS:
-                raise UserError(f"api.{name}.provider is {ep.provider!r}; choose openai or anthropic")
+        check_endpoints(endpoints)
         self._lanes = {name: _Lane(name, ep, cfg) for name, ep in endpoints.items()}
         self.cfg, self._cache, self.ledger = cfg, cache, ledger
         self._lock = threading.RLock()
@@ -157,7 +168,6 @@ class Pool:
         self.stop_reason: str | None = None
         self._halted: UserError | None = None  # a failed write of the ledger or the cache
         self._closed = False
-        self._owned: list[Any] = []  # things to stop on close (an embedded sim server)
         if batch_log is not None:
             check_modes(cfg)
         self._batcher = Batcher(self, Path(batch_log)) if batch_log is not None else None
@@ -259,8 +269,6 @@ class Pool:
         self.ledger.close()
         if self._cache is not None:
             self._cache.close()
-        for thing in self._owned:
-            thing.stop()
 
     def __enter__(self) -> Pool:
         return self
@@ -446,30 +454,13 @@ def open_pool(cfg: Any, run_dir: str | Path, *, batch: bool = False) -> Pool:
     `batch=True` (stages that may wait: sample, eval) lets `api.mode`/`api.stage_modes` send
     calls through the batch APIs, recorded in run_dir/batches.jsonl; RL stays online.
 
-    `cfg` is the whole Config (its `api` and `sim` sections are used) or an ApiConfig alone.
-    Endpoints whose base_url is "sim" talk to an embedded loopback sim server started here
-    (from the `sim` section) and stopped by `close()`."""
-    from exectune_jax.config import SIM_URL, SimConfig
-    from exectune_jax.sim.server import SimServer, sim_base_url
-
+    `cfg` is the whole Config or its `api` section alone. Every endpoint's base_url is a URL:
+    a config naming the embedded sim ("sim") is served first (`exectune_jax.sim.serving`)."""
     api = getattr(cfg, "api", cfg)
     endpoints = {n: ep for n in ENDPOINT_NAMES if (ep := getattr(api, n, None)) is not None}
-    server = None
-    if any(ep.base_url == SIM_URL for ep in endpoints.values()):
-        server = SimServer.from_config(getattr(cfg, "sim", None) or SimConfig())
-        root = server.start()
-        endpoints = {n: replace(ep, base_url=sim_base_url(root, ep.provider)) if ep.base_url == SIM_URL
-                     else ep for n, ep in endpoints.items()}
-    try:
-        run_dir = Path(run_dir)
-        ledger = Ledger(layout.ledger(run_dir), load_prices(api.prices))
-        cache = open_cache(layout.call_cache(run_dir), ledger)
-        pool = Pool(endpoints, api, cache=cache, ledger=ledger,
-                    batch_log=layout.batch_log(run_dir) if batch else None)
-    except BaseException:
-        if server is not None:
-            server.stop()
-        raise
-    if server is not None:
-        pool._owned.append(server)
-    return pool
+    check_endpoints(endpoints)  # before the run's files are opened
+    run_dir = Path(run_dir)
+    ledger = Ledger(layout.ledger(run_dir), load_prices(api.prices))
+    cache = open_cache(layout.call_cache(run_dir), ledger)
+    return Pool(endpoints, api, cache=cache, ledger=ledger,
+                batch_log=layout.batch_log(run_dir) if batch else None)

@@ -21,6 +21,7 @@ from exectune_jax.api.cache import Cache
 from exectune_jax.api.pool import BudgetExceeded, Request, open_pool
 from exectune_jax.config import Config
 from exectune_jax.errors import UserError
+from exectune_jax.sim import serving
 
 HERE = Path(__file__).parent
 
@@ -276,9 +277,12 @@ def test_a_missing_key_variable_is_a_user_error_before_any_call(sim_server, tmp_
     assert server.stats["requests"] == 0
 
 
-def test_open_pool_serves_sim_endpoints_from_an_embedded_server_and_writes_into_run_dir(tmp_path):
+def test_open_pool_takes_the_sim_only_once_served_and_writes_into_run_dir(tmp_path):
     cfg = Config(run_dir=str(tmp_path))
-    with open_pool(cfg, tmp_path) as pool:
+    with pytest.raises(UserError, match=r'api.core.base_url is "sim".*sim.serving\(cfg\)'):
+        open_pool(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before the run's files are opened
+    with serving(cfg) as served, open_pool(served, tmp_path) as pool:
         core = pool.submit(Request("core", [("user", "What is 2 + 3?")], stage="eval")).result()
         teacher = pool.submit(Request("teacher", [("user", "Propose a strategy.")])).result()
     assert core.ok and teacher.ok and core.text and teacher.text

@@ -10,6 +10,7 @@ from exectune_jax.data import tasks
 from exectune_jax.gcop import strategy
 from exectune_jax.gcop.execute import execute_many
 from exectune_jax.gcop.executability import wilson
+from exectune_jax.sim import serving
 from exectune_jax.train import acceptance
 
 N_PROBLEMS = 60
@@ -18,6 +19,12 @@ OPTIONS = ["task.options={n_train: 60, n_validation: 0, n_test: 0}", f"sample.n_
 
 def config(run_dir, *extra) -> Config:
     return load_config(None, [f"run_dir={run_dir}", *OPTIONS, *extra])
+
+
+def run(cfg: Config, **kwargs) -> int:
+    """The stage as the CLI runs it: its "sim" endpoints served for the call."""
+    with serving(cfg) as served:
+        return acceptance.run(served, **kwargs)
 
 
 def read_jsonl(path):
@@ -30,7 +37,7 @@ def replay_rate(cfg, rows, first_index):
     by_id = {p.id: p for p in task.problems("train")}
     items = [(by_id[r["id"]], r["completion"]) for r in rows]
     indices = [first_index + i for i in range(len(items))]
-    with open_pool(cfg, cfg.run_dir) as pool:
+    with serving(cfg) as served, open_pool(served, cfg.run_dir) as pool:
         outcomes = execute_many(pool, task, items, stage="replay", sample_index=indices)
     assert all(o.correct is not None for o in outcomes)
     k = sum(o.correct for o in outcomes)
@@ -41,8 +48,8 @@ def replay_rate(cfg, rows, first_index):
 def sampled(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     cfg = config(run_dir)
-    assert acceptance.run(cfg) == 0
-    assert acceptance.run(config(run_dir, "sample.out=sample_unfiltered"), unfiltered=True) == 0
+    assert run(cfg) == 0
+    assert run(config(run_dir, "sample.out=sample_unfiltered"), unfiltered=True) == 0
     return cfg, run_dir
 
 
@@ -97,7 +104,7 @@ def test_cost_check_rejects_strategies_the_core_ignores_even_when_it_answers_rig
     assert "sample.core_alone" not in json.loads((run_dir / "sample" / "summary.json").read_text())["spend"]
 
     checked = tmp_path / "checked"
-    assert acceptance.run(config(checked, "sample.max_cost_vs_core=1.0")) == 0
+    assert run(config(checked, "sample.max_cost_vs_core=1.0")) == 0
     accepted = read_jsonl(checked / "sample" / "accepted.jsonl")
     costly = [r for r in read_jsonl(checked / "sample" / "rejected.jsonl") if r["reason"] == "costly"]
     assert costly and all("above" in r["detail"] for r in costly)
@@ -117,14 +124,14 @@ def test_unfiltered_keeps_every_well_formed_proposal_without_executing(sampled):
 
 def test_interrupted_run_resumes_without_paying_twice(tmp_path):
     fresh = config(tmp_path / "fresh")
-    acceptance.run(fresh)
+    run(fresh)
     full_cost = total_usd(tmp_path / "fresh")
 
     run_dir = tmp_path / "interrupted"
     with pytest.raises(BudgetExceeded):
-        acceptance.run(config(run_dir, f"api.budget_usd={full_cost / 3}"))
+        run(config(run_dir, f"api.budget_usd={full_cost / 3}"))
     assert not (run_dir / "sample" / "accepted.jsonl").exists()
-    acceptance.run(config(run_dir))
+    run(config(run_dir))
     # every call paid once: the same paid tokens; USD differs only by the prompt-cache reads the
     # resumed process's fresh provider cache could not give its first call of each prompt prefix
     assert paid_tokens(run_dir) == paid_tokens(tmp_path / "fresh")
@@ -133,7 +140,7 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path):
         (tmp_path / "fresh" / "sample" / "accepted.jsonl").read_text()
 
     resumed_cost = total_usd(run_dir)
-    acceptance.run(config(run_dir))
+    run(config(run_dir))
     assert total_usd(run_dir) == pytest.approx(resumed_cost, rel=1e-9)
     ledger = read_jsonl(run_dir / "ledger.jsonl")
     assert any(r["cached"] for r in ledger)
@@ -161,7 +168,7 @@ def test_summary_counts_how_many_accepted_strategies_the_core_followed(sampled):
 
 
 def test_require_followed_keeps_only_strategies_the_core_followed(tmp_path):
-    assert acceptance.run(config(tmp_path, "sample.require_followed=true")) == 0
+    assert run(config(tmp_path, "sample.require_followed=true")) == 0
     accepted = read_jsonl(tmp_path / "sample" / "accepted.jsonl")
     rejected = read_jsonl(tmp_path / "sample" / "rejected.jsonl")
     assert accepted and all(r["followed"] == "yes" for r in accepted)

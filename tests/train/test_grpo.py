@@ -19,6 +19,7 @@ from exectune_jax.config import LoraConfig, load_config
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora, sampler
 from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.sim import serving
 from exectune_jax.train import grpo, grpo_loss, rewards, rl_step, rollouts
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import read_metrics
@@ -287,9 +288,15 @@ def rl_overrides(run_dir, guide, *extra) -> list[str]:
     ]
 
 
+def train(cfg) -> dict:
+    """The stage as the CLI runs it: its "sim" endpoints served for the call."""
+    with serving(cfg) as served:
+        return grpo.train(served)
+
+
 def test_rl_stage_logs_every_metric_and_writes_the_guide(tmp_path, tiny_guide):
     cfg = load_config(None, rl_overrides(tmp_path, tiny_guide))
-    summary = grpo.train(cfg)
+    summary = train(cfg)
     rows = read_metrics(tmp_path / "rl")
     assert [r["step"] for r in rows] == [1, 2]
     expected = {"loss", "kl", "entropy", "accuracy", "format_valid", "leak_rate", "executability",
@@ -309,7 +316,7 @@ def test_a_batch_whose_core_calls_all_fail_is_reported_and_moves_no_weight(
     cfg = load_config(None, rl_overrides(
         tmp_path, tiny_guide, "rl.steps=1", "rl.held_out=0", "api.max_retries=0",
         "api.core.base_url=http://127.0.0.1:9", "api.core.timeout_s=2"))
-    grpo.train(cfg)
+    train(cfg)
     (row,) = read_metrics(tmp_path / "rl")
     assert row["update_skipped"] == 1 and row["loss"] is None
     assert row["failed_calls"] == 8 and row["scored"] == 0
@@ -405,7 +412,7 @@ def _adapter_paths(step_dir: Path) -> list[str]:
 def test_lora_rl_checkpoints_only_adapters_and_resumes_exactly(tmp_path, tiny_guide):
     lora_args = ("model.lora={rank: 4, alpha: 8}", "rl.held_out=0", "rl.lr=3e-2")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    grpo.train(load_config(None, rl_overrides(whole, tiny_guide, *lora_args)))
+    train(load_config(None, rl_overrides(whole, tiny_guide, *lora_args)))
     step_dir = whole / "rl" / "checkpoints" / "2"
     paths = _adapter_paths(step_dir)
     assert paths and all("lora_a" in p or "lora_b" in p for p in paths), paths
@@ -430,7 +437,7 @@ def test_lora_rl_checkpoints_only_adapters_and_resumes_exactly(tmp_path, tiny_gu
     for stale in ("checkpoints/2", "guide", "summary.json"):
         path = resumed / "rl" / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    grpo.train(load_config(None, rl_overrides(resumed, tiny_guide, *lora_args)))
+    train(load_config(None, rl_overrides(resumed, tiny_guide, *lora_args)))
     first = [(d / "rl" / "metrics.jsonl").read_text().splitlines()[0] for d in (whole, resumed)]
     assert first[0] == first[1]  # step 1 was restored, not re-run (its timings would differ)
     assert _learning_metrics(resumed) == _learning_metrics(whole)
