@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
             p.add_argument("--peft", metavar="DIR",
                            help="also write a LoRA run's adapters as a PEFT adapter directory")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace OUT (and the --peft DIR) even where exectune export did "
+                                "not write it; without it only a new, empty or earlier export "
+                                "directory is replaced")
         if name == "import":
             p.add_argument("source", help="a .gguf file or an HF model directory")
             p.add_argument("out", help="a new or empty output directory")

@@ -11,8 +11,14 @@ tokenizer it also takes.
 
 The export is a full HF directory written by `models.hf.save` (config.json with the dtype,
 safetensors, tokenizer with its chat template, generation_config.json) plus a README.md model card
-(`model_card.py`). It is written beside OUT and renamed over it, so a reader never sees half an
-export; every file is checked for API key values before it is kept or uploaded.
+(`model_card.py`) and `.exectune-export`, the marker that says export wrote the directory (package
+version, source, time; never uploaded). It is written into a temporary sibling of OUT and renamed
+into place, so a reader never sees half an export and a failed export leaves OUT as it was; every
+file is checked for API key values before it is kept or uploaded.
+
+OUT is replaced whole, so it must be new, empty or an earlier export (it holds the marker):
+anything else (a downloaded base model, a folder of notes with a config.json) is refused unless
+`--overwrite` is given. The same holds for the `--peft` directory.
 
 A LoRA run's checkpoints hold only the adapters; their meta names the frozen base (an HF
 directory), which gives the shapes and tokenizer and is loaded under them. The export then holds
@@ -26,10 +32,12 @@ Training stages may call `export_guide` every N steps for a loadable snapshot of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +46,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from exectune_jax import model_card, parallel, preflight
-from exectune_jax.config import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR, Config, LoraConfig
+from exectune_jax import __version__, model_card, parallel, preflight
+from exectune_jax.config import Config, LoraConfig
 from exectune_jax.errors import UserError
+from exectune_jax.io import write_json_atomic, write_text_atomic
+from exectune_jax.layout import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR
 from exectune_jax.models import hf, lora
 from exectune_jax.models.transformer import Transformer
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 CHECKPOINT_META = "meta"  # an item every checkpoint step holds (train/checkpoint.py)
 TOKEN_ENV = "HF_TOKEN"
+MARKER = ".exectune-export"  # in every directory export writes: the only kind it replaces
 EXPECTED = ("expected a run directory (holding {stages}), a stage directory (holding guide/ or "
             "checkpoints/), a guide (an HF directory with config.json) or a checkpoint directory")
 
@@ -253,11 +264,16 @@ def cast(model: Transformer, dtype) -> Transformer:
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), params))
 
 
-def _check_out(out: Path) -> None:
-    """OUT is replaced whole, so it must be new, empty, or an earlier export."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_guide(out))):
-        raise ExportError(f"{out}: exists and is not an exported guide; the export replaces its "
-                          "output directory, so give a new or empty directory")
+def _check_out(out: Path, overwrite: bool, flag: str = "") -> None:
+    """OUT is replaced whole, so it must be new, empty, an earlier export, or given up with
+    --overwrite; `flag` names the option OUT came from in the message."""
+    if overwrite or not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file()):
+        return
+    raise ExportError(f"{flag}{out}: exists and was not written by exectune export (no {MARKER} "
+                      "in it); the export replaces its directory whole, so give a new or empty "
+                      "directory, or pass --overwrite to replace it")
 
 
 def _dtype_name(dtype: str) -> str:
@@ -283,40 +299,86 @@ def export_guide(model: Transformer, cfg: Config, tokenizer, out_dir: str | os.P
 
 def write_export(model: Transformer, tokenizer, out_dir: str | os.PathLike, dtype: str,
                  cfg: Config, *, stage_dir: Path | None, run_dir: Path | None,
-                 label: str, repo_id: str | None = None) -> Path:
-    """hf.save in `dtype` + model card, written beside `out_dir` and renamed over it."""
+                 label: str, repo_id: str | None = None, overwrite: bool = False) -> Path:
+    """hf.save in `dtype` + model card, written beside `out_dir` and renamed into place."""
     out = Path(out_dir)
     name = _dtype_name(dtype)
-    _check_out(out)
-    tmp = out.with_name(f".{out.name}.export-tmp")
-    writer = jax.process_index() == 0
-    if writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-    hf.save(cast(model, DTYPES[dtype]), model.cfg, tmp, tokenizer=tokenizer)
-    if not writer:
+    _check_out(out, overwrite)
+    model = cast(model, DTYPES[dtype])
+    if jax.process_index() != 0:
+        hf.save(model, model.cfg, out)  # this process's part of gathering the weights; no writes
         return out
 
-    def card() -> None:
+    def write(tmp: Path) -> None:
+        hf.save(model, model.cfg, tmp, tokenizer=tokenizer)
         facts = model_card.gather(cfg, tmp, name=repo_id or out.name, dtype=name, source=label,
                                   stage_dir=stage_dir, run_dir=run_dir)
-        (tmp / "README.md").write_text(model_card.render(facts))
+        write_text_atomic(tmp / "README.md", model_card.render(facts))
 
-    return _publish(tmp, out, cfg, card)
+    return _publish(out, cfg, write, source=label, overwrite=overwrite)
 
 
-def _publish(tmp: Path, out: Path, cfg: Config, finish: Callable[[], None] | None = None) -> Path:
-    """Finish `tmp` (`finish()`), refuse it if it holds a secret, then rename it over `out`;
-    on any failure `tmp` goes and `out` stays as it was."""
+def _publish(out: Path, cfg: Config, write: Callable[[Path], None], *, source: str,
+             overwrite: bool, flag: str = "") -> Path:
+    """`write(tmp)` into a temporary sibling of `out`, add the marker, refuse the result if it
+    holds a secret, then rename it into place; on any failure the temporary directory goes and
+    `out` stays as it was."""
     try:
-        if finish is not None:
-            finish()
-        _refuse_secrets(tmp, cfg)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+        with _staged(out) as tmp:
+            write(tmp)
+            write_json_atomic(tmp / MARKER, {
+                "written_by": "exectune export", "version": __version__, "source": source,
+                "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+            _refuse_secrets(tmp, cfg)
+            _check_out(out, overwrite, flag)  # again: it may have been filled meanwhile
+            old = _replace(tmp, out)
+    except OSError as e:
+        raise ExportError(f"{flag}{out}: cannot be written ({e.strerror or e}); nothing there "
+                          "was changed") from None
+    if old is not None:
+        try:
+            _remove(old)
+        except OSError as e:
+            raise ExportError(f"{flag}{out}: written, but what it replaced could not be removed "
+                              f"from {old} ({e.strerror or e}); delete that directory") from None
     return out
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A new temporary sibling of `out` to write into, removed again if the block fails."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    _remove(tmp)  # left by a killed process of the same id
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _replace(tmp: Path, out: Path) -> Path | None:
+    """Rename `tmp` to `out`; an existing `out` is renamed aside first, to the path returned, for
+    the caller to remove once the new one is in place: an interruption leaves one export whole."""
+    if not (out.exists() or out.is_symlink()):
+        os.rename(tmp, out)
+        return None
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    _remove(old)  # left by a killed process of the same id
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    return old
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link (not what it points at) or a directory tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _refuse_secrets(directory: Path, cfg: Config) -> None:
@@ -330,23 +392,25 @@ def _refuse_secrets(directory: Path, cfg: Config) -> None:
 
 def export(cfg: Config, source: str | os.PathLike, out: str | os.PathLike,
            dtype: str = "bf16", *, repo_id: str | None = None,
-           peft: str | os.PathLike | None = None) -> Path:
+           peft: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Resolve SOURCE, load it, write the HF export to OUT; returns OUT.
 
     `repo_id` is the Hub name the model card's usage example loads (default: OUT's name).
-    `peft` is a directory for the adapters of a LoRA checkpoint in PEFT's format.
+    `peft` is a directory for the adapters of a LoRA checkpoint in PEFT's format. `overwrite`
+    replaces OUT and `peft` even where export did not write them.
     """
     src = with_adapters(resolve_source(cfg, source))
     if peft is not None:
         src = _adapter_source(cfg, src, source)
-        _check_peft_out(Path(peft))
+        _check_out(Path(peft), overwrite, "--peft ")
     _dtype_name(dtype)
-    _check_out(Path(out))
+    _check_out(Path(out), overwrite)
     model, tokenizer = load_source(cfg, src, DTYPES[dtype])
     path = write_export(model, tokenizer, out, dtype, cfg, stage_dir=src.stage_dir,
-                        run_dir=src.run_dir, label=src.label, repo_id=repo_id)
+                        run_dir=src.run_dir, label=src.label, repo_id=repo_id,
+                        overwrite=overwrite)
     if peft is not None:
-        write_peft(model, peft, src.guide, cfg)
+        write_peft(model, peft, src.guide, cfg, source=src.label, overwrite=overwrite)
     return path
 
 
@@ -364,24 +428,16 @@ def _adapter_source(cfg: Config, src: Source, source: str | os.PathLike) -> Sour
     return src
 
 
-def _check_peft_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / lora.PEFT_CONFIG_FILE).is_file())):
-        raise ExportError(f"--peft {out}: exists and is not a PEFT adapter directory; give a new "
-                          "or empty directory")
-
-
-def write_peft(model: Transformer, out_dir: str | os.PathLike, base: Path, cfg: Config) -> Path:
-    """The adapters of `model` as a PEFT directory for `base`, written beside and renamed over."""
+def write_peft(model: Transformer, out_dir: str | os.PathLike, base: Path, cfg: Config, *,
+               source: str, overwrite: bool = False) -> Path:
+    """The adapters of `model` as a PEFT directory for `base`, written beside and renamed into
+    place."""
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.peft-tmp")
-    writer = jax.process_index() == 0
-    if writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-    lora.save_peft(model, tmp, str(base.resolve()))
-    if not writer:
+    if jax.process_index() != 0:
+        lora.save_peft(model, out, str(base.resolve()))  # this process's part of the gather
         return out
-    return _publish(tmp, out, cfg)
+    return _publish(out, cfg, lambda tmp: lora.save_peft(model, tmp, str(base.resolve())),
+                    source=source, overwrite=overwrite, flag="--peft ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +469,7 @@ def push(out: str | os.PathLike, repo_id: str, *, token: str | None = None,
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(out), repo_id=repo_id,
-                                 commit_message="Upload ExecTune guide")
+                                 commit_message="Upload ExecTune guide", ignore_patterns=[MARKER])
     except Exception as e:  # HTTP, auth and validation errors all mean the upload failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"--push-to-hub {repo_id}: upload failed ({type(e).__name__}: "
@@ -422,11 +478,11 @@ def push(out: str | os.PathLike, repo_id: str, *, token: str | None = None,
 
 
 def run(cfg: Config, source: str, out: str, push_to_hub: str | None = None,
-        dtype: str = "bf16", peft: str | None = None) -> int:
+        dtype: str = "bf16", peft: str | None = None, overwrite: bool = False) -> int:
     preflight.check(cfg, "export", out=out)
     if push_to_hub:
         hub_token(push_to_hub)  # a missing token fails before the export's minutes of work
-    path = export(cfg, source, out, dtype, repo_id=push_to_hub, peft=peft)
+    path = export(cfg, source, out, dtype, repo_id=push_to_hub, peft=peft, overwrite=overwrite)
     print(f"exectune export: {dtype} guide at {path}")
     if peft:
         print(f"exectune export: PEFT adapter at {peft}")

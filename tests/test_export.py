@@ -1,7 +1,9 @@
 """exectune export: HF parity of the exported guide, bf16, secrets, checkpoints, sources, push."""
 
 import base64
+import errno
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -226,13 +228,89 @@ def test_bad_source_is_a_one_line_error_naming_the_path_and_what_it_expected(tmp
     assert "expected a run directory" in err and "HF directory with config.json" in err
 
 
-def test_export_never_replaces_a_directory_that_is_not_an_export(run_dir, tmp_path):
-    out = tmp_path / "precious"
-    out.mkdir()
+def siblings(out: Path) -> list[str]:
+    """What an export left beside OUT: its temporary and set-aside directories."""
+    return sorted(p.name for p in out.parent.glob(f".{out.name}.*"))
+
+
+def foreign_dir(out: Path) -> dict[str, bytes]:
+    """A directory export did not write, config.json and all; returns its bytes."""
+    (out / "sub").mkdir(parents=True)
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(export.ExportError, match="is not an exported guide"):
-        export.export(cfg_for(run_dir), run_dir, out)
-    assert (out / "notes.txt").read_text() == "keep me"
+    (out / "config.json").write_text('{"model_type": "qwen3"}')
+    (out / "sub" / "model.safetensors").write_bytes(b"\0weights")
+    return all_bytes(out)
+
+
+def test_export_refuses_a_directory_it_did_not_write_even_with_a_config_json(run_dir, tmp_path,
+                                                                             capsys):
+    out = tmp_path / "Qwen3-1.7B"
+    before = foreign_dir(out)
+    code = cli.main(["export", str(run_dir), str(out), f"run_dir={run_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert str(out) in err and "not written by exectune export" in err and "--overwrite" in err
+    assert all_bytes(out) == before and siblings(out) == []
+
+
+def test_overwrite_replaces_a_directory_export_did_not_write(run_dir, tmp_path):
+    out = tmp_path / "notes"
+    foreign_dir(out)
+    assert cli.main(["export", str(run_dir), str(out), "--overwrite", f"run_dir={run_dir}"]) == 0
+    assert not (out / "notes.txt").exists() and not (out / "sub").exists()
+    assert (out / export.MARKER).is_file() and (out / "model.safetensors").is_file()
+    assert siblings(out) == []
+
+
+def test_a_second_export_replaces_the_first_which_its_marker_identifies(run_dir, tmp_path):
+    out = tmp_path / "export"
+    export.export(cfg_for(run_dir), run_dir, out, "fp32")
+    marker = json.loads((out / export.MARKER).read_text())
+    assert marker["source"] == "sft/guide" and marker["version"] and marker["time"]
+    (out / "stale.txt").write_text("from the first export")
+    export.export(cfg_for(run_dir), run_dir, out, "bf16")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert not (out / "stale.txt").exists() and (out / export.MARKER).is_file()
+    assert siblings(out) == []
+
+
+def _fail_after_the_weights(monkeypatch, error):
+    save = hf.save
+
+    def save_then_fail(*args, **kwargs):
+        save(*args, **kwargs)
+        raise error
+
+    monkeypatch.setattr(hf, "save", save_then_fail)
+
+
+def _fail_renaming_the_new_export_in(monkeypatch, error):
+    rename = os.rename
+
+    def rename_or_fail(src, dst):
+        if str(src).endswith(".tmp"):
+            raise error
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename_or_fail)
+
+
+@pytest.mark.parametrize("fail", [_fail_after_the_weights, _fail_renaming_the_new_export_in])
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()],
+                         ids=["io-error", "interrupt"])
+def test_a_failed_export_leaves_the_previous_one_and_no_temporary_directory(
+        run_dir, tmp_path, monkeypatch, fail, error):
+    out = tmp_path / "export"
+    export.export(cfg_for(run_dir), run_dir, out, "fp32")
+    before = all_bytes(out)
+    fail(monkeypatch, error)
+    raised = export.ExportError if isinstance(error, OSError) else KeyboardInterrupt
+    with pytest.raises(raised) as info:
+        export.export(cfg_for(run_dir), run_dir, out, "bf16")
+    if raised is export.ExportError:
+        assert str(info.value) == (f"{out}: cannot be written (Input/output error); nothing "
+                                   "there was changed")
+    assert all_bytes(out) == before and siblings(out) == []
 
 
 def test_export_guide_snapshots_a_live_model_and_replaces_the_previous_snapshot(run_dir, tmp_path):
@@ -337,7 +415,9 @@ def test_push_uploads_every_exported_file_with_the_token(run_dir, tmp_path, monk
     finally:
         hub.server.shutdown()
     assert url == f"{hub.url}/me/guide/commit/{'a' * 40}"
-    assert hub.files == all_bytes(out)
+    assert hub.files == {name: data for name, data in all_bytes(out).items()
+                         if name != export.MARKER}
+    assert export.MARKER in all_bytes(out)
     assert hub.auth == {"Bearer hf_test_token_0123456789"}
     assert "library_name: transformers" in hub.card_yaml["content"]
 
@@ -402,3 +482,15 @@ def test_peft_export_of_a_full_fine_tune_is_a_one_line_error(run_dir, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "holds no LoRA adapters" in err and not (tmp_path / "adapter").exists()
+
+
+def test_peft_export_refuses_a_directory_it_did_not_write(lora_run, tmp_path, capsys):
+    root, _ = lora_run
+    adapter = tmp_path / "adapter"
+    before = foreign_dir(adapter)
+    code = cli.main(["export", str(root / "sft"), str(tmp_path / "merged"), "--peft",
+                     str(adapter), f"run_dir={root}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"--peft {adapter}: exists and was not written by exectune export" in err
+    assert all_bytes(adapter) == before and not (tmp_path / "merged").exists()
