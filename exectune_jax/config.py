@@ -335,7 +335,7 @@ class RlConfig:
     judge_max_tokens: int = 8  # the optional LLM judge replies with one number
     held_out: int = 64  # validation problems for the before/after accuracy report; 0 = none
     # RL's first batches sampled locally at a fresh start: the cache replays they would get
-    # forecast what the stage pays, printed before its first paid call (estimate.py; also
+    # forecast what the stage pays, printed before its first paid call (train/forecast.py; also
     # `exectune estimate --rl-pilot`); 0 = none. A problem's group repeats together, so the
     # pilot's size is its problems: on the SFT guide of a demo at earlier sizes (one proposal
     # chain per problem) 2 batches measured 62% replayed, 8 batches 71%, and RL then replayed

@@ -7,6 +7,7 @@ run_dir/
   ledger_totals.json    per-stage totals, derived from ledger.jsonl
   calls.sqlite          the call cache (a copy: rebuilt from the ledger when lost)
   batches.jsonl         batch-API jobs in flight, for re-attaching after a restart
+  estimate_pilot.json   the estimate's pilot measurement (RL's forecast reads it too)
   base_guide/           the demo's starting guide (HF directory)
   <sample.out>/         accepted.jsonl, rejected.jsonl, summary.json, config.yaml, inputs.json
   <sft.name>/, <rl.name>/
@@ -47,6 +48,10 @@ def call_cache(run_dir: str | Path) -> Path:
 
 def batch_log(run_dir: str | Path) -> Path:
     return Path(run_dir) / "batches.jsonl"
+
+
+def estimate_pilot(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "estimate_pilot.json"
 
 
 def base_guide(run_dir: str | Path) -> Path:

@@ -1,8 +1,11 @@
-"""A simple deterministic tokenizer for the simulated APIs' usage fields.
+"""A simple deterministic tokenizer: the simulated APIs' usage fields and the cost projection's
+prompt lengths.
 
 Real providers bill by their own tokenizers; the sim only needs counts that are stable,
-monotone in text length and cheap, so ledgers and budgets behave like the real thing.
-A token is a run of word characters or one other non-space character.
+monotone in text length and cheap, so ledgers and budgets behave like the real thing. The cost
+projection (cost.py) counts real prompts with it and scales them by what a provider counted.
+A token is a run of word characters or one other non-space character. Plain standard library,
+it sits below both of its readers: the simulator and the projection the training stages use.
 """
 
 from __future__ import annotations

@@ -1,48 +1,25 @@
-"""`exectune estimate`: the pricing of projected lines, the pilot's scaling, the budget warning,
-that the run replays the pilot instead of paying for it again, and the replays it projects: RL's
-core-alone calls that sampling already sent, and the guide pilot's measured repeats."""
+"""`exectune estimate`: the pilot's scaling, the budget warning, that the run replays the pilot
+instead of paying for it again, and the replays it projects: RL's core-alone calls that sampling
+already sent, and the guide pilot's measured repeats, which RL tells before it pays."""
 
 import json
 
 import numpy as np
 import pytest
 
-from exectune_jax import estimate
+from exectune_jax import cost, estimate
 from exectune_jax.api import open_pool
-from exectune_jax.api.cache import Cache
 from exectune_jax.api.ledger import load_prices
-from exectune_jax.api.providers import Completion
 from exectune_jax.cli import main
 from exectune_jax.config import load_config
 from exectune_jax.data import tasks
 from exectune_jax.sim import serving
-from exectune_jax.train import grpo, rewards
+from exectune_jax.train import forecast, grpo, rewards
 from exectune_jax.train.rollouts import LabelContext, Rollout, label_rollout
 
 SIZES = ["task.options={n_train: 16, n_validation: 2, n_test: 8}", "sample.n_problems=16",
          "sample.proposals=2", "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.held_out=0",
          "eval.n_problems=8", "metrics.progress=false"]
-
-
-def test_a_line_is_priced_online_batch_and_with_the_cached_prefix():
-    prices = load_prices()
-    line = estimate.Line("eval", "core", "claude-3-5-haiku", "anthropic", calls=10, input_tokens=1000,
-                         output_tokens=500, prefix_tokens=40, batchable=True)
-    online = (1000 * 0.8 + 500 * 4.0) / 1e6
-    assert estimate.line_usd(prices, line, batch=False, caching=False) == pytest.approx(online)
-    assert estimate.line_usd(prices, line, batch=True, caching=False) == pytest.approx(online / 2)
-    # one write of the 40-token prefix at 1.25x, nine reads at 0.1x, the rest plain
-    cached = ((1000 - 40 - 360) * 0.8 + 40 * 0.8 * 1.25 + 360 * 0.8 * 0.1 + 500 * 4.0) / 1e6
-    assert estimate.line_usd(prices, line, batch=False, caching=True) == pytest.approx(cached)
-    rl = estimate.Line("rl", "core", "claude-3-5-haiku", "anthropic", 10, 1000, 500, 40, batchable=False)
-    assert estimate.line_usd(prices, rl, batch=True, caching=False) == pytest.approx(online)
-    # replays are free: 4 of the 10 calls repeat an earlier request; the 6 paid ones read the
-    # prefix from the cache 5 times after one write
-    half = estimate.Line("rl", "core", "claude-3-5-haiku", "anthropic", 10, 1000, 500, 40,
-                         batchable=False, replayed=0.4)
-    assert estimate.line_usd(prices, half, batch=False, caching=False) == pytest.approx(online * 0.6)
-    cached = ((600 - 40 - 200) * 0.8 + 40 * 0.8 * 1.25 + 200 * 0.8 * 0.1 + 300 * 4.0) / 1e6
-    assert estimate.line_usd(prices, half, batch=False, caching=True) == pytest.approx(cached)
 
 
 def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_pilot(tmp_path, capsys):
@@ -78,18 +55,18 @@ def test_estimate_scales_the_pilot_warns_on_the_budget_and_the_run_replays_the_p
     replays = [r for r in ledger[len(paid):] if r["cached"] and r["stage"].startswith("sample")]
     assert len(replays) >= len(paid)
     cfg = load_config(None, args)
-    assert estimate.run_pilot(cfg, 4) == estimate.Pilot(**pilot)  # kept, not re-measured from replays
+    assert estimate.run_pilot(cfg, 4) == cost.Pilot(**pilot)  # kept, not re-measured from replays
     assert estimate.run_pilot(cfg, 6) is None  # the cache would hide the pilot's work: stated defaults
     assert "no pilot:" in capsys.readouterr().out
 
 
 def test_judge_calls_read_the_projected_reply_and_advice_lengthens_the_core_alone_reply():
     cfg = load_config(None, SIZES)
-    pilot = estimate.Pilot(problems=4, per_problem={}, core_output=50.0, teacher_output=40.0,
-                           strategy=estimate.DEFAULT_STRATEGY, scale=1.0, alone_output=200.0, judge_output=10.0)
+    pilot = cost.Pilot(problems=4, per_problem={}, core_output=50.0, teacher_output=40.0,
+                           strategy=cost.DEFAULT_STRATEGY, scale=1.0, alone_output=200.0, judge_output=10.0)
     lines = estimate.project(cfg, pilot, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")))
     per_call = {(ln.stage, ln.endpoint): ln.output_tokens / ln.calls for ln in lines if ln.calls}
-    advice = 200.0 * estimate.ADVICE_LENGTHENS  # the core-alone reply, lengthened by the advice
+    advice = 200.0 * cost.ADVICE_LENGTHENS  # the core-alone reply, lengthened by the advice
     assert per_call["advisor_rl", "core"] == pytest.approx(advice) and per_call["rl", "core"] == 50.0
     assert {ln.endpoint for ln in lines if ln.stage == "core_only"} == {"core"}  # nothing to judge
     judge = {ln.stage: ln for ln in lines if ln.endpoint == "judge" and ln.stage.endswith("rl")}
@@ -119,10 +96,10 @@ def test_trained_guides_repeat_requests_the_cache_replays_and_advice_does_not():
     n = cfg.eval.n_problems
     core = sorted((ln.calls / n, ln.replayed) for ln in lines if ln.stage == "eval" and ln.endpoint == "core")
     assert core == [(1, 0.0), (1, 0.0), (2, 0.0), (2, 0.3)]  # core_only, first, base + advisor, later
-    rows = {r["stage"]: r for r in estimate.stage_table(load_prices(), lines)}
+    rows = {r["stage"]: r for r in cost.stage_table(load_prices(), lines)}
     assert rows["rl"]["replayed_calls"] == pytest.approx(0.3 * rows["rl"]["calls"])
     assert rows["eval"]["replayed_calls"] == pytest.approx(0.3 * 2 * n * 2)  # core and judge calls
-    upper = {r["stage"]: r for r in estimate.stage_table(load_prices(), estimate.project(
+    upper = {r["stage"]: r for r in cost.stage_table(load_prices(), estimate.project(
         cfg, None, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")), repeat=0.0))}
     # whole tokens are priced, so the paid share holds to the token
     assert rows["rl"]["online_usd"] == pytest.approx(0.7 * upper["rl"]["online_usd"], rel=1e-3)
@@ -147,7 +124,7 @@ def test_rl_core_alone_calls_replay_the_ones_acceptance_sampling_sent_as_project
     assert main(["sample", *args]) == 0
     cfg = load_config(None, args)
     task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
-    drawn = estimate.rl_draws(cfg, task.problems("train"), cfg.rl.steps)
+    drawn = forecast.rl_draws(cfg, task.problems("train"), cfg.rl.steps)
     spec = rewards.make_spec("exectune")
     # RL's labelling, malformed texts: the baseline alone
     with serving(cfg) as served, open_pool(served, cfg.run_dir) as pool:
@@ -160,7 +137,7 @@ def test_rl_core_alone_calls_replay_the_ones_acceptance_sampling_sent_as_project
     rows = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     paid = sum(r["stage"] == "core_only" and not r["cached"] for r in rows)
     # a run_dir whose sampling finished is measured by that stage's own rows, over all its problems
-    measured = estimate.measured_pilot(cfg)
+    measured = forecast.measured_pilot(cfg)
     teacher = sum(r["stage"] == "sample.teacher" and not r["cached"] for r in rows)
     assert measured.problems == 16 and measured.per_problem["teacher.calls"] * 16 == pytest.approx(teacher)
     [line] = [ln for ln in estimate.project(cfg, None) if ln.stage == "core_only"]
@@ -170,44 +147,6 @@ def test_rl_core_alone_calls_replay_the_ones_acceptance_sampling_sent_as_project
     # without the cost check sampling never runs the core alone: every baseline call is paid
     [unchecked] = [ln for ln in estimate.project(load_config(None, SIZES), None) if ln.stage == "core_only"]
     assert unchecked.replayed == 0.0 and unchecked.calls == 16
-
-
-def test_guide_pilot_counts_a_cached_request_and_a_repeat_within_it_as_replayed(tmp_path):
-    cfg = load_config(None, [f"run_dir={tmp_path}", *SIZES])
-    task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
-    p0, p1 = task.problems("train")[:2]
-    seen, new = "<strategy>\n1. Add 2 to 3.\n</strategy>", "<strategy>\n1. Multiply 2 by 3.\n</strategy>"
-    # group of 3 per problem: p0 writes the strategy sampling already executed, a new one twice;
-    # p1 the new one (another problem: another request), a malformed text, and p0's old one
-    texts = [seen, new, new, new, "no strategy here", seen]
-    rollout = Rollout(0, 0, [p0, p1], 3, [[]] * 6, [[]] * 6, [np.zeros(0)] * 6, texts)
-    with Cache(tmp_path / "calls.sqlite") as cache:
-        [key] = estimate.core_request_keys(cfg, task.family, [(p0, seen)])
-        cache.put(key, cfg.api.core.model, Completion("6", "stop", 80, 37))
-        gated = estimate.guide_pilot(cfg, task.family, rewards.make_spec("exectune"), [rollout], cache.get)
-        free = estimate.guide_pilot(cfg, task.family, rewards.make_spec("advisor"), [rollout], cache.get)
-    assert (gated.sampled, gated.executed, gated.replayed) == (6, 5, 2)  # the gate stops one
-    assert gated.replayed_share == pytest.approx(2 / 5) and gated.replayed_output == 37
-    # its standard error over problems (p0: 2 of 3 replayed, p1: 0 of 2): residuals 0.8 and -0.8
-    # from the pooled share, sqrt(1.28 / (2 * 1)) / 2.5 executed per problem
-    assert gated.replayed_se == pytest.approx(0.32)
-    assert [(p.id, t) for p, t in gated.priced] == [(p0.id, new), (p1.id, new), (p1.id, seen)]
-    assert (free.executed, free.replayed) == (6, 2)  # advice has no gate: the text goes too
-    # RL's calls priced from the pilot: its executed share, its replayed share
-    drawn = [p for batch in estimate.rl_draws(cfg, task.problems("train"), cfg.rl.steps) for p in batch]
-    core, judge = estimate.rl_lines(cfg, "rl", "exectune", drawn, task.family, gated,
-                                    strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, advice_out=200.0,
-                                    judge_out=10.0, scale=1.0, repeat=0.45)
-    assert core.calls == pytest.approx(len(drawn) * cfg.rl.group_size * 5 / 6)
-    assert core.replayed == judge.replayed == pytest.approx(0.4)
-    assert core.source == "guide pilot (6 texts)"
-    # a guide whose every text the gate stops sends RL nothing to pay for
-    nothing = Rollout(0, 0, [p0], 2, [[]] * 2, [[]] * 2, [np.zeros(0)] * 2, ["no", "strategy"])
-    stopped = estimate.guide_pilot(cfg, task.family, rewards.make_spec("exectune"), [nothing], lambda k: None)
-    lines = estimate.rl_lines(cfg, "rl", "exectune", drawn, task.family, stopped,
-                              strategy=estimate.DEFAULT_STRATEGY, core_out=50.0, advice_out=200.0,
-                              judge_out=10.0, scale=1.0, repeat=0.45)
-    assert [ln.calls for ln in lines] == [0.0]
 
 
 @pytest.fixture(scope="module")
@@ -235,19 +174,3 @@ def test_the_guide_pilot_draws_the_requests_rl_sends_and_rl_tells_it_before_payi
     assert sum(r["stage"] == "rl" and not r["cached"] for r in rows) == before.executed - before.replayed
     after = estimate.start_guide_pilot(cfg, 2)
     assert after.executed == before.executed == 16 and after.replayed == 16  # every one now cached
-
-
-def test_the_pilot_measures_guided_replies_apart_from_the_core_alone():
-    cfg = load_config(None, [*SIZES, "sample.max_cost_vs_core=1.0"])
-    task = tasks.get("arith", n_train=16, n_validation=2, n_test=8)
-
-    def row(stage, out, cached=False):
-        return {"stage": stage, "input_tokens": 100, "output_tokens": out, "cached": cached}
-
-    rows = [row("sample.core_alone", 200), row("sample.teacher", 40), row("sample.core", 50),
-            row("sample.core.judge", 10), row("sample.core", 70, cached=True),
-            row("core_only", 200, cached=True)]
-    pilot = estimate.pilot_from_rows(cfg, task.family, task.problems("train")[:2], rows, None)
-    assert (pilot.core_output, pilot.alone_output, pilot.judge_output) == (50.0, 200.0, 10.0)
-    # paid per problem: the core-alone call is sampling's spend too; replays are not paid
-    assert pilot.per_problem["core.calls"] == 1.0 and pilot.per_problem["core.output"] == 125.0

@@ -16,10 +16,11 @@ from collections import Counter, defaultdict
 
 import yaml
 
+from exectune_jax import tokens
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.sim import guide, models, teacher, tokens
+from exectune_jax.sim import guide, models, teacher
 from exectune_jax.world import WORLD, WorldSpec, world_from
 
 STYLES = ("atomic", "compound", "verbose", "vague", "wrong", "leak")

@@ -36,8 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from exectune_jax import tokens
 from exectune_jax.api.limits import TokenBucket
-from exectune_jax.sim import tokens
 from exectune_jax.sim.batches import BatchStore
 from exectune_jax.sim.truth import TruthLog
 from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, check_nesting, malformed_body,

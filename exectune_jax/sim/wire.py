@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from exectune_jax.sim import tokens
+from exectune_jax import tokens
 
 OPENAI_KEYS = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n",

@@ -34,14 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from exectune_jax import estimate, layout, parallel, preflight, resume
+from exectune_jax import layout, parallel, preflight, resume
 from exectune_jax.api.pool import open_pool
 from exectune_jax.config import Config, to_dict
 from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora
-from exectune_jax.train import rewards, rl_step
+from exectune_jax.train import forecast, rewards, rl_step
 from exectune_jax.train.advantages import group_advantages, group_rewards, informative_share
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import MetricsWriter, progress_bar
@@ -337,9 +337,9 @@ def train(cfg: Config) -> dict:
     if start == 0 and rl.forecast_batches:  # what this stage will pay, before its first paid call
         with parallel.use_mesh(mesh):
             model = learner.sampling_model()
-        forecast = estimate.rl_start_forecast(cfg, spec, model, tokenizer, problems, mesh)
+        told = forecast.rl_start_forecast(cfg, spec, model, tokenizer, problems, mesh)
         if jax.process_index() == 0:
-            print(forecast, end="", flush=True)
+            print(told, end="", flush=True)
 
     with open_pool(cfg, cfg.run_dir) as pool, \
             ThreadPoolExecutor(rl.staleness + 1, thread_name_prefix="label") as labeller:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from loopback import endpoint, make_pool
 
+from exectune_jax import tokens
 from exectune_jax.api import providers
 from exectune_jax.api.ledger import Ledger, load_prices
 from exectune_jax.api.pool import Request
-from exectune_jax.sim import tokens
 
 SYSTEM = "Solve the problem and finish with the line: The answer is N."
 

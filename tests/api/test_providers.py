@@ -14,10 +14,10 @@ import pytest
 import requests
 from loopback import endpoint
 
+from exectune_jax import tokens
 from exectune_jax.api import providers
 from exectune_jax.api.providers import ApiError, Completion
 from exectune_jax.config import EndpointConfig
-from exectune_jax.sim import tokens
 
 PAYLOADS = Path(__file__).parent / "payloads"
 # Fields of the documented examples that the sim does not send (the client never needs them).

@@ -1,8 +1,8 @@
 import pytest
 
+from exectune_jax import tokens
 from exectune_jax.data.tasks.base import Problem
 from exectune_jax.gcop import prompts
-from exectune_jax.sim import tokens
 
 P = Problem(id="p", prompt="Maria has 12 apples. She buys 5 more apples. How many apples does Maria have now?",
             answer="17", split="test")

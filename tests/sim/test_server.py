@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 import requests
 
+from exectune_jax import tokens
 from exectune_jax.config import SimConfig
-from exectune_jax.sim import tokens
 from exectune_jax.sim.server import FAULT_KINDS, SimServer, fault_for, sim_base_url
 
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
