@@ -1,59 +1,66 @@
-"""The package's layering, read from its source: which subpackages may import which.
-
-Every `import` and `from ... import` is counted, also the ones inside functions (a lazy import
-is still a dependency). The simulated world (`sim/`) uses the training library to build the
-demo guide, so nothing the training library is made of may import the simulator.
+"""The package's layers, checked by import-linter against the contracts in pyproject.toml
+([tool.importlinter]): a module imports only from its own layer or below, every top-level module
+has a layer, and no sibling modules import each other in a cycle. Function-local imports count
+like any other: a lazy import is still a dependency.
 """
 
-import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
-import exectune_jax
+import pytest
 
-PACKAGE = Path(exectune_jax.__file__).parent
-WORLD_FREE = ("train", "models", "gcop", "data")  # subpackages that must not import sim/
-
-
-def imports_of(path: Path, root: Path = PACKAGE) -> set[str]:
-    """Absolute names of the exectune_jax modules `path` imports (relative imports resolved)."""
-    module = ".".join(("exectune_jax", *path.relative_to(root).with_suffix("").parts))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            out.update(f"{base}.{a.name}" for a in node.names)
-            out.add(base)
-    return {name for name in out if name == "exectune_jax" or name.startswith("exectune_jax.")}
+REPO = Path(__file__).resolve().parents[1]
+# import-linter's own entry point, run from the directory whose pyproject.toml and package it checks
+LINT = ("import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
 
 
-def sim_imports(subpackage: str, root: Path = PACKAGE) -> list[str]:
-    found = []
-    for path in sorted((root / subpackage).rglob("*.py")):
-        for name in sorted(imports_of(path, root)):
-            if name == "exectune_jax.sim" or name.startswith("exectune_jax.sim."):
-                found.append(f"{path.relative_to(root)} imports {name}")
-    return found
+def lint(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}  # one violation per line, however the report is wrapped
+    return subprocess.run([sys.executable, "-c", LINT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
-def test_the_import_walk_sees_lazy_and_relative_imports(tmp_path):
-    root = tmp_path / "exectune_jax"
-    pkg = root / "train"
-    pkg.mkdir(parents=True)
-    (pkg / "x.py").write_text("def f():\n    from exectune_jax.sim import guide\n"
-                              "from ..sim.core import SimCore\n")
-    assert {"exectune_jax.sim.guide", "exectune_jax.sim.core.SimCore"} <= imports_of(pkg / "x.py", root)
-    assert sim_imports("train", root) == ["train/x.py imports exectune_jax.sim",
-                                    "train/x.py imports exectune_jax.sim.core",
-                                    "train/x.py imports exectune_jax.sim.core.SimCore",
-                                    "train/x.py imports exectune_jax.sim.guide"]
+def test_the_package_keeps_its_contracts_and_ignores_no_import():
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert sorted(c["type"] for c in contracts) == ["acyclic_siblings", "layers"]
+    assert not any(key.startswith(("ignore_imports", "exhaustive_ignores")) for c in contracts for key in c)
+    proc = lint(REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Contracts: 2 kept, 0 broken." in proc.stdout
 
 
-def test_the_training_library_does_not_import_the_simulated_world():
-    found = [line for sub in WORLD_FREE for line in sim_imports(sub)]
-    assert found == [], "\n".join(found)
+@pytest.fixture
+def package(tmp_path) -> Path:
+    """A copy of the package and its contracts, to break on purpose."""
+    shutil.copytree(REPO / "exectune_jax", tmp_path / "exectune_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+def test_a_function_local_import_that_points_up_breaks_the_layers(package):
+    with (package / "exectune_jax" / "layout.py").open("a") as f:
+        f.write("\n\ndef _upward():\n    from exectune_jax import cli\n")
+    proc = lint(package)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "exectune_jax.layout is not allowed to import exectune_jax.cli" in proc.stdout
+
+
+def test_a_function_local_import_that_closes_a_cycle_between_siblings_breaks_the_contract(package):
+    with (package / "exectune_jax" / "sim" / "truth.py").open("a") as f:  # the server imports truth
+        f.write("\n\ndef _back():\n    from exectune_jax.sim import server\n")
+    proc = lint(package)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no cycles between sibling modules BROKEN" in proc.stdout
+
+
+def test_a_top_level_module_without_a_layer_breaks_the_layers(package):
+    (package / "exectune_jax" / "stray.py").write_text('"""A module nobody placed."""\n')
+    proc = lint(package)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "exectune_jax.stray" in proc.stdout
