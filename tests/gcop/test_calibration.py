@@ -8,10 +8,11 @@ import random
 
 import pytest
 
+from exectune_jax import tokens
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.sim import models, tokens
+from exectune_jax.sim import models
 from exectune_jax.sim.teacher import atomic, write
 
 PRICE_IN, PRICE_OUT = 0.80, 4.00  # sim-core, USD per million tokens

@@ -2,17 +2,18 @@ import random
 
 import pytest
 
+from exectune_jax import tokens
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks.answers import extract_answer
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.data.tasks.base import Problem
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.strategy import render
-from exectune_jax.sim import models, tokens
+from exectune_jax.sim import models
 from exectune_jax.sim.core import SimCore
 from exectune_jax.sim import follow
-from exectune_jax.world import WORLD
 from exectune_jax.sim.teacher import atomic, write
+from exectune_jax.world import WORLD
 
 P = Problem(
     id="p", split="test", answer="27",
