@@ -42,7 +42,7 @@ from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora
 from exectune_jax.train import forecast, rewards, rl_step
-from exectune_jax.train.advantages import group_advantages, group_rewards, informative_share
+from exectune_jax.train.advantages import advantages, estimator, group_rewards, informative_share
 from exectune_jax.train.checkpoint import Checkpointer
 from exectune_jax.train.metrics import MetricsWriter, progress_bar
 from exectune_jax.train.optim import make_optimizer
@@ -126,12 +126,14 @@ class Learner:
             params = rl_step.cast_state(params, self.compute_dtype)
         return nnx.merge(self.graphdef, params)
 
-    def update(self, rollout: Rollout, labelled: Labelled, group_size: int, mu: int) -> dict | None:
-        """mu GRPO updates on one labelled rollout; None (weights untouched) when nothing counts."""
-        values, valid = group_rewards(labelled.rewards, group_size)
+    def update(self, rollout: Rollout, labelled: Labelled, rl, spread_tol: float) -> dict | None:
+        """rl.mu GRPO updates on one labelled rollout, advantages by rl.advantage (rewards closer
+        than `spread_tol` are no spread); None (weights untouched) when nothing counts."""
+        values, valid = group_rewards(labelled.rewards, rl.group_size)
         if not valid.any():
             return None
-        adv = group_advantages(values, valid).reshape(-1)
+        adv = advantages(rl.advantage, values, valid, std_floor=rl.std_floor,
+                         spread_tol=spread_tol).reshape(-1)
         host = rl_step.build_batch(rollout.prompts, rollout.completions, rollout.logprobs, adv,
                                    valid.reshape(-1), self.layout, self.pad_id)
         shardings = rl_step.batch_shardings(self.mesh, self.layout)
@@ -139,7 +141,7 @@ class Learner:
         with parallel.use_mesh(self.mesh):
             reference = self.params if self.reference is None else self.reference
             ref_logp = self.logprob_fn(reference, batch)
-            for _ in range(mu):
+            for _ in range(rl.mu):
                 self.params, self.opt_state, stats = self.train_step(
                     self.params, self.opt_state, batch, ref_logp)
         return {k: float(v) for k, v in jax.device_get(stats).items()}
@@ -166,9 +168,11 @@ def build_learner(cfg: Config, init: Path, mesh) -> tuple[Learner, Any]:
         layout=layout,
         train_step=rl_step.make_train_step(graphdef, tx, clip_eps=cfg.rl.clip_eps,
                                            beta=cfg.rl.beta, wrt=wrt,
-                                           head_chunk=cfg.model.head_chunk),
+                                           head_chunk=cfg.model.head_chunk,
+                                           temperature=cfg.rl.temperature, top_p=cfg.rl.top_p),
         logprob_fn=rl_step.make_logprob_fn(graphdef, lora.without_adapters if adapters else None,
-                                           head_chunk=cfg.model.head_chunk),
+                                           head_chunk=cfg.model.head_chunk,
+                                           temperature=cfg.rl.temperature, top_p=cfg.rl.top_p),
         compute_dtype=dtype, pad_id=mcfg.pad_token_id if mcfg.pad_token_id is not None else 0,
         wrt=wrt, lora_meta=lora.checkpoint_meta(cfg.model.lora, init),
     )
@@ -279,9 +283,10 @@ def _held_out_report(before: dict, after: dict) -> str:
 
 
 def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None,
-                spec: rewards.RewardSpec, timing: dict[str, float]) -> dict:
-    """One metrics.jsonl line: update statistics, outcome metrics, the share of groups with a
-    non-zero advantage (`groups_with_spread`), staleness and timings.
+                spec: rewards.RewardSpec, timing: dict[str, float], spread_tol: float) -> dict:
+    """One metrics.jsonl line: update statistics, outcome metrics, the share of groups with
+    spread beyond `spread_tol` (`groups_with_spread`: those an update learns from), staleness
+    and timings.
 
     `device_busy` is the fraction of the step's wall time the device spent sampling or
     updating; `pool_wait_s` the time the loop sat waiting for the core's labels.
@@ -293,7 +298,7 @@ def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None
         "loss": stats.pop("loss", None),
         **stats,
         **outcome_metrics(rollout, labelled, spec),
-        "groups_with_spread": informative_share(labelled.rewards, rollout.group_size),
+        "groups_with_spread": informative_share(labelled.rewards, rollout.group_size, spread_tol),
         "update_skipped": int(skipped),
         "staleness": t - rollout.policy_step,
         **timing,
@@ -307,6 +312,8 @@ def train(cfg: Config) -> dict:
     preflight.check(cfg, "rl")
     rl = cfg.rl
     spec = rewards.make_spec(rl.preset, rl.weights)
+    estimator(rl.advantage)  # a misspelt estimator fails here, before any paid call
+    spread_tol = rewards.spread_tolerance(spec, rl.cost_resolution_usd)
     stage = layout.stage(cfg.run_dir, rl.name)
     init = resolve_init(cfg)
     ckpt = Checkpointer(layout.checkpoints(cfg.run_dir, rl.name), keep=rl.keep_checkpoints)
@@ -388,11 +395,11 @@ def train(cfg: Config) -> dict:
                 ckpt.wait()
                 pool.raise_if_stopped()
             u0 = time.perf_counter()
-            stats = learner.update(rollout, labelled, rl.group_size, rl.mu)
+            stats = learner.update(rollout, labelled, rl, spread_tol)
             update_s = time.perf_counter() - u0
             timing = {"step_s": time.perf_counter() - t0, "sample_s": sample_s,
                       "update_s": update_s, "pool_wait_s": pool_wait_s}
-            record = step_record(t, rollout, labelled, stats, spec, timing)
+            record = step_record(t, rollout, labelled, stats, spec, timing, spread_tol)
             if stats is None:
                 print(f"{rl.name} step {t + 1}: no scored sample ({labelled.errors or 'all excluded'});"
                       " weights unchanged", file=sys.stderr)

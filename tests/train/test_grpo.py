@@ -311,6 +311,22 @@ def test_rl_stage_logs_every_metric_and_writes_the_guide(tmp_path, tiny_guide):
     assert summary["ledger"]["rl"]["calls"] >= 16
 
 
+def test_rl_learns_on_policy_at_the_sampling_temperature_and_top_p(tmp_path, tiny_guide):
+    cfg = load_config(None, rl_overrides(tmp_path, tiny_guide, "rl.steps=1", "rl.held_out=0",
+                                         "rl.temperature=0.7", "rl.top_p=0.9",
+                                         "rl.advantage=batch"))
+    train(cfg)
+    (row,) = read_metrics(tmp_path / "rl")
+    assert row["ratio"] == pytest.approx(1.0, abs=1e-4)  # the first batch is the policy's own
+    assert {"groups_with_spread", "core_calls_paid", "core_calls_replayed"} <= set(row)
+
+
+def test_an_unknown_advantage_estimator_fails_before_any_call(tmp_path, tiny_guide):
+    with pytest.raises(UserError, match="rl.advantage"):
+        train(load_config(None, rl_overrides(tmp_path, tiny_guide, "rl.advantage=ppo")))
+    assert not (tmp_path / "ledger.jsonl").exists()
+
+
 def test_a_batch_whose_core_calls_all_fail_is_reported_and_moves_no_weight(
         tmp_path, tiny_guide, capsys):
     cfg = load_config(None, rl_overrides(
