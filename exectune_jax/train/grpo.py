@@ -243,8 +243,10 @@ def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, i
 
 def restore_checkpoint(ckpt: Checkpointer, learner: Learner, key_data, it, problems_by_id,
                        cfg: Config) -> tuple[int, Any, list[Rollout]]:
-    step = ckpt.latest_step()
-    _, meta = ckpt.restore(step, target={})
+    # the newest step whose metadata reads (a damaged newest one is passed over with one line);
+    # its arrays are then read or refused with one line
+    _, meta = ckpt.restore(target={})
+    step = ckpt.restored_step
     n, max_new = cfg.rl.prompts_per_step * cfg.rl.group_size, cfg.rl.max_new_tokens
     template = _rollout_arrays(
         Rollout(0, 0, [], cfg.rl.group_size, [[]] * n, [[]] * n, [np.zeros(0)] * n, [""] * n),

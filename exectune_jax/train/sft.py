@@ -286,16 +286,15 @@ def _ckpt_state(model, opt, wrt) -> dict:
 
 
 def _resume(ckpt: Checkpointer, model, opt, wrt, it, mesh, writer: MetricsWriter, name: str) -> int:
-    """Restore the newest checkpoint into model, optimizer and data iterator; returns its step."""
-    step = ckpt.latest_step()
-    if step is None:
+    """Restore the newest readable checkpoint (a damaged newest one is passed over, with one line)
+    into model, optimizer and data iterator; returns its step."""
+    if ckpt.latest_step() is None:
         return 0
-    state, meta = ckpt.restore(step, target=_ckpt_state(model, opt, wrt), data_iter=it,
-                               mesh=mesh)
+    state, meta = ckpt.restore(target=_ckpt_state(model, opt, wrt), data_iter=it, mesh=mesh)
     nnx.update(model, state["params"])
     nnx.update(opt, state["opt"])
+    step = int(meta.get("step", ckpt.restored_step))
     writer.truncate_after(step)
-    step = int(meta.get("step", step))
     resume.resumed(name, step)
     return step
 
