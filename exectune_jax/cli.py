@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(teacher habit rate 0, 0.4; follow_compound 0.25, 0.85), each "
                                 "in run_dir/sensitivity/<value>/seed-N, beside each seed's demo "
                                 "in the run's own world; adds its tables and plot to study.md")
+            p.add_argument("--rl-validation", action="store_true",
+                           help="instead, the validation run of docs/rl.md: per seed, in "
+                                "run_dir/rl-validation/seed-N, SFT then RL with the default and "
+                                "the candidate setting, scored on the validation split; the "
+                                "rule's verdict in run_dir/rl_validation.json and .md")
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",
                            help="keep every well-formed teacher strategy (the SFT-guide baseline)")

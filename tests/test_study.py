@@ -174,3 +174,87 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
     assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"ran in world {WORLD.hash}, not the sweep's" in err
+
+
+def validation_results(cells: dict[str, tuple[float, float]], split: str = "validation") -> dict:
+    """One seed's validation results.json: method -> (accuracy, α)."""
+    return {"world": WORLD, "split": split, "problems": 500, "rows": [
+        {"method": m, "n": 500, "accuracy": acc, "accuracy_ci": [acc - 0.03, acc + 0.03],
+         "executability": alpha, "executability_ci": [alpha - 0.04, alpha + 0.04]}
+        for m, (acc, alpha) in cells.items()]}
+
+
+def seeds_of(*per_seed: tuple[tuple[float, float], ...]) -> dict[int, dict]:
+    """Seeds 0, 1, 2 from (exectune_sft, rl_default, rl_candidate) cells."""
+    return {s: validation_results(dict(zip(study.RL_VALIDATION_GUIDES, cells)))
+            for s, cells in enumerate(per_seed)}
+
+
+def test_the_candidate_replaces_the_default_with_higher_accuracy_in_two_seeds_and_alpha_kept():
+    # the candidate is higher in seeds 0 and 2, lower in 1; its α falls by exactly 2 points in
+    # seed 1 (allowed: not lower by *more* than 2); RL beats SFT in 2 seeds only as the candidate
+    doc = study.validation_verdict(seeds_of(((0.900, 0.80), (0.910, 0.80), (0.920, 0.81)),
+                                            ((0.900, 0.80), (0.895, 0.82), (0.890, 0.80)),
+                                            ((0.900, 0.80), (0.900, 0.80), (0.904, 0.80))))
+    cand = doc["candidate_vs_default"]
+    assert [p["higher"] for p in cand["per_seed"]] == [True, False, True]
+    assert cand["per_seed"][1]["alpha_drop_points"] == pytest.approx(2.0)
+    assert (cand["higher_in"], cand["needed"], cand["alpha_ok"], cand["passes"]) == (2, 2, True, True)
+    assert doc["rl_vs_sft"]["rl_default"]["higher_in"] == 1
+    assert doc["rl_vs_sft"]["rl_candidate"]["higher_in"] == 2
+    assert doc["verdict"] == {"candidate_replaces_default": True, "kept": "rl_candidate",
+                              "rl_beats_sft": ["rl_candidate"], "kept_beats_sft": True}
+    assert doc["as_written"] and doc["cells"]["1"]["rl_default"]["accuracy_ci"] == [0.865, 0.925]
+    md = study.rl_validation_table(doc)
+    assert "| 1 | rl_default | 500 | 89.5 [86.5, 92.5] | 82.0 [78.0, 86.0] |" in md
+    assert "Verdict: the candidate replaces the default; RL beats exectune_sft (rl_candidate)" in md
+
+
+def test_the_default_stays_when_the_candidate_loses_alpha_in_one_seed_or_wins_one_seed_only():
+    # higher accuracy in every seed, but α 2.5 points lower in seed 2: the default stays
+    alpha_lost = study.validation_verdict(seeds_of(((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
+                                                   ((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
+                                                   ((0.90, 0.800), (0.91, 0.800), (0.92, 0.775))))
+    cand = alpha_lost["candidate_vs_default"]
+    assert (cand["higher_in"], cand["accuracy_ok"], cand["alpha_ok"], cand["passes"]) == (3, True, False, False)
+    assert alpha_lost["verdict"]["kept"] == "rl_default"
+    assert alpha_lost["verdict"]["rl_beats_sft"] == ["rl_default"]  # 3 of 3, α equal
+    # one seed of three higher, ties are not higher; no RL beats SFT
+    one_seed = study.validation_verdict(seeds_of(((0.90, 0.8), (0.90, 0.8), (0.91, 0.8)),
+                                                 ((0.90, 0.8), (0.90, 0.8), (0.90, 0.8)),
+                                                 ((0.90, 0.8), (0.91, 0.8), (0.89, 0.8))))
+    assert one_seed["candidate_vs_default"]["higher_in"] == 1
+    assert one_seed["verdict"] == {"candidate_replaces_default": False, "kept": "rl_default",
+                                   "rl_beats_sft": [], "kept_beats_sft": False}
+    assert "RL (either setting) does not beat exectune_sft" in study.rl_validation_table(one_seed)
+
+
+def test_the_rl_validation_reads_finished_seeds_back_and_refuses_the_test_split(tmp_path):
+    per_seed = seeds_of(*[((0.90, 0.8), (0.91, 0.8), (0.92, 0.8))] * 3)
+    for seed, doc in per_seed.items():
+        where = tmp_path / study.RL_VALIDATION / f"seed-{seed}" / study.RL_VALIDATION_OUT
+        where.mkdir(parents=True)
+        (where / "results.json").write_text(json.dumps(doc))
+    assert main(["study", "--rl-validation", f"run_dir={tmp_path}"]) == 0  # no stage reruns
+    saved = json.loads((tmp_path / "rl_validation.json").read_text())
+    assert saved["seeds"] == [0, 1, 2] and saved["verdict"]["candidate_replaces_default"]
+    assert (tmp_path / "rl_validation.md").read_text() == study.rl_validation_table(saved)
+    with pytest.raises(UserError, match="test split"):
+        study.validation_verdict({0: validation_results({"exectune_sft": (0.9, 0.8)}, split="test")})
+
+
+def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp_path):
+    from exectune_jax import demo
+    from exectune_jax.config import Config
+
+    cfg = demo.prepare(Config(), str(tmp_path), quick=False)
+    configs = study.rl_validation_configs(cfg)
+    assert configs["rl"] == demo.stage_configs(cfg)["rl"]
+    assert configs["rl_candidate"] == demo.with_values(configs["rl"], {"rl.name": "rl_candidate",
+                                                                       **study.RL_CANDIDATE})
+    ev = configs["eval_validation"].eval
+    assert (ev.split, ev.n_problems, ev.core_strong, ev.out, ev.advisor_methods) == (
+        "validation", None, False, "rl_validation", [])
+    assert ev.guides == {"exectune_sft": "sft/guide", "rl_default": "rl/guide",
+                         "rl_candidate": "rl_candidate/guide"}
+    assert cfg.task.options["n_validation"] == 500 and cfg.rl.steps == 30
