@@ -85,20 +85,43 @@ class WorldSpec:
     # The base guide's prose advice starts a sentence with a connector other than "Then" this
     # often (wording only: every sentence names one operation and the problem's numbers).
     advice_connector_rate: float = 0.5
+    # World v3 candidates (docs/world.md): off at these values, which are version 2's behaviour.
+    # Whether the core says so when it sets a strategy aside ("I cannot follow the strategy ...,
+    # so I will solve the problem my own way"). Version 2's core does, and sim-judge reads it;
+    # real instruct models rarely announce it, they just answer their own way, so a judge must
+    # tell from the computations alone (false: the judge reads computations only).
+    core_announces_aside: bool = True
+    # sim-judge answers "followed" where its reading of the response says not followed, this
+    # often (by a stable hash of the exchange). LLM judges lean to yes: judging other models'
+    # feedback they accept most correct outputs but pass many wrong ones too (the NUS
+    # agreeableness-bias study: true-positive rate above 96%, true-negative rate below 25%).
+    judge_false_yes: float = 0.0
+    # sim-judge answers "not followed" where its reading says followed, this often (same hash):
+    # the rarer error, a judge that misreads a reordered or reformatted computation. Human
+    # agreement of strong LLM judges is about 80-85% overall (MT-Bench, Zheng et al. 2023).
+    judge_false_no: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @property
     def hash(self) -> str:
-        """A stable digest of every value (not of how the source spells them)."""
-        text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable digest of every value (not of how the source spells them). A field added
+        after version 2 enters it only when it differs from the value that behaves as version 2
+        did (`SINCE_V2`), so the worlds measured before it existed keep their hash."""
+        values = {k: v for k, v in self.as_dict().items() if k not in SINCE_V2 or v != SINCE_V2[k]}
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def summary(self) -> dict:
         """What results.json records of the world: its version and hash."""
         return {"version": self.version, "hash": self.hash}
 
+
+# Each field added after version 2 -> the value under which the world behaves as version 2 did.
+# Adding a field leaves every earlier world's hash as it was (results.json, the published tables,
+# a study resumed in its run_dir); any other value of the field changes the hash.
+SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0, "judge_false_no": 0.0}
 
 WORLD = WorldSpec()
 
@@ -117,7 +140,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "own_filler_per_step": (0, math.inf), "teacher_merge_rate": _PROBABILITY,
     "teacher_verbose_rate": _PROBABILITY, "teacher_vague_rate": _PROBABILITY,
     "advice_connector_rate": _PROBABILITY, HABIT_RATE: _PROBABILITY,
+    "judge_false_yes": _PROBABILITY, "judge_false_no": _PROBABILITY,
 }
+FLAGS = ("core_announces_aside",)  # true/false values an override may set
 PROFILE_RANGES: dict[str, tuple[float, float]] = {
     "intercept": (0.0, 2.0), "slope": (0.0, 1.0), "flip": _PROBABILITY, "slip": _PROBABILITY}
 MIXES = ("teacher_propose", "teacher_habit", "teacher_revise")
@@ -144,6 +169,10 @@ def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: st
             changes[key] = _profile(getattr(base, key), value, name)
         elif key in MIXES:
             changes[key] = _mix(getattr(base, key), value, name)
+        elif key in FLAGS:
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be true or false, got {value!r}")
+            changes[key] = value
         elif key == HABIT_RATE:
             changes["teacher_habit"] = habit_mix(base.teacher_habit, _scalar(value, float, RANGES[key], name))
         else:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from exectune_jax.sim import models
-from exectune_jax.world import HABIT_RATE, WORLD, CoreProfile, WorldSpec, summary_of, world_from
+from exectune_jax.world import HABIT_RATE, SINCE_V2, WORLD, CoreProfile, WorldSpec, summary_of, world_from
 
 
 def test_world_is_frozen():
@@ -25,6 +25,16 @@ def test_hash_is_stable_across_processes_and_moves_with_any_value():
                dataclasses.replace(WORLD, teacher_habit=(("atomic", 0.2), *WORLD.teacher_habit[1:]))]
     assert len({WORLD.hash, *(w.hash for w in changed)}) == 4
     assert WORLD.summary() == {"version": WORLD.version, "hash": WORLD.hash}
+
+
+def test_fields_added_after_version_2_leave_its_hash_alone_at_its_behaviour_and_move_it_otherwise():
+    assert WorldSpec().hash == "35716ebe7bfb5013"  # version 2's published hash (docs/world.md)
+    assert set(SINCE_V2) <= {f.name for f in dataclasses.fields(WorldSpec)}
+    assert all(getattr(WORLD, k) == v for k, v in SINCE_V2.items())  # off by default
+    assert world_from(dict(SINCE_V2)).hash == WORLD.hash
+    others = [world_from({"core_announces_aside": False}), world_from({"judge_false_yes": 0.1}),
+              world_from({"judge_false_no": 0.1}), world_from({"judge_false_yes": 0.2})]
+    assert len({WORLD.hash, *(w.hash for w in others)}) == 5
 
 
 def test_simulated_models_read_their_numbers_from_the_world():
@@ -54,6 +64,7 @@ def test_an_override_makes_another_world_under_another_hash_and_the_summary_says
     mix = {"atomic": 0.6, "compound": 0.1, "verbose": 0.1, "vague": 0.1, "wrong": 0.1}
     assert world_from({"teacher_revise": mix}).teacher_revise == tuple(mix.items())
     assert models.get("sim-core", other).world is other and models.get("sim-teacher", other).world is other
+    assert models.get("sim-judge", other).world is other
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -65,6 +76,9 @@ def test_an_override_makes_another_world_under_another_hash_and_the_summary_says
     ({HABIT_RATE: 0.4, "teacher_habit": {}}, "both set the habit mix"),
     ({"success_floor": 0.99}, "`w.success_floor` (0.99) is above `w.success_ceil`"),
     ({"version": "3"}, "`w.version` names the default world"),
+    ({"core_announces_aside": 0}, "`w.core_announces_aside` must be true or false"),
+    ({"judge_false_yes": 1.5}, "`w.judge_false_yes` is 1.5; it must be in [0, 1]"),
+    ({"judge_false_no": True}, "`w.judge_false_no` must be a number"),
 ])
 def test_a_bad_override_is_one_line_naming_its_key(overrides, needle):
     with pytest.raises(ValueError) as e:

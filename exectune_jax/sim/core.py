@@ -13,7 +13,9 @@ the first step it does not carry out it goes on with its own reasoning from ther
 computed so far stays, and if that was on track (every result so far is one of the problem's
 true intermediate amounts) it solves the rest alone with the success rate of the operations
 left, so advice that names the right operations helps even when not followed to the end.
-Every number it behaves by is a field of `world.py`'s `WorldSpec`.
+Where it sets a strategy aside it says so in one sentence, unless the world's
+`core_announces_aside` is false (then only its computations show it). Every number it behaves
+by is a field of `world.py`'s `WorldSpec`.
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ class SimCore:
         if run.followed_all:
             return Reply(_followed(run), True, len(run.done))
         if not run.done:
-            note = f"I cannot follow the strategy ({run.reason}), so I will solve the problem my own way.\n"
+            note = (f"I cannot follow the strategy ({run.reason}), so I will solve the problem my own way.\n"
+                    if self.world.core_announces_aside else "")
             return Reply(note + self._attempt(problem, rng), False)
         return Reply(self._continue(problem, run, rng), False, len(run.done))
 
@@ -133,7 +136,8 @@ class SimCore:
     def _continue(self, problem: str, run: follow.Execution, rng: random.Random) -> str:
         """Followed part of the strategy, then its own reasoning from the step it stopped at."""
         lines = ["I will follow the strategy."] + _step_lines(run)
-        lines.append(f"I cannot carry out the rest ({run.reason}), so I continue my own way.")
+        if self.world.core_announces_aside:
+            lines.append(f"I cannot carry out the rest ({run.reason}), so I continue my own way.")
         program = parse_problem(problem)
         if program is None:
             return "\n".join(lines) + "\n" + _guess(problem, rng)

@@ -1,10 +1,18 @@
 """`sim-judge`: a stand-in for a judge model that decides "followed" from the texts alone.
 
 It reads the judge prompt (problem, strategy, the core's response) the way a careful reader
-would: a response that says it sets the strategy aside did not follow it; otherwise the
-strategy's steps, read as the core's step language, must each appear as the response's
-computation of the same step, in order, on the operands the step names (an arithmetic slip is
-still following). It never sees what the core "really" did; the server keeps that apart.
+would: in a world whose core announces it, a response that says it sets the strategy aside did
+not follow it; otherwise (and always where the core does not announce, `core_announces_aside`
+false) the strategy's steps, read as the core's step language, must each appear as the
+response's computation of the same step, in order, on the operands the step names (an
+arithmetic slip is still following). Read from the computations alone it can be wrong: a core
+that sets the strategy aside and happens to compute the same steps looks as if it followed.
+It never sees what the core "really" did; the server keeps that apart.
+
+Then, like a real judge model, it errs at the world's stated rates: a "no" reading is answered
+"yes" with probability `judge_false_yes` and a "yes" reading "no" with `judge_false_no`, decided
+by a stable hash of the exchange (problem, strategy, response), so one exchange always gets the
+same verdict and a higher rate flips a superset of the exchanges a lower one flips.
 
 It answers in the fixed form of the follow check: `followed: yes|no` then `reason: ...`.
 """
@@ -17,7 +25,9 @@ from fractions import Fraction
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.trace import number, read_lines
 from exectune_jax.sim import follow
+from exectune_jax.sim.core import unit
 from exectune_jax.sim.steps import SYMBOLS
+from exectune_jax.world import WORLD, WorldSpec
 
 _ASIDE = re.compile(r"cannot follow the strategy|cannot carry out|my own way|ignore the strategy",
                     re.IGNORECASE)
@@ -25,15 +35,16 @@ _COMPUTED = re.compile(r"(-?\d+(?:\.\d+)?) ([-+*/]) (-?\d+(?:\.\d+)?) = (-?\d+(?
 _CLAIMED = re.compile(r"the strategy says the answer is (-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
-def decide(problem: str, strategy: str, response: str) -> tuple[bool, str]:
-    """(followed, reason) from the three texts.
+def decide(problem: str, strategy: str, response: str, *, read_aside: bool = True) -> tuple[bool, str]:
+    """(followed, reason) from the three texts; `read_aside`: a response that says it sets the
+    strategy aside is "no" on that sentence alone (false: the computations alone decide).
 
     Each operation the strategy names (one per atomic step, two in a chained step, one named
     inside a prose sentence) must be the response's next computation: the same operation, on
     the problem's numbers the step names, or on results the response computed before where the
     step refers to one. A stated answer must be taken up; prose that names no operation is
     commentary."""
-    if _ASIDE.search(response):
+    if read_aside and _ASIDE.search(response):
         return False, "the response sets the strategy aside and solves the problem its own way"
     sentences, block, why = follow.sentences_of(strategy)
     if sentences is None:
@@ -81,8 +92,23 @@ def _names(operand: str, value: Fraction, earlier: list[Fraction]) -> bool:
     return Fraction(int(text)) == value if text.isdigit() else value in earlier
 
 
+def verdict(problem: str, strategy: str, response: str, world: WorldSpec = WORLD) -> tuple[bool, str]:
+    """(followed, reason) as sim-judge answers in `world`: its reading (`decide`), flipped at the
+    world's error rates by a stable hash of the exchange."""
+    followed, reason = decide(problem, strategy, response, read_aside=world.core_announces_aside)
+    draw = unit("judge", problem, strategy, response)
+    if not followed and draw < world.judge_false_yes:
+        return True, "the response carries out every step of the strategy in order"
+    if followed and draw < world.judge_false_no:
+        return False, "the response's computations do not match the strategy's steps"
+    return followed, reason
+
+
 class SimJudge:
     name = "sim-judge"
+
+    def __init__(self, world: WorldSpec = WORLD) -> None:
+        self.world = world
 
     def complete(self, messages, *, max_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:
         if not prompts.is_judge_follow(messages):
@@ -91,5 +117,5 @@ class SimJudge:
         strategy = prompts.strategy_text(messages)
         if response is None or strategy is None:
             return "I need a problem, a strategy and a response to judge."
-        followed, reason = decide(prompts.problem_text(messages), strategy, response)
+        followed, reason = verdict(prompts.problem_text(messages), strategy, response, self.world)
         return f"followed: {'yes' if followed else 'no'}\nreason: {reason}"

@@ -16,11 +16,12 @@ NAMES = (*PROFILES, SimTeacher.name, SimJudge.name)
 @cache
 def get(name: str, world: WorldSpec = WORLD) -> SimCore | SimTeacher | SimJudge:
     """The simulated model `name` in `world`; each has `.complete(messages, *, max_tokens,
-    temperature, seed)`. The judge reads texts only, so it is the same in every world."""
+    temperature, seed)`. The judge reads texts only; the world sets whether it may read the
+    core's announcement and the rates at which it errs."""
     if name in PROFILES:
         return SimCore(name, world)
     if name == SimTeacher.name:
         return SimTeacher(world)
     if name == SimJudge.name:
-        return SimJudge()
+        return SimJudge(world)
     raise UserError(f"unknown simulated model {name!r}; known: {', '.join(NAMES)} (check the endpoint's model)")
