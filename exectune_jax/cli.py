@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import importlib
 import sys
+from pathlib import Path
 
 from exectune_jax.config import Config, EndpointConfig, load_config, render, section_help
 from exectune_jax.data import tasks
@@ -203,7 +204,11 @@ def held(command: str, cfg: Config, out: str | None) -> contextlib.AbstractConte
     process 0 of a multi-process job takes it, as only it writes the run's shared files."""
     if command not in LOCKED or (command in DISTRIBUTED and _process_index() != 0):
         return contextlib.nullcontext()
-    return RunLock((out if command == "demo" and out else None) or cfg.run_dir, command)
+    from exectune_jax import preflight  # lazily, as every stage import here: `--help` stays instant
+
+    run_dir = (out if command == "demo" and out else None) or cfg.run_dir
+    preflight.writable_dir(Path(run_dir), "run_dir")  # the lock lives in it: check it first
+    return RunLock(run_dir, command)
 
 
 def served(command: str, cfg: Config) -> contextlib.AbstractContextManager[Config]:
