@@ -25,7 +25,8 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from exectune_jax.models import sampler  # noqa: E402
-from exectune_jax.models.transformer import ModelConfig, Transformer, init_cache  # noqa: E402
+from exectune_jax.models.architecture import ModelConfig  # noqa: E402
+from exectune_jax.models.transformer import Transformer, init_cache  # noqa: E402
 from exectune_jax.train import rl_step, sft  # noqa: E402
 
 BATCH, SEQ, GEN = 4, 64, 32

@@ -41,7 +41,8 @@ from flax import nnx
 import gpu_check_torch as reference
 from exectune_jax import config, parallel
 from exectune_jax.models import hf, sampler
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 from exectune_jax.train import grpo, rl_step
 from exectune_jax.train.advantages import group_advantages
 from exectune_jax.train.optim import make_optimizer

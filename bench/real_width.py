@@ -34,7 +34,8 @@ def build_guide(out: Path, layers: int) -> Path:
 
     from exectune_jax.data import tasks
     from exectune_jax.models import hf
-    from exectune_jax.models.transformer import ModelConfig, Transformer
+    from exectune_jax.models.architecture import ModelConfig
+    from exectune_jax.models.transformer import Transformer
     from exectune_jax.sim.guide import tokenizer_corpus, train_tokenizer
 
     problems = tasks.get("arith", n_train=64, n_validation=8, n_test=8).problems("train")

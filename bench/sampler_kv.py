@@ -19,7 +19,9 @@ import numpy as np
 from flax import nnx
 
 from exectune_jax.models import sampler
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+
+from exectune_jax.models.transformer import Transformer
 
 CONFIG = ModelConfig(
     model_type="llama", vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4,

@@ -32,7 +32,8 @@ import optax
 from flax import nnx
 
 from exectune_jax import parallel
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 from exectune_jax.train.checkpoint import Checkpointer
 
 CFG = ModelConfig(

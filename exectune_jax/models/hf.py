@@ -30,7 +30,8 @@ from safetensors.numpy import save_file
 
 from exectune_jax import parallel
 from exectune_jax.errors import UserError
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf
-from exectune_jax.models.transformer import ModelConfig
+from exectune_jax.models.architecture import ModelConfig
 
 GGUF_SUFFIX = ".gguf"
 EXTRA = "import"

@@ -40,11 +40,12 @@ from exectune_jax.data.tasks.base import Problem
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.models import hf
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import teacher
-from exectune_jax.world import WORLD, WorldSpec, world_from
 from exectune_jax.train.sft import base_guide_dir
 from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config, warm_up
+from exectune_jax.world import WORLD, WorldSpec, world_from
 
 MARKER = "base_guide.json"  # what the directory was built from; a mismatch is refused
 

@@ -154,7 +154,7 @@ def program_memory(name: str, compiled: Any, other_resident: int) -> ProgramMemo
 def model_config(cfg: Config):
     """The guide's architecture: a local HF dir's config.json, a known hub id, or the demo guide."""
     from exectune_jax.models import hf
-    from exectune_jax.models.transformer import ModelConfig
+    from exectune_jax.models.architecture import ModelConfig
 
     path = cfg.model.path
     if path is None:

@@ -10,7 +10,8 @@ from flax import nnx
 
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.gcop import prompts
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import guide
 
 N_PROBLEMS = 40

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exectune_jax.models import transformer
+from exectune_jax.models import attention, transformer
 
 B, H, K, D = 2, 4, 2, 8
 T, S = 1068, 1100  # several query blocks once the score bound is lowered below
@@ -20,27 +20,27 @@ def inputs():
     k, v = jax.random.normal(k2, (B, S, K, D)), jax.random.normal(k3, (B, S, K, D))
     q_segments = jnp.ones((B, T), jnp.int32).at[0, :20].set(0)  # padding queries
     kv_segments = jnp.ones((B, S), jnp.int32).at[1, :30].set(0)  # empty cache slots
-    mask = transformer.attention_mask(q_segments, 50 + jnp.arange(T), kv_segments, jnp.arange(S))
+    mask = attention.attention_mask(q_segments, 50 + jnp.arange(T), kv_segments, jnp.arange(S))
     return q, k, v, mask
 
 
 def test_blocked_attention_equals_the_full_score_reference_with_gradients():
     q, k, v, mask = inputs()
-    np.testing.assert_allclose(transformer.attend(q, k, v, mask),
-                               transformer.attend_reference(q, k, v, mask), atol=1e-5)
+    np.testing.assert_allclose(attention.attend(q, k, v, mask),
+                               attention.attend_reference(q, k, v, mask), atol=1e-5)
 
     def grads(fn):
         return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v, mask) ** 2), argnums=(0, 1, 2))(q, k, v)
 
-    for got, want in zip(grads(transformer.attend), grads(transformer.attend_reference),
+    for got, want in zip(grads(attention.attend), grads(attention.attend_reference),
                          strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_query_blocks_are_powers_of_two_within_the_score_bound():
-    assert transformer.query_block(B, H, T, S) == 128
-    assert transformer.query_block(B, H, 100, S) == 100  # fits whole: one block
-    assert transformer.query_block(64 * B, H, T, S) == transformer.MIN_QUERY_BLOCK
+    assert attention.query_block(B, H, T, S) == 128
+    assert attention.query_block(B, H, 100, S) == 100  # fits whole: one block
+    assert attention.query_block(64 * B, H, T, S) == attention.MIN_QUERY_BLOCK
 
 
 def test_blocked_attention_needs_a_fraction_of_the_full_score_memory():
@@ -50,8 +50,8 @@ def test_blocked_attention_needs_a_fraction_of_the_full_score_memory():
         return jax.jit(fn).lower(q, k, v, mask).compile().memory_analysis().temp_size_in_bytes
 
     full_scores = B * H * T * S * 4  # one float32 [B, H, T, S] array
-    assert temp_bytes(transformer.attend_reference) >= full_scores
-    assert temp_bytes(transformer.attend) < full_scores / 2
+    assert temp_bytes(attention.attend_reference) >= full_scores
+    assert temp_bytes(attention.attend) < full_scores / 2
 
 
 def packed_self_attention(length=256):
@@ -62,7 +62,7 @@ def packed_self_attention(length=256):
     cut = jnp.arange(length)
     segments = jnp.stack([1 + (cut >= 100) + (cut >= 190), jnp.where(cut < length - 9, 1, 0)])
     slots = jnp.arange(length)
-    return q, k, v, transformer.attention_mask(segments, slots, segments, slots)
+    return q, k, v, attention.attention_mask(segments, slots, segments, slots)
 
 
 @pytest.mark.parametrize("bound", ["default", "small"])
@@ -70,29 +70,29 @@ def test_causal_blocks_equal_the_full_self_attention_with_gradients(monkeypatch,
     if bound == "default":
         monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 2**28)
     q, k, v, mask = packed_self_attention()
-    assert len(transformer.causal_blocks(B, H, 256)) > 1
+    assert len(attention.causal_blocks(B, H, 256)) > 1
     valid = jnp.any(mask, axis=-1)[:, :, None, None]  # rows with a key to attend
     got, want = (jnp.where(valid, fn(q, k, v, mask), 0)
-                 for fn in (transformer.attend, transformer.attend_reference))
+                 for fn in (attention.attend, attention.attend_reference))
     np.testing.assert_allclose(got, want, atol=1e-5)
 
     def grads(fn):
         loss = lambda q, k, v: jnp.sum(jnp.where(valid, fn(q, k, v, mask), 0) ** 2)  # noqa: E731
         return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-    for got, want in zip(grads(transformer.attend), grads(transformer.attend_reference),
+    for got, want in zip(grads(attention.attend), grads(attention.attend_reference),
                          strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_causal_blocks_split_the_queries_within_the_bound_and_cap_their_number(monkeypatch):
     monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 2**28)
-    assert transformer.causal_blocks(8, 4, 256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
-    assert transformer.causal_blocks(1, 1, 30) == [(0, 16), (16, 30)]  # at least 16 queries
-    assert transformer.causal_blocks(1, 1, 16) == [(0, 16)]
+    assert attention.causal_blocks(8, 4, 256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
+    assert attention.causal_blocks(1, 1, 30) == [(0, 16), (16, 30)]  # at least 16 queries
+    assert attention.causal_blocks(1, 1, 16) == [(0, 16)]
     monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 4 * 32 * 4096)
-    assert transformer.query_block(1, 1, 4096, 4096) == 32
-    assert transformer.causal_blocks(1, 1, 4096) == []  # 128 blocks of 32: the scan instead
+    assert attention.query_block(1, 1, 4096, 4096) == 32
+    assert attention.causal_blocks(1, 1, 4096) == []  # 128 blocks of 32: the scan instead
 
 
 def test_causal_blocks_skip_the_score_work_above_the_diagonal(monkeypatch):
@@ -102,5 +102,5 @@ def test_causal_blocks_skip_the_score_work_above_the_diagonal(monkeypatch):
     def flops(fn):
         return jax.jit(fn).lower(q, k, v, mask).compile().cost_analysis()["flops"]
 
-    ratio = flops(transformer.attend) / flops(transformer.attend_reference)
+    ratio = flops(attention.attend) / flops(attention.attend_reference)
     assert 0.55 < ratio < 0.7  # 4 blocks: 10 of 16 block pairs, 62.5% of the work

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from exectune_jax import parallel
-from exectune_jax.models import transformer
+from exectune_jax.models import attention
 
 H, K, D = 4, 2, 16
 T = 200  # not a multiple of the kernel's 128-slot tile: the padding is exercised
@@ -28,7 +28,7 @@ def packed_segments(batch: int, t: int) -> jnp.ndarray:
 
 def square_mask(segments: jnp.ndarray) -> jnp.ndarray:
     slots = jnp.arange(segments.shape[1])
-    return transformer.attention_mask(segments, slots, segments, slots)
+    return attention.attention_mask(segments, slots, segments, slots)
 
 
 def inputs(batch: int):
@@ -43,7 +43,7 @@ def grads(fn, q, k, v, mask):
 
 
 def splash_interpreted(q, k, v, mask):
-    return transformer.attend_splash(q, k, v, mask, interpret=True)
+    return attention.attend_splash(q, k, v, mask, interpret=True)
 
 
 def test_segment_ids_from_the_mask_rebuild_the_same_mask():
@@ -51,7 +51,7 @@ def test_segment_ids_from_the_mask_rebuild_the_same_mask():
     # one row all padding; one segment id in two separate runs (a slot's id, not its run)
     segments = segments.at[1].set(0).at[2, 40:50].set(segments[2, 0])
     mask = square_mask(segments)
-    ids = transformer.splash_segment_ids(mask)
+    ids = attention.splash_segment_ids(mask)
     np.testing.assert_array_equal(square_mask(ids), mask)
     same_ids = ids[:, :, None] == ids[:, None, :]
     np.testing.assert_array_equal(same_ids, segments[:, :, None] == segments[:, None, :])
@@ -60,9 +60,9 @@ def test_segment_ids_from_the_mask_rebuild_the_same_mask():
 def test_splash_kernel_equals_the_reference_with_gradients():
     q, k, v, mask = inputs(2)
     np.testing.assert_allclose(splash_interpreted(q, k, v, mask),
-                               transformer.attend_reference(q, k, v, mask), atol=1e-5)
+                               attention.attend_reference(q, k, v, mask), atol=1e-5)
     for got, want in zip(grads(splash_interpreted, q, k, v, mask),
-                         grads(transformer.attend_reference, q, k, v, mask), strict=True):
+                         grads(attention.attend_reference, q, k, v, mask), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
@@ -72,17 +72,17 @@ def test_splash_kernel_under_a_mesh_runs_per_shard_and_equals_the_reference():
     with parallel.use_mesh(mesh):
         assert "shard_map" in str(jax.make_jaxpr(splash_interpreted)(q, k, v, mask))
         got = jax.jit(splash_interpreted)(q, k, v, mask)
-    np.testing.assert_allclose(got, transformer.attend_reference(q, k, v, mask), atol=1e-5)
+    np.testing.assert_allclose(got, attention.attend_reference(q, k, v, mask), atol=1e-5)
 
 
 def test_attend_uses_splash_on_tpu_only_where_queries_and_keys_are_the_same_slots(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     q, k = jnp.zeros((1, 8, H, D)), jnp.zeros((1, 8, K, D))
-    assert transformer._splash_applies(q, k)  # training, log-probs, a prefill filling the cache
-    assert not transformer._splash_applies(q[:, :1], k)  # a decode step
-    assert not transformer._splash_applies(q, jnp.zeros((1, 24, K, D)))  # prefill, longer cache
+    assert attention._splash_applies(q, k)  # training, log-probs, a prefill filling the cache
+    assert not attention._splash_applies(q[:, :1], k)  # a decode step
+    assert not attention._splash_applies(q, jnp.zeros((1, 24, K, D)))  # prefill, longer cache
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    assert not transformer._splash_applies(q, k)
+    assert not attention._splash_applies(q, k)
 
 
 @pytest.mark.skipif(jax.default_backend() != "tpu",
@@ -90,10 +90,10 @@ def test_attend_uses_splash_on_tpu_only_where_queries_and_keys_are_the_same_slot
                            "kernel is checked above")
 def test_attend_on_tpu_runs_the_compiled_kernel_and_equals_the_reference():
     q, k, v, mask = inputs(2)
-    assert "pallas_call" in str(jax.make_jaxpr(transformer.attend)(q, k, v, mask))
+    assert "pallas_call" in str(jax.make_jaxpr(attention.attend)(q, k, v, mask))
     with jax.default_matmul_precision("highest"):
-        np.testing.assert_allclose(transformer.attend(q, k, v, mask),
-                                   transformer.attend_reference(q, k, v, mask), atol=1e-2)
-        for got, want in zip(grads(transformer.attend, q, k, v, mask),
-                             grads(transformer.attend_reference, q, k, v, mask), strict=True):
+        np.testing.assert_allclose(attention.attend(q, k, v, mask),
+                                   attention.attend_reference(q, k, v, mask), atol=1e-2)
+        for got, want in zip(grads(attention.attend, q, k, v, mask),
+                             grads(attention.attend_reference, q, k, v, mask), strict=True):
             np.testing.assert_allclose(got, want, atol=5e-2)

@@ -9,7 +9,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from exectune_jax.models import hf
-from exectune_jax.models.transformer import ModelConfig, ModelConfigError, Transformer
+from exectune_jax.models.architecture import ModelConfig, ModelConfigError
+from exectune_jax.models.transformer import Transformer
 
 TOKENS = np.random.RandomState(0).randint(2, VOCAB, (2, 12))
 POSITIONS = np.broadcast_to(np.arange(12), (2, 12))

@@ -18,7 +18,8 @@ from flax import nnx
 from exectune_jax.config import LoraConfig, load_config
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora, sampler
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 from exectune_jax.sim import serving
 from exectune_jax.train import grpo, grpo_loss, rewards, rl_step, rollouts
 from exectune_jax.train.checkpoint import Checkpointer

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from exectune_jax.models import sampler
-from exectune_jax.models.transformer import ModelConfig, Transformer
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer
 from exectune_jax.train import grpo_loss, rl_step
 from exectune_jax.train.head import chunked_head
 
