@@ -36,18 +36,14 @@ from exectune_jax.gcop import prompts
 DEFAULT_OUTPUT_TOKENS = {"teacher": 120.0, "core": 60.0, "judge": 20.0}
 DEFAULT_STRATEGY = "<strategy>\n1. Multiply 12 by 3.\n2. Add 5 to the result of step 1.\n</strategy>"
 # Share of a trained guide's guided calls that repeat a request already sent (replayed free by the
-# call cache), where no guide pilot measures it. Measured on two full default demos: RL 0.374 and
-# 0.532 of its guided executions; at eval, the later trained guides repeated an earlier one's
-# strategy on 0.416 and 0.487 of the problems. The mean of the four; the spread is the estimate's
-# uncertainty for those lines (two later seeds of the same config, not used here: RL 0.655 and
-# 0.394, eval 0.558 and 0.623; RL repeats most where it sharpens the guide onto followable
-# strategies).
+# call cache), where no guide pilot measures it: the mean of RL's and eval's measured shares on
+# full default demos, its spread the estimate's uncertainty for those lines (the measurements:
+# docs/real-apis.md, "Where estimate's stated numbers come from").
 TRAINED_REPEAT = 0.45
 # Free-form advice (the Advisor baseline, the base guide's text) leaves the core reasoning on its
-# own, and its reply is longer than alone: it restates the advice as it goes. Measured on one full
-# default demo of an earlier version: advisor RL's core replies 220.6 output tokens against the
-# core alone's 191.0 in acceptance sampling. A stated ratio: a pilot cannot see it without paying
-# for the advice's executions (the next demo, with another base guide: 223.6 against 190.9).
+# own, and its reply is longer than alone: it restates the advice as it goes. A stated ratio of
+# advice-guided to core-alone output tokens, since a pilot cannot see it without paying for the
+# advice's executions (measured on full default demos: docs/real-apis.md, same section).
 ADVICE_LENGTHENS = 220.6 / 191.0
 
 

@@ -316,9 +316,8 @@ class RlConfig:
     # RL's first batches sampled locally at a fresh start: the cache replays they would get
     # forecast what the stage pays, printed before its first paid call (train/forecast.py; also
     # `exectune estimate --rl-pilot`); 0 = none. A problem's group repeats together, so the
-    # pilot's size is its problems: on the SFT guide of a demo at earlier sizes (one proposal
-    # chain per problem) 2 batches measured 62% replayed, 8 batches 71%, and RL then replayed
-    # 74% over its 30 steps; at the demo's current sizes 8 batches 88%, RL 88.7%.
+    # pilot's size is its problems: 8 batches came within 1-3 points of the share RL then
+    # replayed (docs/real-apis.md, "Where estimate's stated numbers come from")
     forecast_batches: int = 8
 
 
