@@ -375,7 +375,10 @@ def rl_validation_configs(cfg: Config) -> dict[str, Config]:
         "rl_candidate": demo.with_values(stages["rl"], {"rl.name": "rl_candidate", **RL_CANDIDATE}),
         "eval_validation": demo.with_values(cfg, {
             "eval.split": "validation", "eval.n_problems": None, "eval.core_strong": False,
-            "eval.out": RL_VALIDATION_OUT, "eval.guides": dict(RL_VALIDATION_GUIDES),
+            "eval.out": RL_VALIDATION_OUT, "eval.guides": {
+                # a stage's config file merges eval.guides into the default's: blank the others
+                **{m: "" for m in cfg.eval.guides if m not in RL_VALIDATION_GUIDES},
+                **RL_VALIDATION_GUIDES},
             "eval.advisor_methods": []}),
     }
 

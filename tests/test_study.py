@@ -245,7 +245,8 @@ def test_the_rl_validation_reads_finished_seeds_back_and_refuses_the_test_split(
 
 def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp_path):
     from exectune_jax import demo
-    from exectune_jax.config import Config
+    from exectune_jax.config import Config, dump, load_config
+    from exectune_jax.evaluate import guide_dirs
 
     cfg = demo.prepare(Config(), str(tmp_path), quick=False)
     configs = study.rl_validation_configs(cfg)
@@ -255,6 +256,13 @@ def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp
     ev = configs["eval_validation"].eval
     assert (ev.split, ev.n_problems, ev.core_strong, ev.out, ev.advisor_methods) == (
         "validation", None, False, "rl_validation", [])
-    assert ev.guides == {"exectune_sft": "sft/guide", "rl_default": "rl/guide",
-                         "rl_candidate": "rl_candidate/guide"}
+    # the three guides alone, also after the stage's config file (which merges mappings into
+    # the defaults) is read back as the stage process reads it
+    dump(configs["eval_validation"], tmp_path / "eval_validation.yaml")
+    read = load_config(str(tmp_path / "eval_validation.yaml"))
+    for guide in {*Config().eval.guides.values(), *study.RL_VALIDATION_GUIDES.values()}:
+        (tmp_path / guide).mkdir(parents=True, exist_ok=True)  # every guide of the demo's too
+        (tmp_path / guide / "config.json").write_text("{}")
+    assert {m: p.relative_to(tmp_path).as_posix() for m, p in guide_dirs(read)[0].items()} == {
+        "exectune_sft": "sft/guide", "rl_default": "rl/guide", "rl_candidate": "rl_candidate/guide"}
     assert cfg.task.options["n_validation"] == 500 and cfg.rl.steps == 30
