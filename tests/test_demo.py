@@ -1,36 +1,34 @@
 """`exectune demo --quick` as a user runs it (a fresh process), and its determinism under faults."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from demo_runs import copy_finished, run_demo
 
 from exectune_jax import demo, evaluate
 from exectune_jax.config import Config, load_config
 from exectune_jax.sim.embedded import with_sim_url
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def run_demo(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
-    env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "exectune_jax.cli", "demo", "--quick", "--out", str(out),
-           *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+# What the faulty and the batch runs take from the clean one: no API call goes into these stages,
+# so they resume finished (the SFT stages check that the acceptance data they trained on is what
+# the rerun sampling wrote). Sampling, both RL stages, eval and export run again.
+NO_API_CALLS = ("base_guide", "sft", "sft_unfiltered")
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "clean"
-    return out, run_demo(out)
+def clean_run(quick_demo):
+    return quick_demo
+
+
+def assert_resumed_without_api_calls(run: Path, clean: Path) -> None:
+    """The SFT stages returned at once, on the very data the clean run's SFT trained on."""
+    for stage in ("sample", "sample_unfiltered"):
+        assert (run / stage / "accepted.jsonl").read_bytes() == \
+            (clean / stage / "accepted.jsonl").read_bytes(), stage
+    for stage in ("sft", "sft_unfiltered"):
+        assert "already at step" in (run / "logs" / f"{stage}.log").read_text(), stage
 
 
 def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
@@ -72,12 +70,11 @@ def test_quick_demo_measures_each_follow_estimator_against_the_simulators_truth(
 def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path):
     """Retries and the cache make API faults invisible in the results (and the seed fixes them)."""
     out, _ = clean_run
-    faulty = tmp_path / "faulty"
-    faulty.mkdir()
-    shutil.copytree(out / "base_guide", faulty / "base_guide")  # no API calls in it; saves time
+    faulty = copy_finished(out, tmp_path / "faulty", NO_API_CALLS)
     run_demo(faulty, "sim.fault_rate=0.2", "sim.latency_ms=2")
     ledger = [json.loads(line) for line in (faulty / "ledger.jsonl").read_text().splitlines()]
     assert ledger  # calls went through the faulty server
+    assert_resumed_without_api_calls(faulty, out)
     assert (faulty / "results.json").read_text() == (out / "results.json").read_text()
 
 
@@ -190,10 +187,9 @@ def _stage_totals(out: Path) -> dict[str, dict]:
 
 def test_batch_mode_demo_gives_the_online_results_with_batch_stages_at_half_price(clean_run, tmp_path):
     out, _ = clean_run
-    batched = tmp_path / "batch"
-    batched.mkdir()
-    shutil.copytree(out / "base_guide", batched / "base_guide")  # no API calls in it; saves time
+    batched = copy_finished(out, tmp_path / "batch", NO_API_CALLS)
     run_demo(batched, "api.mode=batch", "api.batch_poll_s=0.05", "api.batch_poll_max_s=0.2")
+    assert_resumed_without_api_calls(batched, out)
     assert (batched / "results.json").read_text() == (out / "results.json").read_text()
     online, batch = _stage_totals(out), _stage_totals(batched)
     assert online.keys() == batch.keys()

@@ -1,5 +1,6 @@
 """Both notebooks run top to bottom in a fresh kernel on the embedded default, at tiny sizes,
-after their install cell has installed the package from this checkout.
+after their install cell has installed the package from this checkout. The quickstart's demo
+resumes a copy of the session's quick demo rather than training a second one.
 
 Sizes come in the way papermill would pass them: a cell injected after the one tagged
 "parameters". The kernel runs in a fresh virtual environment in which exectune_jax is NOT
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from demo_runs import copy_finished
 from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,12 +114,20 @@ def steps(metrics: Path) -> list[int]:
 
 
 def test_quickstart_runs_the_demo_shows_results_and_loads_the_export_with_transformers(
-        kernel_env, tmp_path):
-    nb = execute("quickstart.ipynb", tmp_path, kernel_env, OVERRIDES=TINY, **INSTALL)
+        kernel_env, tmp_path, quick_demo):
+    """The notebook's demo cell finds the session's quick demo finished in its OUT (copied
+    there) and resumes it: SFT returns at once and RL at its last step only writes its guide;
+    sampling (from the copied call cache), eval (at the size OVERRIDES gives) and export run
+    again. The cells after it read what that run wrote."""
+    clean, _ = quick_demo
+    out = tmp_path / "runs" / "quickstart"  # the notebook's OUT, relative to its directory
+    copy_finished(clean, out, [p.name for p in clean.iterdir() if p.name != ".lock"],
+                  named="runs/quickstart")
+    nb = execute("quickstart.ipynb", tmp_path, kernel_env, OVERRIDES=["eval.n_problems=24"],
+                 **INSTALL)
     shown = outputs(nb)
-    out = tmp_path / "runs" / "quickstart"
-    assert steps(out / "sft" / "metrics.jsonl") == [1, 2]  # the tiny sizes were used
-    assert "| exectune |" in shown  # the method table, displayed as Markdown
+    assert "| exectune | 24 |" in shown  # the method table, displayed as Markdown, at OVERRIDES' size
+    assert (out / "sft" / "metrics.jsonl").read_text() == (clean / "sft" / "metrics.jsonl").read_text()
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert (out / "hf_guide" / "README.md").exists() and "model.safetensors" in shown
     assert "format:" in shown and "core + guide" in shown
