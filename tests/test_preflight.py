@@ -1,7 +1,9 @@
 """Pre-flight: every stage stops before any paid call or device work, in one line, with the fix.
 
-Each case runs the real CLI in a fresh process, as a user would: exit code 2, one line on stderr,
-no traceback, and nothing in the ledger (no call was paid for).
+Each case runs the real CLI entry point, `exectune_jax.cli.main`, as `exectune` calls it: exit
+code 2, one line on stderr, no traceback, and nothing in the ledger (no call was paid for). The
+cases run it in this process; one runs it in a fresh process, as a user would, where nothing else
+(no library's start-up chatter, no traceback) may reach stderr either.
 """
 
 import json
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from exectune_jax import preflight
+from exectune_jax import cli, preflight
 from exectune_jax.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,11 +22,31 @@ UNSET = "EXECTUNE_PREFLIGHT_UNSET_KEY"
 SMALL_TASK = "task.options={n_train: 16, n_validation: 4, n_test: 4}"
 
 
-def exectune(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def exectune_process(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter, with one CPU device, as a user runs it."""
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", UNSET)}
-    base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **(env or {}))
+    base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "exectune_jax.cli", *args], cwd=REPO, env=base,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def exectune(capsys, monkeypatch):
+    """`cli.main(args)` in this process, its exit code and output as a finished process's."""
+    monkeypatch.delenv(UNSET, raising=False)
+    monkeypatch.chdir(REPO)  # where the relative --config paths below live
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        environ = dict(os.environ)  # the CLI's process-wide setup stays with this call
+        try:
+            code = cli.main(list(args))
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["exectune", *args], code, out.out, out.err)
+
+    return run
 
 
 def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -55,14 +77,14 @@ def write_gsm8k(root: Path, n_train: int, n_test: int = 4) -> Path:
     return root
 
 
-def test_missing_model_dir_names_the_field_and_the_download_command(tmp_path):
+def test_missing_model_dir_names_the_field_and_the_download_command(exectune, tmp_path):
     line = refused(exectune("sft", f"run_dir={tmp_path / 'run'}",
                             f"model.path={tmp_path / 'models' / 'Qwen3-1.7B'}"),
                    "model.path", "no such directory", "hf download ORG/Qwen3-1.7B --local-dir")
     assert str(tmp_path / "models" / "Qwen3-1.7B") in line
 
 
-def test_model_dir_without_weights_or_tokenizer_is_refused(tmp_path):
+def test_model_dir_without_weights_or_tokenizer_is_refused(exectune, tmp_path):
     model = tmp_path / "guide"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -70,21 +92,21 @@ def test_model_dir_without_weights_or_tokenizer_is_refused(tmp_path):
             "model.path", "weights (*.safetensors)", "tokenizer files", "hf download")
 
 
-def test_unset_core_key_stops_sampling_before_the_teacher_is_paid(tmp_path):
+def test_unset_core_key_stops_sampling_before_the_teacher_is_paid(exectune, tmp_path):
     run_dir = tmp_path / "run"
     refused(exectune("sample", f"run_dir={run_dir}", SMALL_TASK, f"api.core.api_key_env={UNSET}"),
             f"api.core.api_key_env names {UNSET}", "not set", f"export {UNSET}")
     assert_nothing_paid(run_dir)
 
 
-def test_unpriced_model_names_the_price_table_option(tmp_path):
+def test_unpriced_model_names_the_price_table_option(exectune, tmp_path):
     run_dir = tmp_path / "run"
     refused(exectune("eval", f"run_dir={run_dir}", SMALL_TASK, "api.core.model=unpriced-model"),
             "api.core.model 'unpriced-model'", "no price", "api.prices=FILE")
     assert_nothing_paid(run_dir)
 
 
-def test_small_gsm8k_file_leaves_an_empty_train_split_and_is_refused(tmp_path):
+def test_small_gsm8k_file_leaves_an_empty_train_split_and_is_refused(exectune, tmp_path):
     data = write_gsm8k(tmp_path / "gsm8k", n_train=150)  # all 150 rows go to n_validation=200
     run_dir = tmp_path / "run"
     refused(exectune("sample", f"run_dir={run_dir}", "task.name=gsm8k",
@@ -93,7 +115,7 @@ def test_small_gsm8k_file_leaves_an_empty_train_split_and_is_refused(tmp_path):
     assert_nothing_paid(run_dir)
 
 
-def test_empty_eval_split_is_refused(tmp_path):
+def test_empty_eval_split_is_refused(exectune, tmp_path):
     run_dir = tmp_path / "run"
     refused(exectune("eval", f"run_dir={run_dir}", "task.options={n_test: 0}"),
             "task arith", "the test split", "empty")
@@ -104,35 +126,38 @@ def test_empty_eval_split_is_refused(tmp_path):
                                             ("sft.steps=-5", "sft.steps"),
                                             ("sft.held_out=1.0", "sft.held_out"),
                                             ("rl.top_p=0", "rl.top_p")])
-def test_out_of_range_numbers_name_the_field_and_its_range(tmp_path, override, field):
+def test_out_of_range_numbers_name_the_field_and_its_range(exectune, tmp_path, override, field):
     refused(exectune("sft", f"run_dir={tmp_path}", override), f"`{field}`", "must be in")
 
 
-def test_run_dir_that_is_a_file_is_refused(tmp_path):
+def test_run_dir_that_is_a_file_is_refused(exectune, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.write_text("not a directory")
     refused(exectune("sample", f"run_dir={run_dir}"), "run_dir", "is a file")
 
 
-def test_missing_sft_data_says_to_run_sampling_first(tmp_path):
+def test_missing_sft_data_says_to_run_sampling_first(exectune, tmp_path):
     refused(exectune("sft", f"run_dir={tmp_path}", SMALL_TASK), "sft data", "not found",
             "exectune sample")
 
 
 @pytest.mark.parametrize("topology,extra", [("1xh100", "cuda"), ("tpu-v5e-8", "tpu")])
-def test_accelerator_topology_on_cpu_names_the_missing_install(tmp_path, topology, extra):
+def test_accelerator_topology_on_cpu_names_the_missing_install(exectune, tmp_path, topology, extra):
     refused(exectune("rl", "--config", f"configs/{topology}.yaml", f"run_dir={tmp_path}"),
             "only CPU devices", f"pip install 'exectune-jax[{extra}]'")
 
 
-def test_wandb_missing_names_the_extra(tmp_path):
+def test_a_refusal_in_a_fresh_process_is_exit_code_2_and_one_line_on_stderr(tmp_path):
+    """As a user runs it: the interpreter's exit code, and stderr holds the one line only."""
+    refused(exectune_process("rl", "--config", "configs/1xh100.yaml", f"run_dir={tmp_path}"),
+            "only CPU devices", "pip install 'exectune-jax[cuda]'")
+
+
+def test_wandb_missing_names_the_extra(exectune, tmp_path, monkeypatch):
     """With wandb not importable, `metrics.wandb` is refused before the stage starts."""
-    script = ("import sys; sys.modules['wandb'] = None; from exectune_jax.cli import main; "
-              f"sys.exit(main(['rl', 'run_dir={tmp_path}', 'metrics.wandb=proj']))")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO)})
-    refused(proc, "metrics.wandb=proj", "pip install 'exectune-jax[wandb]'")
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    refused(exectune("rl", f"run_dir={tmp_path}", "metrics.wandb=proj"),
+            "metrics.wandb=proj", "pip install 'exectune-jax[wandb]'")
 
 
 def test_stage_endpoints_follow_what_the_stage_calls():

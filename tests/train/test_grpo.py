@@ -367,7 +367,7 @@ def test_resume_after_sigkill_gives_identical_metrics_and_no_repeated_paid_calls
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert launch(whole).wait(timeout=600) == 0
+    train(load_config(None, [a.format(dir=whole) for a in args]))  # the reference, uninterrupted
     victim = launch(killed)
     deadline = time.time() + 600
     while not (killed / "rl" / "checkpoints" / "2").exists():

@@ -145,10 +145,11 @@ def test_sft_on_atomic_strategies_writes_well_formed_strategies(tmp_path):
     assert final["strategy_valid"] >= 0.95, final
 
 
-def test_resume_refuses_a_changed_lr_and_an_unchanged_resume_says_so(world, tmp_path):
+def test_resume_refuses_a_changed_lr_and_an_unchanged_resume_says_so(world, tmp_path, capsys):
     """The stage's config.yaml is what a resume is held to; the CLI shows the resume line."""
     import shutil
 
+    from exectune_jax.cli import main
     from exectune_jax.config import load_config as load
 
     overrides = [*world, f"run_dir={tmp_path}", "sft.steps=3", "sft.eval_every=0",
@@ -158,18 +159,14 @@ def test_resume_refuses_a_changed_lr_and_an_unchanged_resume_says_so(world, tmp_
     assert load(stage / "config.yaml") == load_config(None, overrides)
     shutil.rmtree(stage / "checkpoints" / "3")  # as if killed after step 2's checkpoint
     shutil.rmtree(stage / "guide")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cli = [sys.executable, "-m", "exectune_jax.cli", "sft", *overrides]
-    changed = subprocess.run([*cli, "sft.lr=1e-4"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    [line] = changed.stderr.strip().splitlines()
+    capsys.readouterr()
+    assert main(["sft", *overrides, "sft.lr=1e-4"]) == 2  # `exectune sft ...`, in this process
+    [line] = capsys.readouterr().err.strip().splitlines()
     assert "sft.lr 0.003 -> 0.0001" in line and "new run_dir" in line
     assert "resume.allow_changes=[sft.lr]" in line
     assert not (stage / "guide").exists()  # refused before training
-    same = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert same.returncode == 0, same.stderr[-2000:]
-    assert "resumed sft from step 2" in same.stderr
+    assert main(["sft", *overrides]) == 0
+    assert "resumed sft from step 2" in capsys.readouterr().err
     assert (stage / "guide" / "config.json").exists()
 
 
