@@ -10,14 +10,18 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from loopback import endpoint, expected_text, make_pool
 from resume_client import CONCURRENCY, requests_for
 
+from exectune_jax.api import limits
+from exectune_jax.api import pool as pool_module
 from exectune_jax.api.cache import Cache
 from exectune_jax.api.pool import BudgetExceeded, Request, open_pool
 from exectune_jax.config import Config
@@ -216,36 +220,75 @@ def test_a_call_that_keeps_failing_ends_as_an_explicit_failure_not_an_empty_answ
     assert "503" in r.detail
 
 
-def test_retry_after_is_honoured_so_a_rate_limited_call_succeeds_on_its_next_attempt(sim_server, tmp_path):
+def test_retry_after_is_honoured_so_a_rate_limited_call_succeeds_on_its_next_attempt(
+        sim_server, tmp_path, monkeypatch):
     server = sim_server(rpm=300, burst=1)  # one request per 200 ms
+    asked, slept = [], []  # the server's Retry-After as the pool read it; what the pool slept
+    backoff = pool_module.backoff_delay
+    monkeypatch.setattr(pool_module, "backoff_delay",
+                        lambda *a: asked.append(a[3]) or backoff(*a))
+    monkeypatch.setattr(pool_module, "time", SimpleNamespace(
+        monotonic=time.monotonic, sleep=lambda s: slept.append(s) or time.sleep(s)))
     with make_pool(tmp_path, {"core": endpoint(server)}, concurrency=1, backoff_base_s=0.001) as pool:
         first = pool.submit(_ask(1)).result()
-        t0 = time.monotonic()
         second = pool.submit(_ask(2)).result()
-        waited = time.monotonic() - t0
     assert first.attempts == 1 and second.attempts == 2  # a 1 ms backoff would have met more 429s
-    assert waited >= 0.15
+    assert len(asked) == 1 and 0 < asked[0] <= 0.2
+    assert len(slept) == 1 and slept[0] >= asked[0]  # the one wait before the retry: as asked
 
 
-def test_client_side_rpm_limit_paces_calls_so_the_server_never_answers_429(sim_server, tmp_path):
-    server = sim_server(rpm=1200, burst=40)  # same rate, with room for network jitter
+class WaitersClock:
+    """Time that passes only while a thread waits: a wait ends `seconds` after the time its
+    thread last read, and the clock shows the latest end reached (waits overlap, as real ones
+    do)."""
+
+    def __init__(self):
+        self.t = 0.0
+        self._read = threading.local()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self._read.t = self.t
+            return self.t
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.t = max(self.t, getattr(self._read, "t", self.t) + seconds)
+
+
+def test_client_side_rpm_limit_paces_calls_so_the_server_never_answers_429(
+        sim_server, tmp_path, monkeypatch):
+    clock = WaitersClock()  # the pool's rpm bucket on it; the server's limiter on its own clock
+    made = limits.per_minute_bucket
+    monkeypatch.setattr(pool_module, "per_minute_bucket", lambda per_minute: (
+        (b := made(per_minute)) and limits.TokenBucket(b.rate, b.capacity, clock=clock,
+                                                       sleep=clock.sleep)))
+    # the server's limit is the client's own, on the same clock: no room for jitter is needed,
+    # and 20 calls sent unpaced would meet 429s
+    server = sim_server(rpm=1200, burst=20)
+    server.limiter = limits.TokenBucket(20.0, 20.0, clock=clock, sleep=clock.sleep)
     with make_pool(tmp_path, {"core": endpoint(server)}, concurrency=16, rpm=1200) as pool:
-        t0 = time.monotonic()
         results = pool.map([_ask(i) for i in range(40)])
-        seconds = time.monotonic() - t0
     assert all(r.ok and r.attempts == 1 for r in results)
     assert server.stats["rate_limited"] == 0
-    assert seconds >= 0.9  # 20 at once, then 20 more at 20 per second
+    assert clock.t == pytest.approx(1.0)  # 20 at once, then 20 more at 20 per second
 
 
-def test_circuit_breaker_opens_after_repeated_failures_and_stops_calling(sim_server, tmp_path):
+def test_circuit_breaker_opens_after_repeated_failures_and_stops_calling(
+        sim_server, tmp_path, monkeypatch):
+    clock = WaitersClock()
+    monkeypatch.setattr(pool_module, "CircuitBreaker", lambda threshold, cooldown_s: (
+        limits.CircuitBreaker(threshold, cooldown_s, clock=clock)))
     server = sim_server(fault_rate=0.999999, fault_kinds=("server_error",))
     cfg = dict(concurrency=1, max_retries=0, circuit_breaker_failures=3, circuit_breaker_cooldown_s=0.3)
     with make_pool(tmp_path, {"core": endpoint(server)}, **cfg) as pool:
         errors = [pool.submit(_ask(i)).result().error for i in range(6)]
         assert errors == ["server_error"] * 3 + ["circuit_open"] * 3
         assert server.stats["requests"] == 3
-        time.sleep(0.35)
+        clock.sleep(0.29)
+        assert pool.submit(_ask(9)).result().error == "circuit_open"  # still cooling down
+        clock.sleep(0.02)
         assert pool.submit(_ask(10)).result().error == "server_error"  # the half-open probe
         assert pool.submit(_ask(11)).result().error == "circuit_open"
         assert pool.stats["breaker_trips"] == 2

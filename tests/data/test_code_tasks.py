@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from exectune_jax import sandbox
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks import code as code_module
 from exectune_jax.data.tasks.base import DataError
@@ -67,15 +67,12 @@ def test_every_humaneval_canonical_solution_passes_and_a_corrupted_copy_fails(hu
     corrupted = [
         f"```python\n{p.prompt}{p.answer}{PERTURB.format(entry=p.meta['entry_point'])}```" for p in problems
     ]
-    started = time.monotonic()
     good = check_all(humaneval, [(p, p.answer) for p in problems])
     bad = check_all(humaneval, list(zip(problems, corrupted)))
-    elapsed = time.monotonic() - started
     assert [p.id for p, v in zip(problems, good) if not v.correct] == []
     assert [p.id for p, v in zip(problems, bad) if v.correct] == []
     assert {v.reason for v in good} == {""}
     assert {v.reason for v in bad} == {"assertion"}
-    assert elapsed < 120  # about 15 s on 2 busy cores; the bound only catches a hang
 
 
 def test_humaneval_accepts_the_whole_function_in_a_fenced_block_with_prose(humaneval):
@@ -93,13 +90,20 @@ def test_humaneval_reply_without_code_is_named(humaneval):
     assert (verdict.correct, verdict.extracted, verdict.reason) == (False, None, "no code found")
 
 
-def test_humaneval_hostile_reply_fails_within_the_task_timeout():
+def test_humaneval_hostile_reply_fails_within_the_task_timeout(monkeypatch):
+    waits = []  # (timeout, ran out) of each wall-clock wait the sandbox made on the check
+    wait = sandbox._wait_then_kill_group
+
+    def recorded(proc, timeout_s):
+        waits.append((timeout_s, wait(proc, timeout_s)))
+        return waits[-1][1]
+
+    monkeypatch.setattr(sandbox, "_wait_then_kill_group", recorded)
     task = tasks.get("humaneval", timeout_s=1.0)
     p = task.problems("test")[0]
-    started = time.monotonic()
     verdict = task.check(p, "    while True:\n        pass\n")
     assert (verdict.correct, verdict.reason) == (False, "timeout")
-    assert time.monotonic() - started < 4
+    assert waits == [(1.0, True)]  # stopped when the task's 1 s ran out
 
 
 def test_humaneval_has_only_a_test_split(humaneval):

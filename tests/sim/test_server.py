@@ -6,14 +6,16 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import requests
 
 from exectune_jax import tokens
 from exectune_jax.config import SimConfig
+from exectune_jax.api.limits import TokenBucket
+from exectune_jax.sim import server as server_module
 from exectune_jax.sim.server import FAULT_KINDS, SimServer, fault_for, sim_base_url
 
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
@@ -115,24 +117,42 @@ def test_disconnect_and_timeout_faults_drop_the_connection(server):
                       json={"model": "m", "messages": [{"role": "user", "content": "t"}]})
 
 
+class StoppedClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
 def test_rate_limit_answers_429_with_retry_after_then_lets_the_request_through(server):
     s = server(rpm=600, burst=1)  # one per 100 ms
+    clock = StoppedClock()
+    s.limiter = TokenBucket(s.limiter.rate, s.limiter.capacity, clock=clock, sleep=clock.sleep)
     assert chat(s).status_code == 200
     limited = chat(s)
     assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     wait_ms = int(limited.headers["retry-after-ms"])
-    assert 0 < wait_ms <= 100 and limited.headers["retry-after"] == "1"
-    time.sleep(wait_ms / 1000)
+    assert wait_ms == 100 and limited.headers["retry-after"] == "1"
+    clock.sleep(0.099)
+    assert chat(s).status_code == 429  # not yet
+    clock.sleep(0.001)
     assert chat(s).status_code == 200
-    assert s.stats["rate_limited"] == 1 and s.stats["ok"] == 2
+    assert s.stats["rate_limited"] == 2 and s.stats["ok"] == 2
 
 
-def test_latency_delays_each_answer(server):
+def test_latency_delays_each_answer(server, monkeypatch):
+    waits = []  # what the server slept on the way to each answer
+    monkeypatch.setattr(server_module, "time", SimpleNamespace(sleep=waits.append))
     s = server(latency_ms=150)
-    t0 = time.monotonic()
-    assert chat(s).status_code == 200
-    assert time.monotonic() - t0 >= 0.15
+    assert chat(s).status_code == 200 and chat(s).status_code == 200
+    assert waits == [0.15, 0.15]
 
 
 @pytest.mark.parametrize("path,body,headers,status,needle", [
