@@ -1,6 +1,10 @@
 """(problem, strategy) -> one core call through the pool -> a verified `Outcome`, with its
 follow check (gcop/follow.py) when a strategy was given.
 
+A math reply cut off at max_tokens before it states an answer is wrong (CUT_BEFORE_ANSWER):
+the last number of an unfinished reply is an intermediate value, and a real core that
+rambles past its budget would otherwise score by luck (tests/data/real_core_replies.jsonl).
+
 A failed call (rate limit after all retries, budget stop, ...) is an `Outcome` with
 `correct=None` and the error kind: it is never scored as a wrong answer, so an outage cannot
 masquerade as a bad strategy. A judge call starts as soon as its execution is back, through the
@@ -16,6 +20,7 @@ from dataclasses import dataclass, replace
 from tqdm import tqdm
 
 from exectune_jax.api.pool import Request, Result
+from exectune_jax.data.tasks.answers import states_answer
 from exectune_jax.data.tasks.base import Problem, Task, Verdict
 from exectune_jax.gcop import trace
 from exectune_jax.gcop.follow import FollowCheck, judge_check, primary
@@ -23,6 +28,8 @@ from exectune_jax.gcop.prompts import core_messages, judge_follow_messages
 from exectune_jax.sandbox import SandboxError
 
 _CHECK_WORKERS = 4  # code checks run sandboxed subprocesses; a few at once keep the CPUs busy
+CUT_OFF = ("length", "max_tokens")  # the stop reasons of a reply cut at max_tokens (OpenAI, Anthropic)
+CUT_BEFORE_ANSWER = "cut off at max_tokens before an answer"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,15 @@ def requests_for(family: str, items: Sequence[tuple[Problem, str | None]], *, st
                 sample_index=i, stage=stage)
         for (p, s), i in zip(items, indices)
     ]
+
+
+def verdict_of(task: Task, problem: Problem, result: Result) -> Verdict:
+    """The task's check of a successful call's reply; a math reply cut off at max_tokens with
+    no explicit answer is wrong, whatever its last number happens to be."""
+    if (task.family == "math" and result.stop_reason in CUT_OFF
+            and not states_answer(result.text or "")):
+        return Verdict(False, None, CUT_BEFORE_ANSWER)
+    return task.check(problem, result.text)
 
 
 def outcome(result: Result, verdict: Verdict | None) -> Outcome:
@@ -137,7 +153,7 @@ def execute_many(pool, task: Task, items: Sequence[tuple[Problem, str | None]], 
             followed, reason = primary(checks, estimator)
             guided = {"followed": followed, "follow_reason": reason, "checks": checks}
         try:
-            return replace(outcome(result, task.check(problem, result.text)), **guided)
+            return replace(outcome(result, verdict_of(task, problem, result)), **guided)
         except SandboxError as e:  # the checker could not run: not the answer's fault
             return Outcome(None, None, f"check failed: {e}", result.input_tokens,
                            result.output_tokens, result.usd, "sandbox", result.cached, result.text)

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 
 VERDICTS = ("yes", "no", "unknown")
 ESTIMATORS = ("judge", "trace")
-_REPLY = re.compile(r"^\s*followed\s*:\s*(yes|no)\b[^\n]*(?:\n\s*reason\s*:\s*(.*))?", re.IGNORECASE)
+# `followed: yes|no` (markdown bold allowed), then optionally `reason: ...`. A verdict line that
+# names both answers ("followed: yes or no", a small model echoing the instruction) is no verdict.
+_REPLY = re.compile(
+    r"^\s*[*_]*followed[*_]*\s*:\s*[*_]*\s*(yes|no)\b(?![^\n]*\b(?:yes|no)\b)[^\n]*"
+    r"(?:\n\s*[*_]*reason[*_]*\s*:\s*[*_]*\s*(.*))?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class FollowCheck:
 
 
 def parse_judge_reply(text: str | None) -> tuple[str, str] | None:
-    """(verdict, reason) from a judge reply in the fixed form, or None when it is not in it."""
+    """(verdict, reason) from a judge reply in the fixed form, or None when it is not in it
+    (SmolLM2-135M as a judge carries out the strategy itself instead: every reply is None,
+    tests/data/real_core_replies.jsonl)."""
     m = _REPLY.match(text or "")
     if m is None:
         return None

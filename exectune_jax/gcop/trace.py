@@ -8,9 +8,19 @@ itself reported for an earlier step). A line with reasoning of its own around th
 the core solving the problem its way, not following. An arithmetic slip inside a line still
 counts as following the step.
 
+A real core writes its step lines its own way (SmolLM2-135M behind llama.cpp, recorded in
+tests/data/real_core_replies.jsonl): numbered `1.` or `1)` instead of `Step 1:`, and often the
+step's own words before its work: `2. Add 29 to the result of step 1: 96 + 29 = 125`, or
+`1. Multiply 27 by 4, which is 108.`. A step line is therefore read as a bare computation, a
+restatement (a phrase starting with the step's verb) followed by a computation, whose operands
+are then what is checked, or a restatement followed by a result alone, which counts only when
+the restated step is the strategy's step as written. A few unit words after the last number are
+allowed (`= 50 pencils`).
+
 It decides only what the texts settle: a strategy that is not a numbered `<strategy>` block, a
-response with no step lines, or a strategy step that is not one machine-checkable operation
-(compound, vague) with every other check passing gives `unknown` with the reason.
+response with no step lines, a step line that restates its step with no result on that line,
+or a strategy step that is not one machine-checkable operation (compound, vague) with every
+other check passing gives `unknown` with the reason.
 
 The step reader here is the checker's own, not the simulator's: an estimator that must work on
 real cores cannot lean on how the simulated one reads a strategy.
@@ -33,9 +43,20 @@ _SHAPES = (
     ("/", re.compile(rf"divide {_OPERAND} by {_OPERAND}", re.IGNORECASE), False),
 )
 _CLAIM = re.compile(rf"(?:so )?the (?:final )?answer is {_NUM}", re.IGNORECASE)
-_LINE = re.compile(r"^\s*step\s+(\d+)\s*[:.)-]\s*(.*?)\s*$", re.IGNORECASE)
+# `Step k:` (also `k.`, `k)`, markdown-bold `**Step k:**`); a bare number label needs `.` not
+# followed by a digit, or `)`, so a line opening with a decimal or a computation is not a label.
+_LINE = re.compile(r"^\s*[*_#]*\s*(?:step\s+(\d+)\s*[:.)-]|(\d+)(?:\.(?!\d)|\)))[*_]*\s*(.*?)\s*$",
+                   re.IGNORECASE)
 _OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "x": "*", "/": "/", "÷": "/"}
-_COMPUTATION = re.compile(rf"({_NUM})\s*([-+*/×÷x−])\s*({_NUM})\s*=\s*({_NUM})\.?")
+_UNITS = r"(?:\s+[A-Za-z]+){0,3}"  # "= 50 pencils", "gives 24 cookies"
+_COMPUTATION = re.compile(
+    rf"({_NUM})\s*([-+*/×÷x−])\s*({_NUM})\s*[=≈]\s*({_NUM})(?:\.\.\.)?{_UNITS}\.?")
+_RESULT = re.compile(rf"({_NUM}){_UNITS}[.:]?")
+# A restatement: the step's verb, then no punctuation that would start reasoning of its own.
+_RESTATED = re.compile(
+    r"((?:add|subtract|multiply|divide)\b[^,:;=()]*?)\s*"
+    r"(?::|,?\s+to\s+get|,\s*which\s+(?:gives|is|equals|results\s+in)(?:\s+you)?|,?\s+(?:gives|equals)(?:\s+you)?)"
+    r"\s*(.*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -82,8 +103,8 @@ def read_step(text: str) -> Op | str | None:
 
 
 def read_lines(response: str) -> list[tuple[int, str]]:
-    """(label, body) of every `Step k:` line of a response, in order."""
-    return [(int(m.group(1)), m.group(2)) for line in response.splitlines()
+    """(label, body) of every step line of a response (`Step k:`, `k.`, `k)`), in order."""
+    return [(int(m.group(1) or m.group(2)), m.group(3)) for line in response.splitlines()
             if (m := _LINE.match(line))]
 
 
@@ -93,6 +114,36 @@ def computation(body: str) -> Line | None:
     if m is None:
         return None
     return Line(0, _OPS[m.group(2)], number(m.group(1)), number(m.group(3)), number(m.group(4)))
+
+
+@dataclass(frozen=True)
+class Stated:
+    """A step line that restates a step and gives its result alone (`Multiply 4 by 8, which is
+    32.`); `result` is None when the line gives nothing after the restatement."""
+
+    step: Op
+    result: Fraction | None
+
+
+def read_body(body: str) -> Line | Stated | None:
+    """What a step line's body shows: a computation (bare or after a restatement), a restated
+    step with its result alone, or None (reasoning of its own)."""
+    text = body.strip()
+    if (line := computation(text)) is not None:
+        return line
+    whole = read_step(text.rstrip(":").strip())
+    if isinstance(whole, Op):
+        return Stated(whole, None)
+    m = _RESTATED.fullmatch(text)
+    if m is None:
+        return None
+    rest = m.group(2).strip()
+    if (line := computation(rest)) is not None:
+        return line
+    step, result = read_step(m.group(1)), _RESULT.fullmatch(rest)
+    if isinstance(step, Op) and result is not None:
+        return Stated(step, number(result.group(1)))
+    return None
 
 
 def check(strategy_text: str, response: str) -> tuple[str, str]:
@@ -105,27 +156,43 @@ def check(strategy_text: str, response: str) -> tuple[str, str]:
     lines = read_lines(response)
     if not lines:
         return "unknown", "the response has no step lines to check"
-    read = []
+    read: list[tuple[int, Line | Stated]] = []
     for label, body in lines:
-        line = computation(body)
-        if line is None:
+        shown = read_body(body)
+        if shown is None:
             return "no", f"step line {label} carries reasoning of its own, not the step's computation"
-        read.append(Line(label, line.op, line.a, line.b, line.result))
+        read.append((label, shown))
     if len(read) != len(computing):
         return "no", f"{len(read)} step lines for {len(computing)} strategy steps"
-    if [line.label for line in read] != list(range(1, len(read) + 1)):
+    if [label for label, _ in read] != list(range(1, len(read) + 1)):
         return "no", "the step lines are not numbered 1..n in order"
     results: dict[int, Fraction] = {}  # strategy step index -> the result the response reported
-    uncheckable = []
-    for line, i in zip(read, computing):
+    uncheckable, unshown = [], []
+    for (label, shown), i in zip(read, computing):
         step = steps[i]
-        results[i] = line.result
+        if isinstance(shown, Stated):
+            # a result alone counts only for the step restated as written
+            if step is not None and shown.step != step:
+                return "no", f"step {i + 1} is restated as another operation (line {label})"
+            if shown.result is None:
+                unshown.append(label)
+                continue
+            results[i] = shown.result
+            if step is None:
+                uncheckable.append(i + 1)
+            continue
+        results[i] = shown.result
         if step is None:
             uncheckable.append(i + 1)
             continue
         want = [_value(x, results) for x in (step.left, step.right)]
-        if step.op != line.op or want != [line.a, line.b]:
-            return "no", f"step {i + 1} is not carried out as written (line {line.label})"
+        if None in want:  # it uses the result of a line that showed none
+            unshown.append(label)
+            continue
+        if step.op != shown.op or want != [shown.a, shown.b]:
+            return "no", f"step {i + 1} is not carried out as written (line {label})"
+    if unshown:
+        return "unknown", f"step line {unshown[0]} restates its step with no result on the line"
     if uncheckable:
         return "unknown", f"step {uncheckable[0]} is not one checkable operation"
     return "yes", "every step line carries out its step, in order"
