@@ -72,7 +72,7 @@ cat <<EOF
 # the core is $name at http://127.0.0.1:$port/v1; point exectune at it with:
 api.core.provider=openai api.core.base_url=http://127.0.0.1:$port/v1 api.core.model=$name api.core.api_key_env=null api.core.max_tokens=192 api.core.timeout_s=600 api.concurrency=2
 # for example, the core alone on 20 validation problems (the sim judge reads its replies):
-# exectune eval run_dir=runs/local-core eval.split=validation eval.n_problems=20 eval.core_strong=false eval.guides={} api.core.provider=openai api.core.base_url=http://127.0.0.1:$port/v1 api.core.model=$name api.core.max_tokens=192 api.core.timeout_s=600 api.concurrency=2
+# exectune eval run_dir=runs/local-core eval.split=validation eval.n_problems=20 eval.core_strong=false api.core.provider=openai api.core.base_url=http://127.0.0.1:$port/v1 api.core.model=$name api.core.max_tokens=192 api.core.timeout_s=600 api.concurrency=2
 EOF
 if (( dry_run )); then
   printf '%q ' "${cmd[@]}"
