@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from exectune_jax.models import attention, transformer
+from exectune_jax.models import attention
 
 B, H, K, D = 2, 4, 2, 8
 T, S = 1068, 1100  # several query blocks once the score bound is lowered below
@@ -11,7 +11,7 @@ T, S = 1068, 1100  # several query blocks once the score bound is lowered below
 
 @pytest.fixture(autouse=True)
 def small_score_bound(monkeypatch):
-    monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", B * H * 128 * S * 4)
+    monkeypatch.setattr(attention, "ATTENTION_SCORE_BYTES", B * H * 128 * S * 4)
 
 
 def inputs():
@@ -68,7 +68,7 @@ def packed_self_attention(length=256):
 @pytest.mark.parametrize("bound", ["default", "small"])
 def test_causal_blocks_equal_the_full_self_attention_with_gradients(monkeypatch, bound):
     if bound == "default":
-        monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 2**28)
+        monkeypatch.setattr(attention, "ATTENTION_SCORE_BYTES", 2**28)
     q, k, v, mask = packed_self_attention()
     assert len(attention.causal_blocks(B, H, 256)) > 1
     valid = jnp.any(mask, axis=-1)[:, :, None, None]  # rows with a key to attend
@@ -86,17 +86,17 @@ def test_causal_blocks_equal_the_full_self_attention_with_gradients(monkeypatch,
 
 
 def test_causal_blocks_split_the_queries_within_the_bound_and_cap_their_number(monkeypatch):
-    monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 2**28)
+    monkeypatch.setattr(attention, "ATTENTION_SCORE_BYTES", 2**28)
     assert attention.causal_blocks(8, 4, 256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
     assert attention.causal_blocks(1, 1, 30) == [(0, 16), (16, 30)]  # at least 16 queries
     assert attention.causal_blocks(1, 1, 16) == [(0, 16)]
-    monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 4 * 32 * 4096)
+    monkeypatch.setattr(attention, "ATTENTION_SCORE_BYTES", 4 * 32 * 4096)
     assert attention.query_block(1, 1, 4096, 4096) == 32
     assert attention.causal_blocks(1, 1, 4096) == []  # 128 blocks of 32: the scan instead
 
 
 def test_causal_blocks_skip_the_score_work_above_the_diagonal(monkeypatch):
-    monkeypatch.setattr(transformer, "ATTENTION_SCORE_BYTES", 2**28)
+    monkeypatch.setattr(attention, "ATTENTION_SCORE_BYTES", 2**28)
     q, k, v, mask = packed_self_attention()
 
     def flops(fn):
