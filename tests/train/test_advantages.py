@@ -30,10 +30,12 @@ ALL_VALID = np.ones((2, 4), bool)
 HAND = np.array([[1.0, 0.0, 1.0, 0.0], [2.0, 2.0, 2.0, 5.0]])
 
 
-def test_the_default_stays_plain_grpo_until_the_validation_run_decides():
+def test_the_default_is_the_candidate_that_the_validation_run_chose():
     # docs/rl.md: a setting replaces the default only by the rule written there, on the
-    # validation split; the hand numbers of the per-term tests below are the candidate's
-    assert (DEFAULT.advantage, DEFAULT.std_floor, DEFAULT.cost_resolution_usd) == ("grpo", 0.0, 0.0)
+    # validation split; its validation run ("The validation run") decided for the candidate,
+    # whose hand numbers the per-term tests below use
+    assert (DEFAULT.advantage, DEFAULT.std_floor, DEFAULT.cost_resolution_usd) == ("dr_grpo", 0.1, 1e-4)
+    assert DEFAULT == CANDIDATE
     assert set(ESTIMATORS) == {"grpo", "dr_grpo", "batch"}
 
 
