@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exectune_jax import preflight
+from exectune_jax import layout, preflight
 from exectune_jax.config import Config, dump, load_config
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
@@ -133,10 +133,10 @@ def stage_configs(cfg: Config) -> dict[str, Config]:
         "sample": with_values(cfg, {"sample.out": "sample"}),
         "sample_unfiltered": with_values(cfg, {"sample.out": "sample_unfiltered"}),
         "sft": with_values(cfg, {"sft.name": "sft",
-                                 "sft.data": str(run_dir / "sample" / "accepted.jsonl")}),
+                                 "sft.data": str(layout.accepted(run_dir, "sample"))}),
         "sft_unfiltered": with_values(cfg, {
             "sft.name": "sft_unfiltered",
-            "sft.data": str(run_dir / "sample_unfiltered" / "accepted.jsonl")}),
+            "sft.data": str(layout.accepted(run_dir, "sample_unfiltered"))}),
         "advisor_rl": with_values(cfg, {"rl.name": "advisor_rl", "rl.preset": "advisor",
                                         "rl.init": str(run_dir / "base_guide")}),
         "rl": with_values(cfg, {"rl.name": "rl", "rl.preset": "exectune",
@@ -467,7 +467,7 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
     if study is not None:
         lines += study_lines(study)
     lines.append("")
-    paid, replayed = spend(out / "ledger.jsonl")
+    paid, replayed = spend(layout.ledger(out))
     lines.append(f"simulated API spend: USD {paid:.4f} paid, USD {replayed:.4f} replayed from "
                  "the call cache")
     lines.append("time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())

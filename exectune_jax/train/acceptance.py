@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exectune_jax import preflight, resume
+from exectune_jax import layout, preflight, resume
 from exectune_jax.api import Request
 from exectune_jax.config import Config, SampleConfig
 from exectune_jax.data import tasks
@@ -310,7 +310,7 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
     summary = summarize(candidates, len(problems), cfg.sample, unfiltered=unfiltered)
     summary["spend"] = {k: v for k, v in sorted(totals.items())
                         if k.split(".")[0] == stage}
-    write_jsonl_atomic(out / "accepted.jsonl",
+    write_jsonl_atomic(layout.accepted(cfg.run_dir, stage),
                        (accepted_row(c, task.family) for c in candidates if c.status == "accepted"))
     write_jsonl_atomic(out / "rejected.jsonl",
                        (rejected_row(c, task.family) for c in candidates

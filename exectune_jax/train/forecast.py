@@ -103,7 +103,7 @@ def measured_pilot(cfg: Config) -> Pilot | None:
         task, problems = training_problems(cfg)
         rows = [r for r in ledger_rows(layout.ledger(cfg.run_dir))
                 if r["stage"].startswith(f"{cfg.sample.out}.")]
-        accepted = out / "accepted.jsonl"
+        accepted = layout.accepted(cfg.run_dir, cfg.sample.out)
         first = accepted.read_text().partition("\n")[0] if accepted.exists() else ""
         return pilot_from_rows(cfg, task.family, problems, rows,
                                json.loads(first)["completion"] if first else None)

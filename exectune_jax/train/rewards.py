@@ -43,7 +43,6 @@ so does an executed sample whose follow check could not decide, when `followed` 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exectune_jax.errors import UserError
+from exectune_jax.io import write_text_atomic
 
 TERMS = ("format", "success", "improve", "harm", "leak", "cost", "judge", "followed")
 PENALTIES = frozenset({"harm", "leak", "cost"})
@@ -274,10 +274,7 @@ class CoreAloneCache:
             if not fresh:
                 return
             self.rates.update(fresh)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.rates, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(self.rates, sort_keys=True))
 
     def get(self, problem_id: str) -> float | None:
         with self._lock:
