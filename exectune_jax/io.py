@@ -116,11 +116,7 @@ def append_jsonl(path: str | Path, row: Mapping) -> None:
 
 
 class RunLock:
-    """Exclusive hold of a run directory for one stage; `with RunLock(run_dir, "sample"):`.
-
-    Re-entrant within a process (a stage that runs another stage in-process holds it once)."""
-
-    _held: dict[Path, int] = {}
+    """Exclusive hold of a run directory for one stage; `with RunLock(run_dir, "sample"):`."""
 
     def __init__(self, run_dir: str | Path, stage: str):
         self.path = layout.lock(run_dir)
@@ -128,11 +124,6 @@ class RunLock:
         self._fd = -1
 
     def __enter__(self) -> RunLock:
-        key = self.path.resolve() if self.path.parent.exists() else self.path.absolute()
-        if key in RunLock._held:
-            RunLock._held[key] += 1
-            self._key = key
-            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -145,15 +136,10 @@ class RunLock:
                              "for the same calls twice)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} (exectune {self.stage})".encode(), 0)
-        self._fd, self._key = fd, self.path.resolve()
-        RunLock._held[self._key] = 1
+        self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
-        RunLock._held[self._key] -= 1
-        if RunLock._held[self._key]:
-            return
-        del RunLock._held[self._key]
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = -1

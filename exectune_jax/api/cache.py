@@ -117,17 +117,13 @@ class Cache:
     def fill(self, rows: Iterable[Mapping]) -> int:
         """Insert the ledger's paid replies (key, model, text, stop_reason, input_tokens,
         output_tokens) this cache lacks; returns how many were missing."""
-        added = 0
         with _file_errors(self.path):
             conn = self._conn()
-            for row in rows:
-                if conn.execute("SELECT 1 FROM calls WHERE key = ?", (row["key"],)).fetchone():
-                    continue
-                conn.execute("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (row["key"], row["model"], row["text"], row["stop_reason"],
-                              row["input_tokens"], row["output_tokens"], time.time()))
-                added += 1
-        return added
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             ((r["key"], r["model"], r["text"], r["stop_reason"], r["input_tokens"],
+                               r["output_tokens"], time.time()) for r in rows))
+            return conn.total_changes - before
 
     def __len__(self) -> int:
         with _file_errors(self.path):
