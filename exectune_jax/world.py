@@ -100,6 +100,16 @@ class WorldSpec:
     # the rarer error, a judge that misreads a reordered or reformatted computation. Human
     # agreement of strong LLM judges is about 80-85% overall (MT-Bench, Zheng et al. 2023).
     judge_false_no: float = 0.0
+    # A core that followed part of a strategy off track (a result that is not one of the
+    # problem's true amounts) and then stopped following re-solves the problem from the start
+    # this often, right then at its own rate alone; otherwise its answer is wrong. Real models
+    # misled by a step often notice that the story does not fit and start again (0: never).
+    core_recovers: float = 0.0
+    # Share of an operation's difficulty that the core's own reasoning is spared when the
+    # strategy or advice names that operation correctly but the core did not carry the step
+    # out: an instruct model that reads "multiply 3 by 5" as a hint does that product more
+    # surely even when it answers its own way (0: a step not carried out is no help at all).
+    named_op_value: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,7 +131,8 @@ class WorldSpec:
 # Each field added after version 2 -> the value under which the world behaves as version 2 did.
 # Adding a field leaves every earlier world's hash as it was (results.json, the published tables,
 # a study resumed in its run_dir); any other value of the field changes the hash.
-SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0, "judge_false_no": 0.0}
+SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0, "judge_false_no": 0.0,
+                            "core_recovers": 0.0, "named_op_value": 0.0}
 
 WORLD = WorldSpec()
 
@@ -141,6 +152,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "teacher_verbose_rate": _PROBABILITY, "teacher_vague_rate": _PROBABILITY,
     "advice_connector_rate": _PROBABILITY, HABIT_RATE: _PROBABILITY,
     "judge_false_yes": _PROBABILITY, "judge_false_no": _PROBABILITY,
+    "core_recovers": _PROBABILITY, "named_op_value": _PROBABILITY,
 }
 FLAGS = ("core_announces_aside",)  # true/false values an override may set
 PROFILE_RANGES: dict[str, tuple[float, float]] = {

@@ -33,8 +33,9 @@ def test_fields_added_after_version_2_leave_its_hash_alone_at_its_behaviour_and_
     assert all(getattr(WORLD, k) == v for k, v in SINCE_V2.items())  # off by default
     assert world_from(dict(SINCE_V2)).hash == WORLD.hash
     others = [world_from({"core_announces_aside": False}), world_from({"judge_false_yes": 0.1}),
-              world_from({"judge_false_no": 0.1}), world_from({"judge_false_yes": 0.2})]
-    assert len({WORLD.hash, *(w.hash for w in others)}) == 5
+              world_from({"judge_false_no": 0.1}), world_from({"judge_false_yes": 0.2}),
+              world_from({"core_recovers": 0.5}), world_from({"named_op_value": 0.5})]
+    assert len({WORLD.hash, *(w.hash for w in others)}) == 7
 
 
 def test_simulated_models_read_their_numbers_from_the_world():

@@ -12,7 +12,11 @@ writes one short line per step it carries out, so a wrong strategy yields a wron
 the first step it does not carry out it goes on with its own reasoning from there: what it
 computed so far stays, and if that was on track (every result so far is one of the problem's
 true intermediate amounts) it solves the rest alone with the success rate of the operations
-left, so advice that names the right operations helps even when not followed to the end.
+left, so advice that names the right operations helps even when not followed to the end. Two
+world values (both 0 in version 2) soften what a strategy not followed to the end does: an
+off-track core re-solves the problem from the start at its own rate with probability
+`core_recovers`, and each operation left that the text names correctly (`sim/hints.py`) spares
+its own reasoning `named_op_value` of that operation's difficulty.
 Where it sets a strategy aside it says so in one sentence, unless the world's
 `core_announces_aside` is false (then only its computations show it). Every number it behaves
 by is a field of `world.py`'s `WorldSpec`.
@@ -30,7 +34,7 @@ from fractions import Fraction
 from exectune_jax.data.tasks.answers import numbers_in
 from exectune_jax.data.tasks.arith import Program, apply_op, operand_value, parse_problem, run_program
 from exectune_jax.gcop import prompts
-from exectune_jax.sim import follow
+from exectune_jax.sim import follow, hints
 from exectune_jax.sim.steps import SYMBOLS, show
 from exectune_jax.world import WORLD, WorldSpec
 
@@ -87,8 +91,9 @@ class SimCore:
         self.world = world
         self.profile = getattr(world, PROFILES[name])
 
-    def solo_rate(self, steps: int) -> float:
-        """Probability the core alone solves a problem of `steps` operations."""
+    def solo_rate(self, steps: float) -> float:
+        """Probability the core alone solves a problem of `steps` operations (fewer where some
+        are spared by a hint)."""
         rate = self.profile.intercept - self.profile.slope * steps
         return min(self.world.success_ceil, max(self.world.success_floor, rate))
 
@@ -114,27 +119,37 @@ class SimCore:
         if not run.done:
             note = (f"I cannot follow the strategy ({run.reason}), so I will solve the problem my own way.\n"
                     if self.world.core_announces_aside else "")
-            return Reply(note + self._attempt(problem, rng), False)
-        return Reply(self._continue(problem, run, rng), False, len(run.done))
+            return Reply(note + self._attempt(problem, rng, strategy), False)
+        return Reply(self._continue(problem, strategy, run, rng, seed), False, len(run.done))
 
     # ------------------------------------------------------------ on its own
 
-    def _attempt(self, problem: str, rng: random.Random) -> str:
+    def _attempt(self, problem: str, rng: random.Random, text: str | None = None) -> str:
         program = parse_problem(problem)
         if program is None:
             return _guess(problem, rng)
-        return self._reason(problem, program, 0, True, rng)
+        return self._reason(problem, program, 0, True, rng, self._spared(text, program, 0))
 
-    def _reason(self, problem: str, program: Program, start: int, on_track: bool, rng: random.Random) -> str:
+    def _spared(self, text: str | None, program: Program, start: int) -> float:
+        """How many operations' difficulty the text spares the core's own reasoning from `start`:
+        `named_op_value` for each operation left that the text names correctly."""
+        if text is None:
+            return 0.0
+        return self.world.named_op_value * sum(j >= start for j in hints.named_correctly(text, program))
+
+    def _reason(self, problem: str, program: Program, start: int, on_track: bool, rng: random.Random,
+                spared: float = 0.0) -> str:
         """Its own reasoning over the program's operations from `start`; right only when on track
-        and the operations left fall under its success rate (flipped by sampling noise)."""
-        solved = on_track and (
-            (unit("latent", problem) < self.solo_rate(len(program.ops) - start)) != (rng.random() < self.profile.flip))
+        and the operations left, less `spared`, fall under its success rate (flipped by sampling
+        noise)."""
+        rate = self.solo_rate(len(program.ops) - start - spared)
+        solved = on_track and ((unit("latent", problem) < rate) != (rng.random() < self.profile.flip))
         ops = program.ops if solved else _mistake(program, rng, min(start, len(program.ops) - 1))
         return _reasoning(Program(ops, program.quantities), rng, start, self.world.own_filler_per_step)
 
-    def _continue(self, problem: str, run: follow.Execution, rng: random.Random) -> str:
-        """Followed part of the strategy, then its own reasoning from the step it stopped at."""
+    def _continue(self, problem: str, strategy: str, run: follow.Execution, rng: random.Random, seed: int) -> str:
+        """Followed part of the strategy, then its own reasoning from the step it stopped at, or,
+        off track and recovering, from the start."""
         lines = ["I will follow the strategy."] + _step_lines(run)
         if self.world.core_announces_aside:
             lines.append(f"I cannot carry out the rest ({run.reason}), so I continue my own way.")
@@ -144,7 +159,11 @@ class SimCore:
         gold = run_program(program)
         on_track = all(d.result in gold for d in run.done)
         start = len({r for r in gold if any(d.result == r for d in run.done)}) if on_track else len(run.done)
-        return "\n".join(lines) + "\n" + self._reason(problem, program, min(start, len(program.ops)), on_track, rng)
+        if not on_track and unit("recover", self.name, problem, strategy, seed) < self.world.core_recovers:
+            start, on_track = 0, True
+        start = min(start, len(program.ops))
+        return "\n".join(lines) + "\n" + self._reason(problem, program, start, on_track, rng,
+                                                       self._spared(strategy, program, start))
 
 
 def _step_lines(run: follow.Execution) -> list[str]:
