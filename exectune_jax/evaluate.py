@@ -4,8 +4,9 @@ Each guide row samples one strategy per problem from its guide (greedy), the cor
 and the row reports accuracy and executability α (how often the core followed the strategy, by
 the follow check) with 95% Wilson intervals, the mixture accuracy = α·P(correct | followed) +
 (1 − α)·P(correct | not followed), how often the guide wrote a well-formed, non-leaking
-strategy, what the core spent, what measuring α spent, and a paired exact McNemar test of
-ExecTune against the row on the same problems. Failed API calls and undecided follow checks are
+strategy, what the core spent, what measuring α spent, a paired exact McNemar test of
+ExecTune against the row on the same problems, and the utility J = accuracy − λ·USD per problem
+at each λ of `eval.lambdas` (utility.py). Failed API calls and undecided follow checks are
 never scored: they are excluded and counted.
 
 results.json holds no timings and no absolute paths, so the same seed gives the same file
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exectune_jax import break_even, preflight, resume
+from exectune_jax import break_even, preflight, resume, utility
 from exectune_jax.config import Config
 from exectune_jax.data.tasks import Problem
 from exectune_jax.errors import UserError
@@ -38,7 +39,7 @@ ROW_FIELDS = ("method", "n", "accuracy", "accuracy_ci", "executability", "execut
               "usd_per_problem", "guide_tokens", "failed_calls", "mcnemar_p_vs_exectune",
               "p_correct_followed", "p_correct_followed_ci", "p_correct_not_followed",
               "p_correct_not_followed_ci", "mixture_accuracy", "follow_unknown",
-              "follow_usd_per_problem", "discordant_vs_exectune")
+              "follow_usd_per_problem", "discordant_vs_exectune", "utility")
 FOLLOW_LABELS = "follow_labels.jsonl"
 
 
@@ -92,7 +93,8 @@ def ci(k: int, n: int) -> list[float]:
     return list(wilson(k, n)) if n else [0.0, 1.0]
 
 
-def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
+def row_summary(data: RowData, ref: Mapping[str, bool] | None, lambdas: Sequence[float] = (),
+                guide_usd_per_mtok: float = 0.0) -> dict:
     """The row's numbers; `ref` is the reference row's first_correct (None: no test).
 
     accuracy is pass@1 (each problem's first execution), so rows pair up for McNemar;
@@ -101,7 +103,8 @@ def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
     (mixture_accuracy is their composition, over the executions the follow check decided).
     usd_per_problem is the core's, per scored execution; follow_usd_per_problem is what the
     follow check (the judge) cost on top, per scored execution; guide_tokens counts what the
-    guide generated (self-hosted, so not priced).
+    guide generated (self-hosted, so not priced); utility is J at each of `lambdas`, the guide's
+    tokens priced at `guide_usd_per_mtok`.
     """
     first = data.first_correct()
     n, k = len(first), sum(first.values())
@@ -145,6 +148,7 @@ def row_summary(data: RowData, ref: Mapping[str, bool] | None) -> dict:
         pairs = discordant(ref, first)
         row["mcnemar_p_vs_exectune"] = mcnemar_exact(*pairs)
         row["discordant_vs_exectune"] = list(pairs)  # (exectune right, this row right): pooled by a study
+    row["utility"] = utility.row_utilities(row, lambdas, guide_usd_per_mtok)
     return row
 
 
@@ -183,6 +187,20 @@ def table(rows: Sequence[Mapping]) -> str:
                   "on the executions the follow check decided:", ""]
         lines += [f"- {m}" for m in mixed]
     return "\n".join(lines) + "\n"
+
+
+def utility_section(rows: Sequence[Mapping], spec: Mapping) -> str:
+    """The J table under the method table, with its definition and the guide's price."""
+    if not spec["lambdas"]:
+        return ""
+    return (f"\nUtility {spec['definition']}, guide tokens at USD {spec['guide_usd_per_mtok']:g} per "
+            "million; J in accuracy points, the best row at each λ in bold:\n\n"
+            + utility.table(rows, spec["lambdas"]))
+
+
+def markdown(doc: Mapping) -> str:
+    """results.md: the method table, then J at each λ."""
+    return table(doc["rows"]) + utility_section(doc["rows"], doc["utility"])
 
 
 def mixture_line(r: Mapping) -> str:
@@ -297,7 +315,9 @@ def results(cfg: Config, rows: Sequence[RowData], skipped: list, n_problems: int
         "follow_check": cfg.api.follow_check,
         "judge_model": cfg.api.judge.model if cfg.api.judge and cfg.api.follow_check == "judge" else None,
         "reference": REFERENCE if ref is not None else None,
-        "rows": [row_summary(r, ref) for r in rows],
+        "utility": {"definition": utility.DEFINITION, "lambdas": list(cfg.eval.lambdas),
+                    "guide_usd_per_mtok": cfg.eval.guide_usd_per_mtok},
+        "rows": [row_summary(r, ref, cfg.eval.lambdas, cfg.eval.guide_usd_per_mtok) for r in rows],
         "skipped": skipped,
     }
 
@@ -341,7 +361,7 @@ def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]],
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", doc)
-    write_text_atomic(out / "results.md", table(doc["rows"]))
+    write_text_atomic(out / "results.md", markdown(doc))
     write_jsonl_atomic(out / FOLLOW_LABELS, labels)
     figures = [plots.accuracy_vs_cost(doc["rows"], out / "accuracy_vs_cost.png"),
                plots.accuracy_vs_alpha(doc["rows"], out / "accuracy_vs_alpha.png")]
@@ -374,7 +394,7 @@ def run(cfg: Config) -> int:
     break_even.write(cfg, out, doc)
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")
-    print(table(doc["rows"]), end="")
+    print(markdown(doc), end="")
     if (out / "break_even.md").exists():
         print((out / "break_even.md").read_text(), end="")
     print(f"written to {out}")

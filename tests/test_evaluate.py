@@ -152,6 +152,8 @@ def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
         lo, hi = row["accuracy_ci"]
         assert 0.0 <= lo <= row["accuracy"] <= hi <= 1.0
         assert row["usd_total"] > 0 and row["core_input_tokens"] > 0
+        assert row["utility"] == pytest.approx([row["accuracy"] - lam * row["usd_per_problem"]
+                                                for lam in doc["utility"]["lambdas"]])
     assert doc["skipped"] == [{"method": "sft_unfiltered", "reason": "no guide at missing/guide"}]
     assert doc["world"] == {"version": WORLD.version, "hash": WORLD.hash, "overrides": {}}
     text = json.dumps(doc)
@@ -189,7 +191,9 @@ def test_follow_labels_name_every_guided_execution_by_its_digest():
 
 def test_markdown_table_and_plots_are_written(evaluated):
     md = (evaluated / "eval" / "results.md").read_text().splitlines()
-    assert md[0].startswith("| method |") and sum(line.startswith("|") for line in md) == 2 + 5
+    j_head = md.index("| method | " + " | ".join(f"J at λ={lam:g}" for lam in load_config().eval.lambdas) + " |")
+    assert md[0].startswith("| method |") and sum(line.startswith("|") for line in md[:j_head]) == 2 + 5
+    assert sum(line.startswith("|") for line in md[j_head:]) == 2 + 5  # J for every row
     assert sum(line.startswith("- ") and " = " in line for line in md) == 3  # the guide rows' mixtures
     for name in ("accuracy_vs_cost.png", "accuracy_vs_alpha.png"):
         assert (evaluated / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

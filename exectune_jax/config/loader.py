@@ -233,8 +233,9 @@ def validate(config: Config) -> None:
         for name, interval in type(section).RANGES.items() if hasattr(section, "RANGES") else ():
             value = getattr(section, name)
             if value is not None and not in_range(value, interval):
+                what = "each of its values" if isinstance(value, list) else "it"
                 raise ConfigError(
-                    f"config: `{prefix}{name}` is {value!r}; it must be in {interval}")
+                    f"config: `{prefix}{name}` is {value!r}; {what} must be in {interval}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +254,10 @@ def parse_interval(text: str) -> tuple[float, float, bool, bool]:
     return lo, hi, m.group(1) == "[", m.group(4) == "]"
 
 
-def in_range(value: float, interval: str) -> bool:
+def in_range(value: float | list[float], interval: str) -> bool:
+    """Whether `value` lies in `interval`; a list does when each of its elements does."""
+    if isinstance(value, list):
+        return all(in_range(v, interval) for v in value)
     lo, hi, lo_in, hi_in = parse_interval(interval)
     above = value >= lo if lo_in else value > lo
     below = value <= hi if hi_in else value < hi
@@ -295,6 +299,7 @@ def section_types(cls: type = None) -> Iterator[type]:  # type: ignore[assignmen
 
 
 def numeric_fields(cls: type) -> list[str]:
-    """Fields of section `cls` that hold a number (int or float, optional or not)."""
+    """Fields of section `cls` that hold a number or a list of numbers (optional or not)."""
     hints = typing.get_type_hints(cls)
-    return [f.name for f in dataclasses.fields(cls) if _scalar(hints[f.name]) in (int, float)]
+    numbers = (int, float, list[int], list[float])
+    return [f.name for f in dataclasses.fields(cls) if _scalar(hints[f.name]) in numbers]

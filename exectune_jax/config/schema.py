@@ -333,6 +333,7 @@ class EvalConfig:
         "max_new_tokens": "[1, inf)",
         "batch_size": "[1, inf)",
         "guide_usd_per_mtok": "[0, inf)",
+        "lambdas": "[0, inf)",
     }
 
     split: str = "test"  # the task split scored: test | validation | train
@@ -348,6 +349,10 @@ class EvalConfig:
     batch_size: int = 64  # guide prompts generated together
     out: str = "eval"  # stage directory under run_dir: results.json, results.md, plots
     guide_usd_per_mtok: float = 0.0  # the self-hosted guide's cost per million generated tokens (break-even)
+    # λ of the utility J = accuracy − λ·USD per problem (utility.py), per USD, reported for every
+    # row: from 0 (cost is free) to 1000 (USD 0.001 per problem, about what the Haiku-priced
+    # core alone costs on arith, weighs as much as every answer right), spaced ~3x apart
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 10.0, 30.0, 100.0, 300.0, 1000.0])
 
 
 @dataclass
