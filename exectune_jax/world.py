@@ -136,6 +136,12 @@ SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0
 
 WORLD = WorldSpec()
 
+# The values the world v3 mechanisms are expected to take, as `sim.world` overrides: a candidate
+# for version 3, not the default. How each is chosen on validation: docs/world.md, "World v3
+# candidate".
+V3_CANDIDATE: dict[str, Any] = {"core_announces_aside": False, "core_recovers": 1.0, "named_op_value": 0.5,
+                                "judge_false_yes": 0.0, "judge_false_no": 0.04}
+
 # ---------------------------------------------------------------------------------------------
 # Overrides (config `sim.world`): the default world with some values named otherwise
 

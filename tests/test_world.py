@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from exectune_jax.sim import models
-from exectune_jax.world import HABIT_RATE, SINCE_V2, WORLD, CoreProfile, WorldSpec, summary_of, world_from
+from exectune_jax.world import (HABIT_RATE, SINCE_V2, V3_CANDIDATE, WORLD, CoreProfile, WorldSpec, summary_of,
+                                world_from)
 
 
 def test_world_is_frozen():
@@ -85,3 +86,12 @@ def test_a_bad_override_is_one_line_naming_its_key(overrides, needle):
     with pytest.raises(ValueError) as e:
         world_from(overrides, prefix="w.")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_v3_candidate_sets_only_mechanisms_added_after_version_2_and_is_not_the_default():
+    candidate = world_from(V3_CANDIDATE)
+    assert set(V3_CANDIDATE) <= set(SINCE_V2)
+    moved = {k for k in V3_CANDIDATE if getattr(candidate, k) != SINCE_V2[k]}
+    assert moved == {"core_announces_aside", "core_recovers", "named_op_value", "judge_false_no"}
+    assert WORLD.hash == "35716ebe7bfb5013" != candidate.hash
+    assert candidate.version == WORLD.version  # a named world, until the choosing run makes it version 3

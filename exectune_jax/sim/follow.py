@@ -172,7 +172,7 @@ def execute(text: str, known: frozenset[str], world: WorldSpec, carried_out: Cal
         for k, p in enumerate(found):
             values: list[Fraction] = []
             for operand in (p.first, p.second):
-                value = _value(operand, i, k, known, step_results, done, values)
+                value = resolve_operand(operand, i, k, known, step_results, done, values)
                 if value is None:
                     del done[results_before:]
                     return stop(i, f"step {i + 1} uses a quantity that is not in the problem or an earlier step")
@@ -191,9 +191,11 @@ def execute(text: str, known: frozenset[str], world: WorldSpec, carried_out: Cal
     return Execution(tuple(done), claim, None, "")
 
 
-def _value(operand: str, i: int, k: int, known: frozenset[str], step_results: dict[int, Fraction],
-           done: list[Done], used: list[Fraction]) -> Fraction | None:
-    """An operand's value, or None when the core cannot know it."""
+def resolve_operand(operand: str, i: int, k: int, known: frozenset[str], step_results: dict[int, Fraction],
+                    done: list[Done], used: list[Fraction]) -> Fraction | None:
+    """The value of `operand` in phrase `k` of step `i`, given the numbers it may use (`known`),
+    the steps' results, the operations done and the values already `used` in this phrase; None
+    when the core cannot know it."""
     text = operand.lower()
     if text.startswith("the result of step"):
         ref = int(text.split()[-1]) - 1

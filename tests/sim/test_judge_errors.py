@@ -12,7 +12,7 @@ from exectune_jax.gcop import prompts
 from exectune_jax.gcop.follow import agreement, parse_judge_reply
 from exectune_jax.sim import models
 from exectune_jax.sim.judge import _ASIDE, SimJudge, decide
-from exectune_jax.world import WORLD, world_from
+from exectune_jax.world import V3_CANDIDATE, WORLD, world_from
 
 N = 400
 
@@ -107,3 +107,16 @@ def test_the_judge_reads_the_aside_only_in_a_world_whose_core_announces_it():
     assert decide(problem, strategy, response)[0] is False
     assert decide(problem, strategy, response, read_aside=False)[0] is True
     assert SimJudge(world_from({"core_announces_aside": False})).world.core_announces_aside is False
+
+
+def test_in_the_v3_candidate_world_the_judge_reads_computations_and_errs_both_ways():
+    world = world_from(V3_CANDIDATE)
+    rows = exchanges(world)
+    assert not any(_ASIDE.search(r) for _, _, r, _ in rows)
+    truth = [t for *_, t in rows]
+    got = agreement(list(zip(verdicts(models.get("sim-judge", world), rows), truth)))
+    print(f"\nsim-judge in the v3 candidate world, {N} train problems: {got}")
+    # Lenient from its reading alone (not-followed executions that compute the strategy's steps),
+    # strict at the stated false-no rate (followed ones it calls not followed).
+    assert got["confusion"]["yes_false"] > 0 and got["confusion"]["no_true"] > 0
+    assert got["agreement"] < 1.0
