@@ -110,6 +110,17 @@ class WorldSpec:
     # out: an instruct model that reads "multiply 3 by 5" as a hint does that product more
     # surely even when it answers its own way (0: a step not carried out is no help at all).
     named_op_value: float = 0.0
+    # A second core, `sim-core-next`: the vendor's next small model, which a guide trained for
+    # sim-core meets when the vendor retires the old one (eval.cores). Better alone by about
+    # half the gap to the strong core, flatter, with fewer slips; priced a little higher
+    # (configs/prices.yaml).
+    core_next: CoreProfile = CoreProfile(intercept=1.13, slope=0.075, flip=0.03, slip=0.002)
+    # How sim-core-next carries out a step, by kind, in place of the follow_* values (which are
+    # sim-core's and sim-core-strong's). Tuned to reason on its own, it re-plans terse one-line
+    # steps a little more often, and it reads prose, merged and long steps and vague referents
+    # better: a guide's strategies transfer to it, but the best style for it is another.
+    core_next_follow: tuple[tuple[str, float], ...] = (
+        ("atomic", 0.95), ("prose", 0.92), ("compound", 0.80), ("verbose", 0.45), ("vague", 0.40))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,7 +130,7 @@ class WorldSpec:
         """A stable digest of every value (not of how the source spells them). A field added
         after version 2 enters it only when it differs from the value that behaves as version 2
         did (`SINCE_V2`), so the worlds measured before it existed keep their hash."""
-        values = {k: v for k, v in self.as_dict().items() if k not in SINCE_V2 or v != SINCE_V2[k]}
+        values = {k: v for k, v in self.as_dict().items() if k not in SINCE_V2 or getattr(self, k) != SINCE_V2[k]}
         text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -130,9 +141,13 @@ class WorldSpec:
 
 # Each field added after version 2 -> the value under which the world behaves as version 2 did.
 # Adding a field leaves every earlier world's hash as it was (results.json, the published tables,
-# a study resumed in its run_dir); any other value of the field changes the hash.
+# a study resumed in its run_dir); any other value of the field changes the hash. Version 2 had
+# no sim-core-next, so the values it was added with leave version 2's behaviour as it was.
 SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0, "judge_false_no": 0.0,
-                            "core_recovers": 0.0, "named_op_value": 0.0}
+                            "core_recovers": 0.0, "named_op_value": 0.0,
+                            "core_next": CoreProfile(intercept=1.13, slope=0.075, flip=0.03, slip=0.002),
+                            "core_next_follow": (("atomic", 0.95), ("prose", 0.92), ("compound", 0.80),
+                                                 ("verbose", 0.45), ("vague", 0.40))}
 
 WORLD = WorldSpec()
 
@@ -164,6 +179,10 @@ FLAGS = ("core_announces_aside",)  # true/false values an override may set
 PROFILE_RANGES: dict[str, tuple[float, float]] = {
     "intercept": (0.0, 2.0), "slope": (0.0, 1.0), "flip": _PROBABILITY, "slip": _PROBABILITY}
 MIXES = ("teacher_propose", "teacher_habit", "teacher_revise")
+PROFILES = ("core", "core_strong", "core_next")
+# a core profile with its own follow probabilities -> the field that holds them (kind -> p)
+FOLLOW_PROFILES = {"core_next": "core_next_follow"}
+FOLLOW_KINDS = ("atomic", "prose", "compound", "verbose", "vague")
 
 
 def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: str = "") -> WorldSpec:
@@ -183,8 +202,10 @@ def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: st
                              "overrides are recorded beside it")
         if key not in names:
             raise ValueError(f"`{name}` is not a value of the simulated world (known: {', '.join(names)})")
-        if key in ("core", "core_strong"):
+        if key in PROFILES:
             changes[key] = _profile(getattr(base, key), value, name)
+        elif key in FOLLOW_PROFILES.values():
+            changes[key] = _follow(getattr(base, key), value, name)
         elif key in MIXES:
             changes[key] = _mix(getattr(base, key), value, name)
         elif key in FLAGS:
@@ -212,6 +233,15 @@ def habit_mix(mix: tuple[tuple[str, float], ...], rate: float) -> tuple[tuple[st
     return tuple((s, rate if s == "compound" else round(w * scale, 12)) for s, w in mix)
 
 
+def following(world: WorldSpec, profile: str) -> WorldSpec:
+    """`world` as the core of profile field `profile` reads steps: its own follow probabilities
+    in place of the follow_* values where it has some (FOLLOW_PROFILES)."""
+    if profile not in FOLLOW_PROFILES:
+        return world
+    own = dict(getattr(world, FOLLOW_PROFILES[profile]))
+    return dataclasses.replace(world, **{f"follow_{k}": p for k, p in own.items()})
+
+
 def value_of(world: WorldSpec, name: str) -> Any:
     """The value `name` (a field, or HABIT_RATE) has in `world`."""
     return dict(world.teacher_habit)["compound"] if name == HABIT_RATE else getattr(world, name)
@@ -233,6 +263,8 @@ def _scalar(value: Any, kind: type, bounds: tuple[float, float], name: str) -> f
 
 def _profile(profile: CoreProfile, value: Any, name: str) -> CoreProfile:
     known = ", ".join(PROFILE_RANGES)
+    if isinstance(value, CoreProfile):
+        value = dataclasses.asdict(value)
     if not isinstance(value, Mapping):
         raise ValueError(f"`{name}` must be a mapping of some of {known}, got {value!r}")
     for k in value:
@@ -240,6 +272,19 @@ def _profile(profile: CoreProfile, value: Any, name: str) -> CoreProfile:
             raise ValueError(f"`{name}.{k}` is not a value of a core profile (known: {known})")
     return dataclasses.replace(profile, **{k: _scalar(v, float, PROFILE_RANGES[k], f"{name}.{k}")
                                            for k, v in value.items()})
+
+
+def _follow(follow: tuple[tuple[str, float], ...], value: Any, name: str) -> tuple[tuple[str, float], ...]:
+    """A follow profile with the probabilities `value` names (a mapping or pairs: kind -> p)."""
+    known = ", ".join(FOLLOW_KINDS)
+    try:
+        pairs = dict(value)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or not set(pairs) <= set(FOLLOW_KINDS):
+        raise ValueError(f"`{name}` must map some of {known} to a probability, got {value!r}")
+    given = {k: _scalar(p, float, _PROBABILITY, f"{name}.{k}") for k, p in pairs.items()}
+    return tuple((k, given.get(k, p)) for k, p in follow)
 
 
 def _mix(mix: tuple[tuple[str, float], ...], value: Any, name: str) -> tuple[tuple[str, float], ...]:

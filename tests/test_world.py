@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from exectune_jax.sim import models
+from exectune_jax.world import following
 from exectune_jax.world import (HABIT_RATE, SINCE_V2, V3_CANDIDATE, WORLD, CoreProfile, WorldSpec, summary_of,
                                 world_from)
 
@@ -81,6 +82,8 @@ def test_an_override_makes_another_world_under_another_hash_and_the_summary_says
     ({"core_announces_aside": 0}, "`w.core_announces_aside` must be true or false"),
     ({"judge_false_yes": 1.5}, "`w.judge_false_yes` is 1.5; it must be in [0, 1]"),
     ({"judge_false_no": True}, "`w.judge_false_no` must be a number"),
+    ({"core_next_follow": {"merged": 0.5}}, "`w.core_next_follow` must map some of atomic, prose"),
+    ({"core_next_follow": {"atomic": 2}}, "`w.core_next_follow.atomic` is 2; it must be in [0, 1]"),
 ])
 def test_a_bad_override_is_one_line_naming_its_key(overrides, needle):
     with pytest.raises(ValueError) as e:
@@ -95,3 +98,12 @@ def test_the_v3_candidate_sets_only_mechanisms_added_after_version_2_and_is_not_
     assert moved == {"core_announces_aside", "core_recovers", "named_op_value", "judge_false_no"}
     assert WORLD.hash == "35716ebe7bfb5013" != candidate.hash
     assert candidate.version == WORLD.version  # a named world, until the choosing run makes it version 3
+
+
+def test_the_next_core_reads_steps_by_its_own_follow_profile_and_its_values_move_the_hash():
+    own = following(WORLD, "core_next")
+    assert [getattr(own, f"follow_{k}") for k, _ in WORLD.core_next_follow] == [p for _, p in WORLD.core_next_follow]
+    assert following(WORLD, "core") is WORLD and following(WORLD, "core_strong") is WORLD
+    moved = [world_from({"core_next_follow": {"compound": 0.5}}), world_from({"core_next": {"slope": 0.1}})]
+    assert dict(moved[0].core_next_follow)["compound"] == 0.5 and moved[0].follow_compound == WORLD.follow_compound
+    assert len({WORLD.hash, *(w.hash for w in moved)}) == 3

@@ -36,9 +36,10 @@ from exectune_jax.data.tasks.arith import Program, apply_op, operand_value, pars
 from exectune_jax.gcop import prompts
 from exectune_jax.sim import follow, hints
 from exectune_jax.sim.steps import SYMBOLS, show
-from exectune_jax.world import WORLD, WorldSpec
+from exectune_jax.world import WORLD, WorldSpec, following
 
-PROFILES = {"sim-core": "core", "sim-core-strong": "core_strong"}  # name -> WorldSpec field
+# name -> WorldSpec field
+PROFILES = {"sim-core": "core", "sim-core-strong": "core_strong", "sim-core-next": "core_next"}
 
 _ATTEMPT = {
     "add": "More are added here, so I add {b} to the current amount of {a}:",
@@ -82,7 +83,7 @@ class Reply:
 
 
 class SimCore:
-    """A core model with the behaviour profile `name` ("sim-core" or "sim-core-strong")."""
+    """A core model with the behaviour profile `name` (a key of PROFILES)."""
 
     def __init__(self, name: str = "sim-core", world: WorldSpec = WORLD) -> None:
         if name not in PROFILES:
@@ -90,6 +91,7 @@ class SimCore:
         self.name = name
         self.world = world
         self.profile = getattr(world, PROFILES[name])
+        self.reads = following(world, PROFILES[name])  # the world with this core's follow probabilities
 
     def solo_rate(self, steps: float) -> float:
         """Probability the core alone solves a problem of `steps` operations (fewer where some
@@ -110,7 +112,7 @@ class SimCore:
         if strategy is None:
             return Reply(self._attempt(problem, rng), None)
         run = follow.execute(
-            strategy, frozenset(numbers_in(problem)), self.world,
+            strategy, frozenset(numbers_in(problem)), self.reads,
             carried_out=lambda i, p: follow_draw(self.name, problem, strategy, i, seed) < p,
             slip=lambda: Fraction(rng.choice((1, -1, 10))) if rng.random() < self.profile.slip else Fraction(0),
         )

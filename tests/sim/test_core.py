@@ -13,7 +13,7 @@ from exectune_jax.sim import models
 from exectune_jax.sim.core import SimCore
 from exectune_jax.sim import follow
 from exectune_jax.sim.teacher import atomic, write
-from exectune_jax.world import WORLD
+from exectune_jax.world import WORLD, world_from
 
 P = Problem(
     id="p", split="test", answer="27",
@@ -237,3 +237,24 @@ def test_unknown_model_names_are_refused_with_the_known_ones():
     with pytest.raises(ValueError):
         SimCore("sim-giant")
     assert models.get("sim-core") is models.get("sim-core")
+
+
+def follow_share(task, core, style, world=WORLD):
+    """Share of the teacher's `style` strategies that `core` followed to the end, on validation."""
+    c = SimCore(core, world)
+    followed = []
+    for i, p in enumerate(task.problems("validation")):
+        steps = write(parse_problem(p.prompt), style, random.Random(i), world)
+        if steps:
+            followed.append(c.respond(prompts.core_messages(p, "math", render(steps))).followed)
+    return sum(followed) / len(followed)
+
+
+def test_the_next_core_follows_steps_by_its_own_profile(task):
+    # sim-core-next re-plans terse steps more often and reads merged steps better (world.py)
+    assert follow_share(task, "sim-core-next", "atomic") < follow_share(task, "sim-core", "atomic") - 0.05
+    assert follow_share(task, "sim-core-next", "compound") > follow_share(task, "sim-core", "compound") + 0.1
+    # its profile is a world value: overriding it moves sim-core-next and leaves sim-core alone
+    world = world_from({"core_next_follow": {"compound": 0.0, "atomic": 0.0}})
+    assert follow_share(task, "sim-core-next", "compound", world) == 0.0
+    assert follow_share(task, "sim-core", "compound", world) == follow_share(task, "sim-core", "compound")
