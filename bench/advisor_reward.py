@@ -37,7 +37,7 @@ from pathlib import Path
 def replay_config(run_dir: Path, stage: str, scratch: Path):
     """The stage's config, writing to `scratch` and talking to a sim server of its own."""
     from exectune_jax.config import SIM_URL, load_config
-    from exectune_jax.demo import with_values
+    from exectune_jax.demo.recipe import with_values
 
     cfg = load_config(run_dir / stage / "config.yaml")
     endpoints = {f"api.{n}": dataclasses.replace(getattr(cfg.api, n), base_url=SIM_URL)

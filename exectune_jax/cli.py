@@ -44,7 +44,7 @@ api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
 # commands that drive devices join a multi-process job when launched as one (launch/*.sh)
 DISTRIBUTED = {"sft", "rl", "eval", "plan"}
 # commands that pay for calls or write a run's stages hold its run_dir for their whole life
-LOCKED = {"sample", "sft", "rl", "eval", "estimate", "demo", "study"}
+LOCKED = {"base-guide", "sample", "sft", "rl", "eval", "estimate", "demo", "study"}
 # commands whose stage calls the APIs as configured get its "sim" endpoints served
 # (sim.serving); the demo, the study and the estimate size their config first and serve that
 SERVED = {"sample", "rl", "eval"}
@@ -53,6 +53,8 @@ SERVED = {"sample", "rl", "eval"}
 COMMANDS = {
     "demo": ("exectune_jax.demo", "run", "the whole pipeline end to end on the embedded default"),
     "serve-sim": ("exectune_jax.sim.server", "run", "serve the simulated core, teacher and judge on loopback"),
+    "base-guide": ("exectune_jax.sim.guide", "run",
+                   "build the demo's base guide in run_dir/base_guide (the demo's first stage)"),
     "sample": ("exectune_jax.train.acceptance", "run", "stage 1: teacher-guided acceptance sampling"),
     "sft": ("exectune_jax.train.sft", "run", "stage 2: supervised fine-tuning of the guide"),
     "rl": ("exectune_jax.train.grpo", "run", "stage 3: structure-aware GRPO"),
@@ -66,7 +68,7 @@ COMMANDS = {
     "study": ("exectune_jax.study", "run", "the demo over several seeds: mean ± sd per row, per-seed and pooled tests"),
 }
 # the config sections each command's --help documents (`config --help`: all of them)
-HELP_SECTIONS = {"serve-sim": ("sim",), "sample": ("sample",), "sft": ("sft",), "rl": ("rl",),
+HELP_SECTIONS = {"serve-sim": ("sim",), "base-guide": ("sft",), "sample": ("sample",), "sft": ("sft",), "rl": ("rl",),
                  "eval": ("eval",), "plan": ("mesh",), "export": ("export",),
                  "demo": ("model", "task", "metrics"), "study": ("model", "task", "metrics")}
 

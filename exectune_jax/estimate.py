@@ -29,7 +29,7 @@ from exectune_jax.cost import (ADVICE_LENGTHENS, DEFAULT_OUTPUT_TOKENS, TRAINED_
                                mean, measures, pilot_from_rows, prompt_tokens, stage_table, system_tokens,
                                with_strategy)
 from exectune_jax.data import tasks
-from exectune_jax.demo import prepare, stage_configs
+from exectune_jax.demo.recipe import prepare, stage_configs
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.execute import execute_many

@@ -9,7 +9,8 @@ naming the file, so nothing half-written or stray is left behind.
 `RunLock` is an OS file lock (`fcntl.flock`) on `run_dir/.lock`, held for a stage's life. The
 kernel releases it when the process ends however it ends (SIGKILL included), so a stale lock
 never blocks a resume; a second process on the same run_dir is refused with the holder's PID
-and stage.
+and stage. The holder itself and the stage processes it starts (the demo's runner) join its
+hold instead: they run the holder's stages, not a second run.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
+            if holder_pid(holder) in (os.getpid(), os.getppid()):
+                return self
             raise RunDirBusy(f"{self.path.parent}: in use by {holder}; wait for it to finish "
                              "or use another run_dir (two stages on one run_dir would pay "
                              "for the same calls twice)") from None
@@ -140,6 +143,18 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._fd < 0:  # joined another's hold: it is the holder's to release
+            return
+        # an emptied file names no holder, so no later process mistakes this one's PID for its own
+        os.ftruncate(self._fd, 0)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = -1
+
+
+def holder_pid(holder: str) -> int | None:
+    """The PID in a lock file's "pid N (exectune STAGE)", or None."""
+    words = holder.split()
+    if len(words) >= 2 and words[0] == "pid" and words[1].isdigit():
+        return int(words[1])
+    return None

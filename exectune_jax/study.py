@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from exectune_jax import demo
+from exectune_jax.demo import recipe, runner
 from exectune_jax.config import Config
 from exectune_jax.layout import BASE_GUIDE_DIR, GUIDE_DIR
 from exectune_jax.errors import UserError
@@ -67,8 +68,8 @@ OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost":
 ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir
 ABLATION_PHASES = ((("rl_outcome",), ("rl_from_base",), ("sample_answer_only", "sft_answer_only")),
                    (("eval_ablations",),))
-ABLATION_COMMANDS = {"rl_outcome": "rl", "rl_from_base": "rl", "sample_answer_only": "sample",
-                     "sft_answer_only": "sft", "eval_ablations": "eval"}
+ABLATION_COMMANDS = {"rl_outcome": ("rl",), "rl_from_base": ("rl",), "sample_answer_only": ("sample",),
+                     "sft_answer_only": ("sft",), "eval_ablations": ("eval",)}
 ABLATION_GUIDES = {"outcome_rl_from_sft": f"rl_outcome/{GUIDE_DIR}",  # method -> guide, as eval.guides
                    "exectune_rl_from_base": f"rl_from_base/{GUIDE_DIR}",
                    "sft_answer_only": f"sft_answer_only/{GUIDE_DIR}"}
@@ -106,7 +107,7 @@ def seed_dir(root: Path, seed: int) -> Path:
 
 def seed_config(cfg: Config, seed: int) -> Config:
     """A seed's demo: its guides' seed and the sim's (the teacher's samples) both `seed`."""
-    return demo.with_values(cfg, {"seed": seed, "sim.seed": seed})
+    return recipe.with_values(cfg, {"seed": seed, "sim.seed": seed})
 
 
 def demo_results(cfg: Config, out: Path, quick: bool, what: str) -> dict | None:
@@ -162,7 +163,7 @@ def run_sweep(cfg: Config, seeds: Sequence[int], quick: bool) -> dict[str, Any] 
         dirs = {s: seed_dir(where, s) for s in seeds}
         results = {}
         for s in seeds:
-            cfg_s = demo.with_values(seed_config(cfg, s), {"sim.world": overrides})
+            cfg_s = recipe.with_values(seed_config(cfg, s), {"sim.world": overrides})
             got = demo_results(cfg_s, dirs[s], quick, f"{what}seed {s}")
             if got is None:
                 return None
@@ -176,15 +177,15 @@ def ablation_configs(cfg: Config) -> dict[str, Config]:
     """The ablation stages' configs, inside one seed's run dir (its demo's guides as starts)."""
     run_dir = Path(cfg.run_dir)
     return {
-        "rl_outcome": demo.with_values(cfg, {"rl.name": "rl_outcome", "rl.preset": "exectune",
+        "rl_outcome": recipe.with_values(cfg, {"rl.name": "rl_outcome", "rl.preset": "exectune",
                                              "rl.weights": OUTCOME_ONLY,
                                              "rl.init": str(run_dir / "sft" / GUIDE_DIR)}),
-        "rl_from_base": demo.with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
+        "rl_from_base": recipe.with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
                                                "rl.init": str(run_dir / BASE_GUIDE_DIR)}),
-        "sample_answer_only": demo.with_values(cfg, ANSWER_ONLY),
+        "sample_answer_only": recipe.with_values(cfg, ANSWER_ONLY),
         # SFT reads the accepted strategies of its config's sample stage (layout.sft_data)
-        "sft_answer_only": demo.with_values(cfg, {**ANSWER_ONLY, "sft.name": "sft_answer_only"}),
-        "eval_ablations": demo.with_values(cfg, {
+        "sft_answer_only": recipe.with_values(cfg, {**ANSWER_ONLY, "sft.name": "sft_answer_only"}),
+        "eval_ablations": recipe.with_values(cfg, {
             "eval.out": ABLATIONS, "eval.guides": {**cfg.eval.guides, **ABLATION_GUIDES},
             "eval.core_strong": False}),
     }
@@ -341,8 +342,8 @@ def ablations_complete(results_json: Path) -> bool:
 
 def run_ablations(cfg: Config, out: Path, quick: bool) -> bool:
     """One seed's ablation stages, against the sim server as its demo ran them."""
-    cfg = demo.prepare(cfg, str(out), quick)
-    return demo.run_phases(cfg, ABLATION_PHASES, ablation_configs, ABLATION_COMMANDS) is not None
+    cfg = recipe.prepare(cfg, str(out), quick)
+    return runner.run_phases(cfg, ABLATION_PHASES, ablation_configs, ABLATION_COMMANDS) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,8 +358,8 @@ RL_VALIDATION_OUT = "rl_validation"  # each seed's eval directory; the run's fil
 RL_CANDIDATE = {"rl.advantage": "dr_grpo", "rl.std_floor": 0.1, "rl.cost_resolution_usd": 0.0001}
 RL_VALIDATION_PHASES = ((("base_guide",), ("sample",)), (("sft",),), (("rl",), ("rl_candidate",)),
                         (("eval_validation",),))
-RL_VALIDATION_COMMANDS = {"base_guide": "base_guide", "sample": "sample", "sft": "sft", "rl": "rl",
-                          "rl_candidate": "rl", "eval_validation": "eval"}
+RL_VALIDATION_COMMANDS = {"base_guide": ("base-guide",), "sample": ("sample",), "sft": ("sft",),
+                          "rl": ("rl",), "rl_candidate": ("rl",), "eval_validation": ("eval",)}
 RL_VALIDATION_GUIDES = {"exectune_sft": f"sft/{GUIDE_DIR}", "rl_default": f"rl/{GUIDE_DIR}",
                         "rl_candidate": f"rl_candidate/{GUIDE_DIR}"}
 ALPHA_DROP_POINTS = 2.0  # the rule: α not lower by more than this, in points, in any seed
@@ -369,11 +370,11 @@ RL_RUN_KEYS = ("groups_with_spread", "entropy", "reward", "accuracy", "executabi
 def rl_validation_configs(cfg: Config) -> dict[str, Config]:
     """The validation run's stage configs inside one seed's directory: the demo's stages up to
     its ExecTune RL, the candidate beside it, and one eval on the validation split."""
-    stages = demo.stage_configs(cfg)
+    stages = recipe.stage_configs(cfg)
     return {
         **{k: stages[k] for k in ("base_guide", "sample", "sft", "rl")},
-        "rl_candidate": demo.with_values(stages["rl"], {"rl.name": "rl_candidate", **RL_CANDIDATE}),
-        "eval_validation": demo.with_values(cfg, {
+        "rl_candidate": recipe.with_values(stages["rl"], {"rl.name": "rl_candidate", **RL_CANDIDATE}),
+        "eval_validation": recipe.with_values(cfg, {
             "eval.split": "validation", "eval.n_problems": None, "eval.core_strong": False,
             "eval.out": RL_VALIDATION_OUT, "eval.guides": {
                 # a stage's config file merges eval.guides into the default's: blank the others
@@ -516,10 +517,10 @@ def run_rl_validation(cfg: Config, seeds: Sequence[int], quick: bool) -> int:
         timing = out / "rl_validation_seconds.json"
         if not done.exists():
             print(f"exectune study: rl validation, seed {seed} ({i + 1}/{len(seeds)}) in {out}")
-            seed_cfg = demo.prepare(seed_config(cfg, seed), str(out), quick)
+            seed_cfg = recipe.prepare(seed_config(cfg, seed), str(out), quick)
             out.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
-            if demo.run_phases(seed_cfg, RL_VALIDATION_PHASES, rl_validation_configs,
+            if runner.run_phases(seed_cfg, RL_VALIDATION_PHASES, rl_validation_configs,
                                RL_VALIDATION_COMMANDS) is None:
                 print(f"exectune study: seed {seed}'s rl validation stopped; run the same command "
                       "again to resume")

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from demo_runs import copy_finished, run_demo
 
-from exectune_jax import demo, evaluate
+from exectune_jax import evaluate
+from exectune_jax.demo import recipe, report, runner
 from exectune_jax.config import Config, load_config
 from exectune_jax.sim.embedded import with_sim_url
 
@@ -52,13 +53,13 @@ def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
                   "eval"):
         assert load_config(out / stage / "config.yaml").run_dir == str(out), stage
     assert "| exectune |" in proc.stdout  # the closing table
-    assert demo.SMOKE_NOTE in proc.stdout  # a smoke run says so ...
+    assert report.SMOKE_NOTE in proc.stdout  # a smoke run says so ...
     assert "criteria hold" not in proc.stdout and "[x]" not in proc.stdout  # ... and no verdict
 
 
 def test_quick_demo_measures_each_follow_estimator_against_the_simulators_truth(clean_run):
     out, proc = clean_run
-    study = json.loads((out / demo.AGREEMENT).read_text())
+    study = json.loads((out / report.AGREEMENT).read_text())
     judge = study["estimators"]["judge"]
     assert study["unmatched"] == 0 and judge["decided"] > 0 and judge["agreement"] >= 0.98
     assert set(study["estimators"]) == {"judge", "trace"}
@@ -80,19 +81,19 @@ def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path
 
 def test_demo_sizes_fill_only_fields_the_user_left_at_their_defaults(tmp_path):
     cfg = load_config(None, ["sft.steps=7", f"run_dir={tmp_path}"])
-    sized = demo.prepare(cfg, str(tmp_path / "out"), quick=True)
+    sized = recipe.prepare(cfg, str(tmp_path / "out"), quick=True)
     assert sized.sft.steps == 7
-    assert sized.rl.steps == demo.QUICK_SIZES["rl.steps"]
+    assert sized.rl.steps == recipe.QUICK_SIZES["rl.steps"]
     assert sized.run_dir == str(tmp_path / "out")
-    assert Config().rl.steps != demo.QUICK_SIZES["rl.steps"]
+    assert Config().rl.steps != recipe.QUICK_SIZES["rl.steps"]
 
 
 def test_every_stage_points_at_the_one_sim_server():
     cfg = with_sim_url(Config(), "http://127.0.0.1:1234")
     assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"
     assert cfg.api.teacher.base_url == "http://127.0.0.1:1234/v1"
-    staged = demo.stage_configs(cfg)
-    assert {s for phase in demo.PHASES for chain in phase for s in chain} == set(staged)
+    staged = recipe.stage_configs(cfg)
+    assert {s for phase in recipe.PHASES for chain in phase for s in chain} == set(staged)
     assert staged["advisor_rl"].rl.preset == "advisor"
     assert staged["rl"].rl.init.endswith("sft/guide")
     assert staged["sft_unfiltered"].sft.data.endswith("sample_unfiltered/accepted.jsonl")
@@ -101,18 +102,19 @@ def test_every_stage_points_at_the_one_sim_server():
 def test_stage_configs_survive_the_yaml_hand_off_to_the_stage_process(tmp_path):
     from exectune_jax.config import dump
 
-    cfg = demo.prepare(load_config(None, ["api.core.max_tokens=300"]), str(tmp_path), quick=True)
-    for stage, staged in demo.stage_configs(with_sim_url(cfg, "http://h:1")).items():
+    cfg = recipe.prepare(load_config(None, ["api.core.max_tokens=300"]), str(tmp_path), quick=True)
+    for stage, staged in recipe.stage_configs(with_sim_url(cfg, "http://h:1")).items():
         dump(staged, tmp_path / f"{stage}.yaml")
         assert load_config(tmp_path / f"{stage}.yaml") == staged, stage
 
 
 def test_a_stage_that_fails_stops_the_demo_and_names_its_log(tmp_path):
     """A stage process that exits non-zero (here: an unknown task) ends the run with its log."""
-    cfg = demo.prepare(load_config(None, ["task.name=no_such_task"]), str(tmp_path), quick=True)
-    runner = demo.Runner(demo.stage_configs(cfg), tmp_path / "logs", show=False)
-    with pytest.raises(demo.StageFailed) as failed:
-        runner.run([(("sample",),)])
+    cfg = recipe.prepare(load_config(None, ["task.name=no_such_task"]), str(tmp_path), quick=True)
+    stages = runner.Runner(recipe.stage_configs(cfg), tmp_path / "logs", show=False,
+                           commands=recipe.stage_commands(cfg))
+    with pytest.raises(runner.StageFailed) as failed:
+        stages.run([(("sample",),)])
     assert failed.value.log == tmp_path / "logs" / "sample.log"
     assert "no_such_task" in failed.value.log.read_text()
 
@@ -133,17 +135,17 @@ PAPER_TABLE = [table_row("core_only", 0.70, 1e-9, usd=0.0008),
 
 def test_pattern_checks_hold_for_the_papers_ordering_and_ignore_the_reference_core():
     rows = [*PAPER_TABLE, table_row("core_strong", 0.97, 0.01, usd=0.003)]
-    checks = demo.pattern_checks(rows)
+    checks = report.pattern_checks(rows)
     assert all(ok for ok, _ in checks) and len(checks) == 9
     assert "above core_strong" not in " ".join(text for _, text in checks)
-    assert "core_strong alone 97.0%" in demo.reference_line(rows)
+    assert "core_strong alone 97.0%" in report.reference_line(rows)
 
 
 def test_pattern_checks_name_each_criterion_that_fails():
     rows = [r if r["method"] != "exectune_sft" else table_row("exectune_sft", 0.91, 0.3, executability=0.5)
             for r in PAPER_TABLE]
     rows[0] = table_row("core_only", 0.70, 1e-9, usd=0.0002)
-    failed = [text for ok, text in demo.pattern_checks(rows) if not ok]
+    failed = [text for ok, text in report.pattern_checks(rows) if not ok]
     assert failed == ["exectune above exectune_sft: 93.0% vs 91.0%, McNemar p = 0.3",
                       "USD per problem below core_only: 0.000300 vs 0.000200"]
 
@@ -153,8 +155,8 @@ def test_only_a_full_demo_judges_the_papers_pattern(tmp_path, quick):
     """The same table closes a --quick run as a smoke run, and a full run with the verdict."""
     (tmp_path / "results.json").write_text(json.dumps({"rows": PAPER_TABLE}))
     (tmp_path / "results.md").write_text("| method | accuracy |\n")
-    summary = demo.closing_summary(tmp_path, {"sample": 1.0}, 2.0, quick=quick)
-    assert (demo.SMOKE_NOTE in summary) is quick
+    summary = report.closing_summary(tmp_path, {"sample": 1.0}, 2.0, quick=quick)
+    assert (report.SMOKE_NOTE in summary) is quick
     assert ("the paper's pattern:" in summary) is not quick
 
 
@@ -162,7 +164,7 @@ def test_executability_criteria_judge_alpha_not_accuracy():
     # more accurate than every row, but the core follows its strategies less than sft_unfiltered's
     rows = [r if r["method"] != "exectune" else table_row("exectune", 0.93, usd=0.0003, executability=0.10)
             for r in PAPER_TABLE]
-    failed = [text for ok, text in demo.pattern_checks(rows) if not ok]
+    failed = [text for ok, text in report.pattern_checks(rows) if not ok]
     assert failed == ["executability α above sft_unfiltered: 10.0% vs 18.0%"]
 
 
@@ -170,7 +172,7 @@ def test_follow_study_lines_report_agreement_and_kappa_per_estimator():
     result = {"unmatched": 0, "estimators": {
         "judge": {"n": 10, "decided": 10, "unknown": 0, "agreement": 1.0, "kappa": 1.0},
         "trace": {"n": 10, "decided": 8, "unknown": 2, "agreement": 0.875, "kappa": None}}}
-    lines = demo.study_lines(result)
+    lines = report.study_lines(result)
     assert lines[1].split() == "judge agreement 100.0%, Cohen's kappa 1.000 over 10 decided (0 unknown, left out)".split()
     assert "kappa n/a over 8 decided (2 unknown" in lines[2]
 

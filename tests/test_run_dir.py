@@ -82,6 +82,25 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         assert "exectune sft" in (tmp_path / ".lock").read_text()
 
 
+def test_the_holder_and_the_stage_processes_it_starts_join_its_hold_and_no_one_else(tmp_path):
+    """The demo's runner holds its run_dir while its stage processes run; a process it did not
+    start (here: a stage process's own child) is still refused."""
+    take = (f"from exectune_jax.io import RunLock\nwith RunLock({str(tmp_path)!r}, 'sample'):\n"
+            "    print('joined')\n")
+    started_by_a_stage = f"import subprocess, sys\nsys.exit(subprocess.run([sys.executable, '-c', {take!r}]).returncode)"
+    with RunLock(tmp_path, "demo"):
+        with RunLock(tmp_path, "sft"):  # the holder's own stage
+            pass
+        child = subprocess.run([sys.executable, "-c", take], capture_output=True, text=True)
+        assert child.returncode == 0 and child.stdout.strip() == "joined", child.stderr
+        assert "(exectune demo)" in (tmp_path / ".lock").read_text()  # still the holder's
+        other = subprocess.run([sys.executable, "-c", started_by_a_stage], capture_output=True, text=True)
+        assert other.returncode == 1 and "in use by pid" in other.stderr, other.stderr
+    holder = hold(tmp_path, "rl")  # released: the next process takes it
+    holder.communicate("")
+    assert holder.returncode == 0
+
+
 def test_sample_with_a_dead_core_exits_non_zero_naming_it_and_resumes_without_paying_twice(tmp_path, capsys):
     run_dir = tmp_path / "run"
     dead = ["api.core.provider=openai", f"api.core.base_url={dead_url()}"]

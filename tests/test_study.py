@@ -76,7 +76,7 @@ def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path
 
 def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows(tmp_path):
     from exectune_jax.config import Config, dump, load_config
-    from exectune_jax.demo import DEMO_SIZES, sized, with_values
+    from exectune_jax.demo.recipe import DEMO_SIZES, sized, with_values
     from exectune_jax.train.rewards import make_spec
     from exectune_jax.layout import sft_data
 
@@ -244,14 +244,14 @@ def test_the_rl_validation_reads_finished_seeds_back_and_refuses_the_test_split(
 
 
 def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp_path):
-    from exectune_jax import demo
     from exectune_jax.config import Config, dump, load_config
+    from exectune_jax.demo import recipe
     from exectune_jax.evaluate import guide_dirs
 
-    cfg = demo.prepare(Config(), str(tmp_path), quick=False)
+    cfg = recipe.prepare(Config(), str(tmp_path), quick=False)
     configs = study.rl_validation_configs(cfg)
-    assert configs["rl"] == demo.stage_configs(cfg)["rl"]
-    assert configs["rl_candidate"] == demo.with_values(configs["rl"], {"rl.name": "rl_candidate",
+    assert configs["rl"] == recipe.stage_configs(cfg)["rl"]
+    assert configs["rl_candidate"] == recipe.with_values(configs["rl"], {"rl.name": "rl_candidate",
                                                                        **study.RL_CANDIDATE})
     ev = configs["eval_validation"].eval
     assert (ev.split, ev.n_problems, ev.core_strong, ev.out, ev.advisor_methods) == (

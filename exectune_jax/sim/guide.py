@@ -270,3 +270,9 @@ def ensure_base_guide(cfg: Config) -> Path:
     except OSError:  # another process finished first; its result is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def run(cfg: Config, **_: object) -> int:
+    """`exectune base-guide`: the demo's base guide in run_dir/base_guide (built once)."""
+    print(f"exectune base-guide: {ensure_base_guide(cfg)}")
+    return 0

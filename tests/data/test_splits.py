@@ -4,7 +4,7 @@ import pytest
 
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks.base import DataError
-from exectune_jax.demo import DEMO_SIZES
+from exectune_jax.demo.recipe import DEMO_SIZES
 
 
 @pytest.mark.parametrize("options", [{}, DEMO_SIZES["task.options"]], ids=["default", "demo"])
