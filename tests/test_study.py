@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from exectune_jax import study
 from exectune_jax.cli import main
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import mcnemar_exact
+from exectune_jax.study import ablations, across_seeds, rl_validation, tables
+from exectune_jax.study import sweep as sensitivity
 
 WORLD = {"version": "2", "hash": "abc"}
 
@@ -23,7 +24,7 @@ def results(acc_core: float, acc_ex: float, pairs: list[int], world=WORLD) -> di
 
 
 def test_rows_are_mean_and_sd_over_seeds_and_the_pooled_test_sums_the_discordant_pairs():
-    doc = study.aggregate({0: results(0.6, 0.8, [3, 1]), 1: results(0.7, 0.9, [4, 2])})
+    doc = across_seeds.aggregate({0: results(0.6, 0.8, [3, 1]), 1: results(0.7, 0.9, [4, 2])})
     core, ex = doc["rows"]
     assert core["accuracy"]["mean"] == pytest.approx(0.65)
     assert core["accuracy"]["sd"] == pytest.approx(0.0707107, rel=1e-5)
@@ -34,40 +35,40 @@ def test_rows_are_mean_and_sd_over_seeds_and_the_pooled_test_sums_the_discordant
     assert "pooled" not in ex and doc["seeds"] == [0, 1]
     assert core["discordant_per_seed"] == [[3, 1], [4, 2]]
     assert ("| core_only | 65.0 ± 7.1 (60.0, 70.0) | – | 0.002000 ± 0.000000 | 3 / 1, 0.625; "
-            "4 / 2, 0.688 | 7 / 3 |" in study.table(doc))
+            "4 / 2, 0.688 | 7 / 3 |" in tables.table(doc))
 
 
 def test_seeds_from_other_worlds_or_with_missing_rows_are_refused():
     with pytest.raises(UserError, match="different worlds"):
-        study.aggregate({0: results(0.6, 0.8, [1, 1]), 1: results(0.6, 0.8, [1, 1], {"version": "3"})})
+        across_seeds.aggregate({0: results(0.6, 0.8, [1, 1]), 1: results(0.6, 0.8, [1, 1], {"version": "3"})})
     short = results(0.6, 0.8, [1, 1])
     short["rows"] = short["rows"][1:]
     with pytest.raises(UserError, match="core_only is missing for seeds \\[1\\]"):
-        study.aggregate({0: results(0.6, 0.8, [1, 1]), 1: short})
+        across_seeds.aggregate({0: results(0.6, 0.8, [1, 1]), 1: short})
 
 
 def test_the_command_reads_finished_seeds_back_and_names_bad_seed_lists(tmp_path, capsys):
     for seed, doc in ((0, results(0.6, 0.8, [3, 1])), (2, results(0.7, 0.9, [4, 2]))):
-        (tmp_path / f"seed-{seed}" / study.ABLATIONS).mkdir(parents=True)
+        (tmp_path / f"seed-{seed}" / ablations.ABLATIONS).mkdir(parents=True)
         (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(doc))
         ablated = results(0.6, 0.7, [1, 2])
-        ablated["rows"] = [{**ablated["rows"][0], "method": m} for m in study.ABLATION_GUIDES] + ablated["rows"][1:]
-        (tmp_path / f"seed-{seed}" / study.ABLATIONS / "results.json").write_text(json.dumps(ablated))
+        ablated["rows"] = [{**ablated["rows"][0], "method": m} for m in ablations.ABLATION_GUIDES] + ablated["rows"][1:]
+        (tmp_path / f"seed-{seed}" / ablations.ABLATIONS / "results.json").write_text(json.dumps(ablated))
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2"]) == 0  # no demo reruns
     saved = json.loads((tmp_path / "study.json").read_text())
-    assert saved["seeds"] == [0, 2] and (tmp_path / "study.md").read_text() == study.table(saved)
-    assert [r["method"] for r in saved["ablations"]["rows"]] == [*study.ABLATION_GUIDES, "exectune"]
+    assert saved["seeds"] == [0, 2] and (tmp_path / "study.md").read_text() == tables.table(saved)
+    assert [r["method"] for r in saved["ablations"]["rows"]] == [*ablations.ABLATION_GUIDES, "exectune"]
     assert saved["ablations"]["rows"][0]["pooled"]["exectune_wrong_other_right"] == 4
-    assert "## Ablations" in study.table(saved) and (tmp_path / study.STUDY_PLOT).stat().st_size
-    assert [r["method"] for r in study.all_rows(saved)] == ["core_only", "exectune", *study.ABLATION_GUIDES]
+    assert "## Ablations" in tables.table(saved) and (tmp_path / tables.STUDY_PLOT).stat().st_size
+    assert [r["method"] for r in across_seeds.all_rows(saved)] == ["core_only", "exectune", *ablations.ABLATION_GUIDES]
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
     saved = json.loads((tmp_path / "study.json").read_text())
-    assert "ablations" not in saved and "## Ablations" not in study.table(saved)
-    partial = tmp_path / "seed-0" / study.ABLATIONS / "results.json"
-    assert study.ablations_complete(partial)  # an earlier version's eval, without (c), is not
+    assert "ablations" not in saved and "## Ablations" not in tables.table(saved)
+    partial = tmp_path / "seed-0" / ablations.ABLATIONS / "results.json"
+    assert ablations.ablations_complete(partial)  # an earlier version's eval, without (c), is not
     doc = json.loads(partial.read_text())
     partial.write_text(json.dumps({**doc, "rows": [r for r in doc["rows"] if r["method"] != "sft_answer_only"]}))
-    assert not study.ablations_complete(partial) and not study.ablations_complete(tmp_path / "none.json")
+    assert not ablations.ablations_complete(partial) and not ablations.ablations_complete(tmp_path / "none.json")
     capsys.readouterr()
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0"]) == 2
     err = capsys.readouterr().err
@@ -81,9 +82,9 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     from exectune_jax.layout import sft_data
 
     cfg = sized(with_values(Config(), {"run_dir": str(tmp_path)}), DEMO_SIZES)
-    staged = study.ablation_configs(cfg)
-    assert set(staged) == set(study.ABLATION_COMMANDS) == {
-        s for phase in study.ABLATION_PHASES for chain in phase for s in chain}
+    staged = ablations.ablation_configs(cfg)
+    assert set(staged) == set(ablations.ABLATION_COMMANDS) == {
+        s for phase in ablations.ABLATION_PHASES for chain in phase for s in chain}
     outcome, base = staged["rl_outcome"].rl, staged["rl_from_base"].rl
     assert outcome.init == str(tmp_path / "sft" / "guide") and base.init == str(tmp_path / "base_guide")
     spec = make_spec(outcome.preset, outcome.weights)
@@ -98,7 +99,7 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
     assert cfg.sample.out == "sample" and cfg.sample.require_followed
     assert cfg.sample.max_cost_vs_core == 1.0
     ev = staged["eval_ablations"].eval
-    assert ev.out == study.ABLATIONS and ev.guides["outcome_rl_from_sft"] == "rl_outcome/guide"
+    assert ev.out == ablations.ABLATIONS and ev.guides["outcome_rl_from_sft"] == "rl_outcome/guide"
     assert set(Config().eval.guides) < set(ev.guides) and not ev.core_strong
     assert ev.guides["sft_answer_only"] == "sft_answer_only/guide"
     for stage, config in staged.items():  # the configs survive the hand-off to the stage process
@@ -141,7 +142,7 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
     variants = {"teacher_habit_rate-0": {HABIT_RATE: 0.0}, "teacher_habit_rate-0.4": {HABIT_RATE: 0.4},
                 "follow_compound-0.25": {"follow_compound": 0.25},
                 "follow_compound-0.85": {"follow_compound": 0.85}}
-    dirs = {v: tmp_path / study.SENSITIVITY / v / "seed-0" for v in variants}
+    dirs = {v: tmp_path / sensitivity.SENSITIVITY / v / "seed-0" for v in variants}
     assert sorted(d for d, _ in ran) == sorted(map(str, dirs.values())) and all(q for _, q in ran)
     hashes = {WORLD.hash}
     for name, overrides in variants.items():
@@ -150,25 +151,25 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
         hashes.add(recorded["hash"])
     assert len(hashes) == 5
     saved = json.loads((tmp_path / "study.json").read_text())
-    sweep = saved[study.SENSITIVITY]
+    sweep = saved[sensitivity.SENSITIVITY]
     assert saved["seeds"] == [0, 2] and sweep["seeds"] == [0]  # the seeds' study kept beside it
     assert [w["world"]["hash"] for w in sweep["worlds"]][0] == WORLD.hash and len(sweep["worlds"]) == 5
     assert [w["values"] for w in sweep["worlds"]][1:] == [
         {HABIT_RATE: 0.0, "follow_compound": 0.55}, {HABIT_RATE: 0.4, "follow_compound": 0.55},
         {HABIT_RATE: 0.8, "follow_compound": 0.25}, {HABIT_RATE: 0.8, "follow_compound": 0.85}]
     md = (tmp_path / "study.md").read_text()
-    assert md == study.table(saved) and "## Sensitivity to the world" in md and "| core_only |" in md
+    assert md == tables.table(saved) and "## Sensitivity to the world" in md and "| core_only |" in md
     for h in hashes:  # one row per world in each of the three tables
         assert md.count(f"`{h}`") == 3 + (h == WORLD.hash)  # the default's also heads the seeds' table
     assert "| 0.8 | 0.85 | `" in md and "| 85.0 |" in md  # exectune's accuracy in that world
-    assert (tmp_path / study.SENSITIVITY_PLOT).stat().st_size
-    points = study.sweep_points(sweep)
+    assert (tmp_path / sensitivity.SENSITIVITY_PLOT).stat().st_size
+    points = sensitivity.sweep_points(sweep)
     assert [[x for x, _ in p] for p in points.values()] == [[0.8, 0.0, 0.4], [0.55, 0.25, 0.85]]
     ran.clear()
     assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 0 and ran == []  # read back
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
-    assert json.loads((tmp_path / "study.json").read_text())[study.SENSITIVITY] == sweep
-    stale = tmp_path / study.SENSITIVITY / "follow_compound-0.25" / "seed-0" / "results.json"
+    assert json.loads((tmp_path / "study.json").read_text())[sensitivity.SENSITIVITY] == sweep
+    stale = tmp_path / sensitivity.SENSITIVITY / "follow_compound-0.25" / "seed-0" / "results.json"
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "world": summary_of({})}))
     capsys.readouterr()
     assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 2
@@ -186,14 +187,14 @@ def validation_results(cells: dict[str, tuple[float, float]], split: str = "vali
 
 def seeds_of(*per_seed: tuple[tuple[float, float], ...]) -> dict[int, dict]:
     """Seeds 0, 1, 2 from (exectune_sft, rl_default, rl_candidate) cells."""
-    return {s: validation_results(dict(zip(study.RL_VALIDATION_GUIDES, cells)))
+    return {s: validation_results(dict(zip(rl_validation.RL_VALIDATION_GUIDES, cells)))
             for s, cells in enumerate(per_seed)}
 
 
 def test_the_candidate_replaces_the_default_with_higher_accuracy_in_two_seeds_and_alpha_kept():
     # the candidate is higher in seeds 0 and 2, lower in 1; its α falls by exactly 2 points in
     # seed 1 (allowed: not lower by *more* than 2); RL beats SFT in 2 seeds only as the candidate
-    doc = study.validation_verdict(seeds_of(((0.900, 0.80), (0.910, 0.80), (0.920, 0.81)),
+    doc = rl_validation.validation_verdict(seeds_of(((0.900, 0.80), (0.910, 0.80), (0.920, 0.81)),
                                             ((0.900, 0.80), (0.895, 0.82), (0.890, 0.80)),
                                             ((0.900, 0.80), (0.900, 0.80), (0.904, 0.80))))
     cand = doc["candidate_vs_default"]
@@ -205,14 +206,14 @@ def test_the_candidate_replaces_the_default_with_higher_accuracy_in_two_seeds_an
     assert doc["verdict"] == {"candidate_replaces_default": True, "kept": "rl_candidate",
                               "rl_beats_sft": ["rl_candidate"], "kept_beats_sft": True}
     assert doc["as_written"] and doc["cells"]["1"]["rl_default"]["accuracy_ci"] == [0.865, 0.925]
-    md = study.rl_validation_table(doc)
+    md = rl_validation.rl_validation_table(doc)
     assert "| 1 | rl_default | 500 | 89.5 [86.5, 92.5] | 82.0 [78.0, 86.0] |" in md
     assert "Verdict: the candidate replaces the default; RL beats exectune_sft (rl_candidate)" in md
 
 
 def test_the_default_stays_when_the_candidate_loses_alpha_in_one_seed_or_wins_one_seed_only():
     # higher accuracy in every seed, but α 2.5 points lower in seed 2: the default stays
-    alpha_lost = study.validation_verdict(seeds_of(((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
+    alpha_lost = rl_validation.validation_verdict(seeds_of(((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
                                                    ((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
                                                    ((0.90, 0.800), (0.91, 0.800), (0.92, 0.775))))
     cand = alpha_lost["candidate_vs_default"]
@@ -220,27 +221,27 @@ def test_the_default_stays_when_the_candidate_loses_alpha_in_one_seed_or_wins_on
     assert alpha_lost["verdict"]["kept"] == "rl_default"
     assert alpha_lost["verdict"]["rl_beats_sft"] == ["rl_default"]  # 3 of 3, α equal
     # one seed of three higher, ties are not higher; no RL beats SFT
-    one_seed = study.validation_verdict(seeds_of(((0.90, 0.8), (0.90, 0.8), (0.91, 0.8)),
+    one_seed = rl_validation.validation_verdict(seeds_of(((0.90, 0.8), (0.90, 0.8), (0.91, 0.8)),
                                                  ((0.90, 0.8), (0.90, 0.8), (0.90, 0.8)),
                                                  ((0.90, 0.8), (0.91, 0.8), (0.89, 0.8))))
     assert one_seed["candidate_vs_default"]["higher_in"] == 1
     assert one_seed["verdict"] == {"candidate_replaces_default": False, "kept": "rl_default",
                                    "rl_beats_sft": [], "kept_beats_sft": False}
-    assert "RL (either setting) does not beat exectune_sft" in study.rl_validation_table(one_seed)
+    assert "RL (either setting) does not beat exectune_sft" in rl_validation.rl_validation_table(one_seed)
 
 
 def test_the_rl_validation_reads_finished_seeds_back_and_refuses_the_test_split(tmp_path):
     per_seed = seeds_of(*[((0.90, 0.8), (0.91, 0.8), (0.92, 0.8))] * 3)
     for seed, doc in per_seed.items():
-        where = tmp_path / study.RL_VALIDATION / f"seed-{seed}" / study.RL_VALIDATION_OUT
+        where = tmp_path / rl_validation.RL_VALIDATION / f"seed-{seed}" / rl_validation.RL_VALIDATION_OUT
         where.mkdir(parents=True)
         (where / "results.json").write_text(json.dumps(doc))
     assert main(["study", "--rl-validation", f"run_dir={tmp_path}"]) == 0  # no stage reruns
     saved = json.loads((tmp_path / "rl_validation.json").read_text())
     assert saved["seeds"] == [0, 1, 2] and saved["verdict"]["candidate_replaces_default"]
-    assert (tmp_path / "rl_validation.md").read_text() == study.rl_validation_table(saved)
+    assert (tmp_path / "rl_validation.md").read_text() == rl_validation.rl_validation_table(saved)
     with pytest.raises(UserError, match="test split"):
-        study.validation_verdict({0: validation_results({"exectune_sft": (0.9, 0.8)}, split="test")})
+        rl_validation.validation_verdict({0: validation_results({"exectune_sft": (0.9, 0.8)}, split="test")})
 
 
 def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp_path):
@@ -249,10 +250,10 @@ def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp
     from exectune_jax.evaluate import guide_dirs
 
     cfg = recipe.prepare(Config(), str(tmp_path), quick=False)
-    configs = study.rl_validation_configs(cfg)
+    configs = rl_validation.rl_validation_configs(cfg)
     assert configs["rl"] == recipe.stage_configs(cfg)["rl"]
     assert configs["rl_candidate"] == recipe.with_values(configs["rl"], {"rl.name": "rl_candidate",
-                                                                       **study.RL_CANDIDATE})
+                                                                       **rl_validation.RL_CANDIDATE})
     ev = configs["eval_validation"].eval
     assert (ev.split, ev.n_problems, ev.core_strong, ev.out, ev.advisor_methods) == (
         "validation", None, False, "rl_validation", [])
@@ -260,7 +261,7 @@ def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp
     # the defaults) is read back as the stage process reads it
     dump(configs["eval_validation"], tmp_path / "eval_validation.yaml")
     read = load_config(str(tmp_path / "eval_validation.yaml"))
-    for guide in {*Config().eval.guides.values(), *study.RL_VALIDATION_GUIDES.values()}:
+    for guide in {*Config().eval.guides.values(), *rl_validation.RL_VALIDATION_GUIDES.values()}:
         (tmp_path / guide).mkdir(parents=True, exist_ok=True)  # every guide of the demo's too
         (tmp_path / guide / "config.json").write_text("{}")
     assert {m: p.relative_to(tmp_path).as_posix() for m, p in guide_dirs(read)[0].items()} == {

@@ -1,0 +1,76 @@
+"""`exectune study`: the demo pipeline over several seeds, and what holds across them.
+
+Rooms: `seeds` (one demo per seed), `across_seeds` (mean ± sd, per-seed and pooled McNemar
+tests), `ablations` (three more guides per seed), `sweep` (ablation (d): the demo in the worlds
+around the run's own), `tables` (study.md and study.json) and `rl_validation` (the validation
+run of docs/rl.md).
+
+Writes run_dir/study.json (every number), study.md, which the README's table is copied from, and
+study_accuracy_vs_alpha.png (every seed of every row, and the mean ± sd); a sweep adds its section
+to both (a run of either kind keeps the other's as it was) and study_sensitivity.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from exectune_jax import plots
+from exectune_jax.config import Config
+from exectune_jax.study.ablations import ABLATIONS, ablations_complete, run_ablations
+from exectune_jax.study.across_seeds import aggregate, all_rows
+from exectune_jax.study.rl_validation import run_rl_validation
+from exectune_jax.study.seeds import demo_results, parse_seeds, seed_config, seed_dir
+from exectune_jax.study.sweep import SENSITIVITY, SENSITIVITY_PLOT, run_sweep, sweep_points
+from exectune_jax.study.tables import STUDY_JSON, STUDY_MD, STUDY_PLOT, main_table, save, sweep_table
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
+        sensitivity: bool = False, rl_validation: bool = False, **_: Any) -> int:
+    """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
+    with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says)."""
+    root = Path(cfg.run_dir)
+    if rl_validation:
+        return run_rl_validation(cfg, parse_seeds(seeds or "0,1,2", least=1), quick)
+    if sensitivity:
+        sweep = run_sweep(cfg, parse_seeds(seeds or "0", least=1), quick)
+        if sweep is None:
+            return 1
+        save(root, {SENSITIVITY: sweep})
+        n = len(sweep["seeds"])
+        plots.sensitivity(sweep_points(sweep), root / SENSITIVITY_PLOT,
+                          f"Rows against the world's values ({'mean ± sd over ' if n > 1 else ''}"
+                          f"{n} seed{'s' if n > 1 else ''}; dotted: the run's own world)")
+        print(sweep_table(sweep) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and "
+              f"{root / SENSITIVITY_PLOT}")
+        return 0
+    chosen = parse_seeds(seeds or "0,1,2")
+    results, ablated = {}, {}
+    for seed in chosen:
+        out = seed_dir(root, seed)
+        seed_cfg = seed_config(cfg, seed)
+        ablations_done = out / ABLATIONS / "results.json"
+        step = f"seed {seed} ({chosen.index(seed) + 1}/{len(chosen)})"
+        got = demo_results(seed_cfg, out, quick, step)
+        if got is None:
+            return 1
+        results[seed] = got
+        step += f" in {out}"
+        if ablations and not ablations_complete(ablations_done):
+            print(f"exectune study: ablations of {step}")
+            if not run_ablations(seed_cfg, out, quick):
+                print(f"exectune study: seed {seed}'s ablations stopped; run the same command "
+                      "again to resume")
+                return 1
+        if ablations:
+            ablated[seed] = json.loads(ablations_done.read_text())
+    study = aggregate(results)
+    if ablations:
+        study["ablations"] = aggregate(ablated)
+    study = save(root, study)
+    plots.seeds_accuracy_vs_alpha(all_rows(study), root / STUDY_PLOT)
+    print(main_table(study) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and {root / STUDY_PLOT}")
+    return 0
