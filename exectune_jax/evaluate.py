@@ -1,4 +1,6 @@
-"""The method table (`exectune eval`): every guide, and the core alone, on the same problems.
+"""The method table (`exectune eval`): every guide, and the core alone, on the same problems,
+once for each core of `eval.cores` (each guide's strategies are written once and executed by every
+core: does a guide trained for one core transfer to another?).
 
 Each guide row samples one strategy per problem from its guide (greedy), the core executes it,
 and the row reports accuracy and executability α (how often the core followed the strategy, by
@@ -9,8 +11,10 @@ ExecTune against the row on the same problems, and the utility J = accuracy − 
 at each λ of `eval.lambdas` (utility.py). Failed API calls and undecided follow checks are
 never scored: they are excluded and counted.
 
-results.json holds no timings and no absolute paths, so the same seed gives the same file
-whether or not the API misbehaved along the way.
+results.json's `rows` are the first core's table, beside the bigger core alone (api.core_strong);
+`cores` holds each other core's table, keyed by its endpoint's name. results.json holds no
+timings and no absolute paths, so the same seed gives the same file whether or not the API
+misbehaved along the way.
 """
 
 from __future__ import annotations
@@ -199,8 +203,12 @@ def utility_section(rows: Sequence[Mapping], spec: Mapping) -> str:
 
 
 def markdown(doc: Mapping) -> str:
-    """results.md: the method table, then J at each λ."""
-    return table(doc["rows"]) + utility_section(doc["rows"], doc["utility"])
+    """results.md: the method table and J at each λ, for the first core and then for each other."""
+    text = table(doc["rows"]) + utility_section(doc["rows"], doc["utility"])
+    for core, part in doc.get("cores", {}).items():
+        text += (f"\n## The guides executed by {core} ({part['model']})\n\n" + table(part["rows"])
+                 + utility_section(part["rows"], doc["utility"]))
+    return text
 
 
 def mixture_line(r: Mapping) -> str:
@@ -273,51 +281,68 @@ def guide_dirs(cfg: Config) -> tuple[dict[str, Path], list[dict]]:
     return found, skipped
 
 
-def collect(cfg: Config, pool, task, problems: Sequence[Problem]) -> tuple[list[RowData], list]:
-    """Every row's data, in table order: core alone, the guides, the bigger core."""
+def collect(cfg: Config, pool, task, problems: Sequence[Problem]) -> tuple[dict[str, list[RowData]], list]:
+    """Every core's rows, in table order: the core alone, then the guides (each guide's strategies
+    written once, executed by each core of eval.cores); the bigger core alone closes the first
+    core's table."""
     ev = cfg.eval
     guides, skipped = guide_dirs(cfg)
-    rows = []
-
-    def core_row(method: str, endpoint: str, model: str) -> RowData:
-        outcomes = execute_row(pool, task, problems, None, samples=ev.samples,
-                               stage=f"eval.{method}", endpoint=endpoint, model=model)
-        return RowData(method, problems, None, outcomes, 0, task.family)
-
-    rows.append(core_row("core_only", "core", cfg.api.core.model))
-    for method, path in guides.items():
-        texts, n_tokens = guide_texts(path, problems, task.family,
-                                      advisor=method in ev.advisor_methods,
-                                      max_new_tokens=ev.max_new_tokens,
-                                      batch_size=ev.batch_size)
-        outcomes = execute_row(pool, task, problems, texts, samples=ev.samples,
-                               stage=f"eval.{method}", endpoint="core", model=cfg.api.core.model,
-                               judge_model=cfg.api.judge.model if cfg.api.judge else None)
-        rows.append(RowData(method, problems, texts, outcomes, n_tokens, task.family))
+    written = {method: guide_texts(path, problems, task.family, advisor=method in ev.advisor_methods,
+                                   max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+               for method, path in guides.items()}
+    judge_model = cfg.api.judge.model if cfg.api.judge else None
+    tables = {}
+    for k, core in enumerate(ev.cores):
+        model = getattr(cfg.api, core).model
+        stage = "eval" if k == 0 else f"eval.{core}"  # the first core's stages keep the names of a one-core eval
+        alone = execute_row(pool, task, problems, None, samples=ev.samples, stage=f"{stage}.core_only",
+                            endpoint=core, model=model)
+        rows = [RowData("core_only", problems, None, alone, 0, task.family)]
+        for method, (texts, n_tokens) in written.items():
+            outcomes = execute_row(pool, task, problems, texts, samples=ev.samples, stage=f"{stage}.{method}",
+                                   endpoint=core, model=model, judge_model=judge_model)
+            rows.append(RowData(method, problems, texts, outcomes, n_tokens, task.family))
+        tables[core] = rows
     if ev.core_strong:
         if cfg.api.core_strong is None:
             skipped.append({"method": "core_strong", "reason": "api.core_strong is not set"})
         else:
-            rows.append(core_row("core_strong", "core_strong", cfg.api.core_strong.model))
-    return rows, skipped
+            outcomes = execute_row(pool, task, problems, None, samples=ev.samples, stage="eval.core_strong",
+                                   endpoint="core_strong", model=cfg.api.core_strong.model)
+            tables[ev.cores[0]].append(RowData("core_strong", problems, None, outcomes, 0, task.family))
+    return tables, skipped
 
 
-def results(cfg: Config, rows: Sequence[RowData], skipped: list, n_problems: int) -> dict:
-    """The results.json document: deterministic given the config (no times, no paths)."""
+def summaries(cfg: Config, rows: Sequence[RowData]) -> tuple[str | None, list[dict]]:
+    """One table's reference method (None: no exectune row) and row summaries."""
     ref = next((r.first_correct() for r in rows if r.method == REFERENCE), None)
+    return (REFERENCE if ref is not None else None,
+            [row_summary(r, ref, cfg.eval.lambdas, cfg.eval.guide_usd_per_mtok) for r in rows])
+
+
+def results(cfg: Config, tables: Mapping[str, Sequence[RowData]], skipped: list, n_problems: int) -> dict:
+    """The results.json document: deterministic given the config (no times, no paths)."""
+    first, *others = cfg.eval.cores
+    reference, rows = summaries(cfg, tables.get(first, []))
+    cores = {}
+    for core in others:
+        ref_other, rows_other = summaries(cfg, tables.get(core, []))
+        cores[core] = {"model": getattr(cfg.api, core).model, "reference": ref_other, "rows": rows_other}
     return {
         "task": cfg.task.name,
         "split": cfg.eval.split,
         "problems": n_problems,
         "samples_per_problem": cfg.eval.samples,
-        "core_model": cfg.api.core.model,
+        "core": first,
+        "core_model": getattr(cfg.api, first).model,
         "world": summary_of(cfg.sim.world),  # the sim world's version, hash and overrides
         "follow_check": cfg.api.follow_check,
         "judge_model": cfg.api.judge.model if cfg.api.judge and cfg.api.follow_check == "judge" else None,
-        "reference": REFERENCE if ref is not None else None,
+        "reference": reference,
         "utility": {"definition": utility.DEFINITION, "lambdas": list(cfg.eval.lambdas),
                     "guide_usd_per_mtok": cfg.eval.guide_usd_per_mtok},
-        "rows": [row_summary(r, ref, cfg.eval.lambdas, cfg.eval.guide_usd_per_mtok) for r in rows],
+        "rows": rows,
+        "cores": cores,
         "skipped": skipped,
     }
 
@@ -382,15 +407,17 @@ def run(cfg: Config) -> int:
     out = Path(cfg.run_dir) / cfg.eval.out
     resume.record(cfg, out)
     with open_pool(cfg, cfg.run_dir, batch=True) as pool:
-        rows, skipped = collect(cfg, pool, task, problems)
+        tables, skipped = collect(cfg, pool, task, problems)
         pool.raise_if_stopped()
-    doc = results(cfg, rows, skipped, len(problems))
-    empty = [r["method"] for r in doc["rows"] if r["n"] == 0]
+    doc = results(cfg, tables, skipped, len(problems))
+    named = [(r["method"], r) for r in doc["rows"]] + [
+        (f"{core}: {r['method']}", r) for core, part in doc["cores"].items() for r in part["rows"]]
+    empty = [name for name, r in named if r["n"] == 0]
     if empty:
         raise UserError(f"eval: no execution was scored for {', '.join(empty)} (every call "
                         f"failed or none was made); nothing written to {out}. Check the "
                         "endpoints and run the same command again")
-    write_outputs(out, doc, rl_metrics(cfg), follow_labels(rows))
+    write_outputs(out, doc, rl_metrics(cfg), follow_labels(tables[cfg.eval.cores[0]]))
     break_even.write(cfg, out, doc)
     for note in skipped:
         print(f"skipped {note['method']}: {note['reason']}")

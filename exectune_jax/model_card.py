@@ -42,7 +42,7 @@ TAGS = ("exectune", "gcop", "strategy-generation", "jax", "flax")
 def key_env_names(cfg: Config) -> set[str]:
     """Every `api_key_env` the config names, plus the Hub token's variable."""
     names = {"HF_TOKEN"}
-    for name in ("core", "teacher", "judge", "core_strong"):
+    for name in ("core", "teacher", "judge", "core_strong", "core_next"):
         ep = getattr(cfg.api, name)
         if ep is not None and ep.api_key_env:
             names.add(ep.api_key_env)

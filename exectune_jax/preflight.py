@@ -152,9 +152,12 @@ def endpoints(cfg: Config, stage: str, *, unfiltered: bool = False) -> list[str]
     used: list[str] = []
     if stage in ("sample", "demo"):
         used += ["teacher"] if unfiltered and stage == "sample" else ["teacher", "core"]
-    if stage in ("rl", "eval", "demo"):
+    if stage in ("rl", "demo"):
         used.append("core")
-    follow_judged = cfg.api.follow_check == "judge" and "core" in used  # every guided execution
+    if stage in ("eval", "demo"):  # each core executes every guide
+        used += cfg.eval.cores
+    executes = any(name != "teacher" for name in used)  # a core executes strategies
+    follow_judged = cfg.api.follow_check == "judge" and executes  # every guided execution
     if follow_judged or (stage in ("rl", "demo") and reward_judged(cfg)):
         used.append("judge")
     if stage in ("eval", "demo") and cfg.eval.core_strong and api.core_strong is not None:

@@ -200,3 +200,16 @@ def test_world_overrides_are_checked_at_load_and_a_bad_one_is_one_line_naming_th
     assert "`sim.world.follow_compund` is not a value of the simulated world" in err and "\n" not in err
     with pytest.raises(ConfigError, match=r"`sim.world.follow_compound` is 2; it must be in \[0, 1\]"):
         load_config(None, ["sim.world={follow_compound: 2}"])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("eval.cores=[]", "list one or more of core, core_next, core_strong"),
+    ("eval.cores=[core, core]", "each once"),
+    ("eval.cores=[core, core_newest]", "list one or more of"),
+])
+def test_eval_cores_name_distinct_core_endpoints(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+    with pytest.raises(ConfigError, match="`api.core_next` is not set"):
+        load_config(None, ["eval.cores=[core, core_next]", "api.core_next=null"])
+    assert load_config(None, ["eval.cores=[core_next, core]"]).eval.cores == ["core_next", "core"]

@@ -133,7 +133,7 @@ def evaluated(tmp_path_factory, tiny_guide):
     run_dir = tmp_path_factory.mktemp("run")
     cfg = load_config(None, [
         f"run_dir={run_dir}", "task.options={n_train: 0, n_validation: 0, n_test: 24}",
-        "eval.samples=2", "eval.max_new_tokens=16", "eval.batch_size=16",
+        "eval.samples=2", "eval.max_new_tokens=16", "eval.batch_size=16", "eval.cores=[core, core_next]",
         f"eval.guides={{exectune: {tiny_guide}, base_guide: {tiny_guide}, "
         f"advisor_rl: {tiny_guide}, sft_unfiltered: missing/guide, exectune_sft: ''}}",
     ])
@@ -169,7 +169,7 @@ def test_results_json_has_every_row_field_and_no_paths_or_times(evaluated):
 
 def test_results_json_records_the_overridden_world_under_its_own_hash():
     cfg = load_config(None, ["sim.world={follow_compound: 0.25, teacher_habit_rate: 0.4}"])
-    world = evaluate.results(cfg, [], [], 0)["world"]
+    world = evaluate.results(cfg, {}, [], 0)["world"]
     assert world["overrides"] == {"follow_compound": 0.25, "teacher_habit_rate": 0.4}
     assert world["version"] == WORLD.version and world["hash"] != WORLD.hash
 
@@ -189,12 +189,36 @@ def test_follow_labels_name_every_guided_execution_by_its_digest():
                        "checks": {"judge": "yes", "trace": "unknown"}}]
 
 
+def test_every_guide_is_executed_by_each_listed_core_with_a_table_each(evaluated):
+    doc = json.loads((evaluated / "eval" / "results.json").read_text())
+    assert doc["core"] == "core" and doc["core_model"] == "sim-core" and list(doc["cores"]) == ["core_next"]
+    other = doc["cores"]["core_next"]
+    assert other["model"] == "sim-core-next" and other["reference"] == "exectune"
+    assert [r["method"] for r in other["rows"]] == ["core_only", "base_guide", "advisor_rl", "exectune"]
+    first = {r["method"]: r for r in doc["rows"]}
+    for row in other["rows"]:
+        assert list(row) == list(evaluate.ROW_FIELDS) and row["n"] > 0
+        # the same strategies, written once: what the guide wrote is the same in both tables
+        for key in ("guide_tokens", "format_valid", "leak_rate"):
+            assert row[key] == first[row["method"]][key], (row["method"], key)
+    assert other["rows"][-1]["mcnemar_p_vs_exectune"] is None and other["rows"][0]["mcnemar_p_vs_exectune"] is not None
+    # ... executed by each core under its own model name, each core's calls under its own stages
+    ledger = [json.loads(line) for line in (evaluated / "ledger.jsonl").read_text().splitlines()]
+    called = {(r["stage"], r["model"]) for r in ledger if r["model"].startswith("sim-core")}
+    for method in ("core_only", "base_guide", "advisor_rl", "exectune"):
+        assert {(f"eval.{method}", "sim-core"), (f"eval.core_next.{method}", "sim-core-next")} <= called
+    assert not any(model == "sim-core-next" and not stage.startswith("eval.core_next.") for stage, model in called)
+
+
 def test_markdown_table_and_plots_are_written(evaluated):
     md = (evaluated / "eval" / "results.md").read_text().splitlines()
     j_head = md.index("| method | " + " | ".join(f"J at λ={lam:g}" for lam in load_config().eval.lambdas) + " |")
+    next_core = md.index("## The guides executed by core_next (sim-core-next)")
     assert md[0].startswith("| method |") and sum(line.startswith("|") for line in md[:j_head]) == 2 + 5
-    assert sum(line.startswith("|") for line in md[j_head:]) == 2 + 5  # J for every row
-    assert sum(line.startswith("- ") and " = " in line for line in md) == 3  # the guide rows' mixtures
+    assert sum(line.startswith("|") for line in md[j_head:next_core]) == 2 + 5  # J for every row
+    assert sum(line.startswith("- ") and " = " in line for line in md[:next_core]) == 3  # the guide rows' mixtures
+    # the second core: its method table and its J table, four rows each
+    assert sum(line.startswith("|") for line in md[next_core:]) == 2 * (2 + 4)
     for name in ("accuracy_vs_cost.png", "accuracy_vs_alpha.png"):
         assert (evaluated / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

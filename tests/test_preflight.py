@@ -170,6 +170,10 @@ def test_stage_endpoints_follow_what_the_stage_calls():
     assert preflight.endpoints(followed, "sample") == ["teacher", "core", "judge"]
     assert preflight.endpoints(followed, "sample", unfiltered=True) == ["teacher"]
     assert preflight.endpoints(followed, "eval") == ["core", "judge", "core_strong"]
+    several = load_config(None, ["api.follow_check=trace", "eval.cores=[core, core_next]"])
+    assert preflight.endpoints(several, "eval") == ["core", "core_next", "core_strong"]
+    moved = load_config(None, ["api.follow_check=trace", "eval.cores=[core_next]", "eval.core_strong=false"])
+    assert preflight.endpoints(moved, "eval") == ["core_next"]  # the old core is not called
     judged = load_config(None, ["api.follow_check=trace", "rl.weights={judge: 1.0}", "api.judge=null"])
     assert preflight.endpoints(judged, "rl") == ["core", "judge"]
     with pytest.raises(preflight.PreflightError, match="api.judge is not set"):

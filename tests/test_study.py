@@ -127,7 +127,7 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
         cfg = load_config(staged)
         ran.append((cfg.run_dir, quick))
         accuracy = cfg.sim.world.get("follow_compound", 0.55)
-        doc = {**evaluate.results(cfg, [], [], 10), "rows": results(0.6, accuracy, [3, 1])["rows"]}
+        doc = {**evaluate.results(cfg, {}, [], 10), "rows": results(0.6, accuracy, [3, 1])["rows"]}
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(doc))
         return 0

@@ -48,7 +48,7 @@ from exectune_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_NAMES = ("core", "teacher", "judge", "core_strong")
+ENDPOINT_NAMES = ("core", "teacher", "judge", "core_strong", "core_next")
 CHARS_PER_TOKEN = 3  # a deliberately low ratio, so budget and TPM estimates err high
 
 
@@ -62,7 +62,7 @@ class TooManyFailures(UserError):
 
 @dataclass(frozen=True)
 class Request:
-    endpoint: str  # a name in the pool's endpoints: core, teacher, judge, core_strong
+    endpoint: str  # a name in the pool's endpoints: core, teacher, judge, core_strong, core_next
     messages: tuple[tuple[str, str], ...] | list[dict]  # (role, content) pairs or OpenAI-style dicts
     max_tokens: int | None = None  # None = the endpoint's max_tokens
     temperature: float | None = None  # None = the endpoint's temperature

@@ -208,12 +208,13 @@ def validate(config: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config: `{key}` is {value!r}; choose one of {', '.join(allowed)}")
-    for name in ("core", "teacher", "judge", "core_strong"):
+    for name in ("core", "teacher", "judge", "core_strong", "core_next"):
         ep = getattr(config.api, name)
         if ep is not None and ep.provider not in ("openai", "anthropic"):
             raise ConfigError(
                 f"config: `api.{name}.provider` is {ep.provider!r}; choose openai or anthropic"
             )
+    check_cores(config)
     if config.mesh.platform not in (None, "gpu", "tpu"):
         raise ConfigError(f"config: `mesh.platform` is {config.mesh.platform!r}; choose gpu, tpu "
                           "or null (any device)")
@@ -236,6 +237,19 @@ def validate(config: Config) -> None:
                 what = "each of its values" if isinstance(value, list) else "it"
                 raise ConfigError(
                     f"config: `{prefix}{name}` is {value!r}; {what} must be in {interval}")
+
+
+def check_cores(config: Config) -> None:
+    """`eval.cores`: one or more distinct core endpoints, each set."""
+    cores = config.eval.cores
+    known = ("core", "core_next", "core_strong")
+    if not cores or len(set(cores)) != len(cores) or not set(cores) <= set(known):
+        raise ConfigError(f"config: `eval.cores` is {cores!r}; list one or more of {', '.join(known)}, "
+                          "each once")
+    unset = [c for c in cores if getattr(config.api, c) is None]
+    if unset:
+        raise ConfigError(f"config: `eval.cores` names {', '.join(unset)} but `api.{unset[0]}` is not "
+                          f"set; set it to an endpoint or leave it out of eval.cores")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,6 +126,11 @@ class ApiConfig:
     core_strong: EndpointConfig | None = field(  # a bigger core: a reference row in eval
         default_factory=lambda: EndpointConfig(model="sim-core-strong")
     )
+    # another core the guides may meet, such as the vendor's next model: eval executes every
+    # guide with it when eval.cores names it
+    core_next: EndpointConfig | None = field(
+        default_factory=lambda: EndpointConfig(model="sim-core-next")
+    )
     concurrency: int = 32  # calls in flight at once
     rpm: float | None = None  # requests per minute; None = unlimited
     tpm: float | None = None  # tokens per minute; None = unlimited
@@ -346,6 +351,10 @@ class EvalConfig:
         "exectune_sft": "sft/guide", "advisor_rl": "advisor_rl/guide", "exectune": "rl/guide"})
     advisor_methods: list[str] = field(default_factory=lambda: ["advisor_rl"])  # free-form prompts
     core_strong: bool = True  # add the bigger core alone (when api.core_strong is set)
+    # the api endpoints that execute every guide, one table each: core | core_next | core_strong.
+    # The first one's table is results.json's `rows` (with core_strong alone beside it); each
+    # other's is under `cores`, keyed by the endpoint's name
+    cores: list[str] = field(default_factory=lambda: ["core"])
     batch_size: int = 64  # guide prompts generated together
     out: str = "eval"  # stage directory under run_dir: results.json, results.md, plots
     guide_usd_per_mtok: float = 0.0  # the self-hosted guide's cost per million generated tokens (break-even)
