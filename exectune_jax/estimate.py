@@ -42,6 +42,7 @@ from exectune_jax.train.acceptance import sample_candidates, training_problems
 from exectune_jax.train.forecast import (GuidePilot, core_only_line, ledger_rows, measured_pilot,
                                          pilot_of_model, rl_draws, rl_lines)
 from exectune_jax.train.grpo import DTYPES, prompts_that_fit, resolve_init
+from exectune_jax.train.problem_pool import rl_pool
 
 
 def _fingerprint(cfg: Config, n: int) -> str:
@@ -103,7 +104,8 @@ def start_guide_pilot(cfg: Config, batches: int) -> GuidePilot | None:
     # as RL samples: the parameters cast to the compute dtype
     model, _ = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.dtype], remat=cfg.model.remat)
     task = tasks.get(cfg.task.name, **cfg.task.options)
-    problems = prompts_that_fit(task.problems("train"), tokenizer, task.family, spec, cfg)
+    problems = prompts_that_fit(rl_pool(task.problems("train"), cfg.rl.problems, cfg.sample.n_problems),
+                                tokenizer, task.family, spec, cfg)
     return pilot_of_model(cfg, spec, model, tokenizer, problems, mesh, batches)
 
 
@@ -150,7 +152,8 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
     if unfiltered:  # the same proposal prompts: replays of the filtered run's first round when it ran first
         lines.append(Line("sample_unfiltered", "teacher", teacher.model, teacher.provider, 0.0, 0.0, 0.0, 0.0, True))
     rl = cfg.rl
-    drawn = [p for batch in rl_draws(cfg, task.problems("train"), rl.steps) for p in batch]
+    drawn = [p for batch in rl_draws(cfg, rl_pool(task.problems("train"), rl.problems, cfg.sample.n_problems),
+                                     rl.steps) for p in batch]
     baseline = False  # the first stage that measures the core alone pays; later ones replay it
     for name, preset in rl_stages:
         lines += rl_lines(cfg, name, preset, drawn, family, (guides or {}).get(name), strategy=strategy,

@@ -283,6 +283,7 @@ class RlConfig:
         "forecast_batches": "[0, inf)",
         "std_floor": "[0, inf)",
         "cost_resolution_usd": "[0, inf)",
+        "max_extra_groups": "[0, inf)",
     }
 
     name: str = "rl"  # stage directory under run_dir (the demo also trains "advisor_rl")
@@ -311,6 +312,14 @@ class RlConfig:
     # USD: a group whose rewards differ by less than what this costs (times the cost weight)
     # has no spread and teaches nothing, so token-count noise in the core's bill moves no weight
     cost_resolution_usd: float = 0.0001
+    # the train problems RL draws from (train/problem_pool.py): train (all of them) |
+    # after_sample (those after the first sample.n_problems, which acceptance sampling covers) |
+    # START-END (train problems START to END - 1, outside acceptance's). Not chosen on validation yet
+    problems: str = "train"
+    # dynamic sampling (train/dynamic_sampling.py): groups RL may draw per step beyond its batch,
+    # from rl.problems, to replace groups without spread (they teach nothing); 0 = off. Not
+    # chosen on validation yet
+    max_extra_groups: int = 0
     init: str | None = None  # HF guide to start from (and the KL reference); None = run_dir/sft/guide
     checkpoint_every: int = 10  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept

@@ -41,15 +41,19 @@ from exectune_jax.data import tasks
 from exectune_jax.data.pipeline import encode_prompt, rl_prompt_iterator
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora
-from exectune_jax.train import forecast, rewards, rl_step
+from exectune_jax.train import dynamic_sampling, forecast, rewards, rl_step
 from exectune_jax.train.advantages import advantages, estimator, group_rewards, informative_share
 from exectune_jax.train.checkpoint import Checkpointer
+from exectune_jax.train.dynamic_sampling import Filled, ReplacementStream
 from exectune_jax.train.metrics import MetricsWriter, progress_bar
 from exectune_jax.train.optim import make_optimizer
+from exectune_jax.train.problem_pool import rl_pool
 from exectune_jax.train.rollouts import (
+    CALL_KEYS,
     LabelContext,
     Labelled,
     Rollout,
+    call_counts,
     guide_prompt,
     held_out,
     label_rollout,
@@ -227,7 +231,7 @@ def _device_state(learner: Learner) -> dict[str, Any]:
 
 
 def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, it,
-                    pending: list[Rollout], cfg: Config) -> None:
+                    pending: list[Rollout], stream: ReplacementStream, cfg: Config) -> None:
     state = {**_device_state(learner), "rng": {"key": key_data}}
     for k, r in enumerate(pending):
         state[f"pending{k}"] = _rollout_arrays(r, cfg.model.max_seq_len, cfg.rl.max_new_tokens)
@@ -235,6 +239,7 @@ def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, i
         "step": step,
         "pending": [{"index": r.index, "policy_step": r.policy_step,
                      "ids": [p.id for p in r.problems], "texts": r.texts} for r in pending],
+        "replacement_position": stream.position,
         "config": to_dict(cfg),
         **(learner.lora_meta or {}),
     }
@@ -242,7 +247,7 @@ def save_checkpoint(ckpt: Checkpointer, step: int, learner: Learner, key_data, i
 
 
 def restore_checkpoint(ckpt: Checkpointer, learner: Learner, key_data, it, problems_by_id,
-                       cfg: Config) -> tuple[int, Any, list[Rollout]]:
+                       stream: ReplacementStream, cfg: Config) -> tuple[int, Any, list[Rollout]]:
     # the newest step whose metadata reads (a damaged newest one is passed over with one line);
     # its arrays are then read or refused with one line
     _, meta = ckpt.restore(target={})
@@ -263,6 +268,7 @@ def restore_checkpoint(ckpt: Checkpointer, learner: Learner, key_data, it, probl
                                                      sorted(state["opt_state"])])
     pending = [_rollout_from(state[f"pending{k}"], m, problems_by_id, cfg.rl.group_size)
                for k, m in enumerate(meta["pending"])]
+    stream.position = int(meta.get("replacement_position", 0))  # absent: a run that drew none
     return int(meta["step"]), state["rng"]["key"], pending
 
 
@@ -284,11 +290,15 @@ def _held_out_report(before: dict, after: dict) -> str:
     ])
 
 
-def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None,
-                spec: rewards.RewardSpec, timing: dict[str, float], spread_tol: float) -> dict:
-    """One metrics.jsonl line: update statistics, outcome metrics, the share of groups with
-    spread beyond `spread_tol` (`groups_with_spread`: those an update learns from), staleness
-    and timings.
+def step_record(t: int, filled: Filled, stats: dict | None, spec: rewards.RewardSpec,
+                timing: dict[str, float], spread_tol: float) -> dict:
+    """One metrics.jsonl line: update statistics, outcome metrics of the batch trained on, the
+    share of its groups with spread beyond `spread_tol` (`groups_with_spread`: those the update
+    learns from), what dynamic sampling did (`groups_extra` drawn, `groups_replaced`,
+    `groups_unfilled`, and `drawn_with_spread`: the share with spread of every group the step
+    labelled), the strategy executions the step's labellings sent to the core
+    (`core_calls_paid`) and answered from the call cache (`core_calls_replayed`), staleness and
+    timings.
 
     `device_busy` is the fraction of the step's wall time the device spent sampling or
     updating; `pool_wait_s` the time the loop sat waiting for the core's labels.
@@ -296,11 +306,18 @@ def step_record(t: int, rollout: Rollout, labelled: Labelled, stats: dict | None
     skipped = stats is None
     stats = dict(stats or {})
     busy = timing["sample_s"] + timing["update_s"]
+    rollout, labelled = filled.rollout, filled.labelled
+    calls = [call_counts(lab) for lab in filled.labellings]
     return {
         "loss": stats.pop("loss", None),
         **stats,
         **outcome_metrics(rollout, labelled, spec),
+        **{k: sum(c[k] for c in calls) for k in CALL_KEYS},
         "groups_with_spread": informative_share(labelled.rewards, rollout.group_size, spread_tol),
+        "groups_extra": filled.extra,
+        "groups_replaced": filled.replaced,
+        "groups_unfilled": filled.unfilled,
+        "drawn_with_spread": filled.drawn_with_spread,
         "update_skipped": int(skipped),
         "staleness": t - rollout.policy_step,
         **timing,
@@ -326,14 +343,16 @@ def train(cfg: Config) -> dict:
     mesh = parallel.make_mesh(cfg.mesh)
     learner, mcfg = build_learner(cfg, init, mesh)
     task = tasks.get(cfg.task.name, **cfg.task.options)
-    problems = prompts_that_fit(task.problems("train"), tokenizer, task.family, spec, cfg)
+    problems = prompts_that_fit(rl_pool(task.problems("train"), rl.problems, cfg.sample.n_problems),
+                                tokenizer, task.family, spec, cfg)
     problems_by_id = {p.id: p for p in problems}
     it = rl_prompt_iterator(problems, rl.prompts_per_step, cfg.seed)
+    stream = ReplacementStream(problems, cfg.seed)
     key_data = jax.random.key_data(jax.random.key(cfg.seed))
     start, pending_rollouts = 0, []
     if ckpt.latest_step() is not None:
         start, key_data, pending_rollouts = restore_checkpoint(
-            ckpt, learner, key_data, it, problems_by_id, cfg)
+            ckpt, learner, key_data, it, problems_by_id, stream, cfg)
         resume.resumed(rl.name, start)
     rng = jax.random.wrap_key_data(jnp.asarray(key_data))
     writer = MetricsWriter(stage, tensorboard=cfg.metrics.tensorboard, wandb=cfg.metrics.wandb,
@@ -369,13 +388,24 @@ def train(cfg: Config) -> dict:
             heldout["before"] = evaluate()
             heldout_path.write_text(json.dumps(heldout, indent=2) + "\n")
 
-        def sample(index: int, policy_step: int) -> Rollout:
+        def sample(problems: list, index: int, policy_step: int, stream_rng) -> Rollout:
             with parallel.use_mesh(mesh):
                 return sample_rollout(
-                    learner.sampling_model(), tokenizer, next(it), task.family, spec,
+                    learner.sampling_model(), tokenizer, problems, task.family, spec,
                     index=index, policy_step=policy_step, group_size=rl.group_size,
                     max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
-                    top_p=rl.top_p, rng=rng)
+                    top_p=rl.top_p, rng=stream_rng)
+
+        replacement_rng = jax.random.fold_in(rng, dynamic_sampling.RNG_STREAM)
+
+        def fill(rollout: Rollout, labelled: Labelled, t: int) -> Filled:
+            def sample_drawn(problems: list) -> Rollout:
+                # the stream's position after the draw names it: a resumed run samples the same
+                return sample(problems, stream.position, t, replacement_rng)
+
+            return dynamic_sampling.fill(
+                rollout, labelled, spread_tol=spread_tol, max_extra=rl.max_extra_groups,
+                draw=stream.draw, sample=sample_drawn, label=lambda r: label_rollout(ctx, r))
 
         queue: collections.deque[tuple[Rollout, Future]] = collections.deque(
             (r, labeller.submit(label_rollout, ctx, r)) for r in pending_rollouts)
@@ -385,7 +415,7 @@ def train(cfg: Config) -> dict:
             t0 = time.perf_counter()
             sample_s = 0.0
             while produced < min(rl.steps, t + rl.staleness + 1):
-                r = sample(produced, t)
+                r = sample(next(it), produced, t, rng)
                 sample_s += r.sample_s
                 queue.append((r, labeller.submit(label_rollout, ctx, r)))
                 produced += 1
@@ -393,24 +423,33 @@ def train(cfg: Config) -> dict:
             w0 = time.perf_counter()
             labelled = future.result()
             pool_wait_s = time.perf_counter() - w0
+            filled = fill(rollout, labelled, t)
             if pool.stopped:  # budget reached: resume from the last checkpoint, replaying the cache
                 ckpt.wait()
                 pool.raise_if_stopped()
+            if filled.unfilled:
+                log.info("%s step %d: %d group(s) without spread left in the batch after %d extra "
+                         "drawn (rl.max_extra_groups=%d)", rl.name, t + 1, filled.unfilled,
+                         filled.extra, rl.max_extra_groups)
             u0 = time.perf_counter()
-            stats = learner.update(rollout, labelled, rl, spread_tol)
+            stats = learner.update(filled.rollout, filled.labelled, rl, spread_tol)
             update_s = time.perf_counter() - u0
             timing = {"step_s": time.perf_counter() - t0, "sample_s": sample_s,
                       "update_s": update_s, "pool_wait_s": pool_wait_s}
-            record = step_record(t, rollout, labelled, stats, spec, timing, spread_tol)
+            record = step_record(t, filled, stats, spec, timing, spread_tol)
             if stats is None:
-                print(f"{rl.name} step {t + 1}: no scored sample ({labelled.errors or 'all excluded'});"
-                      " weights unchanged", file=sys.stderr)
+                print(f"{rl.name} step {t + 1}: no scored sample "
+                      f"({filled.labelled.errors or 'all excluded'}); weights unchanged",
+                      file=sys.stderr)
             writer.log(t + 1, **record)
             bar.update()
-            bar.set_postfix(reward=f"{record['reward'] or 0:.3f}", acc=f"{record['accuracy'] or 0:.2f}")
+            bar.set_postfix(reward=f"{record['reward'] or 0:.3f}", acc=f"{record['accuracy'] or 0:.2f}",
+                            alpha=f"{record['executability'] or 0:.2f}",
+                            spread=f"{record['groups_with_spread']:.2f}")
             if (t + 1) % rl.checkpoint_every == 0 or t + 1 == rl.steps:
                 pool.checkpoint()
-                save_checkpoint(ckpt, t + 1, learner, key_data, it, [r for r, _ in queue], cfg)
+                save_checkpoint(ckpt, t + 1, learner, key_data, it, [r for r, _ in queue], stream,
+                                cfg)
         bar.close()
         ckpt.wait()
         if validation and heldout.get("after_step") != rl.steps:

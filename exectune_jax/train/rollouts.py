@@ -178,12 +178,25 @@ def label_rollout(ctx: LabelContext, rollout: Rollout) -> Labelled:
             usd=0.0 if o is None or o.correct is None else ctx.price(o.input_tokens, o.output_tokens),
             judge=scores.get(i), followed=None if o is None else o.followed,
         ))
+    return Labelled(labels, outcomes, [rewards.score(lab, ctx.spec) for lab in labels],
+                    failed_calls(outcomes), time.perf_counter() - start)
+
+
+def failed_calls(outcomes: Sequence[Outcome | None]) -> dict[str, int]:
+    """Failed core calls by error kind (an executed row whose outcome has no verdict)."""
     errors: dict[str, int] = {}
-    for o in executed:
-        if o.correct is None:
+    for o in outcomes:
+        if o is not None and o.correct is None:
             errors[o.error or "unknown"] = errors.get(o.error or "unknown", 0) + 1
-    return Labelled(labels, outcomes, [rewards.score(lab, ctx.spec) for lab in labels], errors,
-                    time.perf_counter() - start)
+    return errors
+
+
+def call_counts(labelled: Labelled) -> dict[str, int]:
+    """Strategy executions the core answered (`core_calls_paid`) and the call cache answered
+    (`core_calls_replayed`: repeats of an earlier request, this batch's included)."""
+    answered = [o for o in labelled.outcomes if o is not None and o.response is not None]
+    paid = sum(not o.cached for o in answered)
+    return {"core_calls_paid": paid, "core_calls_replayed": len(answered) - paid}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +232,7 @@ def outcome_metrics(rollout: Rollout, labelled: Labelled, spec: RewardSpec) -> d
     out.update(executability=est.mean, executability_lo=est.lo, executability_hi=est.hi,
                follow_unknown=est.n_unknown)
     called = [o for o in labelled.outcomes if o is not None and o.correct is not None]
-    answered = [o for o in labelled.outcomes if o is not None and o.response is not None]
-    out["core_calls_paid"] = sum(not o.cached for o in answered)
-    out["core_calls_replayed"] = sum(o.cached for o in answered)
+    out.update(call_counts(labelled))
     out["core_input_tokens"] = sum(o.input_tokens for o in called)
     out["core_output_tokens"] = sum(o.output_tokens for o in called)
     out["usd"] = sum(labelled.labels[i].usd for i in scored)

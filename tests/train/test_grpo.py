@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from exectune_jax.config import LoraConfig, load_config
+from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 from exectune_jax.models import hf, lora, sampler
 from exectune_jax.models.architecture import ModelConfig
@@ -347,6 +348,44 @@ def test_a_batch_whose_core_calls_all_fail_is_reported_and_moves_no_weight(
 def _learning_metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in grpo.TIMING_KEYS + rollouts.CALL_KEYS}
             for r in read_metrics(run_dir / "rl")]
+
+
+# the last 16 of the 64 train problems, after the 48 acceptance covers; up to 4 extra groups a
+# step; an improve weight, so that core_alone.json records every problem RL labelled
+DYNAMIC = ("sample.n_problems=48", "rl.problems=after_sample", "rl.max_extra_groups=4",
+           "rl.weights={improve: 0.5}", "rl.held_out=0")
+STEP_KEYS = {"groups_with_spread", "drawn_with_spread", "groups_extra", "groups_replaced",
+             "groups_unfilled", "core_calls_paid", "core_calls_replayed", "executability"}
+
+
+def test_dynamic_sampling_draws_from_the_pool_logs_each_step_and_resumes_exactly(
+        tmp_path, tiny_guide):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(load_config(None, rl_overrides(whole, tiny_guide, *DYNAMIC)))
+    rows = read_metrics(whole / "rl")
+    assert all(STEP_KEYS <= set(r) for r in rows)
+    groups, g = 2, 4  # rl.prompts_per_step, rl.group_size
+    for r in rows:
+        assert 0 <= r["groups_extra"] <= 4 and r["groups_replaced"] <= r["groups_extra"]
+        # every group the update keeps without spread is counted as left unfilled
+        assert r["groups_unfilled"] == round(groups * (1 - r["groups_with_spread"]))
+        # each row of the batch and of every drawn group went to the core once (no gate here)
+        assert r["core_calls_paid"] + r["core_calls_replayed"] == (groups + r["groups_extra"]) * g
+    assert sum(r["groups_extra"] for r in rows) > 0, "no step drew an extra group"
+    train_ids = [p.id for p in tasks.get("arith", **TASK).problems("train")]
+    labelled = set(json.loads((whole / "rl" / "core_alone.json").read_text()))
+    assert labelled <= set(train_ids[48:])
+    assert len(labelled) > groups  # the drawn groups' problems besides the first batch's
+    # resumed from step 1: the same draws, samples, metrics and guide
+    shutil.copytree(whole, resumed)
+    for stale in ("checkpoints/2", "guide", "summary.json"):
+        path = resumed / "rl" / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    train(load_config(None, rl_overrides(resumed, tiny_guide, *DYNAMIC)))
+    assert _learning_metrics(resumed) == _learning_metrics(whole)
+    for x, y in zip(jax.tree.leaves(nnx.state(hf.load(whole / "rl" / "guide")[0])),
+                    jax.tree.leaves(nnx.state(hf.load(resumed / "rl" / "guide")[0]))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _paid(run_dir: Path) -> tuple[int, float]:
