@@ -34,8 +34,11 @@ GROUNDED_SHARE = 0.90  # the gate: at least this share of advice sentences groun
 
 
 def grounded_sentences(problem: str, text: str) -> tuple[int, int]:
-    """(grounded sentences, sentences naming an operation) of `text` for `problem`. A sentence
-    with an operand that is neither grounded nor computable leaves no result for later ones."""
+    """(grounded sentences, sentences naming an operation) of `text` for `problem`. Each sentence
+    is judged on its own operands: every written number is one of the problem's or the value of
+    an earlier sentence's result, and every reference names an earlier result. Results are
+    computed from the numbers as written, so a sentence after an ungrounded one may still be
+    grounded."""
     steps, _, _ = follow.sentences_of(text)
     if steps is None:
         return 0, 0
@@ -49,10 +52,11 @@ def grounded_sentences(problem: str, text: str) -> tuple[int, int]:
         if follow.claim_of(body) is not None or not found:
             continue
         total += 1
-        known = frozenset(numbers | {show(d.result) for d in done})
-        results = _carry_out(found, i, known, step_results, done)
+        allowed = numbers | {show(d.result) for d in done}
+        written = {o.lstrip("$") for p in found for o in (p.first, p.second) if o.lstrip("$").isdigit()}
+        results = _carry_out(found, i, frozenset(allowed | written), step_results, done)
         if results is not None:
-            grounded += 1
+            grounded += written <= allowed
             done += results
             step_results[i] = results[-1].result
     return grounded, total

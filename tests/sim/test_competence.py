@@ -19,7 +19,8 @@ MARIA = ("Maria has 12 apples. She buys 3 boxes of apples with 5 apples in each.
     ("First think about multiplying 3 by 5. Then think about adding the amount so far to 12.", 2, 2),
     ("Multiply 3 by 5. Add 15 to 12.", 2, 2),  # an earlier result written out
     ("Multiply 3 by 5. Add the result of step 1 to 12. Check your work.", 2, 2),  # commentary
-    ("Multiply 4 by 5. Add the result of step 1 to 12.", 0, 2),  # 4 is not in the problem
+    ("Multiply 4 by 5. Add the result of step 1 to 12.", 1, 2),  # 4 is not in the problem
+    ("Multiply 4 by 5. Add 20 to 12.", 1, 2),  # 20: the first sentence's result as written
     ("Add the result of step 2 to 12. Multiply 3 by 5.", 1, 2),  # a step not yet done
     ("Multiply 3 by 7. Add 12 to 3.", 1, 2),
     ("Read the problem one sentence at a time.", 0, 0),
