@@ -135,7 +135,7 @@ class SimCore:
     def _spared(self, text: str | None, program: Program, start: int) -> float:
         """How many operations' difficulty the text spares the core's own reasoning from `start`:
         `named_op_value` for each operation left that the text names correctly."""
-        if text is None:
+        if text is None or not self.world.named_op_value:  # version 2's world reads no hints
             return 0.0
         return self.world.named_op_value * sum(j >= start for j in hints.named_correctly(text, program))
 
