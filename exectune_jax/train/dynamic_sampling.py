@@ -38,7 +38,8 @@ _STREAM_TAG = 0x0D5A  # seeds the pool's replacement order apart from the prompt
 
 @functools.lru_cache(maxsize=4)
 def _permutation(pool_size: int, seed: int, epoch: int) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.random.default_rng([seed, _STREAM_TAG, epoch]).permutation(pool_size))
+    order = np.random.default_rng([seed, _STREAM_TAG, epoch]).permutation(pool_size)
+    return tuple(int(i) for i in order)
 
 
 def stream_order(pool_size: int, seed: int, position: int) -> int:
@@ -48,7 +49,8 @@ def stream_order(pool_size: int, seed: int, position: int) -> int:
     return _permutation(pool_size, seed, epoch)[offset]
 
 
-def take(pool_size: int, seed: int, position: int, k: int, exclude: set[int]) -> tuple[list[int], int]:
+def take(pool_size: int, seed: int, position: int, k: int,
+         exclude: set[int]) -> tuple[list[int], int]:
     """Up to k distinct pool indices from the stream at `position`, none in `exclude`, and the
     position after them. Fewer when the pool has fewer problems outside `exclude`."""
     picked: list[int] = []
@@ -145,7 +147,8 @@ def fill(rollout: Rollout, labelled: Labelled, *, spread_tol: float, max_extra: 
         labellings.append(drawn_labelled)
         flat = set(without_spread(drawn_labelled, g, spread_tol))
         for k in (k for k in range(len(problems)) if k not in flat):
-            rollout, labelled = put_group(rollout, labelled, missing.pop(0), drawn, drawn_labelled, k)
+            rollout, labelled = put_group(rollout, labelled, missing.pop(0), drawn,
+                                          drawn_labelled, k)
             with_spread += 1
             replaced += 1
     return Filled(rollout, labelled, extra=extra, replaced=replaced,

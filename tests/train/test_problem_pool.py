@@ -45,7 +45,7 @@ def test_the_default_pool_is_the_whole_train_split():
     (("sample.n_problems=48", "rl.problems=60-50"), "leaves no problem"),
     (("rl.problems=validation",), "choose train, after_sample"),
 ])
-def test_a_pool_that_overlaps_acceptance_or_is_empty_is_refused_naming_rl_problems(overrides, message):
+def test_an_overlapping_empty_or_malformed_pool_is_refused_naming_rl_problems(overrides, message):
     with pytest.raises(UserError, match="rl.problems") as err:
         pools(*overrides)
     assert message in str(err.value)
