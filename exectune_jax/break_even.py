@@ -26,6 +26,7 @@ LINEAGE = {
     "exectune_sft": ("sample",),
     "advisor_rl": ("advisor_rl", *RL_SHARED),
     "exectune": ("sample", "rl", *RL_SHARED),
+    "exectune_next": ("sample", "rl_next", *RL_SHARED),  # the demo's RL against the next core
 }
 BASELINES = ("core_only", "core_strong")
 

@@ -37,15 +37,20 @@ def test_quick_demo_writes_results_plots_metrics_export_and_ledger(clean_run):
     doc = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in doc["rows"]]
     assert methods == ["core_only", "base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl",
-                       "exectune", "core_strong"]
-    for row in doc["rows"]:
+                       "exectune", "exectune_next", "core_strong"]
+    # the guides on the next core too, RL's guide adapted to it beside exectune_sft unadapted
+    assert doc["cores"]["core_next"]["model"] == "sim-core-next"
+    assert [r["method"] for r in doc["cores"]["core_next"]["rows"]] == methods[:-1]
+    assert load_config(out / "rl_next" / "config.yaml").api.core.model == "sim-core-next"
+    assert "on core_next (sim-core-next)" in proc.stdout and "## The guides executed by core_next" in proc.stdout
+    for row in [*doc["rows"], *doc["cores"]["core_next"]["rows"]]:
         assert list(row) == list(evaluate.ROW_FIELDS)
         assert row["failed_calls"] == 0
     assert doc["skipped"] == []
     for name in ("results.md", "accuracy_vs_cost.png", "accuracy_vs_alpha.png", "rl_curves.png",
                  "ledger.jsonl"):
         assert (out / name).stat().st_size > 0, name
-    for stage in ("sft", "sft_unfiltered", "advisor_rl", "rl"):
+    for stage in ("sft", "sft_unfiltered", "advisor_rl", "rl", "rl_next"):
         assert (out / stage / "metrics.jsonl").stat().st_size > 0, stage
     assert (out / "export" / "config.json").exists()
     assert list((out / "export").glob("*.safetensors"))
@@ -93,10 +98,38 @@ def test_every_stage_points_at_the_one_sim_server():
     assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"
     assert cfg.api.teacher.base_url == "http://127.0.0.1:1234/v1"
     staged = recipe.stage_configs(cfg)
-    assert {s for phase in recipe.PHASES for chain in phase for s in chain} == set(staged)
+    assert {s for phase in recipe.phases(cfg) for chain in phase for s in chain} == set(staged)
     assert staged["advisor_rl"].rl.preset == "advisor"
     assert staged["rl"].rl.init.endswith("sft/guide")
     assert staged["sft_unfiltered"].sft.data.endswith("sample_unfiltered/accepted.jsonl")
+
+
+def test_the_demo_adapts_exectune_sft_to_the_next_core_and_evaluates_every_guide_on_it():
+    cfg = with_sim_url(recipe.prepare(Config(), None, quick=True), "http://127.0.0.1:1234")
+    assert cfg.eval.cores == ["core", "core_next"]
+    staged = recipe.stage_configs(cfg)
+    assert {s for phase in recipe.phases(cfg) for chain in phase for s in chain} == set(staged)
+    adapt = staged["rl_next"]
+    assert adapt.api.core == cfg.api.core_next and adapt.api.core.base_url == "http://127.0.0.1:1234/v1"
+    assert adapt.rl.preset == "exectune" and adapt.rl.init == staged["rl"].rl.init  # from exectune_sft
+    assert staged["rl"].api.core.model == "sim-core"  # the other stages keep the first core
+    assert staged["eval"].eval.guides[recipe.ADAPTED] == "rl_next/guide"
+    alone = recipe.prepare(load_config(None, ["api.core_next=null"]), None, quick=True)
+    assert alone.eval.cores == ["core"] and "rl_next" not in recipe.stage_configs(alone)
+    assert "rl_next" not in {s for phase in recipe.phases(alone) for chain in phase for s in chain}
+
+
+def test_the_closing_report_shows_each_other_cores_guides_and_the_adapted_one():
+    row = {"accuracy": 0.9, "executability": 0.8, "usd_per_problem": 0.0005}
+    doc = {"core": "core", "cores": {"core_next": {"model": "sim-core-next", "rows": [
+        {**row, "method": "core_only", "executability": None}, {**row, "method": "exectune_sft"},
+        {**row, "method": "exectune_next", "accuracy": 0.95}]}}}
+    lines = report.transfer_lines(doc)
+    assert lines[0] == ("on core_next (sim-core-next): exectune_sft and exectune trained for core, "
+                        "exectune_next is exectune_sft adapted to core_next by RL")
+    assert [line.split()[0] for line in lines[1:]] == ["core_only", "exectune_sft", "exectune_next"]
+    assert "α" not in lines[1] and "95.0%, α 80.0%" in lines[3]
+    assert report.transfer_lines({"rows": []}) == []
 
 
 def test_stage_configs_survive_the_yaml_hand_off_to_the_stage_process(tmp_path):

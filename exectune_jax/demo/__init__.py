@@ -3,8 +3,8 @@
 One loopback sim server (with the `sim` section's latency, rate limit and faults) stands in for
 the core and teacher APIs for every stage; then: base guide -> acceptance sampling (filtered and
 unfiltered) -> SFT on each -> advisor-style RL from the base guide and ExecTune RL from the
-filtered SFT guide -> the method table -> HF export of the final guide. Run again, it resumes
-from what the stages finished.
+filtered SFT guide (and from it against the next core) -> the method table, on each core ->
+HF export of the final guide. Run again, it resumes from what the stages finished.
 
 Three rooms: `recipe` (stages, phases, sizes, each stage's config and command), `runner` (each
 stage as the CLI's own command in a process of its own, one progress line) and `report` (the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from exectune_jax import preflight
 from exectune_jax.config import Config, dump
-from exectune_jax.demo.recipe import PHASES, prepare, stage_commands, stage_configs
+from exectune_jax.demo.recipe import phases, prepare, stage_commands, stage_configs
 from exectune_jax.demo.report import SMOKE_NOTE, closing_summary, collect_outputs, follow_study
 from exectune_jax.demo.runner import run_phases
 
@@ -36,7 +36,7 @@ def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
     if quick:
         print(f"exectune demo --quick: {SMOKE_NOTE}", file=sys.stderr)
     start = time.perf_counter()
-    seconds = run_phases(cfg, PHASES, stage_configs, stage_commands(cfg))
+    seconds = run_phases(cfg, phases(cfg), stage_configs, stage_commands(cfg))
     if seconds is None:
         return 1
     collect_outputs(cfg, root)

@@ -3,6 +3,10 @@ budget, and the config each stage runs with.
 
 Sizes fill only fields the config left at their defaults, so any dotted override still wins.
 Each stage runs one of the CLI's own commands (`stage_commands`) with its config file.
+
+Transfer and adaptation (docs/cores.md): while `api.core_next` is set, the demo's eval executes
+every guide with it too, and ExecTune RL runs from `exectune_sft` against it (`rl_next`, no new
+teacher data); its guide is the row `exectune_next`, beside `exectune_sft` unadapted.
 """
 
 from __future__ import annotations
@@ -57,17 +61,28 @@ QUICK_SIZES: dict[str, Any] = {
     "eval.n_problems": 48,
     **ACCEPTANCE,
 }
-# Phases run in order; the chains of a phase run side by side; a chain's stages run in order.
-PHASES: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (("base_guide",), ("sample", "sample_unfiltered")),
-    (("sft",), ("sft_unfiltered",)),
-    (("advisor_rl",), ("rl",)),
-    (("eval",),),
-    (("export",),),
-)
+NEXT_CORE = "core_next"  # the endpoint the demo transfers its guides to
+ADAPTED = "exectune_next"  # the eval row of the guide RL adapted to the next core
 TRUTH_LOG = "sim_truth.jsonl"  # the sim server's ground truth of "followed", for the study
 
 
+def adapts(cfg: Config) -> bool:
+    """Whether the demo adapts a guide to the next core: eval.cores lists it."""
+    return NEXT_CORE in cfg.eval.cores
+
+
+def phases(cfg: Config) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """Phases run in order; the chains of a phase run side by side; a chain's stages run in
+    order. RL against the next core follows advisor RL in its chain, so two cores keep two RL
+    runs busy at a time."""
+    advisor = ("advisor_rl", "rl_next") if adapts(cfg) else ("advisor_rl",)
+    return (
+        (("base_guide",), ("sample", "sample_unfiltered")),
+        (("sft",), ("sft_unfiltered",)),
+        (advisor, ("rl",)),
+        (("eval",),),
+        (("export",),),
+    )
 def get(cfg: Any, key: str) -> Any:
     """The value at a dotted `section.field` key."""
     for part in key.split("."):
@@ -91,18 +106,21 @@ def sized(cfg: Config, sizes: Mapping[str, Any]) -> Config:
 
 
 def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
-    """The demo's config: output dir, then sizes where the user did not choose."""
+    """The demo's config: output dir, the next core beside the core in eval (while api.core_next
+    is set: `api.core_next=null` leaves it out), then sizes where the user did not choose."""
     if out is not None:
         cfg = with_values(cfg, {"run_dir": out})
     if cfg.sim.truth_log is None:
         cfg = with_values(cfg, {"sim.truth_log": str(Path(cfg.run_dir) / TRUTH_LOG)})
+    if cfg.api.core_next is not None and cfg.eval.cores == Config().eval.cores:
+        cfg = with_values(cfg, {"eval.cores": [*cfg.eval.cores, NEXT_CORE]})
     return sized(cfg, QUICK_SIZES if quick else DEMO_SIZES)
 
 
 def stage_configs(cfg: Config) -> dict[str, Config]:
     """The config each stage runs with; stage directories follow the run-dir layout."""
     run_dir = Path(cfg.run_dir)
-    return {
+    configs = {
         "base_guide": cfg,
         "sample": with_values(cfg, {"sample.out": "sample"}),
         "sample_unfiltered": with_values(cfg, {"sample.out": "sample_unfiltered"}),
@@ -118,6 +136,13 @@ def stage_configs(cfg: Config) -> dict[str, Config]:
         "eval": cfg,
         "export": cfg,
     }
+    if adapts(cfg):
+        configs["rl_next"] = with_values(cfg, {
+            "rl.name": "rl_next", "rl.preset": "exectune", "rl.init": str(layout.guide(run_dir, "sft")),
+            "api.core": getattr(cfg.api, NEXT_CORE)})
+        configs["eval"] = with_values(cfg, {
+            "eval.guides": {**cfg.eval.guides, ADAPTED: str(layout.guide(Path(), "rl_next"))}})
+    return configs
 
 
 def stage_commands(cfg: Config) -> dict[str, tuple[str, ...]]:
@@ -127,7 +152,7 @@ def stage_commands(cfg: Config) -> dict[str, tuple[str, ...]]:
     return {
         "base_guide": ("base-guide",), "sample": ("sample",),
         "sample_unfiltered": ("sample", "--unfiltered"), "sft": ("sft",), "sft_unfiltered": ("sft",),
-        "advisor_rl": ("rl",), "rl": ("rl",), "eval": ("eval",),
+        "advisor_rl": ("rl",), "rl": ("rl",), "rl_next": ("rl",), "eval": ("eval",),
         "export": ("export", str(layout.guide(run_dir, "rl")), str(run_dir / "export"),
                    "--dtype", "bf16"),
     }

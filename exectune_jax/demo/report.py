@@ -1,6 +1,6 @@
 """The demo's closing report: the outputs gathered at the top of the run dir, the paper's
-pattern judged criterion by criterion, each follow estimator against the simulator's ground
-truth, the spend, and the time per stage.
+pattern judged criterion by criterion, the guides on the other cores, each follow estimator
+against the simulator's ground truth, the spend, and the time per stage.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from exectune_jax import layout
 from exectune_jax.api.ledger import Ledger
 from exectune_jax.config import Config
+from exectune_jax.demo.recipe import ADAPTED
 from exectune_jax.evaluate import FOLLOW_LABELS
 from exectune_jax.sim.truth import read_truth, study
 
@@ -88,6 +89,23 @@ def reference_line(rows: Sequence[Mapping[str, Any]]) -> str | None:
             f"(McNemar p = {_p(strong['mcnemar_p_vs_exectune'])})")
 
 
+def transfer_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Each other core's table in brief: the core alone, the guides trained for the first core,
+    and the SFT guide adapted to this core by RL (no new teacher data), each with its accuracy,
+    executability α and USD per problem."""
+    lines = []
+    for core, part in doc.get("cores", {}).items():
+        by = {r["method"]: r for r in part["rows"]}
+        lines.append(f"on {core} ({part['model']}): exectune_sft and exectune trained for {doc['core']}"
+                     + (f", {ADAPTED} is exectune_sft adapted to {core} by RL" if ADAPTED in by else ""))
+        for method in ("core_only", "exectune_sft", "exectune", ADAPTED):
+            if method in by:
+                r = by[method]
+                alpha = "" if r["executability"] is None else f", α {r['executability']:.1%}"
+                lines.append(f"  {method:<14} {r['accuracy']:.1%}{alpha}, USD {r['usd_per_problem']:.6f}/problem")
+    return lines
+
+
 def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
@@ -124,7 +142,8 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
         lines.append(f"acceptance sampling: {acc['rate']:.1%} of teacher proposal chains accepted "
                      f"[{acc['ci'][0]:.1%}, {acc['ci'][1]:.1%}] ({acc['k']}/{acc['n']})")
     lines += ["", (out / "results.md").read_text().rstrip(), ""]
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    doc = json.loads((out / "results.json").read_text())
+    rows = doc["rows"]
     checks = [] if quick else pattern_checks(rows)
     if checks:
         lines.append(f"the paper's pattern: {sum(ok for ok, _ in checks)}/{len(checks)} criteria hold")
@@ -132,6 +151,7 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
     reference = None if quick else reference_line(rows)
     if reference:
         lines.append(reference)
+    lines += transfer_lines(doc)
     if not quick:
         lines.append("one seed: `exectune study --seeds 0,1,2` runs the demo per seed, with three "
                      "ablations, and reports mean ± sd with per-seed and pooled tests")
