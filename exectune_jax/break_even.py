@@ -17,6 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from exectune_jax import layout, plots
+from exectune_jax.api.ledger import read_totals
+from exectune_jax.io import write_json_atomic, write_text_atomic
+
 # The ledger stages (top-level names) that trained each default guide. RL's core-alone rates,
 # held-out checks and judge calls are shared by both RL guides and charged to each in full.
 RL_SHARED = ("core_only", "rl_eval", "judge")
@@ -97,11 +101,6 @@ def table(entries: Sequence[Mapping]) -> str:
 
 def write(cfg: Any, out: Path, doc: Mapping) -> list[Path]:
     """break_even.json, break_even.md and cost_vs_problems.png in the eval directory."""
-    from exectune_jax import plots
-    from exectune_jax import layout
-    from exectune_jax.api.ledger import read_totals
-    from exectune_jax.io import write_json_atomic, write_text_atomic
-
     ledger = layout.ledger(cfg.run_dir)
     if not ledger.exists():
         return []

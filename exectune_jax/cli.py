@@ -191,9 +191,11 @@ def prepare_stage(command: str, cfg) -> None:
     (`sim/guide.py`) is a user of the training library, so the CLI builds it, not the stage.
     """
     if command == "sft":
+        # local import: stage modules load when the stage runs, so `exectune --help` stays instant
         from exectune_jax.train.sft import starts_from_base_guide
 
         if starts_from_base_guide(cfg):
+            # local import: stage modules load when the stage runs, so `exectune --help` stays instant
             from exectune_jax import preflight
             from exectune_jax.sim.guide import ensure_base_guide
 
@@ -206,7 +208,8 @@ def held(command: str, cfg: Config, out: str | None) -> contextlib.AbstractConte
     process 0 of a multi-process job takes it, as only it writes the run's shared files."""
     if command not in LOCKED or (command in DISTRIBUTED and _process_index() != 0):
         return contextlib.nullcontext()
-    from exectune_jax import preflight  # lazily, as every stage import here: `--help` stays instant
+    # local import: stage modules load when the stage runs, so `exectune --help` stays instant
+    from exectune_jax import preflight
 
     run_dir = (out if command == "demo" and out else None) or cfg.run_dir
     preflight.writable_dir(Path(run_dir), "run_dir")  # the lock lives in it: check it first
@@ -218,6 +221,7 @@ def served(command: str, cfg: Config) -> contextlib.AbstractContextManager[Confi
     by one embedded server for the command's life."""
     if command not in SERVED:
         return contextlib.nullcontext(cfg)
+    # local import: stage modules load when the stage runs, so `exectune --help` stays instant
     from exectune_jax.sim import serving
 
     return serving(cfg)
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command in DISTRIBUTED:
+            # local import: stage modules load when the stage runs, so `exectune --help` stays instant
             from exectune_jax.parallel import init_distributed
 
             init_distributed()

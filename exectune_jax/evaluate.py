@@ -24,8 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exectune_jax import break_even, preflight, resume, utility
+from exectune_jax import break_even, plots, preflight, resume, utility
+from exectune_jax.api import open_pool
 from exectune_jax.config import Config
+from exectune_jax.data import tasks
 from exectune_jax.data.tasks import Problem
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
@@ -33,6 +35,7 @@ from exectune_jax.gcop.execute import Outcome, execute_many, priced
 from exectune_jax.gcop.executability import mixture, wilson
 from exectune_jax.gcop.follow import exchange_digest
 from exectune_jax.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from exectune_jax.train.metrics import read_metrics
 from exectune_jax.world import summary_of
 
 REFERENCE = "exectune"
@@ -230,6 +233,8 @@ def guide_texts(guide_dir: Path, problems: Sequence[Problem], family: str, *, ad
     """Greedy guide output per problem, and the number of tokens the guide generated."""
     from transformers import AutoTokenizer
 
+    # local import: JAX loads only where guides sample; the demo's and the study's parent
+    # processes import this module for its tables and statistics, and never sample
     from exectune_jax.data.pipeline import encode_prompt
     from exectune_jax.models import hf, sampler
 
@@ -368,8 +373,6 @@ def follow_labels(rows: Sequence[RowData]) -> list[dict]:
 
 def rl_metrics(cfg: Config) -> dict[str, list[dict]]:
     """metrics.jsonl of the RL runs whose guides are in the table (their stage directories)."""
-    from exectune_jax.train.metrics import read_metrics
-
     guides, _ = guide_dirs(cfg)
     runs = {}
     for method in ("advisor_rl", "exectune"):
@@ -382,8 +385,6 @@ def rl_metrics(cfg: Config) -> dict[str, list[dict]]:
 
 def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]],
                   labels: Sequence[Mapping] = ()) -> list[Path]:
-    from exectune_jax import plots
-
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", doc)
     write_text_atomic(out / "results.md", markdown(doc))
@@ -396,9 +397,6 @@ def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]],
 
 
 def run(cfg: Config) -> int:
-    from exectune_jax.api import open_pool
-    from exectune_jax.data import tasks
-
     preflight.check(cfg, "eval")
     task = tasks.get(cfg.task.name, **cfg.task.options)
     problems = task.problems(cfg.eval.split)

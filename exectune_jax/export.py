@@ -53,6 +53,7 @@ from exectune_jax.io import write_json_atomic, write_text_atomic
 from exectune_jax.layout import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR
 from exectune_jax.models import hf, lora
 from exectune_jax.models.transformer import Transformer
+from exectune_jax.train.checkpoint import Checkpointer
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 CHECKPOINT_META = "meta"  # an item every checkpoint step holds (train/checkpoint.py)
@@ -116,8 +117,6 @@ def architecture_guide(cfg: Config, stage_dir: Path, run_dir: Path) -> Path | No
 
 def checkpoint_lora(checkpoints: Path, step: int) -> tuple[Path, LoraConfig] | None:
     """(frozen base, adapter spec) a LoRA checkpoint records in its meta; None for full weights."""
-    from exectune_jax.train.checkpoint import Checkpointer
-
     ckpt = Checkpointer(checkpoints, keep=max(1, len(_steps(checkpoints))))
     try:
         _, meta = ckpt.restore(step, target={})
@@ -216,8 +215,6 @@ def restore_checkpoint(checkpoints: Path, step: int, arch: Path, mesh, dtype,
     With `adapters`, `arch` is the frozen base, loaded whole, and the checkpoint's LoRA
     adapters are restored onto it (the model keeps them unmerged).
     """
-    from exectune_jax.train.checkpoint import Checkpointer
-
     if adapters is not None:
         model, _ = hf.load(arch, mesh=mesh, dtype=dtype)
         lora.apply(model, adapters, mesh=mesh)

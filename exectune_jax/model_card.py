@@ -23,9 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from exectune_jax.config import Config, to_dict
+from exectune_jax.config import Config, load_config, to_dict
+from exectune_jax.data import tasks
 from exectune_jax.data.tasks import Problem
 from exectune_jax.errors import UserError
+from exectune_jax.gcop import prompts
+from exectune_jax.train.metrics import read_metrics
 
 REDACTED = "<redacted>"
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -144,9 +147,6 @@ def base_model_id(cfg: Config) -> str | None:
 
 def guide_instruction(cfg: Config) -> str | None:
     """The line the guide prompt appends to a problem, for the card's usage example."""
-    from exectune_jax.data import tasks
-    from exectune_jax.gcop import prompts
-
     try:
         family = tasks.get(cfg.task.name, **cfg.task.options).family
     except UserError:  # the task's data may live only where training ran
@@ -161,8 +161,6 @@ TIMING = re.compile(r"^(step|time|lr|device_busy|tokens_per_s)$|_s$")
 def last_metrics(path: Path) -> dict[str, tuple[int, float]]:
     """metric -> (step, value) of its last record in a metrics.jsonl: numbers that describe the
     model (losses, rewards, rates), not the machine it ran on (times, throughput)."""
-    from exectune_jax.train.metrics import read_metrics
-
     out: dict[str, tuple[int, float]] = {}
     for record in read_metrics(path):
         for k, v in record.items():
@@ -306,8 +304,6 @@ RECIPE_FILES = ("config.yaml", "demo_config.yaml")  # resolved configs a run lea
 def recipe_config(cfg: Config, stage_dir: Path | None, run_dir: Path | None) -> tuple[Config, str]:
     """The config the run was trained with when it left one (a resolved config file in the stage
     or run directory), else the one `exectune export` was given."""
-    from exectune_jax.config import load_config
-
     for d in (stage_dir, run_dir):
         for name in RECIPE_FILES:
             if d is not None and (d / name).is_file():

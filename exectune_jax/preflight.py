@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from exectune_jax import layout
+from exectune_jax.api import providers
+from exectune_jax.api.ledger import PriceError, load_prices
 from exectune_jax.config import Config
+from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 
 STAGES = ("sample", "sft", "rl", "eval", "export", "demo")
@@ -173,9 +176,6 @@ def reward_judged(cfg: Config) -> bool:
 
 
 def endpoint_ready(cfg: Config, name: str) -> None:
-    from exectune_jax.api import providers
-    from exectune_jax.api.ledger import PriceError, load_prices
-
     ep = getattr(cfg.api, name)
     if ep is None:
         raise PreflightError(f"api.{name} is not set, and this stage calls it (rl.weights.judge "
@@ -209,7 +209,6 @@ def data(cfg: Config, stage: str) -> None:
         return
     reads = {"sample": ["train"], "rl": ["train"] + (["validation"] if cfg.rl.held_out else []),
              "eval": [cfg.eval.split], "demo": ["train"]}[stage]
-    from exectune_jax.data import tasks
 
     task = tasks.get(cfg.task.name, **cfg.task.options)
     for split in reads:

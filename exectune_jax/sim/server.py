@@ -38,6 +38,7 @@ from typing import Any
 
 from exectune_jax import tokens
 from exectune_jax.api.limits import TokenBucket
+from exectune_jax.sim import models
 from exectune_jax.sim.batches import BatchStore
 from exectune_jax.sim.truth import TruthLog
 from exectune_jax.sim.wire import (BadRequest, anthropic_error, anthropic_response, check_nesting, malformed_body,
@@ -143,8 +144,6 @@ class SimServer:
         return cls(cfg.host, cfg.port, cfg.latency_ms, cfg.rpm, cfg.fault_rate, cfg.seed, **kwargs)
 
     def _registry(self, name: str) -> Any:
-        from exectune_jax.sim import models
-
         return models.get(name, self.world)
 
     @property

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from exectune_jax import layout, preflight, resume
-from exectune_jax.api import Request
+from exectune_jax.api import Request, open_pool
 from exectune_jax.config import Config, SampleConfig
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks import Problem
@@ -293,8 +293,6 @@ def training_problems(cfg: Config):
 
 
 def run(cfg: Config, unfiltered: bool = False) -> int:
-    from exectune_jax.api import open_pool
-
     unfiltered = unfiltered or cfg.sample.unfiltered
     preflight.check(cfg, "sample", unfiltered=unfiltered)
     stage = cfg.sample.out

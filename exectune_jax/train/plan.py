@@ -25,8 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from exectune_jax import parallel
 from exectune_jax.config import Config
+from exectune_jax.data.pipeline import BATCH_KEYS
 from exectune_jax.errors import UserError
+from exectune_jax.models import hf, lora, sampler
+from exectune_jax.models.architecture import ModelConfig
+from exectune_jax.models.transformer import Transformer, init_cache
+from exectune_jax.train import rl_step
+from exectune_jax.train.optim import make_optimizer
+from exectune_jax.train.sft import base_guide_dir, make_train_step
+from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config
 
 GIB = 2**30
 HEADROOM = 0.9  # fraction of device memory a plan may use (allocator slack, runtime buffers)
@@ -124,8 +138,6 @@ class Plan:
 
 def per_device_bytes(tree: Any) -> int:
     """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (its largest shard)."""
-    import jax
-
     total = 0
     for leaf in jax.tree.leaves(tree):
         shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
@@ -153,14 +165,8 @@ def program_memory(name: str, compiled: Any, other_resident: int) -> ProgramMemo
 
 def model_config(cfg: Config):
     """The guide's architecture: a local HF dir's config.json, a known hub id, or the demo guide."""
-    from exectune_jax.models import hf
-    from exectune_jax.models.architecture import ModelConfig
-
     path = cfg.model.path
     if path is None:
-        from exectune_jax.train.sft import base_guide_dir
-        from exectune_jax.train.warmup import BaseGuideSpec, spec_from_config
-
         built = base_guide_dir(cfg)
         if (built / "config.json").exists():
             return hf.read_config(built)
@@ -193,14 +199,10 @@ def known_architecture(path: str) -> dict[str, Any] | None:
 
 
 def _dtype(name: str):
-    import jax.numpy as jnp
-
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
 def _sds(tree: Any, shardings: Any) -> Any:
-    import jax
-
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
@@ -211,14 +213,6 @@ def abstract_rl_state(cfg: Config, mcfg: Any, mesh: Any):
 
     The reference is None with LoRA (the policy without adapters serves as the reference).
     """
-    import jax
-    from flax import nnx
-
-    from exectune_jax import parallel
-    from exectune_jax.models import lora
-    from exectune_jax.models.transformer import Transformer
-    from exectune_jax.train import rl_step
-    from exectune_jax.train.optim import make_optimizer
 
     dtype, param_dtype = _dtype(cfg.model.dtype), _dtype(cfg.model.param_dtype)
     with parallel.use_mesh(mesh):
@@ -236,8 +230,6 @@ def abstract_rl_state(cfg: Config, mcfg: Any, mesh: Any):
 
 
 def _compute_copy(params: Any, dtype: Any) -> Any:
-    import jax
-
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding), params)
 
 
@@ -246,11 +238,6 @@ def _compute_copy(params: Any, dtype: Any) -> Any:
 
 
 def _batch_sds(layout: Any, mesh: Any) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from exectune_jax.train import rl_step
-
     shardings = rl_step.batch_shardings(mesh, layout)
     n, m, L = layout.n_micro, layout.micro, layout.seq_len
     shapes = {
@@ -275,16 +262,6 @@ def sft_program(cfg: Config, mcfg: Any, mesh: Any) -> tuple[str, Callable[[], An
     """The SFT step at `sft.batch_size` x `sft.seq_len` on the same mesh, as train/sft.py runs it:
     the split (model, optimizer) state donated and returned. SFT is its own process, so nothing
     else is resident beside it."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from exectune_jax import parallel
-    from exectune_jax.data.pipeline import BATCH_KEYS
-    from exectune_jax.models import lora
-    from exectune_jax.models.transformer import Transformer
-    from exectune_jax.train.optim import make_optimizer
-    from exectune_jax.train.sft import make_train_step
 
     sc = cfg.sft
     wrt = lora.trainable(cfg.model.lora)
@@ -311,14 +288,6 @@ def sft_program(cfg: Config, mcfg: Any, mesh: Any) -> tuple[str, Callable[[], An
 def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int], list[ProgramMemory]]:
     """Compile sampler prefill + decode, reference log-probs, the GRPO update and the SFT step;
     measure each."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from exectune_jax import parallel
-    from exectune_jax.models import lora, sampler
-    from exectune_jax.models.transformer import init_cache
-    from exectune_jax.train import rl_step
 
     graphdef, params, opt, ref, tx = abstract_rl_state(cfg, mcfg, mesh)
     resident = resident_state(cfg, mcfg, mesh)
@@ -394,8 +363,6 @@ def compile_programs(cfg: Config, mcfg: Any, mesh: Any) -> tuple[dict[str, int],
 
 def plan_devices(accelerator: Accelerator | None):
     """Real devices when they match the accelerator, else simulated CPU devices (or an error)."""
-    import jax
-
     if accelerator is None:
         return jax.devices(), False
     if accelerator.platform != "cpu":
@@ -424,8 +391,6 @@ def _capacity(accelerator: Accelerator | None, devices: list) -> int | None:
 
 
 def make_plan(cfg: Config, accelerator: str | None = None) -> Plan:
-    from exectune_jax import parallel
-
     acc = parse_accelerator(accelerator) if accelerator else None
     devices, simulated = plan_devices(acc)
     mesh = parallel.make_mesh(cfg.mesh, devices=devices)
