@@ -139,10 +139,10 @@ def judge_line(cfg: Config, core: Line, items: Sequence[tuple[Any, str]], judge_
 
 def guided_lines(cfg: Config, stage: str, items: Sequence[tuple[Any, str]], family: str,
                  calls_per_item: float, output: float, judge_output: float, scale: float, *,
-                 batchable: bool, replayed: float = 0.0, source: str = "") -> list[Line]:
-    """Guided core executions and the judge calls that check them; `replayed`: the share that
-    repeats an earlier request (its judge call then repeats too)."""
-    core = replace(core_line(cfg, stage, items, family, calls_per_item, output, scale,
+                 batchable: bool, replayed: float = 0.0, source: str = "", endpoint: str = "core") -> list[Line]:
+    """Guided core executions (by the core endpoint `endpoint`) and the judge calls that check
+    them; `replayed`: the share that repeats an earlier request (its judge call then repeats too)."""
+    core = replace(core_line(cfg, stage, items, family, calls_per_item, output, scale, endpoint=endpoint,
                              batchable=batchable), replayed=replayed, source=source)
     judge = judge_line(cfg, core, items, judge_output, scale)
     return [core] if judge is None else [core, replace(judge, replayed=replayed, source=source)]

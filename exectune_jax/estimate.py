@@ -174,18 +174,21 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
     with tasks.reading_as("eval"):
         test = tasks.get(cfg.task.name, **cfg.task.options).problems(ev.split)
     test = test[: ev.n_problems] if ev.n_problems is not None else test
-    lines.append(core_line(cfg, "eval", with_strategy(test, None), family, ev.samples, alone_out, scale,
-                           batchable=True))
     # trained guides' strategies are executed (the first one's all paid, the later ones' repeating
-    # it in part); advice and the base guide's text leave the core on its own
+    # it in part); advice and the base guide's text leave the core on its own. Each core of
+    # eval.cores executes them all, under its own stages
     executed = sum(name not in ev.advisor_methods and Path(path).name != BASE_GUIDE_DIR
                    for name, path in ev.guides.items())
-    for guides_n, out, replayed in ((min(executed, 1), core_out, 0.0), (executed - 1, core_out, repeat),
-                                    (len(ev.guides) - executed, advice_out, 0.0)):
-        if guides_n > 0:
-            lines += guided_lines(cfg, "eval", with_strategy(test, strategy), family, ev.samples * guides_n,
-                                  out, judge_out, scale, batchable=True, replayed=replayed,
-                                  source=f"stated {repeat:.0%}" if replayed else "")
+    for k, core in enumerate(ev.cores):
+        stage = "eval" if k == 0 else f"eval.{core}"
+        lines.append(core_line(cfg, stage, with_strategy(test, None), family, ev.samples, alone_out, scale,
+                               endpoint=core, batchable=True))
+        for guides_n, out, replayed in ((min(executed, 1), core_out, 0.0), (executed - 1, core_out, repeat),
+                                        (len(ev.guides) - executed, advice_out, 0.0)):
+            if guides_n > 0:
+                lines += guided_lines(cfg, stage, with_strategy(test, strategy), family, ev.samples * guides_n,
+                                      out, judge_out, scale, batchable=True, replayed=replayed,
+                                      source=f"stated {repeat:.0%}" if replayed else "", endpoint=core)
     if ev.core_strong and cfg.api.core_strong is not None:
         lines.append(core_line(cfg, "eval", with_strategy(test, None), family, ev.samples, alone_out,
                                scale, endpoint="core_strong", batchable=True))

@@ -84,6 +84,19 @@ def test_judge_calls_read_the_projected_reply_and_advice_lengthens_the_core_alon
     assert sum(ln.calls for ln in evals if ln.endpoint == "judge") == n * len(cfg.eval.guides)
 
 
+def test_each_listed_core_is_projected_to_execute_every_guide_under_its_own_stages_and_price():
+    cfg = load_config(None, [*SIZES, "eval.cores=[core, core_next]", "eval.core_strong=false"])
+    lines = estimate.project(cfg, None, rl_stages=())
+    first = [ln for ln in lines if ln.stage == "eval"]
+    other = [ln for ln in lines if ln.stage == "eval.core_next"]
+    assert {ln.endpoint for ln in first} == {"core", "judge"} and {ln.endpoint for ln in other} == {"core_next", "judge"}
+    assert {ln.model for ln in other if ln.endpoint == "core_next"} == {"sim-core-next"}
+    calls = lambda group: sorted((ln.endpoint.startswith("core"), ln.calls, ln.replayed) for ln in group)  # noqa: E731
+    assert calls(first) == calls(other)  # the same guides' strategies, executed and judged again
+    rows = {r["stage"]: r for r in cost.stage_table(load_prices(), lines)}
+    assert rows["eval.core_next"]["online_usd"] > rows["eval"]["online_usd"]  # a dearer core
+
+
 def test_trained_guides_repeat_requests_the_cache_replays_and_advice_does_not():
     cfg = load_config(None, SIZES)
     lines = estimate.project(cfg, None, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")),
