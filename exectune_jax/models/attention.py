@@ -190,7 +190,25 @@ def attend_splash(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
 
 
 def attend_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention: q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D].
+    """Grouped-query attention: q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] -> [B,T,H,D]
+    (`attend_heads_first` on the keys and values laid out head-major)."""
+    return attend_heads_first(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
+
+
+def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attend` over a head-major KV cache: q [B,T,H,D], k/v [B,K,S,D], mask [B,T,S].
+
+    A one-token decode step reads the cache as it lies (`attend_heads_first`), with no
+    transpose of the cache per step; several queries (a prefill) go through `attend`, so they
+    keep its kernel dispatch.
+    """
+    if q.shape[1] == 1:
+        return attend_heads_first(q, k, v, mask)
+    return attend(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
+
+
+def attend_heads_first(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention: q [B,T,H,D], k/v [B,K,S,D], mask [B,T,S] -> [B,T,H,D].
 
     Each KV head's G = H/K query heads are laid out as one [G*T, D] matrix, so both products
     are plain batched matmuls over (B, K) without repeating keys and values; on XLA:CPU this
@@ -199,10 +217,9 @@ def attend_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     query) gets a finite uniform distribution instead of NaN; its output is never used.
     """
     b, t, h, d = q.shape
-    s, kv_heads = k.shape[1], k.shape[2]
+    kv_heads, s = k.shape[1], k.shape[2]
     g = h // kv_heads
     q = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, d)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
     scores = scores * (d**-0.5)
     allowed = jnp.broadcast_to(mask[:, None, None], (b, 1, g, t, s)).reshape(b, 1, g * t, s)

@@ -313,8 +313,12 @@ def _decode(
     graphdef, state, cache, logits, positions, rng, max_new, temperature, top_p, top_k,
     stop_seqs, *, pad_id, gen_len, filtered,
 ):
-    """Samples, records and feeds back one token per step until all rows stop or max_new."""
+    """Samples, records and feeds back one token per step until all rows stop or max_new.
+
+    The layers' weights are sliced out of their stacks once, before the loop, not per step.
+    """
     model = nnx.merge(graphdef, state)
+    layers = model.layer_weights()
     batch = logits.shape[0]
     init = dict(
         step=jnp.int32(0),
@@ -340,13 +344,12 @@ def _decode(
         live = ~s["done"]
         token = jnp.where(live, token, pad_id)
         history = jnp.concatenate([s["history"][:, 1:], token[:, None]], axis=1)
-        logits, cache = model(
-            token[:, None], s["positions"][:, None], cache=s["cache"]
-        )
+        x, cache = model.hidden(token[:, None], s["positions"][:, None], cache=s["cache"],
+                                layers=layers)
         return dict(
             step=s["step"] + 1,
             cache=cache,
-            logits=logits[:, -1],
+            logits=model.logits(x[:, -1]),
             positions=s["positions"] + 1,
             tokens=s["tokens"].at[:, s["step"]].set(token),
             logprobs=s["logprobs"].at[:, s["step"]].set(jnp.where(live, logprob, 0.0)),

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from exectune_jax.models.architecture import ModelConfig, ModelConfigError
-from exectune_jax.models.attention import attend, attention_mask
+from exectune_jax.models.attention import attend, attend_cache, attention_mask
 from exectune_jax.parallel import with_logical_constraint
 
 ACTIVATION_AXES = ("batch", "length", "embed")
@@ -76,10 +76,11 @@ class KVCache:
     """Keys/values of every layer, stacked, plus which slots hold which segment.
 
     All rows write at the same slot (`index`), so prompts are left-padded by the sampler; a
-    padding slot keeps segment 0 and is never attended by real tokens.
+    padding slot keeps segment 0 and is never attended by real tokens. Keys and values are
+    head-major, so a decode step reads a layer's cache as attention wants it, without a copy.
     """
 
-    k: jax.Array  # [layers, B, S, K, D]
+    k: jax.Array  # [layers, B, K, S, D]
     v: jax.Array
     segment_ids: jax.Array  # [B, S] int32, 0 = empty or padding
     index: jax.Array  # int32 scalar: the next slot to write
@@ -90,7 +91,7 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return KVCache(
         k=jnp.zeros(shape, dtype),
         v=jnp.zeros(shape, dtype),
@@ -155,11 +156,11 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, mask, inv_freq, cache, key=None):
         """Returns (output, cache).
 
-        `cache` is None or (k, v, layer, index): the stacked caches [layers, B, S, K, D] of
-        every layer; this layer's new keys are written at [layer, :, index] and it attends
-        over its own slice. Writing into the stacked arrays (a scan carry) keeps the update
-        in place instead of copying a layer's cache on every decode step. `key`: this layer's
-        adapter-dropout randomness (None: no dropout).
+        `cache` is None or (k, v, layer, index): the stacked head-major caches
+        [layers, B, K, S, D] of every layer; this layer's new keys are written at
+        [layer, :, :, index] and it attends over its own slice. Writing into the stacked
+        arrays (a scan carry) keeps the update in place instead of copying a layer's cache on
+        every decode step. `key`: this layer's adapter-dropout randomness (None: no dropout).
         """
         b, t, _ = x.shape
         q = self.q_proj(x, key).reshape(b, t, self.num_heads, self.head_dim)
@@ -170,12 +171,15 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if cache is not None:
             all_k, all_v, layer, index = cache
-            start = (layer, 0, index, 0, 0)
-            all_k = jax.lax.dynamic_update_slice(all_k, k[None].astype(all_k.dtype), start)
-            all_v = jax.lax.dynamic_update_slice(all_v, v[None].astype(all_v.dtype), start)
-            k, v = all_k[layer], all_v[layer]
+            start = (layer, 0, 0, index, 0)
+            new_k, new_v = (x.swapaxes(1, 2)[None].astype(all_k.dtype) for x in (k, v))
+            all_k = jax.lax.dynamic_update_slice(all_k, new_k, start)
+            all_v = jax.lax.dynamic_update_slice(all_v, new_v, start)
             cache = (all_k, all_v, layer, index)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            out = attend_cache(q, all_k[layer].astype(q.dtype), all_v[layer].astype(q.dtype),
+                               mask)
+        else:
+            out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         return self.o_proj(out.reshape(b, t, -1), key), cache
 
 
@@ -272,11 +276,14 @@ class Transformer(nnx.Module):
         return logits if cache is None else (logits, cache)
 
     def hidden(self, tokens, positions, *, segment_ids=None, cache: KVCache | None = None,
-               dropout_key: jax.Array | None = None):
+               dropout_key: jax.Array | None = None, layers: list | None = None):
         """(final-normed hidden states [B,T,E], updated cache or None): all but the head.
 
         `dropout_key` turns on the LoRA adapters' dropout (models/lora.py), one key per layer
         folded from it; None (sampling, log-probs, RL, eval) computes without dropout.
+        `layers` (from `layer_weights`) runs the blocks one after another on those per-layer
+        arrays instead of scanning the stacked ones: a scan slices (copies) every layer's
+        weights out of the stack on each call, which a decode loop would pay on every token.
         """
         t = tokens.shape[1]
         if segment_ids is None:
@@ -310,11 +317,20 @@ class Transformer(nnx.Module):
         if policy is not None:
             block = jax.checkpoint(block, policy=policy)
         kv = None if cache is None else (cache.k, cache.v)
-        (x, kv), _ = jax.lax.scan(block, (x, kv), (stacked, jnp.arange(self.cfg.num_layers)))
+        if layers is None:
+            (x, kv), _ = jax.lax.scan(block, (x, kv), (stacked, jnp.arange(self.cfg.num_layers)))
+        else:
+            for layer, weights in enumerate(layers):
+                (x, kv), _ = block((x, kv), (weights, layer))
         x = self.final_norm(x)
         if cache is None:
             return x, None
         return x, KVCache(kv[0], kv[1], kv_segments, cache.index + t)
+
+    def layer_weights(self) -> list:
+        """Each layer's parameters as arrays of their own, for `hidden(..., layers=...)`."""
+        _, stacked = nnx.split(self.layers)
+        return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.cfg.num_layers)]
 
     def head(self) -> jax.Array:
         """The output projection [E, V] in the compute dtype (the embedding when tied)."""
