@@ -125,9 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "in the run's own world; adds its tables and plot to study.md")
             p.add_argument("--rl-validation", action="store_true",
                            help="instead, the validation run of docs/rl.md: per seed, in "
-                                "run_dir/rl-validation/seed-N, SFT then RL with the default and "
-                                "the candidate setting, scored on the validation split; the "
-                                "rule's verdict in run_dir/rl_validation.json and .md")
+                                "run_dir/rl-validation/seed-N, SFT then RL from that SFT guide "
+                                "with the config as given and with the --candidate settings, "
+                                "scored on the validation split; the rule's verdict in "
+                                "run_dir/rl_validation.json and .md")
+            p.add_argument("--candidate", action="append", default=None, metavar="KEY=VALUE",
+                           help="with --rl-validation (which needs one): the rl.* overrides "
+                                "the candidate RL arm adds to the config, e.g. --candidate "
+                                "'rl.problems=after_sample rl.max_extra_groups=8'; may repeat")
         if name == "sample":
             p.add_argument("--unfiltered", action="store_true",
                            help="keep every well-formed teacher strategy (the SFT-guide baseline)")

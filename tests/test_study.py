@@ -185,6 +185,11 @@ def validation_results(cells: dict[str, tuple[float, float]], split: str = "vali
         for m, (acc, alpha) in cells.items()]}
 
 
+POOL_ON = "rl.problems=after_sample rl.max_extra_groups=8"  # docs/rl.md's candidate, one value
+POOL_SIZES = ["task.options={n_train: 2400, n_validation: 500, n_test: 500}",
+              "sample.n_problems=2000"]  # 400 train problems after acceptance's
+
+
 def seeds_of(*per_seed: tuple[tuple[float, float], ...]) -> dict[int, dict]:
     """Seeds 0, 1, 2 from (exectune_sft, rl_default, rl_candidate) cells."""
     return {s: validation_results(dict(zip(rl_validation.RL_VALIDATION_GUIDES, cells)))
@@ -196,7 +201,8 @@ def test_the_candidate_replaces_the_default_with_higher_accuracy_in_two_seeds_an
     # seed 1 (allowed: not lower by *more* than 2); RL beats SFT in 2 seeds only as the candidate
     doc = rl_validation.validation_verdict(seeds_of(((0.900, 0.80), (0.910, 0.80), (0.920, 0.81)),
                                             ((0.900, 0.80), (0.895, 0.82), (0.890, 0.80)),
-                                            ((0.900, 0.80), (0.900, 0.80), (0.904, 0.80))))
+                                            ((0.900, 0.80), (0.900, 0.80), (0.904, 0.80))),
+                                           [POOL_ON])
     cand = doc["candidate_vs_default"]
     assert [p["higher"] for p in cand["per_seed"]] == [True, False, True]
     assert cand["per_seed"][1]["alpha_drop_points"] == pytest.approx(2.0)
@@ -209,13 +215,15 @@ def test_the_candidate_replaces_the_default_with_higher_accuracy_in_two_seeds_an
     md = rl_validation.rl_validation_table(doc)
     assert "| 1 | rl_default | 500 | 89.5 [86.5, 92.5] | 82.0 [78.0, 86.0] |" in md
     assert "Verdict: the candidate replaces the default; RL beats exectune_sft (rl_candidate)" in md
+    assert f"- the candidate (`{POOL_ON}`) replaces the default: **yes**" in md
 
 
 def test_the_default_stays_when_the_candidate_loses_alpha_in_one_seed_or_wins_one_seed_only():
     # higher accuracy in every seed, but α 2.5 points lower in seed 2: the default stays
     alpha_lost = rl_validation.validation_verdict(seeds_of(((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
                                                    ((0.90, 0.800), (0.91, 0.800), (0.92, 0.800)),
-                                                   ((0.90, 0.800), (0.91, 0.800), (0.92, 0.775))))
+                                                   ((0.90, 0.800), (0.91, 0.800), (0.92, 0.775))),
+                                                  [POOL_ON])
     cand = alpha_lost["candidate_vs_default"]
     assert (cand["higher_in"], cand["accuracy_ok"], cand["alpha_ok"], cand["passes"]) == (3, True, False, False)
     assert alpha_lost["verdict"]["kept"] == "rl_default"
@@ -223,7 +231,8 @@ def test_the_default_stays_when_the_candidate_loses_alpha_in_one_seed_or_wins_on
     # one seed of three higher, ties are not higher; no RL beats SFT
     one_seed = rl_validation.validation_verdict(seeds_of(((0.90, 0.8), (0.90, 0.8), (0.91, 0.8)),
                                                  ((0.90, 0.8), (0.90, 0.8), (0.90, 0.8)),
-                                                 ((0.90, 0.8), (0.91, 0.8), (0.89, 0.8))))
+                                                 ((0.90, 0.8), (0.91, 0.8), (0.89, 0.8))),
+                                                [POOL_ON])
     assert one_seed["candidate_vs_default"]["higher_in"] == 1
     assert one_seed["verdict"] == {"candidate_replaces_default": False, "kept": "rl_default",
                                    "rl_beats_sft": [], "kept_beats_sft": False}
@@ -236,12 +245,14 @@ def test_the_rl_validation_reads_finished_seeds_back_and_refuses_the_test_split(
         where = tmp_path / rl_validation.RL_VALIDATION / f"seed-{seed}" / rl_validation.RL_VALIDATION_OUT
         where.mkdir(parents=True)
         (where / "results.json").write_text(json.dumps(doc))
-    assert main(["study", "--rl-validation", f"run_dir={tmp_path}"]) == 0  # no stage reruns
-    saved = json.loads((tmp_path / "rl_validation.json").read_text())
+    assert main(["study", "--rl-validation", f"run_dir={tmp_path}", "--candidate", POOL_ON,
+                 *POOL_SIZES]) == 0
+    saved = json.loads((tmp_path / "rl_validation.json").read_text())  # no stage reran
     assert saved["seeds"] == [0, 1, 2] and saved["verdict"]["candidate_replaces_default"]
     assert (tmp_path / "rl_validation.md").read_text() == rl_validation.rl_validation_table(saved)
     with pytest.raises(UserError, match="test split"):
-        rl_validation.validation_verdict({0: validation_results({"exectune_sft": (0.9, 0.8)}, split="test")})
+        rl_validation.validation_verdict(
+            {0: validation_results({"exectune_sft": (0.9, 0.8)}, split="test")}, [POOL_ON])
 
 
 def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp_path):
@@ -250,10 +261,10 @@ def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp
     from exectune_jax.evaluate import guide_dirs
 
     cfg = recipe.prepare(Config(), str(tmp_path), quick=False)
-    configs = rl_validation.rl_validation_configs(cfg)
+    configs = rl_validation.rl_validation_configs(cfg, ["rl.max_extra_groups=8", "rl.lr=3e-5"])
     assert configs["rl"] == recipe.stage_configs(cfg)["rl"]
-    assert configs["rl_candidate"] == recipe.with_values(configs["rl"], {"rl.name": "rl_candidate",
-                                                                       **rl_validation.RL_CANDIDATE})
+    assert configs["rl_candidate"] == recipe.with_values(configs["rl"], {
+        "rl.name": "rl_candidate", "rl.max_extra_groups": 8, "rl.lr": 3e-5})
     ev = configs["eval_validation"].eval
     assert (ev.split, ev.n_problems, ev.core_strong, ev.out, ev.advisor_methods) == (
         "validation", None, False, "rl_validation", [])
@@ -267,3 +278,112 @@ def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp
     assert {m: p.relative_to(tmp_path).as_posix() for m, p in guide_dirs(read)[0].items()} == {
         "exectune_sft": "sft/guide", "rl_default": "rl/guide", "rl_candidate": "rl_candidate/guide"}
     assert cfg.task.options["n_validation"] == 500 and cfg.rl.steps == 30
+
+
+def test_one_candidate_value_holds_several_overrides_and_a_flow_value_keeps_its_spaces(tmp_path):
+    from exectune_jax.config import load_config
+    from exectune_jax.demo import recipe
+    from exectune_jax.study import rl_candidate
+
+    assert rl_candidate.overrides([POOL_ON]) == ["rl.problems=after_sample",
+                                                 "rl.max_extra_groups=8"]
+    assert rl_candidate.overrides(["rl.weights={improve: 1, harm: 0}", "rl.lr=3e-5"]) == [
+        "rl.weights={improve: 1, harm: 0}", "rl.lr=3e-5"]
+    cfg = recipe.prepare(load_config(None, POOL_SIZES), str(tmp_path), quick=False)
+    candidate = [*rl_candidate.overrides([POOL_ON]), "rl.weights={improve: 1, harm: 0}"]
+    arm = rl_validation.rl_validation_configs(cfg, candidate)["rl_candidate"]
+    # the arms share every stage up to SFT and differ in RL by the candidate alone
+    default = recipe.stage_configs(cfg)["rl"]
+    assert arm == recipe.with_values(default, {
+        "rl.name": "rl_candidate", "rl.problems": "after_sample", "rl.max_extra_groups": 8,
+        "rl.weights": {"improve": 1.0, "harm": 0.0}})
+    assert arm.rl.init == default.rl.init == str(tmp_path / "sft" / "guide")  # one SFT guide
+    rl_candidate.check_pool(arm)
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], "give the rl.* settings it changes as --candidate KEY=VALUE"),
+    (["--candidate", "rl.problem=after_sample"],
+     "unknown key `rl.problem`; did you mean `rl.problems`?"),
+    (["--candidate", "sft.lr=1e-3"], "only rl.* settings may differ between the arms"),
+    (["--candidate", "rl.init=guides/other"], "the validation run sets `rl.init`"),
+    (["--candidate", "rl.name=rl"], "the validation run sets `rl.name`"),
+    (["--candidate", "rl.max_extra_groups=-1"],
+     "`rl.max_extra_groups` is -1; it must be in [0, inf)"),
+    (["--candidate", "rl.advantage=dr_grpo rl.max_extra_groups=0"],
+     "leaves the RL config as the default arm's"),
+    (["--candidate", "rl.problems=after_sample"],
+     "`rl.problems` is 'after_sample' and leaves no problem"),
+    (["--candidate", "rlproblems"], "override 'rlproblems' must look like section.key=value"),
+])
+def test_a_missing_or_bad_candidate_is_refused_in_one_line_before_any_stage(tmp_path, capsys, args,
+                                                                            says):
+    # the last but one: at the demo's sizes acceptance covers the whole train split, so the
+    # pool is refused before acceptance sampling and SFT rather than at the candidate's RL
+    assert main(["study", "--rl-validation", f"run_dir={tmp_path}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert not (tmp_path / rl_validation.RL_VALIDATION).exists()
+
+
+def test_a_candidate_without_rl_validation_is_refused(tmp_path, capsys):
+    assert main(["study", f"run_dir={tmp_path}", "--candidate", POOL_ON]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--candidate names the second RL arm of --rl-validation" in err
+
+
+def test_a_seed_whose_candidate_arm_ran_with_other_settings_is_not_read_back_under_this_one(
+        tmp_path, capsys):
+    from exectune_jax.config import dump, load_config
+    from exectune_jax.demo import recipe
+    from exectune_jax.study.seeds import seed_config
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", *POOL_SIZES])
+    for seed, doc in seeds_of(*[((0.90, 0.8), (0.91, 0.8), (0.92, 0.8))] * 3).items():
+        out = tmp_path / rl_validation.RL_VALIDATION / f"seed-{seed}"
+        (out / rl_validation.RL_VALIDATION_OUT).mkdir(parents=True)
+        (out / rl_validation.RL_VALIDATION_OUT / "results.json").write_text(json.dumps(doc))
+        ran = ["rl.problems=after_sample", f"rl.max_extra_groups={4 if seed == 1 else 8}"]
+        seed_cfg = recipe.prepare(seed_config(cfg, seed), str(out), False)
+        arm = rl_validation.rl_validation_configs(seed_cfg, ran)["rl_candidate"]
+        (out / "rl_candidate").mkdir()
+        dump(arm, out / "rl_candidate" / "config.yaml")  # as the arm's RL stage records it
+    command = ["study", "--rl-validation", f"run_dir={tmp_path}", *POOL_SIZES,
+               "--candidate", POOL_ON]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed-1/rl_candidate ran with rl.max_extra_groups 4" in err
+    assert not (tmp_path / "rl_validation.json").exists()
+    seed_1 = tmp_path / rl_validation.RL_VALIDATION / "seed-1" / "rl_candidate" / "config.yaml"
+    dump(recipe.with_values(load_config(seed_1), {"rl.max_extra_groups": 8}), seed_1)
+    assert main(command) == 0
+    saved = json.loads((tmp_path / "rl_validation.json").read_text())
+    assert saved["candidate"] == ["rl.problems=after_sample", "rl.max_extra_groups=8"]
+
+
+def test_the_arms_summaries_count_dynamic_sampling_and_core_calls_where_their_runs_logged_them():
+    from exectune_jax.train.rollouts import CALL_KEYS
+
+    new = [{"step": 1, "groups_with_spread": 1.0, "drawn_with_spread": 0.8, "groups_extra": 3,
+            "groups_replaced": 2, "groups_unfilled": 0, "core_calls_paid": 30,
+            "core_calls_replayed": 58, "kl": 0.0},
+           {"step": 2, "groups_with_spread": 0.875, "drawn_with_spread": 0.7, "groups_extra": 8,
+            "groups_replaced": 4, "groups_unfilled": 1, "core_calls_paid": 20,
+            "core_calls_replayed": 100, "kl": 0.01}]
+    summary = rl_validation.rl_run_summary(new)
+    assert set(CALL_KEYS) <= set(rl_validation.RL_RUN_COUNTS) <= set(rl_validation.RL_RUN_KEYS)
+    assert summary["groups_extra"] == {"mean": 5.5, "first": 3, "last": 8, "total": 11}
+    assert summary["core_calls_paid"]["total"] == 50
+    assert summary["core_calls_replayed"]["total"] == 158
+    assert summary["groups_with_spread"] == {"mean": 0.9375, "first": 1.0, "last": 0.875}
+    assert summary["entropy"] is None
+    old = rl_validation.rl_run_summary([{"step": 1, "groups_with_spread": 0.5, "kl": 0.0}])
+    md = rl_validation.rl_runs_table({"0": {"rl": old, "rl_candidate": summary}})
+    header = next(line for line in md.splitlines() if line.startswith("| seed | run | steps |"))
+    assert header == ("| seed | run | steps | groups_with_spread | drawn_with_spread | "
+                      "groups_extra | groups_replaced | groups_unfilled | core_calls_paid | "
+                      "core_calls_replayed | kl |")
+    assert ("| 0 | rl_candidate | 2 | 0.938 (1 → 0.875) | 0.75 (0.8 → 0.7) | 11; 5.5 (3 → 8) |"
+            in md)
+    assert "| 0 | rl | 1 | 0.5 (0.5 → 0.5) | – | – |" in md
+    assert "groups_extra" not in rl_validation.rl_runs_table({"0": {"rl": old}})  # an earlier run's

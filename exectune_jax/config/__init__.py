@@ -22,10 +22,12 @@ from exectune_jax.config.docs import (
     to_dict,
 )
 from exectune_jax.config.loader import (
+    apply_overrides,
     in_range,
     load_config,
     numeric_fields,
     parse_interval,
+    parse_override,
     section_types,
     sections,
     validate,
@@ -56,7 +58,7 @@ __all__ = [
     "LORA_TARGETS", "PACKAGE_CONFIGS", "SIM_URL", "ApiConfig", "Config", "ConfigError",
     "EndpointConfig", "EvalConfig", "ExportConfig", "LoraConfig", "MeshConfig", "MetricsConfig",
     "ModelConfig", "ResumeConfig", "RlConfig", "SampleConfig", "SftConfig", "SimConfig",
-    "TaskConfig", "dump", "field_docs", "flat", "in_range", "load_config", "numeric_fields",
-    "parse_interval", "render", "section_doc", "section_help", "section_types", "sections",
-    "to_dict", "validate",
+    "TaskConfig", "apply_overrides", "dump", "field_docs", "flat", "in_range", "load_config",
+    "numeric_fields", "parse_interval", "parse_override", "render", "section_doc", "section_help",
+    "section_types", "sections", "to_dict", "validate",
 ]

@@ -58,13 +58,13 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]
     return layers + [(data, str(path))]
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str, source: str = "command line") -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a","b","c"], value parsed as a YAML scalar/flow value)."""
     if "=" not in text:
-        raise ConfigError(f"command line: override {text!r} must look like section.key=value")
+        raise ConfigError(f"{source}: override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"command line: override {text!r} has an empty key")
+        raise ConfigError(f"{source}: override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
@@ -189,9 +189,16 @@ def load_config(
     for path in paths or ():
         for data, source in read_yaml(resolve_config_path(path)):
             config = _apply(config, data, f"config file {source}")
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: Sequence[str],
+                    source: str = "command line") -> Config:
+    """`config` with dotted `key=value` overrides layered on as the command line layers them
+    (mappings merge), then validated; errors name `source`."""
     for text in overrides:
-        keys, value = parse_override(text)
-        config = _apply(config, _nest(keys, value), "command line")
+        keys, value = parse_override(text, source)
+        config = _apply(config, _nest(keys, value), source)
     validate(config)
     return config
 

@@ -13,11 +13,13 @@ to both (a run of either kind keeps the other's as it was) and study_sensitivity
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from exectune_jax import plots
 from exectune_jax.config import Config
+from exectune_jax.errors import UserError
 from exectune_jax.study.ablations import ABLATIONS, ablations_complete, run_ablations
 from exectune_jax.study.across_seeds import aggregate, all_rows
 from exectune_jax.study.rl_validation import run_rl_validation
@@ -29,12 +31,18 @@ __all__ = ["run"]
 
 
 def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
-        sensitivity: bool = False, rl_validation: bool = False, **_: Any) -> int:
+        sensitivity: bool = False, rl_validation: bool = False,
+        candidate: Sequence[str] | None = None, **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
-    with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says)."""
+    with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says); with
+    `rl_validation`, the validation run of the default RL against `candidate` instead."""
     root = Path(cfg.run_dir)
+    if candidate and not rl_validation:
+        raise UserError("--candidate names the second RL arm of --rl-validation; add "
+                        "--rl-validation, or leave it out")
     if rl_validation:
-        return run_rl_validation(cfg, parse_seeds(seeds or "0,1,2", least=1), quick)
+        return run_rl_validation(cfg, parse_seeds(seeds or "0,1,2", least=1), quick,
+                                 candidate or [])
     if sensitivity:
         sweep = run_sweep(cfg, parse_seeds(seeds or "0", least=1), quick)
         if sweep is None:
