@@ -36,6 +36,7 @@ examples:
   exectune estimate --config configs/demo.yaml run_dir=runs/a --pilot 8
   exectune study run_dir=runs/study --seeds 0,1,2     # the demo per seed, mean ± sd, pooled tests
   exectune study run_dir=runs/study --sensitivity     # ablation (d): the demo in 4 more worlds
+  exectune study run_dir=runs/rlv --rl-validation --candidate rl.lr=3e-5   # docs/rl.md's rule
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
