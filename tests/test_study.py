@@ -281,7 +281,7 @@ def test_the_validation_stages_differ_from_the_demo_only_where_the_rule_says(tmp
 
 
 def test_one_candidate_value_holds_several_overrides_and_a_flow_value_keeps_its_spaces(tmp_path):
-    from exectune_jax.config import load_config
+    from exectune_jax.config import dump, load_config
     from exectune_jax.demo import recipe
     from exectune_jax.study import rl_candidate
 
@@ -299,6 +299,8 @@ def test_one_candidate_value_holds_several_overrides_and_a_flow_value_keeps_its_
         "rl.weights": {"improve": 1.0, "harm": 0.0}})
     assert arm.rl.init == default.rl.init == str(tmp_path / "sft" / "guide")  # one SFT guide
     rl_candidate.check_pool(arm)
+    dump(arm, tmp_path / "rl_candidate.yaml")  # the arm survives the hand-off to its process
+    assert load_config(tmp_path / "rl_candidate.yaml") == arm
 
 
 @pytest.mark.parametrize("args, says", [
@@ -336,6 +338,7 @@ def test_a_seed_whose_candidate_arm_ran_with_other_settings_is_not_read_back_und
         tmp_path, capsys):
     from exectune_jax.config import dump, load_config
     from exectune_jax.demo import recipe
+    from exectune_jax.sim.embedded import with_sim_url
     from exectune_jax.study.seeds import seed_config
 
     cfg = load_config(None, [f"run_dir={tmp_path}", *POOL_SIZES])
@@ -347,7 +350,9 @@ def test_a_seed_whose_candidate_arm_ran_with_other_settings_is_not_read_back_und
         seed_cfg = recipe.prepare(seed_config(cfg, seed), str(out), False)
         arm = rl_validation.rl_validation_configs(seed_cfg, ran)["rl_candidate"]
         (out / "rl_candidate").mkdir()
-        dump(arm, out / "rl_candidate" / "config.yaml")  # as the arm's RL stage records it
+        # as the arm's RL stage records it: its sim endpoints at the runner's loopback server
+        dump(with_sim_url(recipe.with_values(arm, {"metrics.progress": False}), "http://127.0.0.1:9"),
+             out / "rl_candidate" / "config.yaml")
     command = ["study", "--rl-validation", f"run_dir={tmp_path}", *POOL_SIZES,
                "--candidate", POOL_ON]
     assert main(command) == 2
