@@ -121,6 +121,14 @@ class WorldSpec:
     # better: a guide's strategies transfer to it, but the best style for it is another.
     core_next_follow: tuple[tuple[str, float], ...] = (
         ("atomic", 0.95), ("prose", 0.92), ("compound", 0.80), ("verbose", 0.45), ("vague", 0.40))
+    # How a core carries out a step of a code strategy (task funcs, sim/code_follow.py), by kind,
+    # for every core. One imperative step is one line of code, as reliable as one arithmetic
+    # operation; prose and long steps read as in arith. A filter then a map in one step is one
+    # list comprehension to a coder, so a merged step is dropped less often than a chained
+    # arithmetic one; a vague number ("the given amount") can be looked up in the docstring, so
+    # it stops the core less often than a vague arithmetic referent.
+    code_follow: tuple[tuple[str, float], ...] = (
+        ("atomic", 0.98), ("prose", 0.85), ("compound", 0.75), ("verbose", 0.30), ("vague", 0.45))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,12 +150,15 @@ class WorldSpec:
 # Each field added after version 2 -> the value under which the world behaves as version 2 did.
 # Adding a field leaves every earlier world's hash as it was (results.json, the published tables,
 # a study resumed in its run_dir); any other value of the field changes the hash. Version 2 had
-# no sim-core-next, so the values it was added with leave version 2's behaviour as it was.
+# no sim-core-next and no code world, so the values they were added with leave version 2's
+# behaviour as it was.
 SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0, "judge_false_no": 0.0,
                             "core_recovers": 0.0, "named_op_value": 0.0,
                             "core_next": CoreProfile(intercept=1.13, slope=0.075, flip=0.03, slip=0.002),
                             "core_next_follow": (("atomic", 0.95), ("prose", 0.92), ("compound", 0.80),
-                                                 ("verbose", 0.45), ("vague", 0.40))}
+                                                 ("verbose", 0.45), ("vague", 0.40)),
+                            "code_follow": (("atomic", 0.98), ("prose", 0.85), ("compound", 0.75),
+                                            ("verbose", 0.30), ("vague", 0.45))}
 
 WORLD = WorldSpec()
 
@@ -183,6 +194,7 @@ PROFILES = ("core", "core_strong", "core_next")
 # a core profile with its own follow probabilities -> the field that holds them (kind -> p)
 FOLLOW_PROFILES = {"core_next": "core_next_follow"}
 FOLLOW_KINDS = ("atomic", "prose", "compound", "verbose", "vague")
+FOLLOWS = (*FOLLOW_PROFILES.values(), "code_follow")  # the fields that map each kind to a probability
 
 
 def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: str = "") -> WorldSpec:
@@ -204,7 +216,7 @@ def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: st
             raise ValueError(f"`{name}` is not a value of the simulated world (known: {', '.join(names)})")
         if key in PROFILES:
             changes[key] = _profile(getattr(base, key), value, name)
-        elif key in FOLLOW_PROFILES.values():
+        elif key in FOLLOWS:
             changes[key] = _follow(getattr(base, key), value, name)
         elif key in MIXES:
             changes[key] = _mix(getattr(base, key), value, name)

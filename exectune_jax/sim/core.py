@@ -19,7 +19,8 @@ off-track core re-solves the problem from the start at its own rate with probabi
 its own reasoning `named_op_value` of that operation's difficulty.
 Where it sets a strategy aside it says so in one sentence, unless the world's
 `core_announces_aside` is false (then only its computations show it). Every number it behaves
-by is a field of `world.py`'s `WorldSpec`.
+by is a field of `world.py`'s `WorldSpec`. A `funcs` code problem it answers in Python
+(`sim/coder.py`); other code problems are outside the simulator.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from fractions import Fraction
 from exectune_jax.data.tasks.answers import numbers_in
 from exectune_jax.data.tasks.arith import Program, apply_op, operand_value, parse_problem, run_program
 from exectune_jax.gcop import prompts
-from exectune_jax.sim import follow, hints
+from exectune_jax.sim import coder, follow, hints
 from exectune_jax.sim.steps import SYMBOLS, show
 from exectune_jax.world import WORLD, WorldSpec, following
 
@@ -107,8 +108,12 @@ class SimCore:
         rng = sample_rng(self.name, messages, temperature, seed)
         problem = prompts.problem_text(messages)
         strategy = prompts.strategy_text(messages)
-        if prompts.family_of(messages) == "code":  # outside the simulator: it follows no strategy
-            return Reply(_code_reply(problem), None if strategy is None else False)
+        if prompts.family_of(messages) == "code":
+            written = coder.respond(self, problem, strategy, rng, unit("latent", problem),
+                                    lambda i: follow_draw(self.name, problem, strategy, i, seed))
+            if written is None:  # not a funcs problem: outside the simulator, it follows no strategy
+                return Reply(_code_reply(problem), None if strategy is None else False)
+            return Reply(*written)
         if strategy is None:
             return Reply(self._attempt(problem, rng), None)
         run = follow.execute(

@@ -7,7 +7,8 @@ false) the strategy's steps, read as the core's step language, must each appear 
 response's computation of the same step, in order, on the operands the step names (an
 arithmetic slip is still following). Read from the computations alone it can be wrong: a core
 that sets the strategy aside and happens to compute the same steps looks as if it followed.
-It never sees what the core "really" did; the server keeps that apart.
+It never sees what the core "really" did; the server keeps that apart. For a `funcs` code
+problem it reads the response's code instead: one line per operation the strategy names.
 
 Then, like a real judge model, it errs at the world's stated rates: a "no" reading is answered
 "yes" with probability `judge_false_yes` and a "yes" reading "no" with `judge_false_no`, decided
@@ -22,9 +23,11 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from exectune_jax.data.tasks import funcs
+from exectune_jax.data.tasks.code import extract_code
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.trace import number, read_lines
-from exectune_jax.sim import follow
+from exectune_jax.sim import code_follow, follow
 from exectune_jax.sim.core import unit
 from exectune_jax.sim.steps import SYMBOLS
 from exectune_jax.world import WORLD, WorldSpec
@@ -32,6 +35,7 @@ from exectune_jax.world import WORLD, WorldSpec
 _ASIDE = re.compile(r"cannot follow the strategy|cannot carry out|my own way|ignore the strategy",
                     re.IGNORECASE)
 _COMPUTED = re.compile(r"(-?\d+(?:\.\d+)?) ([-+*/]) (-?\d+(?:\.\d+)?) = (-?\d+(?:\.\d+)?)")
+_PLAIN_RETURNS = (("ret_list", None), ("ret_text", None))
 _CLAIMED = re.compile(r"the strategy says the answer is (-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
@@ -46,6 +50,9 @@ def decide(problem: str, strategy: str, response: str, *, read_aside: bool = Tru
     commentary."""
     if read_aside and _ASIDE.search(response):
         return False, "the response sets the strategy aside and solves the problem its own way"
+    program = funcs.parse_problem(problem)
+    if program is not None:
+        return decide_code(program, strategy, response)
     sentences, block, why = follow.sentences_of(strategy)
     if sentences is None:
         return False, f"the strategy has no steps the response could carry out ({why})"
@@ -84,6 +91,26 @@ def decide(problem: str, strategy: str, response: str, *, read_aside: bool = Tru
     if next(lines, None) is not None:
         return False, "the response computes more than the strategy asks"
     return True, "the response carries out every step of the strategy in order"
+
+
+def decide_code(program: funcs.Program, strategy: str, response: str) -> tuple[bool, str]:
+    """(followed, reason) for a funcs problem: the response's code must write the operations the
+    strategy names, in order, one line each (a mistaken line of the right operation is a slip,
+    still following); a final plain `return` the strategy did not ask for is the function's end."""
+    wanted, why = code_follow.strategy_ops(strategy, program)
+    if wanted is None:
+        return False, why
+    code = extract_code(response, program.name)
+    if code is None:
+        return False, "the response writes no code"
+    written = code_follow.code_ops(code, program.domain)
+    if None in written:
+        return False, "a line of the response's code is none of the strategy's steps"
+    if written and written[-1] in _PLAIN_RETURNS and written[-1:] != wanted[-1:]:
+        written = written[:-1]
+    if written != wanted:
+        return False, "the response's code does not write the strategy's steps in order"
+    return True, "the response's code writes every step of the strategy in order"
 
 
 def _names(operand: str, value: Fraction, earlier: list[Fraction]) -> bool:

@@ -14,7 +14,8 @@ problems with such a step are compound. The core carries a compound step out onl
 the time (`WorldSpec.follow_compound`) and otherwise goes on alone from there: a guide that
 imitates the teacher's proposals learns the habit, acceptance sampling drops it only where
 the core then went wrong, and structure-aware RL trains the rest away. Style mix, habit and
-rates are `WorldSpec` fields.
+rates are `WorldSpec` fields. A `funcs` code problem gets the same styles in code's step
+language (`sim/code_teacher.py`); other code problems a generic strategy.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
+from exectune_jax.data.tasks import funcs
 from exectune_jax.data.tasks.arith import Program, parse_problem, run_program
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.strategy import render
+from exectune_jax.sim import code_teacher
 from exectune_jax.sim.core import sample_rng
 from exectune_jax.sim.steps import render_operand, render_step, show
 from exectune_jax.world import WORLD, WorldSpec
@@ -53,18 +56,20 @@ class SimTeacher:
     def complete(self, messages, *, max_tokens: int = 512, temperature: float = 1.0, seed: int = 0) -> str:
         rng = sample_rng(self.name, messages, temperature, seed)
         family = prompts.family_of(messages)
-        program = parse_problem(prompts.problem_text(messages)) if family == "math" else None
+        problem = prompts.problem_text(messages)
+        program = parse_problem(problem) if family == "math" else funcs.parse_problem(problem)
         if program is None:
             return render(_GENERIC[family]) + "\nstyle: generic"
+        writes, sites = (write, habit_sites) if family == "math" else (code_teacher.write, code_teacher.habit_sites)
         w = self.world
         if prompts.previous_strategy(messages) is not None:
             mix = w.teacher_revise
         else:
-            mix = w.teacher_habit if habit_sites(program) else w.teacher_propose
+            mix = w.teacher_habit if sites(program) else w.teacher_propose
         style = rng.choices([s for s, _ in mix], weights=[p for _, p in mix])[0]
-        steps = write(program, style, rng, w)
+        steps = writes(program, style, rng, w)
         if steps is None:
-            style, steps = "atomic", write(program, "atomic", rng, w)
+            style, steps = "atomic", writes(program, "atomic", rng, w)
         return f"{render(steps)}\nstyle: {style}"
 
 
