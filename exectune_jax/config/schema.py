@@ -72,7 +72,7 @@ class MeshConfig:
 class TaskConfig:
     """The problems: a registered task and its options."""
 
-    name: str = "arith"  # arith | gsm8k | humaneval | mbpp | kodcode | jsonl (any registered task)
+    name: str = "arith"  # arith | funcs | gsm8k | humaneval | mbpp | kodcode | jsonl (any registered task)
     options: dict[str, Any] = field(default_factory=dict)  # keyword options of tasks.get(name, ...)
 
 

@@ -87,7 +87,7 @@ def _wrong(program: Program, rng: random.Random, world: WorldSpec) -> list[str] 
     for _ in range(16):
         ops = list(program.ops)
         j = rng.randrange(len(ops))
-        name, k = ops[j]
+        name = ops[j][0]
         same = [n for n, op in OPS.items()
                 if op.domain == program.domain and (op.returns is None) == (OPS[name].returns is None) and n != name]
         other = rng.choice(same)

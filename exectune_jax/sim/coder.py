@@ -23,7 +23,17 @@ from collections.abc import Callable
 from typing import Any
 
 from exectune_jax.data.tasks.answers import numbers_in
-from exectune_jax.data.tasks.funcs import OPS, Program, Step, body, inputs_for, line, outputs, parse_problem, signature
+from exectune_jax.data.tasks.funcs import (
+    OPS,
+    Program,
+    Step,
+    body,
+    inputs_for,
+    line,
+    outputs,
+    parse_problem,
+    signature,
+)
 from exectune_jax.sim import code_follow
 
 _CHECKS = (

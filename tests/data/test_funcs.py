@@ -8,7 +8,15 @@ import pytest
 
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks import DataError
-from exectune_jax.data.tasks.funcs import OPS, Program, body, inputs_for, outputs, parse_problem, program_of
+from exectune_jax.data.tasks.funcs import (
+    OPS,
+    Program,
+    body,
+    inputs_for,
+    outputs,
+    parse_problem,
+    program_of,
+)
 
 
 def small(**options):
