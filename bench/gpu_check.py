@@ -18,35 +18,63 @@ counts every token of its [P·G, prompt + new] batch like the SFT step; the log-
 third of that (2·N·tokens plus the forward attention). The reference step is in
 gpu_check_torch.py.
 
-Each framework and workload runs in its own subprocess. Results go to stdout and, when $OUT is
-set, to $OUT/gpu_check.json.
+Each framework and workload runs in its own subprocess (with --tiny, all in this one), all of
+them within `--budget-s` (480 s by default: a part still running when it runs out is stopped and
+recorded as an error).
+Results go to stdout and, as one JSON, to `--out` (default bench/results/gpu_check.json; with
+--tiny, bench/results/gpu_check_tiny.json). A missing package (or, for the full shape, a JAX
+without a GPU/TPU plugin) stops the check before anything runs, with one line naming it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
+import importlib.util
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+NEEDED = {"jax": "jax", "flax": "flax", "optax": "optax", "torch": "torch",
+          "transformers": "transformers", "safetensors": "safetensors"}
+"""Module -> the package that provides it."""
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+"""JAX runs on a GPU or TPU only with one of these (jax[cuda12], jax[cuda13], jax[tpu])."""
 
-import gpu_check_torch as reference
-from exectune_jax import config, parallel
-from exectune_jax.models import hf, sampler
-from exectune_jax.models.architecture import ModelConfig
-from exectune_jax.models.transformer import Transformer
-from exectune_jax.train import grpo, rl_step
-from exectune_jax.train.advantages import group_advantages
-from exectune_jax.train.optim import make_optimizer
-from exectune_jax.train.sft import make_train_step
+
+def missing_package(tiny: bool) -> str | None:
+    """One line naming what this machine lacks for the check, or None; imports nothing."""
+    for module, package in NEEDED.items():
+        if importlib.util.find_spec(module) is None:
+            return f"gpu_check: missing package {package!r}; install it (pip install {package})"
+    if not tiny and not any(importlib.util.find_spec(p) for p in ACCELERATOR_PLUGINS):
+        return ("gpu_check: missing package 'jax[cuda12]' (or jax[cuda13] / jax[tpu]): JAX has "
+                "no GPU or TPU plugin here; use --tiny for a CPU smoke run")
+    return None
+
+
+if __name__ == "__main__" and (problem := missing_package("--tiny" in sys.argv)):
+    sys.exit(problem)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import gpu_check_torch as reference  # noqa: E402
+from exectune_jax import config, io, parallel  # noqa: E402
+from exectune_jax.models import hf, sampler  # noqa: E402
+from exectune_jax.models.architecture import ModelConfig  # noqa: E402
+from exectune_jax.models.transformer import Transformer  # noqa: E402
+from exectune_jax.train import grpo, rl_step  # noqa: E402
+from exectune_jax.train.advantages import group_advantages  # noqa: E402
+from exectune_jax.train.optim import make_optimizer  # noqa: E402
+from exectune_jax.train.sft import make_train_step  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197e12,
                    "TPU v5": 459e12, "TPU v4": 275e12}
@@ -175,6 +203,30 @@ def jax_grpo(cfg: ModelConfig, args) -> dict:
 PARTS = ("torch", "jax", "torch_rl", "jax_rl")
 
 
+def measure_here(part: str, args, cfg: ModelConfig) -> dict:
+    """One part in this process (tiny shapes on CPU: no device memory to hand back, and no
+    interpreter start per part); an exception becomes the part's error."""
+    try:
+        return measure(part, args, cfg)
+    except Exception as e:  # noqa: BLE001 - the report records any part's failure
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def run_part(part: str, deadline: float) -> dict:
+    """One part in its own process, stopped at the deadline; its JSON line, or an error."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return {"error": "not run: the time budget was spent"}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--part", part, *sys.argv[1:]],
+                              capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {left:.0f} s: the time budget ran out"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": proc.stderr[-3000:]}
+
+
+
 def measure(part: str, args, cfg: ModelConfig) -> dict:
     """One framework's numbers for one workload group; each runs in its own process so none
     holds another's device memory (JAX's allocator keeps what it has grown to)."""
@@ -223,6 +275,9 @@ def main() -> None:
     ap.add_argument("--rl-new", type=int, default=384, help="GRPO: tokens per completion")
     ap.add_argument("--micro", type=int, default=16, help="GRPO: rows per micro-batch")
     ap.add_argument("--rl-iters", type=int, default=2)
+    ap.add_argument("--budget-s", type=float, default=480,
+                    help="wall seconds for all parts together")
+    ap.add_argument("--out", type=Path, help="the JSON report (default: under bench/results/)")
     args, _ = ap.parse_known_args()
     cfg = ModelConfig(**(TINY if args.tiny else QWEN3_1_7B))
     if args.tiny:
@@ -233,16 +288,14 @@ def main() -> None:
     if args.part:
         print(json.dumps(measure(args.part, args, cfg)), flush=True)
         return
-    report: dict = {"params": n_params(cfg), "shape": vars(args)}
+    out = args.out or RESULTS / ("gpu_check_tiny.json" if args.tiny else "gpu_check.json")
+    report: dict = {"params": n_params(cfg),
+                    "shape": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    deadline = time.monotonic() + args.budget_s
     for part in PARTS:
-        proc = subprocess.run([sys.executable, __file__, "--part", part, *sys.argv[1:]],
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        report[part] = json.loads(lines[-1]) if lines else {"error": proc.stderr[-3000:]}
+        report[part] = measure_here(part, args, cfg) if args.tiny else run_part(part, deadline)
         print(json.dumps({part: report[part]}), flush=True)
-        if os.environ.get("OUT"):
-            with open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w") as f:
-                json.dump(report, f, indent=1)
+        io.write_json_atomic(out, report)
     ours, ref = report["jax"], report["torch"]
     if ours.get("sft") and ref.get("sft"):
         r = ours["sft"]["tokens_per_s"] / ref["sft"]["tokens_per_s"]

@@ -1,13 +1,19 @@
 """SFT tokens/s of our jitted nnx train step vs a plain PyTorch + transformers Llama step.
 
-Same model (the demo guide's tiny Llama: tied embeddings, GQA, SwiGLU), same packed batches
-from data/pipeline.py (segment-masked attention, per-segment positions, loss on strategy tokens),
-same optimizer (AdamW + global-norm clipping), on this CPU, in one process. Rounds alternate
-between the two so background load hits both alike; the median round counts.
+Two shapes, same weights on both sides (random, written once by transformers as an HF
+directory and read by both), fp32 on this CPU:
+- `demo`: the demo guide's tiny Llama (tied embeddings, GQA, SwiGLU), 8 x 256 tokens a step;
+- `smollm2`: SmolLM2-135M's shape (Llama, 30 layers, hidden 576, 9 query / 3 KV heads of 64,
+  MLP 1536, vocabulary 49,152, tied; 135M parameters), 4 x 128 tokens a step.
+Same packed batches from data/pipeline.py (segment-masked attention, per-segment positions,
+loss on strategy tokens), same optimizer (AdamW + global-norm clipping), in one process. Rounds
+alternate between the two so background load hits both alike; the median round counts.
 
-    python bench/sft_throughput.py [--rounds 5] [--steps 5] [--batch 8] [--seq 256]
+    python bench/sft_throughput.py [--shape demo|smollm2|all] [--rounds N] [--steps N]
+                                   [--batch N] [--seq N]
 
-Last line: `sft_throughput: <ratio>x <ours tok/s> vs <torch tok/s>` (tokens = all batch slots).
+One line per shape: `sft_throughput/<shape>: <ratio>x <ours tok/s> vs <torch tok/s>` (tokens =
+all batch slots).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +40,20 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from exectune_jax.config import ModelConfig  # noqa: E402
 from exectune_jax.data import pipeline, tasks  # noqa: E402
 from exectune_jax.gcop import prompts  # noqa: E402
-from exectune_jax.models.transformer import Transformer  # noqa: E402
+from exectune_jax.models import architecture, hf  # noqa: E402
 from exectune_jax.sim import guide  # noqa: E402
 from exectune_jax.train.optim import make_optimizer  # noqa: E402
 from exectune_jax.train.sft import make_train_step  # noqa: E402
 
 LR, WEIGHT_DECAY, CLIP = 3e-3, 0.01, 1.0
+SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576,
+                    intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
+                    head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5,
+                    tie_word_embeddings=True, max_position_embeddings=8192)
+"""SmolLM2-135M's config.json, as `architecture.ModelConfig` fields."""
+SHAPES = {"demo": dict(batch=8, seq=256, steps=5, rounds=5),
+          "smollm2": dict(batch=4, seq=128, steps=2, rounds=3)}
+"""Per shape: the batch and the defaults of --steps and --rounds (the 135M step is heavy)."""
 
 
 def batches(batch: int, seq: int, n: int):
@@ -58,12 +73,19 @@ def batches(batch: int, seq: int, n: int):
     return [next(it) for _ in range(n)], guide.guide_model_config(tokenizer, spec)
 
 
+def write_model(mcfg: architecture.ModelConfig, path: Path) -> None:
+    """Random weights of `mcfg`'s shape as an HF directory, the only copy both sides read."""
+    torch.manual_seed(0)
+    fields = {k: v for k, v in mcfg.to_hf().items() if k != "architectures"}
+    LlamaForCausalLM(LlamaConfig(**fields)).save_pretrained(path)
+
+
 class Ours:
     """The step `exectune sft` runs, with the config's defaults for remat and the head chunk."""
 
-    def __init__(self, mcfg):
+    def __init__(self, path: Path):
         defaults = ModelConfig()
-        model = Transformer(mcfg, rngs=nnx.Rngs(0), remat=defaults.remat)
+        model, _ = hf.load(path, remat=defaults.remat)
         opt = nnx.Optimizer(model, make_optimizer(LR, 10_000, 0, WEIGHT_DECAY, CLIP), wrt=nnx.Param)
         graphdef, self.state = nnx.split((model, opt))
         self.step = make_train_step(graphdef, head_chunk=defaults.head_chunk)
@@ -77,16 +99,9 @@ class Ours:
 
 
 class Torch:
-    def __init__(self, mcfg):
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=mcfg.vocab_size, hidden_size=mcfg.hidden_size,
-            intermediate_size=mcfg.intermediate_size, num_hidden_layers=mcfg.num_layers,
-            num_attention_heads=mcfg.num_heads, num_key_value_heads=mcfg.num_kv_heads,
-            head_dim=mcfg.head_dim, rms_norm_eps=mcfg.rms_norm_eps, tie_word_embeddings=True,
-            max_position_embeddings=mcfg.max_position_embeddings, attn_implementation="sdpa",
-        )
-        self.model = LlamaForCausalLM(config).train()
+    def __init__(self, path: Path):
+        self.model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                      attn_implementation="sdpa").train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95),
                                      weight_decay=WEIGHT_DECAY)
 
@@ -118,29 +133,42 @@ class Torch:
         return time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=256)
-    args = ap.parse_args()
-    data, mcfg = batches(args.batch, args.seq, args.steps)
-    tokens = args.batch * args.seq * args.steps
-    ours, ref = Ours(mcfg), Torch(mcfg)
+def measure(shape: str, args) -> str:
+    """Both steps side by side at one shape; returns the shape's last line."""
+    sizes = {**SHAPES[shape], **{k: v for k, v in vars(args).items()
+                                 if k in SHAPES[shape] and v is not None}}
+    batch, seq, steps = sizes["batch"], sizes["seq"], sizes["steps"]
+    data, demo_cfg = batches(batch, seq, steps)
+    mcfg = demo_cfg if shape == "demo" else architecture.ModelConfig(**SMOLLM2_135M)
+    tokens = batch * seq * steps
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model(mcfg, Path(tmp))
+        ours, ref = Ours(Path(tmp)), Torch(Path(tmp))
     ours.run(data[:1])  # compile
     ref.run(data[:1])
     rates = {"ours": [], "torch": []}
-    for r in range(args.rounds):
+    for r in range(sizes["rounds"]):
         rates["ours"].append(tokens / ours.run(data))
         rates["torch"].append(tokens / ref.run(data))
-        print(f"round {r}: ours {rates['ours'][-1]:.0f} tok/s, "
+        print(f"{shape} round {r}: ours {rates['ours'][-1]:.0f} tok/s, "
               f"torch {rates['torch'][-1]:.0f} tok/s", flush=True)
     ours_rate, torch_rate = (statistics.median(rates[k]) for k in ("ours", "torch"))
     params = sum(p.numel() for p in ref.model.parameters())
-    print(f"model: {params} params, batch {args.batch}x{args.seq}, {jax.device_count()} JAX "
+    print(f"{shape} model: {params} params, batch {batch}x{seq}, {jax.device_count()} JAX "
           f"device(s), torch threads {torch.get_num_threads()}")
-    print(f"sft_throughput: {ours_rate / torch_rate:.2f}x {ours_rate:.0f} vs {torch_rate:.0f}")
+    return f"sft_throughput/{shape}: {ours_rate / torch_rate:.2f}x {ours_rate:.0f} vs {torch_rate:.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    ap.add_argument("--rounds", type=int, help="default: per shape (SHAPES)")
+    ap.add_argument("--steps", type=int, help="default: per shape (SHAPES)")
+    ap.add_argument("--batch", type=int, help="default: per shape (SHAPES)")
+    ap.add_argument("--seq", type=int, help="default: per shape (SHAPES)")
+    args = ap.parse_args()
+    lines = [measure(shape, args) for shape in (SHAPES if args.shape == "all" else [args.shape])]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
