@@ -23,6 +23,7 @@ from exectune_jax.runtime import prepare_runtime
 EPILOG = """\
 examples:
   exectune demo --quick                                  # whole pipeline, offline, small sizes
+  exectune demo --task code                              # the same on generated Python functions
   exectune serve-sim sim.latency_ms=200 sim.fault_rate=0.3
   exectune sample --config configs/demo.yaml run_dir=runs/a
   exectune sft --config configs/demo.yaml run_dir=runs/a sft.steps=100
@@ -41,6 +42,10 @@ examples:
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
 """
+
+TASK_HELP = ("the simulated world's task: math (task.name=arith, the default) or code "
+             "(task.name=funcs: Python functions checked by hidden tests in the sandbox); "
+             "another task is refused")
 
 # commands that drive devices join a multi-process job when launched as one (launch/*.sh)
 DISTRIBUTED = {"sft", "rl", "eval", "plan"}
@@ -110,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demo":
             p.add_argument("--out", help="output directory (default: run_dir)")
             p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+            p.add_argument("--task", metavar="{math,code}", help=TASK_HELP)
         if name == "study":
             p.add_argument("--seeds", default=None, help="comma-separated seeds, one demo each "
                            "in run_dir/seed-N (default: 0,1,2; with --sensitivity: 0)")
             p.add_argument("--quick", action="store_true", help="each seed at the demo's --quick sizes")
+            p.add_argument("--task", metavar="{math,code}", help=TASK_HELP)
             p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                            help="per seed, also train and score outcome-only GRPO from the SFT "
                                 "guide, ExecTune RL from the base guide, and SFT on strategies "

@@ -93,6 +93,25 @@ def test_demo_sizes_fill_only_fields_the_user_left_at_their_defaults(tmp_path):
     assert Config().rl.steps != recipe.QUICK_SIZES["rl.steps"]
 
 
+def test_task_code_runs_funcs_and_a_task_the_demo_cannot_run_is_refused_in_one_line(tmp_path, capsys):
+    from exectune_jax.cli import main
+    from exectune_jax.errors import UserError
+
+    assert recipe.with_task(Config(), "code").task.name == "funcs"
+    assert recipe.with_task(Config(), "math").task.name == "arith"
+    assert recipe.with_task(load_config(None, ["task.name=funcs"]), None).task.name == "funcs"
+    with pytest.raises(UserError, match="task.name=mbpp"):
+        recipe.with_task(load_config(None, ["task.name=mbpp"]), "code")
+    with pytest.raises(UserError, match="task.name=gsm8k: the demo runs"):
+        recipe.with_task(load_config(None, ["task.name=gsm8k"]), None)
+    for command in ("demo", "study"):
+        capsys.readouterr()
+        assert main([command, "--task", "humaneval", f"run_dir={tmp_path / command}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--task humaneval" in err and "code (funcs)" in err
+        assert not (tmp_path / command / "demo_config.yaml").exists()
+
+
 def test_every_stage_points_at_the_one_sim_server():
     cfg = with_sim_url(Config(), "http://127.0.0.1:1234")
     assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"

@@ -20,15 +20,15 @@ from pathlib import Path
 
 from exectune_jax import preflight
 from exectune_jax.config import Config, dump
-from exectune_jax.demo.recipe import phases, prepare, stage_commands, stage_configs
+from exectune_jax.demo.recipe import phases, prepare, stage_commands, stage_configs, with_task
 from exectune_jax.demo.report import SMOKE_NOTE, closing_summary, collect_outputs, follow_study
 from exectune_jax.demo.runner import run_phases
 
 __all__ = ["prepare", "run"]
 
 
-def run(cfg: Config, out: str | None = None, quick: bool = False) -> int:
-    cfg = prepare(cfg, out, quick)
+def run(cfg: Config, out: str | None = None, quick: bool = False, task: str | None = None) -> int:
+    cfg = prepare(with_task(cfg, task), out, quick)
     preflight.check(cfg, "demo")
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)

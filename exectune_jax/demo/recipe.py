@@ -18,6 +18,7 @@ from typing import Any
 
 from exectune_jax import layout
 from exectune_jax.config import Config
+from exectune_jax.errors import UserError
 
 # ExecTune's acceptance in the demo: a strategy is kept only when the follow check says the core
 # carried it out and its execution cost at most the core alone on the problem. Chosen on the
@@ -61,9 +62,33 @@ QUICK_SIZES: dict[str, Any] = {
     "eval.n_problems": 48,
     **ACCEPTANCE,
 }
+# `--task` of the demo and the study -> task.name: the tasks the simulated world executes (its
+# core solves arith's word problems and writes funcs' Python; the base guide reads either)
+DEMO_TASKS: dict[str, str] = {"math": "arith", "code": "funcs"}
 NEXT_CORE = "core_next"  # the endpoint the demo transfers its guides to
 ADAPTED = "exectune_next"  # the eval row of the guide RL adapted to the next core
 TRUTH_LOG = "sim_truth.jsonl"  # the sim server's ground truth of "followed", for the study
+
+
+def with_task(cfg: Config, task: str | None) -> Config:
+    """`cfg` with `--task` as its task.name; refused in one line when the demo cannot run the
+    task, or when `--task` and a task.name override disagree."""
+    names = {**DEMO_TASKS, **{name: name for name in DEMO_TASKS.values()}}
+    if task is not None:
+        if task not in names:
+            raise UserError(f"--task {task}: the demo runs the simulated world's tasks, "
+                            f"{' or '.join(f'{k} ({v})' for k, v in DEMO_TASKS.items())}; "
+                            "other tasks run stage by stage (exectune sample, sft, rl, eval)")
+        default = Config().task.name
+        if cfg.task.name not in (default, names[task]):
+            raise UserError(f"--task {task} runs task.name={names[task]}, but the config sets "
+                            f"task.name={cfg.task.name}; give one of them")
+        cfg = with_values(cfg, {"task.name": names[task]})
+    if cfg.task.name not in DEMO_TASKS.values():
+        raise UserError(f"task.name={cfg.task.name}: the demo runs the simulated world's tasks, "
+                        f"{' or '.join(f'{v} (--task {k})' for k, v in DEMO_TASKS.items())}; "
+                        "other tasks run stage by stage (exectune sample, sft, rl, eval)")
+    return cfg
 
 
 def adapts(cfg: Config) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from exectune_jax import plots
 from exectune_jax.config import Config
+from exectune_jax.demo.recipe import with_task
 from exectune_jax.errors import UserError
 from exectune_jax.study.ablations import ABLATIONS, ablations_complete, run_ablations
 from exectune_jax.study.across_seeds import aggregate, all_rows
@@ -32,10 +33,12 @@ __all__ = ["run"]
 
 def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
         sensitivity: bool = False, rl_validation: bool = False,
-        candidate: Sequence[str] | None = None, **_: Any) -> int:
+        candidate: Sequence[str] | None = None, task: str | None = None, **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
     with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says); with
-    `rl_validation`, the validation run of the default RL against `candidate` instead."""
+    `rl_validation`, the validation run of the default RL against `candidate` instead; `task`:
+    the demo's `--task`, for every demo it runs."""
+    cfg = with_task(cfg, task)
     root = Path(cfg.run_dir)
     if candidate and not rl_validation:
         raise UserError("--candidate names the second RL arm of --rl-validation; add "
