@@ -13,7 +13,6 @@ add/subtract/multiply/divide and operands ``"q<i>"`` (the i-th number in the tex
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from functools import cache
 
 from exectune_jax.data.tasks import register
 from exectune_jax.data.tasks.answers import extract_answer, same_number
-from exectune_jax.data.tasks.base import DataError, Problem, Verdict, check_split
+from exectune_jax.data.tasks.base import GeneratedSplits, Problem, Verdict
 
 NAMES = (
     ("Maria", "she"), ("Tom", "he"), ("Aisha", "she"), ("Ben", "he"), ("Chen", "he"),
@@ -310,62 +309,38 @@ def _match(sentence: str, allowed: tuple[str, ...]) -> tuple[str, tuple[int, ...
     return None
 
 
+def draw(rng: random.Random, steps: int, split: str) -> tuple[str, Problem]:
+    """One generated problem of `steps` operations: (its text, the problem, id set by the split)."""
+    text, program = generate(rng, steps)
+    answer = run_program(program)[-1]
+    return text, Problem(
+        id="", prompt=text, answer=str(int(answer)), split=split,
+        meta={"program": [list(op) for op in program.ops], "steps": len(program.ops),
+              "quantities": list(program.quantities)},
+    )
+
+
 # ---------------------------------------------------------------- the task
 
 
 class ArithTask:
-    """Seeded splits of generated problems, difficulty spread evenly over the step range.
-
-    Splits are generated test first, then validation, then train, each from its own seed and
-    skipping texts already used, so the three share no problem text and the evaluation splits
-    do not move when `n_train` changes. The validation split (500 by default) is where the
-    world's parameters and the run sizes are chosen; the test split is for the eval stage only.
+    """Seeded splits of generated problems (`GeneratedSplits`), difficulty spread evenly over the
+    step range. The validation split (500 by default) is where the world's parameters and the
+    run sizes are chosen; the test split is for the eval stage only.
     """
 
     family = "math"
 
     def __init__(self, seed: int = 0, n_train: int = 2000, n_validation: int = 500, n_test: int = 300,
                  min_steps: int = 2, max_steps: int = 7, name: str = "arith") -> None:
-        for key, value in (("n_train", n_train), ("n_validation", n_validation), ("n_test", n_test)):
-            if not isinstance(value, int) or value < 0:
-                raise DataError(f"task option {key}={value!r}: must be a whole number >= 0")
-        if not (isinstance(min_steps, int) and isinstance(max_steps, int) and 1 <= min_steps <= max_steps <= 12):
-            raise DataError(
-                f"task options min_steps={min_steps!r}, max_steps={max_steps!r}: need 1 <= min_steps <= max_steps <= 12"
-            )
         self.name = name
         self.seed = seed
-        self.sizes = {"test": n_test, "validation": n_validation, "train": n_train}
-        self.levels = tuple(range(min_steps, max_steps + 1))
-        self._splits: dict[str, list[Problem]] = {}
-        self._seen: set[str] = set()
+        self.splits = GeneratedSplits(
+            "arith", draw, seed, {"train": n_train, "validation": n_validation, "test": n_test},
+            min_steps, max_steps, steps_range=(1, 12))
 
     def problems(self, split: str) -> list[Problem]:
-        check_split(split)
-        for name in ("test", "validation", "train"):
-            if name not in self._splits:
-                self._splits[name] = self._generate(name)
-            if name == split:
-                break
-        return list(self._splits[split])
-
-    def _generate(self, split: str) -> list[Problem]:
-        rng = random.Random(f"arith/{self.seed}/{split}")
-        out: list[Problem] = []
-        while len(out) < self.sizes[split]:
-            steps = self.levels[len(out) % len(self.levels)]
-            text, program = generate(rng, steps)
-            if text in self._seen:
-                continue
-            self._seen.add(text)
-            answer = run_program(program)[-1]
-            out.append(Problem(
-                id="", prompt=text, answer=str(int(answer)), split=split,
-                meta={"program": [list(op) for op in program.ops], "steps": len(program.ops),
-                      "quantities": list(program.quantities)},
-            ))
-        rng.shuffle(out)
-        return [dataclasses.replace(p, id=f"arith-{split}-{i:05d}") for i, p in enumerate(out)]
+        return self.splits.problems(split)
 
     def check(self, problem: Problem, text: str) -> Verdict:
         return check_number(problem, text)

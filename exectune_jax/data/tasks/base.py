@@ -6,8 +6,10 @@ are user input, so reading them reports the exact file, line and field that is w
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+import random
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,55 @@ class Task(Protocol):
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+# Draws one problem of `steps` operations for `split` from `rng`: (its prompt, the problem).
+Draw = Callable[[random.Random, int, str], tuple[str, Problem]]
+
+
+class GeneratedSplits:
+    """Seeded splits of generated problems, difficulty spread evenly over the step range.
+
+    Splits are generated test first, then validation, then train, each from its own seed and
+    skipping prompts already used, so the three share no problem and the evaluation splits do
+    not move when `n_train` changes. `generator` names the generator in the seeds and the ids.
+    """
+
+    def __init__(self, generator: str, draw: Draw, seed: int, sizes: Mapping[str, int],
+                 min_steps: int, max_steps: int, steps_range: tuple[int, int]) -> None:
+        for split, value in sizes.items():
+            if not isinstance(value, int) or value < 0:
+                raise DataError(f"task option n_{split}={value!r}: must be a whole number >= 0")
+        low, high = steps_range
+        if not (isinstance(min_steps, int) and isinstance(max_steps, int)
+                and low <= min_steps <= max_steps <= high):
+            raise DataError(f"task options min_steps={min_steps!r}, max_steps={max_steps!r}: "
+                            f"need {low} <= min_steps <= max_steps <= {high}")
+        self.generator, self.draw, self.seed, self.sizes = generator, draw, seed, dict(sizes)
+        self.levels = tuple(range(min_steps, max_steps + 1))
+        self._splits: dict[str, list[Problem]] = {}
+        self._seen: set[str] = set()
+
+    def problems(self, split: str) -> list[Problem]:
+        check_split(split)
+        for name in ("test", "validation", "train"):
+            if name not in self._splits:
+                self._splits[name] = self._generate(name)
+            if name == split:
+                break
+        return list(self._splits[split])
+
+    def _generate(self, split: str) -> list[Problem]:
+        rng = random.Random(f"{self.generator}/{self.seed}/{split}")
+        out: list[Problem] = []
+        while len(out) < self.sizes[split]:
+            text, problem = self.draw(rng, self.levels[len(out) % len(self.levels)], split)
+            if text in self._seen:
+                continue
+            self._seen.add(text)
+            out.append(problem)
+        rng.shuffle(out)
+        return [dataclasses.replace(p, id=f"{self.generator}-{split}-{i:05d}") for i, p in enumerate(out)]
 
 
 # The stage this process runs (a process runs one stage at a time; threads share it) and every

@@ -20,7 +20,6 @@ Program format (``meta["program"]``): a list of ``[op, k]`` with `k` the operati
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 import textwrap
@@ -29,7 +28,7 @@ from functools import cache
 from typing import Any
 
 from exectune_jax.data.tasks import register
-from exectune_jax.data.tasks.base import DataError, Problem, check_split
+from exectune_jax.data.tasks.base import DataError, GeneratedSplits, Problem
 from exectune_jax.data.tasks.code import CodeTask, complete_function
 
 
@@ -275,48 +274,27 @@ class FuncsTask(CodeTask):
     def __init__(self, seed: int = 0, n_train: int = 2000, n_validation: int = 500, n_test: int = 300,
                  min_steps: int = 2, max_steps: int = 6, n_tests: int = 8, name: str = "funcs", **limits) -> None:
         super().__init__(**limits)
-        for key, value in (("n_train", n_train), ("n_validation", n_validation), ("n_test", n_test)):
-            if not isinstance(value, int) or value < 0:
-                raise DataError(f"task option {key}={value!r}: must be a whole number >= 0")
-        if not (isinstance(min_steps, int) and isinstance(max_steps, int) and 2 <= min_steps <= max_steps <= 8):
-            raise DataError(
-                f"task options min_steps={min_steps!r}, max_steps={max_steps!r}: need 2 <= min_steps <= max_steps <= 8")
         if not (isinstance(n_tests, int) and 3 <= n_tests <= 50):
             raise DataError(f"task option n_tests={n_tests!r}: must be a whole number in [3, 50]")
         self.name, self.seed, self.n_tests = name, seed, n_tests
-        self.sizes = {"test": n_test, "validation": n_validation, "train": n_train}
-        self.levels = tuple(range(min_steps, max_steps + 1))
-        self._splits: dict[str, list[Problem]] = {}
-        self._seen: set[str] = set()
+        self.splits = GeneratedSplits(
+            "funcs", self.draw, seed, {"train": n_train, "validation": n_validation, "test": n_test},
+            min_steps, max_steps, steps_range=(2, 8))
 
     def problems(self, split: str) -> list[Problem]:
-        check_split(split)
-        for name in ("test", "validation", "train"):
-            if name not in self._splits:
-                self._splits[name] = self._generate(name)
-            if name == split:
-                break
-        return list(self._splits[split])
+        return self.splits.problems(split)
 
-    def _generate(self, split: str) -> list[Problem]:
-        rng = random.Random(f"funcs/{self.seed}/{split}")
-        out: list[Problem] = []
-        while len(out) < self.sizes[split]:
-            steps = self.levels[len(out) % len(self.levels)]
-            program, tests, example = generate(rng, steps, self.n_tests)
-            text = prompt_of(program, rng, example)
-            if text in self._seen:
-                continue
-            self._seen.add(text)
-            solution = "\n".join(f"    {x}" for x in body(program)) + "\n"
-            out.append(Problem(
-                id="", prompt=text, answer=solution, split=split,
-                meta={"entry_point": program.name, "domain": program.domain, "steps": len(program.ops),
-                      "program": [list(s) for s in program.ops], "tests": tests_of(program, tests),
-                      "solution": solution},
-            ))
-        rng.shuffle(out)
-        return [dataclasses.replace(p, id=f"funcs-{split}-{i:05d}") for i, p in enumerate(out)]
+    def draw(self, rng: random.Random, steps: int, split: str) -> tuple[str, Problem]:
+        """One generated function of `steps` operations: (its prompt, the problem)."""
+        program, tests, example = generate(rng, steps, self.n_tests)
+        text = prompt_of(program, rng, example)
+        solution = "\n".join(f"    {x}" for x in body(program)) + "\n"
+        return text, Problem(
+            id="", prompt=text, answer=solution, split=split,
+            meta={"entry_point": program.name, "domain": program.domain, "steps": len(program.ops),
+                  "program": [list(s) for s in program.ops], "tests": tests_of(program, tests),
+                  "solution": solution},
+        )
 
     def test_program(self, problem: Problem, code: str) -> tuple[str, dict[str, str]]:
         module = complete_function(problem.prompt, code, problem.meta["entry_point"])
