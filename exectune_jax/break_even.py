@@ -9,6 +9,8 @@ training / (baseline per-problem - guide per-problem), or None when the guide sa
 Kept out of results.json on purpose: what the ledger paid depends on the mode (batch halves it),
 on prompt-cache timing and on what a resumed run replayed, while results.json is the same file
 for the same seed. It goes to break_even.json, break_even.md (beside results.md) and a plot.
+Each other core of `eval.cores` gets its own entries against its own rows: a guide that repays
+its training on one core may never repay it on another.
 """
 
 from __future__ import annotations
@@ -99,18 +101,34 @@ def table(entries: Sequence[Mapping]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_core(doc: Mapping, spend: Mapping[str, Mapping[str, float]],
+             guide_usd_per_mtok: float = 0.0) -> dict[str, dict]:
+    """Break-even on each other core of eval.cores (results.json's `cores`): the same training
+    spend, against that core's own rows (its core alone; the strong core's row is the first
+    core's table's only)."""
+    return {name: {"model": table_doc["model"],
+                   "entries": break_even(table_doc["rows"], spend, guide_usd_per_mtok)}
+            for name, table_doc in doc.get("cores", {}).items()}
+
+
 def write(cfg: Any, out: Path, doc: Mapping) -> list[Path]:
-    """break_even.json, break_even.md and cost_vs_problems.png in the eval directory."""
+    """break_even.json, break_even.md (a table per core of eval.cores) and cost_vs_problems.png
+    (the first core's) in the eval directory."""
     ledger = layout.ledger(cfg.run_dir)
     if not ledger.exists():
         return []
     stages = read_totals(ledger)
     lineages = {m: lineage(m, d) for m, d in cfg.eval.guides.items()}
-    entries = break_even(doc["rows"], training_spend(stages, lineages), cfg.eval.guide_usd_per_mtok)
+    spend = training_spend(stages, lineages)
+    entries = break_even(doc["rows"], spend, cfg.eval.guide_usd_per_mtok)
+    cores = per_core(doc, spend, cfg.eval.guide_usd_per_mtok)
     write_json_atomic(out / "break_even.json", {"guide_usd_per_mtok": cfg.eval.guide_usd_per_mtok,
-                                                "entries": entries})
-    write_text_atomic(
-        out / "break_even.md", "Training spend (ledger) and the problems after which each guide's savings repay it "
-        f"(guide tokens at ${cfg.eval.guide_usd_per_mtok}/M):\n\n" + table(entries))
+                                                "entries": entries, "cores": cores})
+    text = ("Training spend (ledger) and the problems after which each guide's savings repay it "
+            f"(guide tokens at ${cfg.eval.guide_usd_per_mtok}/M):\n\n" + table(entries))
+    for name, core in cores.items():
+        text += (f"\nExecuted by {name} ({core['model']}): the same training spend, against that "
+                 "core's own rows\n\n" + table(core["entries"]))
+    write_text_atomic(out / "break_even.md", text)
     figure = plots.cost_vs_problems(doc["rows"], entries, out / "cost_vs_problems.png")
     return [out / "break_even.json", out / "break_even.md"] + ([figure] if figure else [])

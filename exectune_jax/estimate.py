@@ -29,7 +29,7 @@ from exectune_jax.cost import (ADVICE_LENGTHENS, DEFAULT_OUTPUT_TOKENS, TRAINED_
                                mean, measures, pilot_from_rows, prompt_tokens, stage_table, system_tokens,
                                with_strategy)
 from exectune_jax.data import tasks
-from exectune_jax.demo.recipe import prepare, stage_configs
+from exectune_jax.demo.recipe import NEXT_CORE, prepare, stage_configs
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts
 from exectune_jax.gcop.execute import execute_many
@@ -111,11 +111,13 @@ def start_guide_pilot(cfg: Config, batches: int) -> GuidePilot | None:
 
 def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, str]] | None = None,
             unfiltered: bool = False, repeat: float = TRAINED_REPEAT,
-            guides: Mapping[str, GuidePilot] | None = None) -> list[Line]:
+            guides: Mapping[str, GuidePilot] | None = None,
+            rl_cores: Mapping[str, str] | None = None) -> list[Line]:
     """Projected lines of every stage the config runs, in run order; `rl_stages`: (name, preset)
     of each RL stage, by default the config's one; `repeat`: the share of a trained guide's
     guided calls replayed from the cache where `guides` (RL stage name -> its guide pilot) has no
-    measurement (train/forecast.py)."""
+    measurement (train/forecast.py); `rl_cores`: RL stage name -> the api endpoint it trains
+    against where that is not `core` (its calls and its core-alone baseline at that price)."""
     task, train = training_problems(cfg)
     family = task.family
     scale, strategy, core_out, alone_out, judge_out = measures(pilot)
@@ -154,14 +156,16 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
     rl = cfg.rl
     drawn = [p for batch in rl_draws(cfg, rl_pool(task.problems("train"), rl.problems, cfg.sample.n_problems),
                                      rl.steps) for p in batch]
-    baseline = False  # the first stage that measures the core alone pays; later ones replay it
+    measured: set[str] = set()  # the first stage to measure a core alone pays; later ones replay it
     for name, preset in rl_stages:
+        core = (rl_cores or {}).get(name, "core")
         lines += rl_lines(cfg, name, preset, drawn, family, (guides or {}).get(name), strategy=strategy,
                           core_out=core_out, advice_out=advice_out, judge_out=judge_out, scale=scale,
-                          repeat=repeat)
-        if not baseline and rl.core_only_samples and rewards.make_spec(preset, rl.weights).uses_core_alone:
-            lines.append(core_only_line(cfg, drawn, train, family, alone_out, scale))
-            baseline = True
+                          repeat=repeat, endpoint=core)
+        if (core not in measured and rl.core_only_samples
+                and rewards.make_spec(preset, rl.weights).uses_core_alone):
+            lines.append(core_only_line(cfg, drawn, train, family, alone_out, scale, endpoint=core))
+            measured.add(core)
     if rl.held_out:
         validation = task.problems("validation")[: rl.held_out]
         for name, preset in rl_stages:
@@ -196,11 +200,19 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
 
 
 def rl_stage_configs(cfg: Config, demo: bool) -> dict[str, Config]:
-    """Each RL stage's config by name: the demo's two, or the config's one."""
+    """Each RL stage's config by name: the demo's (rl_next while it adapts to the next core), or
+    the config's one."""
     if not demo:
         return {cfg.rl.name: cfg}
     configs = stage_configs(cfg)
-    return {name: configs[name] for name in ("advisor_rl", "rl")}
+    return {name: configs[name] for name in ("advisor_rl", "rl", "rl_next") if name in configs}
+
+
+def rl_cores(cfg: Config, stage_cfgs: Mapping[str, Config]) -> dict[str, str]:
+    """RL stage name -> the api endpoint its core is, for the stages whose core is not `core`."""
+    others = [e for e in (NEXT_CORE, "core_strong") if getattr(cfg.api, e) is not None]
+    return {name: e for name, c in stage_cfgs.items() if c.api.core != cfg.api.core
+            for e in others if getattr(cfg.api, e) == c.api.core}
 
 
 def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False,
@@ -221,7 +233,7 @@ def run(cfg: Config, pilot: int = 8, demo: bool = False, quick: bool = False,
     prices = load_prices(cfg.api.prices)
     stages = tuple((name, c.rl.preset) for name, c in stage_cfgs.items())
     rows = stage_table(prices, project(cfg, found, rl_stages=stages, unfiltered=demo or quick,
-                                       repeat=repeat, guides=guides))
+                                       repeat=repeat, guides=guides, rl_cores=rl_cores(cfg, stage_cfgs)))
     out = Path(cfg.run_dir) / "estimate.json"
     write_json_atomic(out, {
         "prices_read_on": prices.read_on, "pilot": asdict(found) if found else None,

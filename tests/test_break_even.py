@@ -59,3 +59,25 @@ def test_write_leaves_json_a_markdown_table_and_the_plot(tmp_path):
     assert doc["entries"][0]["problems_to_repay_vs_core_only"] == pytest.approx(0.62 / 0.0004)
     assert "| exectune | 0.6200 |" in (out / "break_even.md").read_text()
     assert (out / "cost_vs_problems.png") in written and (out / "cost_vs_problems.png").stat().st_size > 0
+
+
+def test_each_other_core_gets_its_own_break_even_against_its_own_core_alone(tmp_path):
+    cfg = load_config(None, [f"run_dir={tmp_path}", "eval.cores=[core, core_next]",
+                             "eval.guides={exectune_next: rl_next/guide}"])
+    with Ledger(tmp_path / "ledger.jsonl", None) as ledger:
+        ledger.record("rl_next", "sim-core-next", 0, 100_000, cached=False)  # USD 0.50 at 5.00 / M
+    out = tmp_path / "eval"
+    out.mkdir()
+    first = [_row("core_only", 0.0010), _row("exectune_next", 0.0009)]
+    # on the next core the adapted guide saves 0.0005 per problem against that core alone
+    nxt = [_row("core_only", 0.0015), _row("exectune_next", 0.0010)]
+    be.write(cfg, out, {"rows": first, "cores": {"core_next": {"model": "sim-core-next", "rows": nxt}}})
+    doc = json.loads((out / "break_even.json").read_text())
+    (on_first,) = doc["entries"]
+    (on_next,) = doc["cores"]["core_next"]["entries"]
+    assert on_first["training_usd"] == on_next["training_usd"] == pytest.approx(0.5)
+    assert on_first["problems_to_repay_vs_core_only"] == pytest.approx(0.5 / 0.0001)
+    assert on_next["problems_to_repay_vs_core_only"] == pytest.approx(0.5 / 0.0005)
+    assert on_next["problems_to_repay_vs_core_strong"] is None  # no strong core in its table
+    md = (out / "break_even.md").read_text()
+    assert "Executed by core_next (sim-core-next)" in md and md.count("| exectune_next |") == 2

@@ -97,6 +97,30 @@ def test_each_listed_core_is_projected_to_execute_every_guide_under_its_own_stag
     assert rows["eval.core_next"]["online_usd"] > rows["eval"]["online_usd"]  # a dearer core
 
 
+def test_the_demos_rl_next_is_priced_at_the_next_cores_price_with_its_own_core_alone_baseline():
+    from exectune_jax.demo.recipe import prepare
+
+    cfg = prepare(load_config(None, SIZES), None, quick=True)
+    stage_cfgs = estimate.rl_stage_configs(cfg, demo=True)
+    assert list(stage_cfgs) == ["advisor_rl", "rl", "rl_next"]
+    cores = estimate.rl_cores(cfg, stage_cfgs)
+    assert cores == {"rl_next": "core_next"}
+    stages = tuple((name, c.rl.preset) for name, c in stage_cfgs.items())
+    lines = estimate.project(cfg, None, rl_stages=stages, rl_cores=cores, repeat=0.0)
+    trained = {ln.stage: ln for ln in lines if ln.endpoint.startswith("core") and ln.stage in ("rl", "rl_next")}
+    assert trained["rl"].model == "sim-core" and trained["rl_next"].model == "sim-core-next"
+    assert trained["rl_next"].calls == trained["rl"].calls
+    alone = {ln.stage: ln for ln in lines if ln.stage.startswith("core_only")}
+    assert {s: ln.model for s, ln in alone.items()} == {"core_only": "sim-core",
+                                                          "core_only.core_next": "sim-core-next"}
+    assert alone["core_only.core_next"].replayed == 0.0  # sampling never called the next core
+    usd = {s: cost.line_usd(load_prices(), ln, batch=False, caching=False) for s, ln in trained.items()}
+    # the same calls at sim-core-next's dearer price (1.00 / 5.00 against 0.80 / 4.00 per M)
+    assert usd["rl_next"] == pytest.approx(1.25 * usd["rl"], rel=1e-6)
+    assert estimate.rl_cores(prepare(load_config(None, [*SIZES, "api.core_next=null"]), None, quick=True),
+                             estimate.rl_stage_configs(cfg, demo=True)) == {}
+
+
 def test_trained_guides_repeat_requests_the_cache_replays_and_advice_does_not():
     cfg = load_config(None, SIZES)
     lines = estimate.project(cfg, None, rl_stages=(("advisor_rl", "advisor"), ("rl", "exectune")),

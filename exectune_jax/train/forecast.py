@@ -216,31 +216,35 @@ def _family(cfg: Config) -> str:
 
 def rl_lines(cfg: Config, name: str, preset: str, drawn: Sequence[Any], family: str,
              guide: GuidePilot | None, *, strategy: str, core_out: float, advice_out: float,
-             judge_out: float, scale: float, repeat: float) -> list[Line]:
+             judge_out: float, scale: float, repeat: float, endpoint: str = "core") -> list[Line]:
     """One RL stage's guided core calls and their follow checks: `drawn` problems (each once per
     group sample), priced from the guide pilot when there is one, else from the stand-in
-    strategy at the stated repeat share (advice never repeats)."""
+    strategy at the stated repeat share (advice never repeats); `endpoint`: the api endpoint
+    that is this stage's core (the demo's rl_next trains against core_next)."""
     rl = cfg.rl
     out = advice_out if preset == "advisor" else core_out
     if guide is None:
         return guided_lines(cfg, name, with_strategy(drawn, strategy), family, rl.group_size, out,
                             judge_out, scale, batchable=False,
                             replayed=0.0 if preset == "advisor" else repeat,
-                            source="" if preset == "advisor" else f"stated {repeat:.0%}")
+                            source="" if preset == "advisor" else f"stated {repeat:.0%}", endpoint=endpoint)
     calls = len(drawn) * rl.group_size * guide.executed_share  # 0 when the gate stops every text
     return guided_lines(cfg, name, guide.priced, family, calls / len(guide.priced) if guide.priced else 0.0,
                         out, judge_out, scale, batchable=False, replayed=guide.replayed_share,
-                        source=f"guide pilot ({guide.sampled} texts)")
+                        source=f"guide pilot ({guide.sampled} texts)", endpoint=endpoint)
 
 
 def core_only_line(cfg: Config, drawn: Sequence[Any], sampled: Sequence[Any], family: str,
-                   alone_out: float, scale: float) -> Line:
+                   alone_out: float, scale: float, endpoint: str = "core") -> Line:
     """RL's core-alone baseline: `rl.core_only_samples` calls on each distinct drawn problem, those
-    acceptance sampling already sent replayed."""
+    acceptance sampling already sent replayed; with another `endpoint` (a stage that trains
+    against it) that core's own calls, under `core_only.<endpoint>`, none of them sampling's."""
     distinct = list({p.id: p for p in drawn}.values())
-    line = core_line(cfg, "core_only", with_strategy(distinct, None), family, cfg.rl.core_only_samples,
-                     alone_out, scale, batchable=False)
-    replays = core_alone_replays(cfg, [p.id for p in distinct], [p.id for p in sampled])
+    stage = "core_only" if endpoint == "core" else f"core_only.{endpoint}"
+    line = core_line(cfg, stage, with_strategy(distinct, None), family, cfg.rl.core_only_samples,
+                     alone_out, scale, batchable=False, endpoint=endpoint)
+    replays = (core_alone_replays(cfg, [p.id for p in distinct], [p.id for p in sampled])
+               if endpoint == "core" else 0)
     return replace(line, replayed=replays / line.calls if line.calls else 0.0,
                    source="sampling's core-alone calls" if replays else "")
 
