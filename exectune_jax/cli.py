@@ -38,6 +38,7 @@ examples:
   exectune study run_dir=runs/study --seeds 0,1,2     # the demo per seed, mean ± sd, pooled tests
   exectune study run_dir=runs/study --sensitivity     # ablation (d): the demo in 4 more worlds
   exectune study run_dir=runs/rlv --rl-validation --candidate rl.lr=3e-5   # docs/rl.md's rule
+  exectune study run_dir=runs/study --lambdas 0,30,100,300,1000   # RL's cost weight: the frontier
 
 overrides are `section.key=value` (YAML values): run_dir=DIR, seed=1, sft.lr=3e-4,
 api.core.model=claude-3-5-haiku-latest, mesh.fsdp=-1 ...
@@ -137,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with the config as given and with the --candidate settings, "
                                 "scored on the validation split; the rule's verdict in "
                                 "run_dir/rl_validation.json and .md")
+            p.add_argument("--lambdas", default=None, metavar="L1,L2,...",
+                           help="instead, RL's cost weight swept (rl.weights.cost, reward units "
+                                "per USD): per seed (0 unless --seeds), ExecTune RL from the demo's "
+                                "exectune_sft at each λ in run_dir/seed-N/rl_lambda-<λ>, scored "
+                                "beside the demo's rows in run_dir/seed-N/lambdas; the "
+                                "accuracy-vs-USD frontier in study.md and study_pareto.png, the "
+                                "region cheaper and better than the strong core marked")
             p.add_argument("--candidate", action="append", default=None, metavar="KEY=VALUE",
                            help="with --rl-validation (which needs one): the rl.* overrides "
                                 "the candidate RL arm adds to the config, e.g. --candidate "

@@ -256,3 +256,47 @@ def sensitivity(sweeps: Mapping[str, Sequence[tuple[float, Sequence[Mapping]]]],
         fig.savefig(path)
         plt.close(fig)
     return path
+
+
+def pareto(frontier: Sequence[tuple[float, Mapping]], others: Sequence[Mapping], path: str | Path,
+           title: str, strong: str = "core_strong") -> Path | None:
+    """Accuracy against USD per problem for a sweep of RL's cost weight λ: ExecTune at each λ
+    (mean ± sd over seeds, joined in order of λ and labelled with it), each row of `others` a
+    point, and the region above the strong core's (`strong`) accuracy and below its USD per
+    problem shaded: "cheaper and better" than the strong core alone. Rows carry {mean, sd}
+    cells, as a study's do. None when there is no λ to plot."""
+    if not frontier:
+        return None
+    path = Path(path)
+
+    def xy(r: Mapping) -> tuple[float, float, float, float]:
+        usd, acc = r["usd_per_problem"], r["accuracy"]
+        return (USD_SCALE * usd["mean"], 100 * acc["mean"], USD_SCALE * usd["sd"], 100 * acc["sd"])
+
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 5.2), dpi=120)
+        line = [xy(r) for _, r in frontier]
+        ax.errorbar([p[0] for p in line], [p[1] for p in line], xerr=[p[2] for p in line],
+                    yerr=[p[3] for p in line], color="C3", marker="o", markersize=8, capsize=4,
+                    linewidth=2, label="ExecTune at each λ", zorder=3)
+        for (lam, _), (x, y, _, _) in zip(frontier, line):
+            ax.annotate(f"λ={lam:g}", (x, y), xytext=(6, -14), textcoords="offset points",
+                        fontsize=10, color="C3")
+        for i, r in enumerate(others):
+            x, y, dx, dy = xy(r)
+            ax.errorbar([x], [y], xerr=[dx], yerr=[dy], fmt=MARKERS[(i + 1) % len(MARKERS)],
+                        color=f"C{(i + 4) % 10}", markersize=8, capsize=4, label=r["method"])
+        ref = next((r for r in others if r["method"] == strong), None)
+        if ref is not None:
+            x, y, _, _ = xy(ref)
+            ax.autoscale_view()
+            x0, _ = ax.get_xlim()
+            _, y1 = ax.get_ylim()
+            ax.fill_between([min(x0, 0.0), x], y, max(y1, 100.0), color="C2", alpha=0.12,
+                            label=f"cheaper and better than {strong}")
+            ax.set_xlim(left=min(x0, 0.0))
+            ax.set_ylim(top=max(y1, 100.0))
+        ax.set_xlabel(f"USD per {USD_SCALE:,} problems")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title)
+        return _save(fig, ax, path)

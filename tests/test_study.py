@@ -8,7 +8,8 @@ import pytest
 from exectune_jax.cli import main
 from exectune_jax.errors import UserError
 from exectune_jax.evaluate import mcnemar_exact
-from exectune_jax.study import ablations, across_seeds, rl_validation, tables
+from exectune_jax.train.rewards import make_spec
+from exectune_jax.study import ablations, across_seeds, lambdas, rl_validation, tables
 from exectune_jax.study import sweep as sensitivity
 
 WORLD = {"version": "2", "hash": "abc"}
@@ -392,3 +393,88 @@ def test_the_arms_summaries_count_dynamic_sampling_and_core_calls_where_their_ru
             in md)
     assert "| 0 | rl | 1 | 0.5 (0.5 → 0.5) | – | – |" in md
     assert "groups_extra" not in rl_validation.rl_runs_table({"0": {"rl": old}})  # an earlier run's
+
+
+def lambda_results(cells: dict[str, tuple[float, float]]) -> dict:
+    """One seed's λ-sweep results.json: method -> (accuracy, USD per problem)."""
+    return {"world": WORLD, "split": "test", "problems": 10, "rows": [
+        {"method": m, "n": 10, "accuracy": acc, "executability": None if m.startswith("core") else 0.9,
+         "usd_per_problem": usd, "discordant_vs_exectune": None if m == "exectune" else [1, 1]}
+        for m, (acc, usd) in cells.items()]}
+
+
+LAMBDA_CELLS = {"core_only": (0.70, 0.0008), "exectune_sft": (0.90, 0.0004), "exectune": (0.92, 0.0004),
+                "exectune_lambda_0": (0.93, 0.0035), "exectune_lambda_100": (0.92, 0.0004),
+                "exectune_lambda_1000": (0.80, 0.0002), "core_strong": (0.87, 0.0031)}
+
+
+def test_each_lambda_trains_rl_from_the_sft_guide_at_its_cost_weight_and_the_demos_is_not_retrained(tmp_path):
+    from exectune_jax.config import Config, dump, load_config
+    from exectune_jax.demo.recipe import prepare
+
+    cfg = prepare(load_config(None, [f"run_dir={tmp_path}"]), None, quick=True)
+    assert lambdas.own_lambda(cfg) == 100.0
+    staged = lambdas.lambda_configs(cfg, [0.0, 100.0, 1000.0])
+    assert set(staged) == {"rl_lambda-0", "rl_lambda-1000", "eval_lambdas"}
+    for lam in (0.0, 1000.0):
+        rl = staged[lambdas.stage(lam)].rl
+        assert rl.init == str(tmp_path / "sft" / "guide") and rl.preset == "exectune"
+        assert make_spec(rl.preset, rl.weights).weights["cost"] == lam
+        assert make_spec(rl.preset, rl.weights).weights == {**make_spec("exectune").weights, "cost": lam}
+    ev = staged["eval_lambdas"].eval
+    assert ev.guides["exectune_lambda_0"] == "rl_lambda-0/guide"
+    assert ev.guides["exectune_lambda_100"] == ev.guides["exectune"] == "rl/guide"  # the demo's guide
+    assert set(Config().eval.guides) < set(ev.guides) and ev.cores == ["core"] and ev.core_strong
+    assert ev.out == lambdas.LAMBDAS
+    assert lambdas.lambda_phases(cfg, [0.0, 100.0, 1000.0]) == (
+        (("rl_lambda-0",), ("rl_lambda-1000",)), (("eval_lambdas",),))
+    for stage, config in staged.items():  # the configs survive the hand-off to the stage process
+        dump(config, tmp_path / f"{stage}.yaml")
+        assert load_config(tmp_path / f"{stage}.yaml") == config, stage
+
+
+def test_the_lambda_study_reads_finished_seeds_back_marks_cheaper_and_better_and_draws_the_frontier(
+        tmp_path, capsys):
+    for seed in (0, 1):
+        out = tmp_path / f"seed-{seed}"
+        (out / lambdas.LAMBDAS).mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps(results(0.6, 0.8, [3, 1])))
+        cells = {m: (acc + 0.01 * seed, usd) for m, (acc, usd) in LAMBDA_CELLS.items()}
+        (out / lambdas.LAMBDAS / "results.json").write_text(json.dumps(lambda_results(cells)))
+    assert main(["study", f"run_dir={tmp_path}", "--lambdas", "1000,0,100", "--seeds", "0,1"]) == 0  # no runs
+    saved = json.loads((tmp_path / "study.json").read_text())[lambdas.LAMBDAS]
+    assert saved["lambdas"] == [0.0, 100.0, 1000.0] and saved["own_lambda"] == 100.0
+    assert [lam for lam, _ in lambdas.frontier(saved["rows"])] == [0.0, 100.0, 1000.0]
+    assert [r["method"] for r in lambdas.others(saved["rows"])] == ["core_only", "exectune_sft", "core_strong"]
+    # λ=0 is more accurate than core_strong but not cheaper; λ=1000 cheaper but less accurate
+    assert lambdas.cheaper_and_better(saved["rows"]) == ["exectune_lambda_100"]
+    md = (tmp_path / "study.md").read_text()
+    assert "## The cost weight λ" in md and "| exectune_lambda_100 | 100 | 92.5 ± 0.7 |" in md
+    assert md.count("| yes |") == 1 and lambdas.PARETO_PLOT in md
+    assert (tmp_path / lambdas.PARETO_PLOT).read_bytes()[:4] == b"\x89PNG"
+    assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,1", "--no-ablations"]) == 0
+    assert json.loads((tmp_path / "study.json").read_text())[lambdas.LAMBDAS] == saved  # kept
+    assert not lambdas.complete(tmp_path / "seed-0" / lambdas.LAMBDAS / "results.json", [0.0, 30.0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lambdas", "100"], "two or more distinct cost weights"),
+    (["--lambdas", "0,-1"], "two or more distinct cost weights"),
+    (["--lambdas", "0,x"], "two or more distinct cost weights"),
+    (["--lambdas", "0,100", "--sensitivity"], "run one at a time"),
+])
+def test_a_bad_lambda_list_is_refused_in_one_line_before_any_stage(tmp_path, capsys, args, message):
+    assert main(["study", f"run_dir={tmp_path}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "seed-0").exists()
+
+
+def test_the_pareto_plot_writes_a_png_from_constructed_study_rows(tmp_path):
+    from exectune_jax import plots
+
+    cell = lambda mean: {"mean": mean, "sd": 0.01 * mean, "per_seed": [mean]}  # noqa: E731
+    rows = [{"method": m, "accuracy": cell(acc), "usd_per_problem": cell(usd)}
+            for m, (acc, usd) in LAMBDA_CELLS.items()]
+    path = plots.pareto(lambdas.frontier(rows), lambdas.others(rows), tmp_path / "pareto.png", "title")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+    assert plots.pareto([], rows, tmp_path / "none.png", "title") is None

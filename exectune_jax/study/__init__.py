@@ -2,12 +2,13 @@
 
 Rooms: `seeds` (one demo per seed), `across_seeds` (mean ± sd, per-seed and pooled McNemar
 tests), `ablations` (three more guides per seed), `sweep` (ablation (d): the demo in the worlds
-around the run's own), `tables` (study.md and study.json) and `rl_validation` (the validation
-run of docs/rl.md).
+around the run's own), `lambdas` (RL's cost weight swept: the accuracy-vs-USD frontier),
+`tables` (study.md and study.json) and `rl_validation` (the validation run of docs/rl.md).
 
 Writes run_dir/study.json (every number), study.md, which the README's table is copied from, and
 study_accuracy_vs_alpha.png (every seed of every row, and the mean ± sd); a sweep adds its section
-to both (a run of either kind keeps the other's as it was) and study_sensitivity.png.
+to both (a run of one kind keeps the others' as they were) and study_sensitivity.png; a λ sweep
+its section and study_pareto.png.
 """
 
 from __future__ import annotations
@@ -23,26 +24,34 @@ from exectune_jax.demo.recipe import with_task
 from exectune_jax.errors import UserError
 from exectune_jax.study.ablations import ABLATIONS, ablations_complete, run_ablations
 from exectune_jax.study.across_seeds import aggregate, all_rows
+from exectune_jax.study.lambdas import LAMBDAS, PARETO_PLOT, frontier, others, parse_lambdas, run_lambda_sweep
 from exectune_jax.study.rl_validation import run_rl_validation
 from exectune_jax.study.seeds import demo_results, parse_seeds, seed_config, seed_dir
 from exectune_jax.study.sweep import SENSITIVITY, SENSITIVITY_PLOT, run_sweep, sweep_points
-from exectune_jax.study.tables import STUDY_JSON, STUDY_MD, STUDY_PLOT, main_table, save, sweep_table
+from exectune_jax.study.tables import (STUDY_JSON, STUDY_MD, STUDY_PLOT, lambdas_table, main_table, save,
+                                       sweep_table)
 
 __all__ = ["run"]
 
 
 def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
         sensitivity: bool = False, rl_validation: bool = False,
-        candidate: Sequence[str] | None = None, task: str | None = None, **_: Any) -> int:
+        candidate: Sequence[str] | None = None, task: str | None = None, lambdas: str | None = None,
+        **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
     with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says); with
-    `rl_validation`, the validation run of the default RL against `candidate` instead; `task`:
-    the demo's `--task`, for every demo it runs."""
+    `rl_validation`, the validation run of the default RL against `candidate` instead; with
+    `lambdas`, RL's cost weight swept instead (seed 0 unless `seeds` says); `task`: the demo's
+    `--task`, for every demo it runs."""
     cfg = with_task(cfg, task)
     root = Path(cfg.run_dir)
     if candidate and not rl_validation:
         raise UserError("--candidate names the second RL arm of --rl-validation; add "
                         "--rl-validation, or leave it out")
+    if sum((sensitivity, rl_validation, lambdas is not None)) > 1:
+        raise UserError("--sensitivity, --rl-validation and --lambdas are three studies; run one at a time")
+    if lambdas is not None:
+        return _lambda_study(cfg, parse_lambdas(lambdas), parse_seeds(seeds or "0", least=1), quick)
     if rl_validation:
         return run_rl_validation(cfg, parse_seeds(seeds or "0,1,2", least=1), quick,
                                  candidate or [])
@@ -84,4 +93,19 @@ def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: b
     study = save(root, study)
     plots.seeds_accuracy_vs_alpha(all_rows(study), root / STUDY_PLOT)
     print(main_table(study) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and {root / STUDY_PLOT}")
+    return 0
+
+
+def _lambda_study(cfg: Config, lambdas: list[float], seeds: list[int], quick: bool) -> int:
+    """`--lambdas`: the sweep, its section of study.json and study.md, and the frontier plot."""
+    root = Path(cfg.run_dir)
+    sweep = run_lambda_sweep(cfg, seeds, quick, lambdas)
+    if sweep is None:
+        return 1
+    save(root, {LAMBDAS: sweep})
+    n = len(seeds)
+    plots.pareto(frontier(sweep["rows"]), others(sweep["rows"]), root / PARETO_PLOT,
+                 f"Accuracy vs USD, RL's cost weight λ swept ({'mean ± sd over ' if n > 1 else ''}"
+                 f"{n} seed{'s' if n > 1 else ''})")
+    print(lambdas_table(sweep) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and {root / PARETO_PLOT}")
     return 0

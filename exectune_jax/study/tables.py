@@ -1,5 +1,6 @@
 """study.md: the main table and the ablations', mean ± sd over seeds with per-seed and pooled
-tests, then the sensitivity sweep's, one table per measure; and study.json beside it.
+tests, then the sensitivity sweep's, one table per measure, and the cost-weight sweep's; and
+study.json beside it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from exectune_jax.io import write_json_atomic, write_text_atomic
+from exectune_jax.study.lambdas import (
+    LAMBDAS,
+    PARETO_PLOT,
+    cheaper_and_better,
+    frontier,
+    others,
+)
 from exectune_jax.study.sweep import SENSITIVITY, SENSITIVITY_PLOT
 
 STUDY_PLOT = "study_accuracy_vs_alpha.png"
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
+SECTIONS = (SENSITIVITY, LAMBDAS)  # the sweeps: each kept apart from the seeds' study and the other
 SWEEP_TABLES = (("accuracy", "Accuracy %", 100, 1), ("executability", "Executability α %", 100, 1),
                 ("usd_per_problem", "USD per problem", 1, 6))
 
@@ -33,10 +42,12 @@ def _pm(cell: Mapping[str, Any] | None, scale: float, digits: int, seeds: bool =
 
 def table(study: Mapping[str, Any]) -> str:
     """study.md: the main table and the ablations', mean ± sd over seeds, per-seed and pooled
-    tests; then the sensitivity sweep's, when the study has one."""
+    tests; then the sensitivity sweep's and the cost-weight sweep's, where the study has them."""
     text = main_table(study) if "rows" in study else ""
     if SENSITIVITY in study:
         text += sweep_table(study[SENSITIVITY])
+    if LAMBDAS in study:
+        text += lambdas_table(study[LAMBDAS])
     return text
 
 
@@ -101,14 +112,38 @@ def sweep_table(sweep: Mapping[str, Any]) -> str:
     return text + f"\n![accuracy, α and USD against each swept world value]({SENSITIVITY_PLOT})\n"
 
 
+def lambdas_table(sweep: Mapping[str, Any]) -> str:
+    """The cost-weight sweep's section of study.md: ExecTune per λ, then the other rows."""
+    n, seeds = len(sweep["seeds"]), ", ".join(str(s) for s in sweep["seeds"])
+    inside = set(cheaper_and_better(sweep["rows"]))
+    text = ("\n## The cost weight λ\n\nExecTune RL from each seed's `exectune_sft` at each cost "
+            "weight λ (`rl.weights.cost`, reward units per USD; the demo's own is "
+            f"{sweep['own_lambda']:g}, its `exectune` guide), scored beside the demo's rows on "
+            f"{sweep['problems']} {sweep['split']} problems, seed{'s' if n > 1 else ''} {seeds}"
+            + (", mean ± sd over seeds" if n > 1 else "") + ". \"cheaper and better\": above "
+            "core_strong's accuracy at a lower USD per problem.\n\n"
+            "| method | λ | accuracy % | executability α % | USD / problem | cheaper and better |\n"
+            "|---|---:|---|---|---|---|\n")
+    for lam, r in frontier(sweep["rows"]):
+        text += (f"| {r['method']} | {lam:g} | {_pm(r['accuracy'], 100, 1, sd=n > 1)} "
+                 f"| {_pm(r['executability'], 100, 1, sd=n > 1)} | {_pm(r['usd_per_problem'], 1, 6, sd=n > 1)} "
+                 f"| {'yes' if r['method'] in inside else 'no'} |\n")
+    for r in others(sweep["rows"]):
+        text += (f"| {r['method']} | – | {_pm(r['accuracy'], 100, 1, sd=n > 1)} "
+                 f"| {_pm(r['executability'], 100, 1, sd=n > 1)} | {_pm(r['usd_per_problem'], 1, 6, sd=n > 1)} "
+                 "| – |\n")
+    return text + f"\n![accuracy against USD per problem, ExecTune at each λ]({PARETO_PLOT})\n"
+
+
 def save(root: Path, part: Mapping[str, Any]) -> dict[str, Any]:
     """study.json and study.md with `part` in place of what the file held: a sweep's part
-    replaces the sweep's section, a seeds' study everything else; each keeps the other's."""
+    replaces its own section, a seeds' study everything but the sweeps; each keeps the rest."""
     path = root / STUDY_JSON
     previous = json.loads(path.read_text()) if path.exists() else {}
-    swept = SENSITIVITY in part
-    kept = {k: v for k, v in previous.items() if (k == SENSITIVITY) != swept}
-    study = {**kept, **part} if swept else {**part, **kept}
+    if any(k in SECTIONS for k in part):
+        study = {**previous, **part}
+    else:
+        study = {**part, **{k: v for k, v in previous.items() if k in SECTIONS}}
     write_json_atomic(path, study)
     write_text_atomic(root / STUDY_MD, table(study))
     return study
