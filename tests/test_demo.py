@@ -112,6 +112,18 @@ def test_task_code_runs_funcs_and_a_task_the_demo_cannot_run_is_refused_in_one_l
         assert not (tmp_path / command / "demo_config.yaml").exists()
 
 
+def test_the_code_demo_takes_its_own_sizes_over_the_demos_and_the_users_still_win():
+    code = recipe.prepare(recipe.with_task(Config(), "code"), None, quick=False)
+    assert code.task.options == recipe.TASK_SIZES["funcs"]["task.options"]
+    assert code.sft.steps == recipe.DEMO_SIZES["sft.steps"]  # the rest as the math demo's
+    math = recipe.prepare(Config(), None, quick=False)
+    assert math.task.options == recipe.DEMO_SIZES["task.options"]
+    mine = recipe.prepare(load_config(None, ["task.name=funcs", "task.options={n_train: 50}"]), None, quick=False)
+    assert mine.task.options == {"n_train": 50}
+    quick = recipe.prepare(recipe.with_task(Config(), "code"), None, quick=True)
+    assert quick.task.options == recipe.QUICK_SIZES["task.options"]
+
+
 def test_every_stage_points_at_the_one_sim_server():
     cfg = with_sim_url(Config(), "http://127.0.0.1:1234")
     assert cfg.api.core.base_url == "http://127.0.0.1:1234/v1"

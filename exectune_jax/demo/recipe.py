@@ -43,6 +43,14 @@ DEMO_SIZES: dict[str, Any] = {
     "rl.held_out": 0,  # the eval stage measures every guide on the test split anyway
     **ACCEPTANCE,
 }
+# Per task, over DEMO_SIZES. The code task's demo (`--task code`) is sized for time, not chosen on
+# validation: each reply's code runs in the sandbox, and acceptance sampling checks ~6.5 replies
+# per training problem (~2.5 distinct programs, each run once; bench/sandbox_reuse.py), so half
+# arith's training problems halve sampling's sandboxed runs, and funcs' own 300 test problems cut
+# eval's by two fifths (docs/world.md, "code world": the time this leaves is a projection).
+TASK_SIZES: dict[str, dict[str, Any]] = {
+    "funcs": {"task.options": {"n_train": 1000, "n_validation": 500, "n_test": 300}},
+}
 QUICK_SIZES: dict[str, Any] = {
     "task.options": {"n_train": 64, "n_validation": 8, "n_test": 48},
     "sample.n_problems": 48,
@@ -139,7 +147,7 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
         cfg = with_values(cfg, {"sim.truth_log": str(Path(cfg.run_dir) / TRUTH_LOG)})
     if cfg.api.core_next is not None and cfg.eval.cores == Config().eval.cores:
         cfg = with_values(cfg, {"eval.cores": [*cfg.eval.cores, NEXT_CORE]})
-    return sized(cfg, QUICK_SIZES if quick else DEMO_SIZES)
+    return sized(cfg, QUICK_SIZES if quick else {**DEMO_SIZES, **TASK_SIZES.get(cfg.task.name, {})})
 
 
 def stage_configs(cfg: Config) -> dict[str, Config]:

@@ -3,6 +3,7 @@ their gold programs, and whose reference solutions pass their hidden tests in th
 
 import dataclasses
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -78,6 +79,21 @@ def test_the_verdict_is_the_hidden_tests_run_in_the_sandbox():
     broken = first.rsplit("==", 1)[0] + "== 'not this'\n"
     assert task.check(p, reply).correct
     assert not task.check(dataclasses.replace(p, meta={**p.meta, "tests": broken}), reply).correct
+
+
+def test_a_program_checked_again_reuses_its_one_sandboxed_run_and_other_code_runs_its_own():
+    """The same reply for the same problem runs once (also when checks overlap); another reply,
+    or the same reply to another problem, runs again and gets its own verdict."""
+    task = small()
+    p, q = task.problems("validation")[:2]
+    right = f"```python\n{p.answer}```"
+    wrong = "```python\n    return None\n```"
+    with ThreadPoolExecutor(4) as pool:
+        verdicts = list(pool.map(lambda reply: task.check(p, reply), [right] * 6 + [wrong] * 2))
+    assert [v.correct for v in verdicts] == [True] * 6 + [False] * 2
+    assert (task.sandbox_runs.runs, task.sandbox_runs.reused) == (2, 6)
+    assert not task.check(q, right).correct and task.sandbox_runs.runs == 3
+    assert task.check(p, right).correct and task.sandbox_runs.runs == 3
 
 
 def test_bad_options_name_the_option():

@@ -4,16 +4,21 @@ the sandbox, and give the pass@1 verdict; plus row reading for local files and t
 A reply may hold its code in a fenced block (```python ... ```), possibly among prose and
 example blocks, or be bare code. A task turns the extracted code into one test program
 (`CodeTask.test_program`); the program passes when it runs to its end, i.e. every test ran
-and none failed.
+and none failed. Each distinct test program runs once per task object (`SandboxRuns`): the
+same code for the same problem comes back often (one strategy executed again, several
+strategies the core carried out to the same lines, guides that write the same strategy).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from functools import lru_cache
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +77,49 @@ def indent_body(code: str) -> str:
     return "\n".join(f"    {line}" if line.strip() else line for line in code.splitlines())
 
 
+class SandboxRuns:
+    """The sandboxed result of each distinct test program, run once.
+
+    A program's result is its verdict's whole input (the code, the problem's tests, the
+    limits), so a second check of the same program reads the first one's result; checks of one
+    program that overlap wait for its one run. A run that raised (the sandbox could not be set
+    up) is not kept, so the next check tries again. `runs` and `reused` count what happened.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[str, Future] = {}
+        self.runs = 0
+        self.reused = 0
+
+    def result(self, key: str, run: Callable[[], sandbox.SandboxResult]) -> sandbox.SandboxResult:
+        with self._lock:
+            pending = self._results.get(key)
+            if pending is None:
+                pending = self._results[key] = Future()
+                self.runs += 1
+                owner = True
+            else:
+                self.reused += 1
+                owner = False
+        if not owner:
+            return pending.result()
+        try:
+            pending.set_result(run())
+        except BaseException as e:  # noqa: BLE001 - whatever the run raised, its waiters raise too
+            with self._lock:
+                del self._results[key]
+            pending.set_exception(e)
+        return pending.result()
+
+
+def program_key(program: str, files: Mapping[str, str], env: Mapping[str, str], timeout_s: float,
+                memory_mb: int) -> str:
+    """What decides a sandboxed run's result, hashed."""
+    doc = json.dumps([program, sorted(files.items()), sorted(env.items()), timeout_s, memory_mb])
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
 class CodeTask:
     """Base of the code tasks: loading is per task, checking is shared.
 
@@ -88,6 +136,7 @@ class CodeTask:
         if not (isinstance(memory_mb, int) and memory_mb >= 64):
             raise DataError(f"task option memory_mb={memory_mb!r}: must be a whole number >= 64")
         self.timeout_s, self.memory_mb = float(timeout_s), memory_mb
+        self.sandbox_runs = SandboxRuns()
         failure = unimportable(self.requires)
         if failure:
             raise DataError(
@@ -108,9 +157,10 @@ class CodeTask:
         if code is None:
             return Verdict(correct=False, extracted=None, reason=NO_CODE)
         program, files = self.test_program(problem, code)
-        result = sandbox.run(
-            program, timeout_s=self.timeout_s, memory_mb=self.memory_mb, files=files, env=self.sandbox_env()
-        )
+        env = self.sandbox_env()
+        result = self.sandbox_runs.result(
+            program_key(program, files, env, self.timeout_s, self.memory_mb),
+            lambda: sandbox.run(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb, files=files, env=env))
         return verdict_of(result, code, self.name)
 
 
