@@ -125,7 +125,8 @@ def guides(cfg: Config, stage: str) -> list[tuple[str, Path, str]]:
 
 def _download(path: str) -> str:
     return (f"download the model there first: hf download ORG/{Path(path).name} --local-dir "
-            f"{path} (or huggingface-cli download ORG/{Path(path).name} --local-dir {path})")
+            f"{path} (or huggingface-cli download ORG/{Path(path).name} --local-dir {path}); "
+            f"from a GGUF file: exectune import FILE.gguf {path}")
 
 
 def guide_dir(path: Path, field: str, fix: str) -> None:

@@ -135,6 +135,20 @@ def test_every_stage_points_at_the_one_sim_server():
     assert staged["sft_unfiltered"].sft.data.endswith("sample_unfiltered/accepted.jsonl")
 
 
+def test_a_pretrained_guide_is_where_advisor_rl_starts_and_what_the_base_guide_row_reads(tmp_path):
+    pretrained = tmp_path / "smollm2"
+    cfg = recipe.prepare(load_config(None, [f"model.path={pretrained}"]), str(tmp_path / "run"),
+                         quick=True)
+    staged = recipe.stage_configs(cfg)
+    assert staged["advisor_rl"].rl.init == str(pretrained)
+    assert staged["sft"].sft.init is None and staged["sft"].model.path == str(pretrained)
+    assert staged["eval"].eval.guides["base_guide"] == str(pretrained)
+    assert staged["eval"].eval.guides[recipe.ADAPTED] == "rl_next/guide"
+    demo = recipe.stage_configs(recipe.prepare(Config(), str(tmp_path / "run"), quick=True))
+    assert demo["advisor_rl"].rl.init == str(tmp_path / "run" / "base_guide")
+    assert demo["eval"].eval.guides["base_guide"] == "base_guide"
+
+
 def test_the_demo_adapts_exectune_sft_to_the_next_core_and_evaluates_every_guide_on_it():
     cfg = with_sim_url(recipe.prepare(Config(), None, quick=True), "http://127.0.0.1:1234")
     assert cfg.eval.cores == ["core", "core_next"]

@@ -77,11 +77,13 @@ def write_gsm8k(root: Path, n_train: int, n_test: int = 4) -> Path:
     return root
 
 
-def test_missing_model_dir_names_the_field_and_the_download_command(exectune, tmp_path):
+def test_missing_model_dir_names_the_field_and_the_download_and_import_commands(exectune,
+                                                                               tmp_path):
     line = refused(exectune("sft", f"run_dir={tmp_path / 'run'}",
                             f"model.path={tmp_path / 'models' / 'Qwen3-1.7B'}"),
                    "model.path", "no such directory", "hf download ORG/Qwen3-1.7B --local-dir")
     assert str(tmp_path / "models" / "Qwen3-1.7B") in line
+    assert f"exectune import FILE.gguf {tmp_path / 'models' / 'Qwen3-1.7B'}" in line
 
 
 def test_model_dir_without_weights_or_tokenizer_is_refused(exectune, tmp_path):

@@ -150,9 +150,20 @@ def prepare(cfg: Config, out: str | None, quick: bool) -> Config:
     return sized(cfg, QUICK_SIZES if quick else {**DEMO_SIZES, **TASK_SIZES.get(cfg.task.name, {})})
 
 
+def base_guide(cfg: Config) -> Path:
+    """The untrained guide that SFT and advisor RL start from and the eval's `base_guide` row
+    reads: `model.path` (a pretrained guide, e.g. an imported SmolLM2) when set, else the demo
+    guide its base_guide stage builds in run_dir."""
+    return Path(cfg.model.path) if cfg.model.path else layout.base_guide(cfg.run_dir)
+
+
 def stage_configs(cfg: Config) -> dict[str, Config]:
     """The config each stage runs with; stage directories follow the run-dir layout."""
     run_dir = Path(cfg.run_dir)
+    evaluated = cfg
+    if cfg.model.path:  # eval.guides are relative to run_dir; model.path to the working directory
+        evaluated = with_values(cfg, {"eval.guides": {
+            **cfg.eval.guides, "base_guide": str(Path(cfg.model.path).resolve())}})
     configs = {
         "base_guide": cfg,
         "sample": with_values(cfg, {"sample.out": "sample"}),
@@ -163,18 +174,18 @@ def stage_configs(cfg: Config) -> dict[str, Config]:
             "sft.name": "sft_unfiltered",
             "sft.data": str(layout.accepted(run_dir, "sample_unfiltered"))}),
         "advisor_rl": with_values(cfg, {"rl.name": "advisor_rl", "rl.preset": "advisor",
-                                        "rl.init": str(layout.base_guide(run_dir))}),
+                                        "rl.init": str(base_guide(cfg))}),
         "rl": with_values(cfg, {"rl.name": "rl", "rl.preset": "exectune",
                                 "rl.init": str(layout.guide(run_dir, "sft"))}),
-        "eval": cfg,
+        "eval": evaluated,
         "export": cfg,
     }
     if adapts(cfg):
         configs["rl_next"] = with_values(cfg, {
             "rl.name": "rl_next", "rl.preset": "exectune", "rl.init": str(layout.guide(run_dir, "sft")),
             "api.core": getattr(cfg.api, NEXT_CORE)})
-        configs["eval"] = with_values(cfg, {
-            "eval.guides": {**cfg.eval.guides, ADAPTED: str(layout.guide(Path(), "rl_next"))}})
+        configs["eval"] = with_values(evaluated, {
+            "eval.guides": {**evaluated.eval.guides, ADAPTED: str(layout.guide(Path(), "rl_next"))}})
     return configs
 
 

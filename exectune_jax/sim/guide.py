@@ -236,12 +236,19 @@ def _marker(seed: int, spec: BaseGuideSpec, problems: Sequence[Problem], world: 
 
 
 def ensure_base_guide(cfg: Config) -> Path:
-    """run_dir/base_guide, built on first use (a minute on a CPU) and reused afterwards.
+    """run_dir/base_guide, built on first use (a minute on a CPU) and reused afterwards; with
+    `model.path` set, that pretrained guide is the base guide and nothing is built.
 
     The demo guide knows the arith world, so its corpus is the arith train split (with the
     config's task options when the task is arith). A directory built from another seed, spec or
     corpus is refused rather than silently reused: later stages were trained from it.
     """
+    if cfg.model.path:
+        path = Path(cfg.model.path)
+        if not (path / hf.CONFIG_FILE).exists():
+            raise UserError(f"model.path={path}: no {hf.CONFIG_FILE} there; download the guide "
+                            f"or import it (exectune import FILE.gguf {path})")
+        return path
     spec = spec_from_config(cfg)
     options = dict(cfg.task.options) if cfg.task.name == "arith" else {}
     problems = tasks.get("arith", **options).problems("train")

@@ -90,6 +90,18 @@ def test_base_guide_is_deterministic_from_the_seed_and_reused(tmp_path):
     assert json.loads((a / guide.MARKER).read_text())["seed"] == 0
 
 
+def test_a_pretrained_model_path_is_the_base_guide_and_nothing_is_built(tmp_path):
+    pretrained = tmp_path / "smollm2"
+    pretrained.mkdir()
+    (pretrained / hf.CONFIG_FILE).write_text("{}")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", TASK, TINY, f"model.path={pretrained}"])
+    assert guide.ensure_base_guide(cfg) == pretrained
+    assert not (tmp_path / "run").exists()  # no demo guide built beside it
+    missing = load_config(None, [f"run_dir={tmp_path / 'run'}", f"model.path={tmp_path / 'none'}"])
+    with pytest.raises(UserError, match="exectune import FILE.gguf"):
+        guide.ensure_base_guide(missing)
+
+
 def test_unknown_base_guide_key_names_the_key(tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}", "sft.base_guide={hidden: 64}"])
     with pytest.raises(ConfigError, match="sft.base_guide.hidden"):
