@@ -275,4 +275,10 @@ def rl_prompt_iterator(problems: Sequence[Any], batch_size: int, seed: int):
     if batch_size < 1:
         raise UserError(f"RL batch size must be >= 1, got {batch_size}")
     ds = grain.MapDataset.source(list(problems)).shuffle(seed=seed % 2**32).repeat(None)
-    return iter(ds.batch(batch_size, batch_fn=list).to_iter_dataset())
+    # grain's batch of one over an endless dataset overflows len() (an OverflowError at iter)
+    batches = ds.batch(batch_size, batch_fn=list) if batch_size > 1 else ds.map(_one_problem)
+    return iter(batches.to_iter_dataset())
+
+
+def _one_problem(problem: Any) -> list:
+    return [problem]

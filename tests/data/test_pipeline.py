@@ -175,6 +175,14 @@ def test_rl_prompt_batches_cover_each_problem_once_per_epoch_and_resume(problems
     assert [p.id for p in next(again)] == epoch2[:4]
 
 
+def test_rl_prompt_batches_of_one_problem_cover_each_problem_once_per_epoch(problems):
+    it = pipeline.rl_prompt_iterator(problems[:3], batch_size=1, seed=0)
+    batches = [next(it) for _ in range(6)]
+    assert all(len(b) == 1 for b in batches)
+    ids = [b[0].id for b in batches]
+    assert sorted(ids[:3]) == sorted(ids[3:]) == sorted(p.id for p in problems[:3])
+
+
 def test_empty_problem_list_is_a_user_error():
     with pytest.raises(pipeline.UserError, match="no problems"):
         pipeline.rl_prompt_iterator([], batch_size=2, seed=0)
