@@ -49,7 +49,7 @@ from flax import nnx
 from exectune_jax import __version__, model_card, parallel, preflight
 from exectune_jax.config import Config, LoraConfig
 from exectune_jax.errors import UserError
-from exectune_jax.io import write_json_atomic, write_text_atomic
+from exectune_jax.io import temp_sibling, write_json_atomic, write_text_atomic
 from exectune_jax.layout import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR
 from exectune_jax.models import hf, lora
 from exectune_jax.models.transformer import Transformer
@@ -344,7 +344,7 @@ def _publish(out: Path, cfg: Config, write: Callable[[Path], None], *, source: s
 @contextlib.contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A new temporary sibling of `out` to write into, removed again if the block fails."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temp_sibling(out)
     _remove(tmp)  # left by a killed process of the same id
     try:
         yield tmp

@@ -44,6 +44,13 @@ def _space_error(path: Path, e: OSError) -> UserError | None:
     return None
 
 
+def temp_sibling(path: str | Path) -> Path:
+    """The hidden name beside `path` that this process builds a file or directory under before
+    renaming it into place: unique per process, so two writers never share one."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` whole or not at all (temp file, fsync, rename)."""
     path = Path(path)

@@ -16,6 +16,7 @@ from exectune_jax.api.ledger import Ledger
 from exectune_jax.config import Config
 from exectune_jax.demo.recipe import ADAPTED
 from exectune_jax.evaluate import FOLLOW_LABELS
+from exectune_jax.io import read_jsonl, write_json_atomic
 from exectune_jax.sim.truth import read_truth, study
 
 OUTPUTS = ("results.json", "results.md", "accuracy_vs_cost.png", "accuracy_vs_alpha.png",
@@ -116,9 +117,9 @@ def follow_study(out: Path, cfg: Config) -> dict | None:
     labels_path = Path(cfg.run_dir) / cfg.eval.out / FOLLOW_LABELS
     if cfg.sim.truth_log is None or not labels_path.exists():
         return None
-    labels = [json.loads(line) for line in labels_path.read_text().splitlines() if line.strip()]
+    labels = [row for _, row in read_jsonl(labels_path)]
     result = study(labels, read_truth(cfg.sim.truth_log))
-    (out / AGREEMENT).write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out / AGREEMENT, result)
     return result
 
 

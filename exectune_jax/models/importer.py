@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from exectune_jax.errors import UserError
+from exectune_jax.io import temp_sibling
 from exectune_jax.models import hf
 from exectune_jax.models.architecture import ModelConfig
 
@@ -51,7 +52,7 @@ def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> Path
     loader = _Loader(src)
     loader.check_config()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.import-{os.getpid()}")
+    tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same id
     tmp.mkdir()
     try:

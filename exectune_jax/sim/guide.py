@@ -39,6 +39,7 @@ from exectune_jax.data.tasks.arith import Program
 from exectune_jax.data.tasks.base import Problem
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
+from exectune_jax.io import temp_sibling
 from exectune_jax.models import hf
 from exectune_jax.models.architecture import ModelConfig
 from exectune_jax.models.transformer import Transformer
@@ -268,7 +269,7 @@ def ensure_base_guide(cfg: Config) -> Path:
         return out
     if not problems:
         raise UserError("the demo guide needs arith train problems; set task.options.n_train > 0")
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     losses = build_base_guide(problems, spec, cfg.seed, tmp, remat=cfg.model.remat, world=world)
     (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1]}, indent=2) + "\n")

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from exectune_jax.gcop.follow import agreement, exchange_digest
+from exectune_jax.io import read_jsonl
 
 
 class TruthLog:
@@ -39,12 +40,7 @@ def read_truth(path: str | Path) -> dict[str, bool]:
     path = Path(path)
     if not path.exists():
         return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[row["digest"]] = bool(row["followed"])
-    return out
+    return {row["digest"]: bool(row["followed"]) for _, row in read_jsonl(path)}
 
 
 def study(labels: Iterable[Mapping], truth: Mapping[str, bool]) -> dict:

@@ -36,6 +36,7 @@ from exectune_jax.config import Config, to_dict
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
+from exectune_jax.io import temp_sibling
 from exectune_jax.models import hf, lora, sampler
 from exectune_jax.train import head
 from exectune_jax.train.checkpoint import Checkpointer
@@ -301,7 +302,7 @@ def _resume(ckpt: Checkpointer, model, opt, wrt, it, mesh, writer: MetricsWriter
 
 def _write_guide(model, mcfg, tokenizer, path: Path) -> Path:
     """HF directory written beside and renamed over `path`, so a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_sibling(path)
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     hf.save(lora.merged(model), mcfg, tmp, tokenizer=tokenizer)
