@@ -40,7 +40,7 @@ from exectune_jax.sim import serving
 from exectune_jax.train import rewards
 from exectune_jax.train.acceptance import sample_candidates, training_problems
 from exectune_jax.train.forecast import (GuidePilot, core_only_line, ledger_rows, measured_pilot,
-                                         pilot_of_model, rl_draws, rl_lines)
+                                         pilot_of_model, rl_lines, rl_worst_case)
 from exectune_jax.train.grpo import DTYPES, prompts_that_fit, resolve_init
 from exectune_jax.train.problem_pool import rl_pool
 
@@ -154,8 +154,8 @@ def project(cfg: Config, pilot: Pilot | None, *, rl_stages: Sequence[tuple[str, 
     if unfiltered:  # the same proposal prompts: replays of the filtered run's first round when it ran first
         lines.append(Line("sample_unfiltered", "teacher", teacher.model, teacher.provider, 0.0, 0.0, 0.0, 0.0, True))
     rl = cfg.rl
-    drawn = [p for batch in rl_draws(cfg, rl_pool(task.problems("train"), rl.problems, cfg.sample.n_problems),
-                                     rl.steps) for p in batch]
+    drawn = rl_worst_case(cfg, rl_pool(task.problems("train"), rl.problems, cfg.sample.n_problems),
+                          rl.steps)
     measured: set[str] = set()  # the first stage to measure a core alone pays; later ones replay it
     for name, preset in rl_stages:
         core = (rl_cores or {}).get(name, "core")

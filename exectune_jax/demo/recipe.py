@@ -64,6 +64,7 @@ QUICK_SIZES: dict[str, Any] = {
     "rl.steps": 2,
     "rl.group_size": 4,
     "rl.prompts_per_step": 4,
+    "rl.max_extra_groups": 4,  # one batch's worth, as the default is at the demo's sizes
     "rl.core_only_samples": 2,
     "rl.checkpoint_every": 2,
     "rl.held_out": 0,

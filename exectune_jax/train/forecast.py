@@ -46,6 +46,7 @@ from exectune_jax.gcop import strategy
 from exectune_jax.gcop.execute import requests_for
 from exectune_jax.io import read_jsonl
 from exectune_jax.train.acceptance import training_problems
+from exectune_jax.train.dynamic_sampling import ReplacementStream
 from exectune_jax.train.rollouts import sample_rollout
 
 
@@ -119,6 +120,20 @@ def rl_draws(cfg: Config, problems: Sequence[Any], batches: int) -> list[list[An
     """The problems of RL's first `batches` steps, in order: its own prompt iterator and seed."""
     it = rl_prompt_iterator(problems, cfg.rl.prompts_per_step, cfg.seed)
     return [next(it) for _ in range(batches)]
+
+
+def rl_worst_case(cfg: Config, problems: Sequence[Any], batches: int) -> list[Any]:
+    """Every problem RL's first `batches` steps may execute: each batch, and with dynamic
+    sampling the `rl.max_extra_groups` problems its replacement stream would draw next, as if
+    every group lacked spread (how many it draws depends on outcomes not known before the run,
+    so a forecast that is to bound the spend counts the cap)."""
+    stream = ReplacementStream(problems, cfg.seed)
+    drawn: list[Any] = []
+    for batch in rl_draws(cfg, problems, batches):
+        drawn += batch
+        if cfg.rl.max_extra_groups:
+            drawn += stream.draw(cfg.rl.max_extra_groups, {p.id for p in batch})
+    return drawn
 
 
 def core_alone_replays(cfg: Config, drawn_ids: Sequence[str], sampled_ids: Sequence[str]) -> int:
@@ -258,7 +273,7 @@ def rl_start_forecast(cfg: Config, spec, model, tokenizer, problems: Sequence[An
     pilot = measured_pilot(cfg)
     family = _family(cfg)
     scale, strategy, core_out, alone_out, judge_out = measures(pilot)
-    drawn = [p for batch in rl_draws(cfg, problems, rl.steps) for p in batch]
+    drawn = rl_worst_case(cfg, problems, rl.steps)
     lines = rl_lines(cfg, rl.name, rl.preset, drawn, family, guide, strategy=strategy,
                      core_out=core_out, advice_out=alone_out * ADVICE_LENGTHENS, judge_out=judge_out,
                      scale=scale, repeat=TRAINED_REPEAT)

@@ -10,6 +10,7 @@ from exectune_jax.config import load_config
 from exectune_jax.cost import DEFAULT_STRATEGY
 from exectune_jax.data import tasks
 from exectune_jax.train import forecast, rewards
+from exectune_jax.train.dynamic_sampling import ReplacementStream
 from exectune_jax.train.rollouts import Rollout
 
 SIZES = ["task.options={n_train: 16, n_validation: 2, n_test: 8}", "sample.n_problems=16",
@@ -53,3 +54,24 @@ def test_guide_pilot_counts_a_cached_request_and_a_repeat_within_it_as_replayed(
                               strategy=DEFAULT_STRATEGY, core_out=50.0, advice_out=200.0,
                               judge_out=10.0, scale=1.0, repeat=0.45)
     assert [ln.calls for ln in lines] == [0.0]
+
+
+def test_the_forecast_counts_every_problem_dynamic_sampling_may_draw(tmp_path):
+    """With rl.max_extra_groups on, what RL executes depends on outcomes; the forecast counts the
+    cap on every step, and the extra problems are the ones the run's replacement stream draws."""
+    task = tasks.get("arith", n_train=64, n_validation=0, n_test=0)
+    problems = task.problems("train")
+    off = load_config(None, [f"run_dir={tmp_path}", "rl.steps=3", "rl.prompts_per_step=4",
+                             "rl.max_extra_groups=0"])
+    on = load_config(None, [f"run_dir={tmp_path}", "rl.steps=3", "rl.prompts_per_step=4",
+                            "rl.max_extra_groups=2"])
+    batches = forecast.rl_draws(on, problems, 3)
+    assert forecast.rl_worst_case(off, problems, 3) == [p for b in batches for p in b]
+    bound = forecast.rl_worst_case(on, problems, 3)
+    assert len(bound) == 3 * (4 + 2)
+    stream = ReplacementStream(problems, on.seed)
+    for step, batch in enumerate(batches):
+        part = bound[step * 6:(step + 1) * 6]
+        assert part[:4] == batch
+        assert part[4:] == stream.draw(2, {p.id for p in batch})
+        assert not {p.id for p in part[4:]} & {p.id for p in batch}
