@@ -205,7 +205,7 @@ FULL_DISK = textwrap.dedent("""
     cfg = load_config(None, [f"run_dir={run_dir}", "api.concurrency=1", "api.core.provider=openai",
                              f"api.core.base_url={url}", "api.core.max_tokens=2000",
                              f"api.teacher.base_url={url}", f"api.judge.base_url={url}",
-                             "api.core_strong=null"])  # only the core is called
+                             "api.core_strong=null", "api.core_next=null"])  # only the core is called
     asks = [Request("core", [("user", f"tell me a long story {i}")], stage="eval") for i in range(400)]
     try:
         with open_pool(cfg, run_dir) as pool:

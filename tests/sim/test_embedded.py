@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import requests
 
+from exectune_jax.api.pool import ENDPOINT_NAMES
 from exectune_jax.config import load_config
 from exectune_jax.sim import serving
 
@@ -22,7 +23,7 @@ def test_serving_points_every_sim_endpoint_at_one_server_and_stops_it_after():
 
 
 def test_a_config_naming_no_sim_endpoint_is_served_as_it_is():
-    urls = {f"api.{n}.base_url": "http://api.example/v1" for n in ("core", "teacher", "judge", "core_strong")}
+    urls = {f"api.{n}.base_url": "http://api.example/v1" for n in ENDPOINT_NAMES}
     cfg = load_config(None, [f"{k}={v}" for k, v in urls.items()])
     with serving(cfg) as served:
         assert served is cfg
