@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("world", nargs="*", help="world values, key=value")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # world values may follow the options
 
     from exectune_jax.data import tasks
     from exectune_jax.evaluate import guide_texts

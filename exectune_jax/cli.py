@@ -36,7 +36,7 @@ examples:
   exectune config --config configs/demo.yaml sft.lr=1e-3   # resolved config, each field's doc
   exectune estimate --config configs/demo.yaml run_dir=runs/a --pilot 8
   exectune study run_dir=runs/study --seeds 0,1,2     # the demo per seed, mean ± sd, pooled tests
-  exectune study run_dir=runs/study --sensitivity     # ablation (d): the demo in 4 more worlds
+  exectune study run_dir=runs/study --sensitivity     # ablation (d): the demo in 12 more worlds
   exectune study run_dir=runs/rlv --rl-validation --candidate rl.lr=3e-5   # docs/rl.md's rule
   exectune study run_dir=runs/study --lambdas 0,30,100,300,1000   # RL's cost weight: the frontier
 
@@ -128,10 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "accepted on the answer alone, the paper's acceptance "
                                 "(default: on)")
             p.add_argument("--sensitivity", action="store_true",
-                           help="instead, ablation (d): the demo in the worlds around the run's own "
-                                "(teacher habit rate 0, 0.4; follow_compound 0.25, 0.85), each "
-                                "in run_dir/sensitivity/<value>/seed-N, beside each seed's demo "
-                                "in the run's own world; adds its tables and plot to study.md")
+                           help="instead, ablation (d): the demo in the worlds around the run's own, "
+                                "one value changed at a time (teacher_habit_rate 0, 0.4, 0.8; "
+                                "follow_compound 0.25, 0.55, 0.85; judge_false_yes 0, 0.15, 0.3; "
+                                "judge_false_no 0, 0.04, 0.1; core_recovers and named_op_value "
+                                "0, 0.5, 1), each in run_dir/sensitivity/<value>/seed-N, beside "
+                                "each seed's demo in the run's own world; adds its tables and plot "
+                                "to study.md")
+            p.add_argument("--sweep", default=None, metavar="NAMES",
+                           help="with --sensitivity: sweep only these world values (comma-separated, "
+                                "e.g. judge_false_yes,judge_false_no)")
             p.add_argument("--rl-validation", action="store_true",
                            help="instead, the validation run of docs/rl.md: per seed, in "
                                 "run_dir/rl-validation/seed-N, SFT then RL from that SFT guide "

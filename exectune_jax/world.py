@@ -6,8 +6,9 @@ from nowhere else, so a run's behaviour is fixed by one object whose `hash` resu
 validation-split run recorded in docs/world.md; the test split never chooses a value.
 
 A run may name other values (config `sim.world`, read by `world_from`): the study's sensitivity
-ablation does, to see how the results move with the world. Such a world keeps `WORLD`'s version
-and differs in its hash, and results.json records the overrides beside it.
+ablation does, to see how the results move with the world. Such a world keeps its base's version
+and differs in its hash, and results.json records the overrides beside it. `version: 2` makes an
+earlier version the base (`WORLDS`), so its published tables can be reproduced.
 
 The spec is plain data (standard library only), so it sits below config, which validates a run's
 `sim.world` when the config is loaded; the simulator (`sim/`) reads it from here.
@@ -36,7 +37,7 @@ class CoreProfile:
 
 @dataclass(frozen=True)
 class WorldSpec:
-    version: str = "2"
+    version: str = "3"
     # A small instruct core solves short word problems mostly and loses ~9 points per extra
     # operation (GSM8K accuracy falls with solution length); 2..7 steps average ~70% alone.
     core: CoreProfile = CoreProfile(intercept=1.11, slope=0.09, flip=0.03, slip=0.003)
@@ -85,31 +86,33 @@ class WorldSpec:
     # The base guide's prose advice starts a sentence with a connector other than "Then" this
     # often (wording only: every sentence names one operation and the problem's numbers).
     advice_connector_rate: float = 0.5
-    # World v3 candidates (docs/world.md): off at these values, which are version 2's behaviour.
-    # Whether the core says so when it sets a strategy aside ("I cannot follow the strategy ...,
-    # so I will solve the problem my own way"). Version 2's core does, and sim-judge reads it;
-    # real instruct models rarely announce it, they just answer their own way, so a judge must
-    # tell from the computations alone (false: the judge reads computations only).
-    core_announces_aside: bool = True
+    # Version 3's mechanisms (docs/world.md, "World version 3"); each field's version-2 value is
+    # in SINCE_V2. Whether the core says so when it sets a strategy aside ("I cannot follow the
+    # strategy ..., so I will solve the problem my own way"): real instruct models rarely
+    # announce it, they just answer their own way, so a judge must tell from the computations
+    # alone. Version 2's core announced it and made sim-judge an oracle.
+    core_announces_aside: bool = False
     # sim-judge answers "followed" where its reading of the response says not followed, this
-    # often (by a stable hash of the exchange). LLM judges lean to yes: judging other models'
-    # feedback they accept most correct outputs but pass many wrong ones too (the NUS
-    # agreeableness-bias study: true-positive rate above 96%, true-negative rate below 25%).
+    # often (by a stable hash of the exchange). LLM judges lean to yes (the NUS agreeableness-bias
+    # study: true-positive rate above 96%, true-negative rate below 25%); reading computations
+    # alone, sim-judge already errs that way more than the target (0.15), so version 3's rule
+    # adds no flips here.
     judge_false_yes: float = 0.0
     # sim-judge answers "not followed" where its reading says followed, this often (same hash):
-    # the rarer error, a judge that misreads a reordered or reformatted computation. Human
-    # agreement of strong LLM judges is about 80-85% overall (MT-Bench, Zheng et al. 2023).
-    judge_false_no: float = 0.0
+    # the rarer error, a judge that misreads a reordered or reformatted computation; a
+    # true-positive rate of 96%, version 3's rule on its own reading (which never errs this way).
+    judge_false_no: float = 0.04
     # A core that followed part of a strategy off track (a result that is not one of the
     # problem's true amounts) and then stopped following re-solves the problem from the start
     # this often, right then at its own rate alone; otherwise its answer is wrong. Real models
-    # misled by a step often notice that the story does not fit and start again (0: never).
-    core_recovers: float = 0.0
+    # misled by a step often notice that the story does not fit and start again (GSM-IC).
+    core_recovers: float = 1.0
     # Share of an operation's difficulty that the core's own reasoning is spared when the
     # strategy or advice names that operation correctly but the core did not carry the step
     # out: an instruct model that reads "multiply 3 by 5" as a hint does that product more
-    # surely even when it answers its own way (0: a step not carried out is no help at all).
-    named_op_value: float = 0.0
+    # surely even when it answers its own way (hint prompting raises GSM8K accuracy); halfway
+    # between "no help at all" and "as good as carrying it out".
+    named_op_value: float = 0.5
     # A second core, `sim-core-next`: the vendor's next small model, which a guide trained for
     # sim-core meets when the vendor retires the old one (eval.cores). Better alone by about
     # half the gap to the strong core, flatter, with fewer slips; priced a little higher
@@ -161,12 +164,10 @@ SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0
                                             ("verbose", 0.30), ("vague", 0.45))}
 
 WORLD = WorldSpec()
-
-# The values the world v3 mechanisms are expected to take, as `sim.world` overrides: a candidate
-# for version 3, not the default. How each is chosen on validation: docs/world.md, "World v3
-# candidate".
-V3_CANDIDATE: dict[str, Any] = {"core_announces_aside": False, "core_recovers": 1.0, "named_op_value": 0.5,
-                                "judge_false_yes": 0.0, "judge_false_no": 0.04}
+# Version 2, whose tables docs/ still quote: `sim.world.version: 2` runs in it (hash
+# 35716ebe7bfb5013). The fields added after it keep the values it behaved with.
+WORLD_V2 = dataclasses.replace(WORLD, version="2", **SINCE_V2)
+WORLDS = {"2": WORLD_V2, "3": WORLD}
 
 # ---------------------------------------------------------------------------------------------
 # Overrides (config `sim.world`): the default world with some values named otherwise
@@ -198,11 +199,18 @@ FOLLOWS = (*FOLLOW_PROFILES.values(), "code_follow")  # the fields that map each
 
 
 def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: str = "") -> WorldSpec:
-    """`base` with the values `overrides` names: a field -> its value (a core profile: a mapping
-    of some of its fields; a style mix: a mapping of each of its styles to a weight, the weights
-    summing to 1), and `teacher_habit_rate` (see HABIT_RATE). A bad key or value raises one-line
-    ValueError naming `prefix + key`."""
+    """`base` with the values `overrides` names: `version` (another version's world as the base,
+    WORLDS), a field -> its value (a core profile: a mapping of some of its fields; a style mix:
+    a mapping of each of its styles to a weight, the weights summing to 1), and
+    `teacher_habit_rate` (see HABIT_RATE). A bad key or value raises one-line ValueError naming
+    `prefix + key`."""
     names = [f.name for f in dataclasses.fields(WorldSpec) if f.name != "version"] + [HABIT_RATE]
+    if "version" in overrides:
+        version = str(overrides["version"])
+        if version not in WORLDS:
+            raise ValueError(f"`{prefix}version` is {overrides['version']!r}; the worlds are versions "
+                             f"{', '.join(WORLDS)}")
+        base = WORLDS[version]
     if HABIT_RATE in overrides and "teacher_habit" in overrides:
         raise ValueError(f"`{prefix}{HABIT_RATE}` and `{prefix}teacher_habit` both set the habit "
                          "mix; give one")
@@ -210,8 +218,7 @@ def world_from(overrides: Mapping[str, Any], base: WorldSpec = WORLD, prefix: st
     for key, value in overrides.items():
         name = prefix + key
         if key == "version":
-            raise ValueError(f"`{name}` names the default world and is not overridden; the "
-                             "overrides are recorded beside it")
+            continue
         if key not in names:
             raise ValueError(f"`{name}` is not a value of the simulated world (known: {', '.join(names)})")
         if key in PROFILES:

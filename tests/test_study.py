@@ -109,6 +109,22 @@ def test_the_ablations_train_from_the_demo_guides_and_score_beside_the_demo_rows
         assert load_config(tmp_path / f"{stage}.yaml") == config, stage
 
 
+def test_the_sweep_covers_the_judges_error_rates_and_the_v3_mechanisms_around_the_run_s_own_world():
+    from exectune_jax.world import WORLD, world_from
+
+    added = {(name, value) for name, value, _ in sensitivity.variants({})}
+    assert {("judge_false_yes", 0.15), ("judge_false_yes", 0.3), ("judge_false_no", 0.0),
+            ("judge_false_no", 0.1), ("core_recovers", 0.0), ("named_op_value", 1.0)} <= added
+    assert ("judge_false_no", WORLD.judge_false_no) not in added  # the run's own value is its own demo
+    for name, value, overrides in sensitivity.variants({}, ["judge_false_yes"]):
+        world = world_from(overrides)
+        assert name == "judge_false_yes" and world.judge_false_yes == value != WORLD.judge_false_yes
+        assert world.hash != WORLD.hash
+    assert sensitivity.swept_names(None) == list(sensitivity.SWEEP)
+    with pytest.raises(UserError, match="`?--sweep 'judge_false_maybe'"):
+        sensitivity.swept_names("judge_false_maybe")
+
+
 def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulates_one_row_each(
         tmp_path, monkeypatch, capsys):
     """`--sensitivity --quick`: the run's own world is seed 0's demo, each other world one more demo
@@ -140,7 +156,8 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
         (tmp_path / f"seed-{seed}" / "results.json").write_text(
             json.dumps(results(0.6, 0.8, [3, 1], summary_of({}))))
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
-    assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--quick"]) == 0
+    assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--quick",
+                 "--sweep", "follow_compound,teacher_habit_rate"]) == 0
     variants = {"teacher_habit_rate-0": {HABIT_RATE: 0.0}, "teacher_habit_rate-0.4": {HABIT_RATE: 0.4},
                 "follow_compound-0.25": {"follow_compound": 0.25},
                 "follow_compound-0.85": {"follow_compound": 0.85}}
@@ -168,13 +185,14 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
     points = sensitivity.sweep_points(sweep)
     assert [[x for x, _ in p] for p in points.values()] == [[0.8, 0.0, 0.4], [0.55, 0.25, 0.85]]
     ran.clear()
-    assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 0 and ran == []  # read back
+    assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--sweep", "teacher_habit_rate,follow_compound"]
+                ) == 0 and ran == []  # read back
     assert main(["study", f"run_dir={tmp_path}", "--seeds", "0,2", "--no-ablations"]) == 0
     assert json.loads((tmp_path / "study.json").read_text())[sensitivity.SENSITIVITY] == sweep
     stale = tmp_path / sensitivity.SENSITIVITY / "follow_compound-0.25" / "seed-0" / "results.json"
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "world": summary_of({})}))
     capsys.readouterr()
-    assert main(["study", f"run_dir={tmp_path}", "--sensitivity"]) == 2
+    assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--sweep", "follow_compound"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"ran in world {WORLD.hash}, not the sweep's" in err
 
@@ -463,6 +481,8 @@ def test_the_lambda_study_reads_finished_seeds_back_marks_cheaper_and_better_and
     (["--lambdas", "0,-1"], "two or more distinct cost weights"),
     (["--lambdas", "0,x"], "two or more distinct cost weights"),
     (["--lambdas", "0,100", "--sensitivity"], "run one at a time"),
+    (["--sweep", "judge_false_yes"], "add --sensitivity"),
+    (["--sensitivity", "--sweep", "follow_compund"], "follow_compund is not a swept world value"),
 ])
 def test_a_bad_lambda_list_is_refused_in_one_line_before_any_stage(tmp_path, capsys, args, message):
     assert main(["study", f"run_dir={tmp_path}", *args]) == 2

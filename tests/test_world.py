@@ -9,7 +9,7 @@ import pytest
 
 from exectune_jax.sim import models
 from exectune_jax.world import following
-from exectune_jax.world import (HABIT_RATE, SINCE_V2, V3_CANDIDATE, WORLD, CoreProfile, WorldSpec, summary_of,
+from exectune_jax.world import (HABIT_RATE, SINCE_V2, WORLD, WORLD_V2, WORLDS, CoreProfile, WorldSpec, summary_of,
                                 world_from)
 
 
@@ -30,14 +30,26 @@ def test_hash_is_stable_across_processes_and_moves_with_any_value():
 
 
 def test_fields_added_after_version_2_leave_its_hash_alone_at_its_behaviour_and_move_it_otherwise():
-    assert WorldSpec().hash == "35716ebe7bfb5013"  # version 2's published hash (docs/world.md)
+    assert WORLD_V2.hash == "35716ebe7bfb5013"  # version 2's published hash (docs/world.md)
+    assert world_from({"version": 2}) == WORLD_V2 and WORLDS["3"] is WORLD
     assert set(SINCE_V2) <= {f.name for f in dataclasses.fields(WorldSpec)}
-    assert all(getattr(WORLD, k) == v for k, v in SINCE_V2.items())  # off by default
-    assert world_from(dict(SINCE_V2)).hash == WORLD.hash
-    others = [world_from({"core_announces_aside": False}), world_from({"judge_false_yes": 0.1}),
-              world_from({"judge_false_no": 0.1}), world_from({"judge_false_yes": 0.2}),
-              world_from({"core_recovers": 0.5}), world_from({"named_op_value": 0.5})]
-    assert len({WORLD.hash, *(w.hash for w in others)}) == 7
+    assert all(getattr(WORLD_V2, k) == v for k, v in SINCE_V2.items())
+    others = [world_from({"version": 2, "core_announces_aside": False}),
+              world_from({"version": 2, "judge_false_yes": 0.1}), world_from({"version": 2, "judge_false_no": 0.1}),
+              world_from({"version": 2, "judge_false_yes": 0.2}), world_from({"version": 2, "core_recovers": 0.5}),
+              world_from({"version": 2, "named_op_value": 0.5})]
+    assert len({WORLD_V2.hash, *(w.hash for w in others)}) == 7
+    assert all(w.version == "2" for w in others)
+
+
+def test_version_3_is_version_2_with_the_mechanisms_its_validation_run_chose_and_its_own_hash():
+    assert WORLD.version == "3" and WORLD.hash == "f40318248245aa37"  # docs/world.md
+    moved = {k for k in SINCE_V2 if getattr(WORLD, k) != SINCE_V2[k]}
+    assert moved == {"core_announces_aside", "core_recovers", "named_op_value", "judge_false_no"}
+    assert (WORLD.core_recovers, WORLD.named_op_value, WORLD.judge_false_yes, WORLD.judge_false_no) == (
+        1.0, 0.5, 0.0, 0.04)
+    back = world_from({k: SINCE_V2[k] for k in moved})
+    assert back.hash != WORLD_V2.hash and dataclasses.replace(back, version="2") == WORLD_V2
 
 
 def test_simulated_models_read_their_numbers_from_the_world():
@@ -78,7 +90,7 @@ def test_an_override_makes_another_world_under_another_hash_and_the_summary_says
     ({"teacher_revise": {"atomic": 1.0}}, "`w.teacher_revise` must map each of atomic, compound"),
     ({HABIT_RATE: 0.4, "teacher_habit": {}}, "both set the habit mix"),
     ({"success_floor": 0.99}, "`w.success_floor` (0.99) is above `w.success_ceil`"),
-    ({"version": "3"}, "`w.version` names the default world"),
+    ({"version": "1"}, "`w.version` is '1'; the worlds are versions 2, 3"),
     ({"core_announces_aside": 0}, "`w.core_announces_aside` must be true or false"),
     ({"judge_false_yes": 1.5}, "`w.judge_false_yes` is 1.5; it must be in [0, 1]"),
     ({"judge_false_no": True}, "`w.judge_false_no` must be a number"),
@@ -89,15 +101,6 @@ def test_a_bad_override_is_one_line_naming_its_key(overrides, needle):
     with pytest.raises(ValueError) as e:
         world_from(overrides, prefix="w.")
     assert needle in str(e.value) and "\n" not in str(e.value)
-
-
-def test_the_v3_candidate_sets_only_mechanisms_added_after_version_2_and_is_not_the_default():
-    candidate = world_from(V3_CANDIDATE)
-    assert set(V3_CANDIDATE) <= set(SINCE_V2)
-    moved = {k for k in V3_CANDIDATE if getattr(candidate, k) != SINCE_V2[k]}
-    assert moved == {"core_announces_aside", "core_recovers", "named_op_value", "judge_false_no"}
-    assert WORLD.hash == "35716ebe7bfb5013" != candidate.hash
-    assert candidate.version == WORLD.version  # a named world, until the choosing run makes it version 3
 
 
 def test_the_next_core_reads_steps_by_its_own_follow_profile_and_its_values_move_the_hash():

@@ -4,7 +4,10 @@ as `sim.world` does: `follow_compound=0.25`, `teacher_habit_rate=0.4`); arith's,
 `--funcs` the code world's on the first N funcs problems (each reply run in the sandbox).
 
 Prints, for the core alone and for each kind of strategy the world's guides and teacher write,
-accuracy, the share of strategies the core followed to the end, and output tokens per reply.
+accuracy, the share of strategies the core followed to the end, and output tokens per reply; for
+arith also how sim-judge's verdicts on the teacher's first proposals agree with the core's truth,
+its error rate in each direction, and the judge rates that world version 3's rule derives from
+them (docs/world.md, "The rule for version 3"; meaningful where the judge's rates are 0).
 It runs as a stage of its own, so the split guard refuses it the test split: the world's
 values are chosen on these numbers (docs/world.md), never on test.
 """
@@ -22,18 +25,29 @@ from exectune_jax.data import tasks
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.data.tasks.funcs import program_of
 from exectune_jax.gcop import prompts, strategy
+from exectune_jax.gcop.follow import agreement, parse_judge_reply
 from exectune_jax.sim import code_teacher, guide, models, teacher
 from exectune_jax.world import WORLD, WorldSpec, world_from
 
 STYLES = ("atomic", "compound", "verbose", "vague", "wrong", "leak")
+# version 3's targets for the judge's total error in each direction (docs/world.md): lenient as
+# often as strong judges disagree with humans (MT-Bench ~85%), strict at a 96% true-positive rate
+TARGET_FALSE_YES, TARGET_FALSE_NO = 0.15, 0.04
 
 
 def measure(problems, task, world: WorldSpec = WORLD, family: str = "math"
-            ) -> tuple[dict[str, list[tuple[bool, bool | None, int]]], Counter]:
+            ) -> tuple[dict[str, list[tuple[bool, bool | None, int]]], Counter, list[tuple[str, bool]]]:
+    """Rows per kind of strategy, the teacher's first-proposal styles, and sim-judge's verdict
+    beside the core's truth on each first proposal (math only)."""
     core = models.get("sim-core", world)
+    judge = models.get("sim-judge", world)
+    judged = []
 
-    def run(p, text, c=core):
+    def run(p, text, c=core, judge_it=False):
         reply = c.respond(prompts.core_messages(p, family, text))
+        if judge_it:
+            said = judge.complete(prompts.judge_follow_messages(p.prompt, text, reply.text))
+            judged.append((parse_judge_reply(said)[0], reply.followed))
         return task.check(p, reply.text).correct, reply.followed, tokens.count(reply.text)
 
     rows = {"core alone": [run(p, None) for p in problems],
@@ -51,9 +65,28 @@ def measure(problems, task, world: WorldSpec = WORLD, family: str = "math"
                                                    max_tokens=512, temperature=1.0, seed=0)
         text, style = reply.rsplit("\nstyle: ", 1)
         styles[style] += 1
-        mix.append(run(p, text))
+        mix.append(run(p, text, judge_it=family == "math"))
     rows["teacher first proposals"] = mix
-    return rows, styles
+    return rows, styles, judged
+
+
+def rule_rate(own_error: float, target: float) -> float:
+    """The flip rate that brings a judge erring `own_error` of the time in one direction to
+    `target` in total: own + (1 - own) * rate = target, floored at 0, to 0.01."""
+    return round(max(0.0, (target - own_error) / (1.0 - own_error)), 2)
+
+
+def judge_lines(judged: list[tuple[str, bool]]) -> list[str]:
+    got = agreement(judged)
+    c = got["confusion"]
+    e_yes = c["yes_false"] / max(1, c["yes_false"] + c["no_false"])
+    e_no = c["no_true"] / max(1, c["yes_true"] + c["no_true"])
+    return [f"sim-judge on the teacher's first proposals: agreement {got['agreement']:.3f}, "
+            f"kappa {got['kappa']:.3f}, judged yes: followed {c['yes_true']} / not {c['yes_false']}, "
+            f"judged no: followed {c['no_true']} / not {c['no_false']}",
+            f"its error rates: not followed called followed {e_yes:.3f}, followed called not {e_no:.3f}; "
+            f"version 3's rule gives judge_false_yes={rule_rate(e_yes, TARGET_FALSE_YES)}, "
+            f"judge_false_no={rule_rate(e_no, TARGET_FALSE_NO)}"]
 
 
 def main(argv: list[str]) -> int:
@@ -65,7 +98,7 @@ def main(argv: list[str]) -> int:
     task = tasks.get("funcs" if code else "arith")
     with tasks.reading_as("calibrate"):
         problems = task.problems("validation")[:limit]
-    rows, styles = measure(problems, task, world, task.family)
+    rows, styles, judged = measure(problems, task, world, task.family)
     print(f"world {world.version} ({world.hash}, overrides {overrides}), {task.name} validation split, "
           f"{len(problems)} problems")
     print("| strategies | n | accuracy | followed to the end | output tokens |")
@@ -80,6 +113,8 @@ def main(argv: list[str]) -> int:
     for p, (correct, _, _) in zip(problems, rows["core alone"]):
         by_steps[p.meta["steps"]].append(correct)
     print("core alone by steps:", {k: round(sum(v) / len(v), 3) for k, v in sorted(by_steps.items())})
+    for line in judge_lines(judged) if judged else []:
+        print(line)
     return 0
 
 

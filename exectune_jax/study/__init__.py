@@ -27,7 +27,7 @@ from exectune_jax.study.across_seeds import aggregate, all_rows
 from exectune_jax.study.lambdas import LAMBDAS, PARETO_PLOT, frontier, others, parse_lambdas, run_lambda_sweep
 from exectune_jax.study.rl_validation import run_rl_validation
 from exectune_jax.study.seeds import demo_results, parse_seeds, seed_config, seed_dir
-from exectune_jax.study.sweep import SENSITIVITY, SENSITIVITY_PLOT, run_sweep, sweep_points
+from exectune_jax.study.sweep import SENSITIVITY, SENSITIVITY_PLOT, run_sweep, swept_names, sweep_points
 from exectune_jax.study.tables import (STUDY_JSON, STUDY_MD, STUDY_PLOT, lambdas_table, main_table, save,
                                        sweep_table)
 
@@ -35,11 +35,12 @@ __all__ = ["run"]
 
 
 def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
-        sensitivity: bool = False, rl_validation: bool = False,
+        sensitivity: bool = False, sweep: str | None = None, rl_validation: bool = False,
         candidate: Sequence[str] | None = None, task: str | None = None, lambdas: str | None = None,
         **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
-    with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says); with
+    with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says; `sweep`
+    names some of its world values, comma-separated); with
     `rl_validation`, the validation run of the default RL against `candidate` instead; with
     `lambdas`, RL's cost weight swept instead (seed 0 unless `seeds` says); `task`: the demo's
     `--task`, for every demo it runs."""
@@ -48,6 +49,8 @@ def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: b
     if candidate and not rl_validation:
         raise UserError("--candidate names the second RL arm of --rl-validation; add "
                         "--rl-validation, or leave it out")
+    if sweep is not None and not sensitivity:
+        raise UserError("--sweep names the world values of --sensitivity; add --sensitivity, or leave it out")
     if sum((sensitivity, rl_validation, lambdas is not None)) > 1:
         raise UserError("--sensitivity, --rl-validation and --lambdas are three studies; run one at a time")
     if lambdas is not None:
@@ -56,15 +59,15 @@ def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: b
         return run_rl_validation(cfg, parse_seeds(seeds or "0,1,2", least=1), quick,
                                  candidate or [])
     if sensitivity:
-        sweep = run_sweep(cfg, parse_seeds(seeds or "0", least=1), quick)
-        if sweep is None:
+        swept = run_sweep(cfg, parse_seeds(seeds or "0", least=1), quick, swept_names(sweep))
+        if swept is None:
             return 1
-        save(root, {SENSITIVITY: sweep})
-        n = len(sweep["seeds"])
-        plots.sensitivity(sweep_points(sweep), root / SENSITIVITY_PLOT,
+        save(root, {SENSITIVITY: swept})
+        n = len(swept["seeds"])
+        plots.sensitivity(sweep_points(swept), root / SENSITIVITY_PLOT,
                           f"Rows against the world's values ({'mean ± sd over ' if n > 1 else ''}"
                           f"{n} seed{'s' if n > 1 else ''}; dotted: the run's own world)")
-        print(sweep_table(sweep) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and "
+        print(sweep_table(swept) + f"\nwritten to {root / STUDY_JSON}, {root / STUDY_MD} and "
               f"{root / SENSITIVITY_PLOT}")
         return 0
     chosen = parse_seeds(seeds or "0,1,2")

@@ -14,6 +14,7 @@ from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.sim import models
 from exectune_jax.sim.teacher import atomic, write
+from exectune_jax.world import WORLD, WORLD_V2
 
 PRICE_IN, PRICE_OUT = 0.80, 4.00  # sim-core, USD per million tokens
 
@@ -28,13 +29,13 @@ def validation(task):
     return task.problems("validation")
 
 
-def execute(problem, text, seed=0, core="sim-core"):
+def execute(problem, text, seed=0, core="sim-core", world=WORLD):
     messages = prompts.core_messages(problem, "math", text)
-    return messages, models.get(core).complete(messages, max_tokens=512, temperature=0.0, seed=seed)
+    return messages, models.get(core, world).complete(messages, max_tokens=512, temperature=0.0, seed=seed)
 
 
-def accuracy(task, items, seeds=(0,), core="sim-core"):
-    hits = [task.check(p, execute(p, s, seed, core)[1]).correct for p, s in items for seed in seeds]
+def accuracy(task, items, seeds=(0,), core="sim-core", world=WORLD):
+    hits = [task.check(p, execute(p, s, seed, core, world)[1]).correct for p, s in items for seed in seeds]
     return sum(hits) / len(hits)
 
 
@@ -71,8 +72,12 @@ def test_a_good_guide_makes_each_problem_cheaper_than_the_core_alone(validation)
     assert guided < 0.6 * alone
 
 
-def test_acceptance_filtered_strategies_replay_while_unfiltered_ones_do_not(task, validation):
-    teacher = models.get("sim-teacher")
+@pytest.mark.parametrize("world", [WORLD_V2, WORLD], ids=["v2", "v3"])
+def test_acceptance_filtered_strategies_replay_while_unfiltered_ones_do_not(task, validation, world):
+    """In version 3 a strategy the core does not carry out still helps (a named operation, a
+    recovery), so the unfiltered ones replay better than in version 2 and the gap narrows
+    (0.938 against 0.883 on validation), but acceptance still picks strategies that replay."""
+    teacher = models.get("sim-teacher", world)
     well_formed, accepted, styles = [], [], collections.Counter()
     for p in validation:
         for k in range(3):
@@ -84,14 +89,16 @@ def test_acceptance_filtered_strategies_replay_while_unfiltered_ones_do_not(task
                 continue
             text = strategy.render(parsed.steps)
             well_formed.append((p, text))
-            if strategy.leaks(text, p, "math") is None and task.check(p, execute(p, text)[1]).correct:
+            if strategy.leaks(text, p, "math") is None and task.check(p, execute(p, text, world=world)[1]).correct:
                 accepted.append((p, text))
     assert len(styles) == 6 and styles["atomic"] < 0.6 * sum(styles.values())
     assert len(accepted) >= 0.5 * len(well_formed)
     # at sample indices acceptance never used: each execution draws its own follow verdict, so
     # one right execution makes a strategy likely, not sure, to be followed again (0.89 here)
-    replayed, unfiltered = accuracy(task, accepted, seeds=(7, 8)), accuracy(task, well_formed, seeds=(7, 8))
-    assert replayed >= 0.85 and unfiltered <= 0.84 and replayed - unfiltered >= 0.05
+    replayed, unfiltered = (accuracy(task, accepted, seeds=(7, 8), world=world),
+                            accuracy(task, well_formed, seeds=(7, 8), world=world))
+    assert replayed >= 0.85 and replayed - unfiltered >= 0.04
+    assert world is WORLD or unfiltered <= 0.84
 
 
 def test_advice_that_names_the_right_operations_helps_even_when_not_followed_to_the_end(task, validation):

@@ -14,7 +14,7 @@ from exectune_jax.gcop.strategy import render
 from exectune_jax.sim import code_teacher, judge
 from exectune_jax.sim.core import SimCore
 from exectune_jax.train.acceptance import judge_reply
-from exectune_jax.world import WORLD, world_from
+from exectune_jax.world import WORLD, WORLD_V2, world_from
 
 SURE = world_from({"code_follow": {k: 1.0 for k in ("atomic", "prose", "compound", "verbose", "vague")},
                    "core": {"slip": 0.0}})
@@ -92,7 +92,7 @@ def test_the_judge_reads_code_that_sets_the_strategy_aside_as_not_followed(task)
 
 
 def test_code_follow_is_outside_version_2s_hash_and_checked():
-    assert WORLD.hash == "35716ebe7bfb5013"
+    assert WORLD_V2.hash == "35716ebe7bfb5013"
     assert world_from({"code_follow": {"compound": 0.5}}).hash != WORLD.hash
     with pytest.raises(ValueError, match="code_follow.compound"):
         world_from({"code_follow": {"compound": 1.5}})

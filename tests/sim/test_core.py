@@ -28,8 +28,8 @@ def task():
     return tasks.get("arith", n_train=0, n_validation=240, n_test=0)
 
 
-def ask(problem, strategy=None, seed=0, core="sim-core", family="math"):
-    return models.get(core).complete(prompts.core_messages(problem, family, strategy), max_tokens=512,
+def ask(problem, strategy=None, seed=0, core="sim-core", family="math", world=WORLD):
+    return models.get(core, world).complete(prompts.core_messages(problem, family, strategy), max_tokens=512,
                                      temperature=0.0, seed=seed)
 
 
@@ -148,16 +148,24 @@ def test_core_follows_a_wrong_strategy_faithfully():
     ],
 )
 def test_core_drops_a_strategy_it_cannot_start_and_solves_alone(strategy):
-    text = ask(P, strategy)
+    announcing = world_from({"core_announces_aside": True})
+    text = ask(P, strategy, world=announcing)
     assert text.startswith("I cannot follow the strategy")
     assert "Let me work through the problem step by step." in text
     assert extract_answer(text) is not None
+    quiet = ask(P, strategy)  # version 3's core says nothing of it and just solves
+    assert quiet.startswith("Let me work through the problem step by step.") and "cannot" not in quiet
+    assert extract_answer(quiet) is not None
 
 
 def test_core_keeps_what_it_followed_and_goes_on_alone_from_the_first_step_it_cannot_do():
-    text = ask(P, render(["Multiply 3 by 5.", "Add 7 to the result of step 1."]))
+    strategy = render(["Multiply 3 by 5.", "Add 7 to the result of step 1."])
+    text = ask(P, strategy, world=world_from({"core_announces_aside": True}))
     assert text.startswith("I will follow the strategy.\nStep 1: 3 * 5 = 15.\nI cannot carry out the rest")
     assert extract_answer(text) == "27"  # on track after step 1; one easy operation left
+    quiet = ask(P, strategy)
+    assert quiet.startswith("I will follow the strategy.\nStep 1: 3 * 5 = 15.\n") and "cannot" not in quiet
+    assert extract_answer(quiet) == "27"
 
 
 @pytest.mark.parametrize(("strategy", "followed", "carried_out"), [

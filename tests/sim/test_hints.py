@@ -74,7 +74,7 @@ def test_a_correct_operation_the_core_did_not_carry_out_raises_its_own_accuracy(
 
 def test_a_wrongly_named_operation_changes_nothing(problems):
     rows = first_op_rows(problems, wrong=True)
-    core0, core1 = SimCore("sim-core", world_from({})), SimCore("sim-core", world_from({"named_op_value": 1.0}))
+    core0, core1 = SimCore("sim-core", world_from({"named_op_value": 0.0})), SimCore("sim-core", world_from({"named_op_value": 1.0}))
     for p, t in rows[:80]:
         messages = prompts.core_messages(p, "math", t)
         assert core0.respond(messages) == core1.respond(messages)
@@ -82,7 +82,7 @@ def test_a_wrongly_named_operation_changes_nothing(problems):
 
 def test_the_base_guides_prose_advice_is_worth_more_when_not_followed_to_the_end(problems):
     rows = [(p, guide.advice(p)) for p in problems]
-    v2, valued = world_from({}), world_from({"named_op_value": 0.5})
+    v2, valued = world_from({"version": 2}), world_from({"version": 2, "named_op_value": 0.5})
     followed = [[SimCore("sim-core", w).respond(prompts.core_messages(p, "math", t)).followed for p, t in rows]
                 for w in (v2, valued)]
     assert followed[0] == followed[1]  # the value changes no follow decision

@@ -7,21 +7,25 @@ from exectune_jax.gcop.follow import agreement, parse_judge_reply
 from exectune_jax.gcop.strategy import render
 from exectune_jax.sim import models
 from exectune_jax.sim.teacher import atomic
+from exectune_jax.world import WORLD, WORLD_V2
 
 
-def judged(problem, strategy, seed=0):
-    reply = models.get("sim-core").respond(prompts.core_messages(problem, "math", strategy), seed=seed)
-    answer = models.get("sim-judge").complete(prompts.judge_follow_messages(problem.prompt, strategy, reply.text))
+def judged(problem, strategy, seed=0, world=WORLD):
+    reply = models.get("sim-core", world).respond(prompts.core_messages(problem, "math", strategy), seed=seed)
+    answer = models.get("sim-judge", world).complete(
+        prompts.judge_follow_messages(problem.prompt, strategy, reply.text))
     return parse_judge_reply(answer), reply.followed
 
 
-def test_sim_judge_agrees_with_the_cores_ground_truth_on_the_teachers_mixed_styles():
+def test_where_the_core_announces_an_aside_sim_judge_agrees_with_its_truth_on_the_teachers_mixed_styles():
+    """Version 2's core says when it sets a strategy aside, and its judge has no error rates; the
+    judge's reading is then exact (version 3's errors: tests/sim/test_judge_errors.py)."""
     problems = tasks.get("arith", n_train=0, n_validation=300, n_test=0).problems("validation")
     teacher = models.get("sim-teacher")
     pairs = []
     for k, p in enumerate(problems):
         strategy = teacher.complete(prompts.teacher_propose_messages(p, "math"), temperature=1.0, seed=k)
-        parsed, truth = judged(p, strategy)
+        parsed, truth = judged(p, strategy, world=WORLD_V2)
         assert parsed is not None
         pairs.append((parsed[0], truth))
     got = agreement(pairs)

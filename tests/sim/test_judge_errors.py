@@ -12,7 +12,7 @@ from exectune_jax.gcop import prompts
 from exectune_jax.gcop.follow import agreement, parse_judge_reply
 from exectune_jax.sim import models
 from exectune_jax.sim.judge import _ASIDE, SimJudge, decide
-from exectune_jax.world import V3_CANDIDATE, WORLD, world_from
+from exectune_jax.world import WORLD, WORLD_V2, world_from
 
 N = 400
 
@@ -35,7 +35,7 @@ def verdicts(judge, rows):
 
 @pytest.fixture(scope="module")
 def announced():
-    return exchanges(WORLD)
+    return exchanges(WORLD_V2)
 
 
 def within_binomial(k, n, p, sigmas=4.0):
@@ -43,13 +43,13 @@ def within_binomial(k, n, p, sigmas=4.0):
 
 
 def test_at_rates_zero_the_judge_agrees_with_the_truth_where_the_core_announces(announced):
-    got = agreement(list(zip(verdicts(models.get("sim-judge"), announced), (t for *_, t in announced))))
+    got = agreement(list(zip(verdicts(models.get("sim-judge", WORLD_V2), announced), (t for *_, t in announced))))
     assert got["agreement"] == 1.0
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3])
 def test_false_yes_turns_some_not_followed_executions_into_followed_and_no_followed_one_into_not(announced, rate):
-    said = verdicts(SimJudge(world_from({"judge_false_yes": rate})), announced)
+    said = verdicts(SimJudge(world_from({"version": 2, "judge_false_yes": rate})), announced)
     truth = [t for *_, t in announced]
     not_followed = [v for v, t in zip(said, truth) if not t]
     followed = [v for v, t in zip(said, truth) if t]
@@ -62,7 +62,7 @@ def test_false_yes_turns_some_not_followed_executions_into_followed_and_no_follo
 
 @pytest.mark.parametrize("rate", [0.1, 0.3])
 def test_false_no_turns_some_followed_executions_into_not_followed_and_no_other_into_followed(announced, rate):
-    said = verdicts(SimJudge(world_from({"judge_false_no": rate})), announced)
+    said = verdicts(SimJudge(world_from({"version": 2, "judge_false_no": rate})), announced)
     truth = [t for *_, t in announced]
     followed = [v for v, t in zip(said, truth) if t]
     flipped = followed.count("no")
@@ -73,23 +73,23 @@ def test_false_no_turns_some_followed_executions_into_not_followed_and_no_other_
 
 def test_one_exchange_always_gets_one_verdict_and_a_higher_rate_flips_a_superset(announced):
     rows = announced[:120]
-    world = world_from({"judge_false_yes": 0.2, "judge_false_no": 0.2})
+    world = world_from({"version": 2, "judge_false_yes": 0.2, "judge_false_no": 0.2})
     first = verdicts(SimJudge(world), rows)
     again = [parse_judge_reply(SimJudge(world).complete(prompts.judge_follow_messages(p, s, r), temperature=1.0,
                                                         seed=7))[0] for p, s, r, _ in rows]
     assert first == again == verdicts(models.get("sim-judge", world), rows)
     truth = [t for *_, t in rows]
     low = {i for i, (v, t) in enumerate(zip(first, truth)) if (v == "yes") != t}
-    high_said = verdicts(SimJudge(world_from({"judge_false_yes": 0.5, "judge_false_no": 0.5})), rows)
+    high_said = verdicts(SimJudge(world_from({"version": 2, "judge_false_yes": 0.5, "judge_false_no": 0.5})), rows)
     high = {i for i, (v, t) in enumerate(zip(high_said, truth)) if (v == "yes") != t}
     assert low and low < high
 
 
 def test_a_core_that_does_not_announce_never_writes_the_aside_and_the_judge_reads_computations_only():
-    world = world_from({"core_announces_aside": False})
+    world = world_from({"version": 2, "core_announces_aside": False})
     rows = exchanges(world)
     assert not any(_ASIDE.search(r) for _, _, r, _ in rows)
-    assert any(_ASIDE.search(r) for _, _, r, _ in exchanges(WORLD)[:50])  # the default still announces
+    assert any(_ASIDE.search(r) for _, _, r, _ in exchanges(WORLD_V2)[:50])  # version 2 announces
     truth = [t for *_, t in rows]
     got = agreement(list(zip(verdicts(models.get("sim-judge", world), rows), truth)))
     print(f"\nsim-judge at rates 0, core not announcing, {N} train problems: {got}")
@@ -109,13 +109,13 @@ def test_the_judge_reads_the_aside_only_in_a_world_whose_core_announces_it():
     assert SimJudge(world_from({"core_announces_aside": False})).world.core_announces_aside is False
 
 
-def test_in_the_v3_candidate_world_the_judge_reads_computations_and_errs_both_ways():
-    world = world_from(V3_CANDIDATE)
+def test_in_world_version_3_the_judge_reads_computations_and_errs_both_ways():
+    world = WORLD
     rows = exchanges(world)
     assert not any(_ASIDE.search(r) for _, _, r, _ in rows)
     truth = [t for *_, t in rows]
     got = agreement(list(zip(verdicts(models.get("sim-judge", world), rows), truth)))
-    print(f"\nsim-judge in the v3 candidate world, {N} train problems: {got}")
+    print(f"\nsim-judge in world version 3, {N} train problems: {got}")
     # Lenient from its reading alone (not-followed executions that compute the strategy's steps),
     # strict at the stated false-no rate (followed ones it calls not followed).
     assert got["confusion"]["yes_false"] > 0 and got["confusion"]["no_true"] > 0

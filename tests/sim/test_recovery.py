@@ -23,7 +23,7 @@ def off_track():
     whose second uses a number not in the problem: kept where the core carried out the first step,
     whose result is none of the problem's true amounts, and stopped at the second."""
     problems = tasks.get("arith", n_train=N, n_validation=0, n_test=0).problems("train")
-    core = SimCore("sim-core", world_from({}))
+    core = SimCore("sim-core", world_from({"version": 2}))
     out = []
     for p in problems:
         program = parse_problem(p.prompt)
@@ -50,7 +50,7 @@ def correct(rows, got):
 def test_off_track_is_always_wrong_at_version_2s_value(off_track):
     rows = off_track
     assert len(rows) >= 200
-    assert not any(correct(rows, replies(world_from({}), rows)))
+    assert not any(correct(rows, replies(world_from({"version": 2}), rows)))
 
 
 def test_a_core_that_always_recovers_is_right_at_its_own_rate_alone(off_track):

@@ -324,17 +324,23 @@ def test_the_served_core_runs_the_configured_world(tmp_path):
                 requests.post(s.url + "/v1/chat/completions", json=body, timeout=10).raise_for_status()
         return list(read_truth(log).values())
 
-    assert len(bodies) >= 20 and any(followed("default"))
+    default_followed = followed("default")
+    assert len(bodies) >= 20 and any(default_followed)
+    body = bodies[default_followed.index(True)]  # followed in the default world, never with 0
     assert followed("never", follow_compound=0.0) == [False] * len(bodies)
     command = [sys.executable, "-m", "exectune_jax.cli", "serve-sim", "sim.world.follow_compound=0"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         root = proc.stdout.readline().split()[-1]
         lines = [proc.stdout.readline() for _ in range(3)]
-        reply = requests.post(root + "/v1/chat/completions", json=bodies[0], timeout=10).json()
+        reply = requests.post(root + "/v1/chat/completions", json=body, timeout=10).json()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     world = json.loads(next(line for line in lines if "world:" in line).split("world: ", 1)[1])
     assert world == summary_of({"follow_compound": 0}) and world["hash"] != WORLD.hash
-    assert "I cannot" in reply["choices"][0]["message"]["content"]
+    with SimServer.from_config(SimConfig(world={"follow_compound": 0})) as s:
+        never = requests.post(s.url + "/v1/chat/completions", json=body, timeout=10).json()
+    with SimServer.from_config(SimConfig()) as s:
+        default = requests.post(s.url + "/v1/chat/completions", json=body, timeout=10).json()
+    assert reply["choices"][0]["message"] == never["choices"][0]["message"] != default["choices"][0]["message"]
