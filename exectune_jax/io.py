@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import json
 import os
 import tempfile
@@ -84,17 +85,38 @@ def whole_lines(path: str | Path) -> str:
     return data[: data.rfind(b"\n") + 1].decode("utf-8")
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row) for each non-blank whole line; a line that is not JSON raises a
-    UserError naming the file and line."""
-    for lineno, line in enumerate(whole_lines(path).splitlines(), 1):
+def cut_torn_tail(path: str | Path) -> None:
+    """Truncate an append-only file after its last newline, so that the next append starts a
+    whole line after a crash that tore the last one."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(whole)
+
+
+def read_jsonl(path: str | Path, *, appended: bool = True, error: type[Exception] = UserError,
+               hint: str = "fix or remove that line") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row) for each non-blank line of a JSONL file (gzip-compressed where
+    its name ends in .gz). `appended`: a file the package appends to (a ledger, a log), whose torn
+    last line (a crash mid-append) is not a row yet and is left out; otherwise (a dataset, a
+    hand-off) the file is read to its end, a last line without a newline included. A line that
+    is not JSON raises `error` with "FILE:LINE: not valid JSON (why); `hint`"."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    else:
+        text = whole_lines(path) if appended else path.read_text(encoding="utf-8")
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             yield lineno, json.loads(line)
         except ValueError as e:
-            raise UserError(f"{path} line {lineno}: not valid JSON ({e.msg}); fix or remove "
-                            "that line") from None
+            raise error(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); {hint}") from None
 
 
 def append_line(fd: int, path: Path, line: bytes) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 from exectune_jax.api import batches, providers
 from exectune_jax.api.limits import backoff_delay
 from exectune_jax.errors import UserError
+from exectune_jax.io import append_line, cut_torn_tail, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class Batcher:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
+                append_line(fd, self.path, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -292,22 +293,17 @@ class Batcher:
     def _records(self) -> list[dict]:
         if not self.path.exists():
             return []
-        data = self.path.read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        if len(whole) != len(data):  # a crash mid-write: drop the torn tail, as the ledger does
-            with open(self.path, "r+b") as f:
-                f.truncate(len(whole))
+        cut_torn_tail(self.path)  # a crash mid-write tore the last line
+        aside = "move the file aside (in-flight batches it names will then be paid again)"
         rows, done = [], set()
-        for lineno, line in enumerate(whole.decode().splitlines(), 1):
+        for lineno, row in read_jsonl(self.path, hint=aside):
             try:
-                row = json.loads(line)
                 if row["event"] == "done":
                     done.add(row["id"])
                 else:
                     rows.append(row)
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{self.path} line {lineno}: not a batch record; move the file aside "
-                                "(in-flight batches it names will then be paid again)") from None
+            except (KeyError, TypeError):
+                raise UserError(f"{self.path}:{lineno}: not a batch record; {aside}") from None
         return [r for r in rows if r["id"] not in done]
 
     def _reattach(self) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from exectune_jax.errors import UserError
-from exectune_jax.io import append_line, whole_lines, write_json_atomic
+from exectune_jax.io import append_line, cut_torn_tail, read_jsonl, write_json_atomic
 
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.yaml"
 STAGE_FIELDS = ("calls", "cached_calls", "input_tokens", "output_tokens", "usd", "replayed_usd",
@@ -167,7 +167,10 @@ def _add(totals: dict, row: Mapping) -> None:
 
 def read_totals(path: str | Path) -> dict[str, dict]:
     """Per-stage totals of a ledger file: what `Ledger.totals()` holds, read without opening it."""
-    return Ledger._sum(Path(path), whole_lines(path))
+    return Ledger._sum(Path(path))
+
+
+_FRESH = "move the file aside to start a fresh ledger"
 
 
 class Ledger:
@@ -185,32 +188,24 @@ class Ledger:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        if len(whole) != len(data):  # a crash mid-write: drop the torn tail
-            with open(self.path, "r+b") as f:
-                f.truncate(len(whole))
-        self._totals = self._sum(self.path, whole.decode())
+        cut_torn_tail(self.path)  # a crash mid-write tore the last line
+        self._totals = self._sum(self.path)
 
     @staticmethod
-    def _sum(path: Path, text: str) -> dict[str, dict]:
+    def _sum(path: Path) -> dict[str, dict]:
         totals: dict[str, dict] = {}
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, row in read_jsonl(path, hint=_FRESH):
             try:
-                _add(totals, json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                raise UserError(
-                    f"ledger {path} line {lineno}: not a ledger record; "
-                    "move the file aside to start a fresh ledger"
-                ) from None
+                _add(totals, row)
+            except (KeyError, TypeError):
+                raise UserError(f"{path}:{lineno}: not a ledger record; {_FRESH}") from None
         return totals
 
     def paid_replies(self) -> Iterator[dict]:
         """The paid rows that carry their reply (key, model, text, stop_reason, tokens)."""
         if not self.path.exists():
             return
-        for line in whole_lines(self.path).splitlines():
-            row = json.loads(line)
+        for _, row in read_jsonl(self.path, hint=_FRESH):
             if not row["cached"] and "key" in row:
                 yield row
 

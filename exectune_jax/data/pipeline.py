@@ -21,7 +21,6 @@ the guide is trained on exactly the token sequence it is later asked to continue
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ import grain.experimental as grain_x
 import numpy as np
 
 from exectune_jax.errors import UserError
+from exectune_jax.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,8 @@ def read_rows(path: str | Path) -> list[dict]:
         raise SftDataError(
             f"{path}: SFT data file not found; run `exectune sample` first or set sft.data"
         )
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SftDataError(
-                f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or delete "
-                "the line"
-            ) from None
-        rows.append(_check_row(row, path, lineno))
+    rows = [_check_row(row, path, lineno)
+            for lineno, row in read_jsonl(path, appended=False, error=SftDataError, hint="fix or delete the line")]
     if not rows:
         raise SftDataError(f"{path}: no rows; acceptance sampling accepted nothing to train on")
     return rows

@@ -105,9 +105,8 @@ def measured_pilot(cfg: Config) -> Pilot | None:
         rows = [r for r in ledger_rows(layout.ledger(cfg.run_dir))
                 if r["stage"].startswith(f"{cfg.sample.out}.")]
         accepted = layout.accepted(cfg.run_dir, cfg.sample.out)
-        first = accepted.read_text().partition("\n")[0] if accepted.exists() else ""
-        return pilot_from_rows(cfg, task.family, problems, rows,
-                               json.loads(first)["completion"] if first else None)
+        first = next(read_jsonl(accepted, appended=False), None) if accepted.exists() else None
+        return pilot_from_rows(cfg, task.family, problems, rows, first[1]["completion"] if first else None)
     kept = layout.estimate_pilot(cfg.run_dir)
     return Pilot(**json.loads(kept.read_text())["pilot"]) if kept.exists() else None
 

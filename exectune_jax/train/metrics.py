@@ -11,7 +11,6 @@ stage directory (`WANDB_MODE=offline` keeps it local); a resumed stage continues
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exectune_jax.io import append_jsonl, read_jsonl, write_text_atomic
+from exectune_jax.io import append_jsonl, read_jsonl, write_jsonl_atomic
 from exectune_jax.preflight import require_wandb
 
 METRICS_FILE = "metrics.jsonl"
@@ -104,11 +103,7 @@ class MetricsWriter:
         """Drop records with a step beyond `step` (written by a run that was then interrupted)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [
-            line for line in self.path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        write_text_atomic(self.path, "".join(kept))
+        write_jsonl_atomic(self.path, [row for _, row in read_jsonl(self.path) if row["step"] <= step])
 
     def close(self) -> None:
         if self._tb is not None:

@@ -184,5 +184,5 @@ def test_a_damaged_batch_record_is_one_clear_error_and_a_torn_tail_is_dropped(si
         assert pool.map([_ask(0)])[0].ok
     assert [r["event"] for r in _records(tmp_path)] == ["created", "done"]
     (tmp_path / "batches.jsonl").write_text("not json\n")
-    with pytest.raises(UserError, match=r"batches.jsonl line 1: not a batch record"):
+    with pytest.raises(UserError, match=r"batches.jsonl:1: not valid JSON"):
         _batch_pool(tmp_path, server, "openai")

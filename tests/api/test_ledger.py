@@ -83,7 +83,7 @@ def test_a_torn_last_line_from_a_crash_is_dropped_and_later_lines_stay_whole(tmp
 def test_a_corrupt_line_in_the_middle_names_the_file_and_line(tmp_path):
     path = tmp_path / "l.jsonl"
     path.write_text('{"stage": "rl"}\nnot json\n')
-    with pytest.raises(UserError, match=r"l.jsonl line 1"):
+    with pytest.raises(UserError, match=r"l.jsonl:1"):
         Ledger(path, TABLE)
 
 

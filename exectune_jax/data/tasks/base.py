@@ -7,7 +7,6 @@ are user input, so reading them reports the exact file, line and field that is w
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from exectune_jax import io
 from exectune_jax.errors import UserError
 
 SPLITS = ("train", "validation", "test")
@@ -146,7 +146,8 @@ def reads() -> list[tuple[str | None, str, str]]:
 
 
 def read_jsonl(path: str | Path, required: Mapping[str, type | tuple[type, ...]]) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row) for each non-blank line, validating the `required` fields.
+    """Yield (line number, row) for each non-blank line of a JSONL file (plain or .gz), validating
+    the `required` fields.
 
     Errors name the file, the 1-based line and the field, so a bad row in a large file is
     found without bisecting it.
@@ -154,27 +155,22 @@ def read_jsonl(path: str | Path, required: Mapping[str, type | tuple[type, ...]]
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; pass the path of an existing JSONL file")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one JSON object"
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            for name, types in required.items():
-                if name not in row:
-                    raise DataError(f"{path}:{line_no}: field {name!r} is missing; add it to every row")
-                if not isinstance(row[name], types) or isinstance(row[name], bool) and bool not in _as_tuple(types):
-                    raise DataError(
-                        f"{path}:{line_no}: field {name!r} must be {_type_names(types)}, "
-                        f"got {type(row[name]).__name__}"
-                    )
-            yield line_no, row
+    for line_no, row in io.read_jsonl(path, appended=False, error=DataError,
+                                      hint="each line must be one JSON object"):
+        yield line_no, require(row, f"{path}:{line_no}", required)
+
+
+def require(row: Any, where: str, required: Mapping[str, type | tuple[type, ...]]) -> dict:
+    """`row` when it is a JSON object with each `required` field of its type; else DataError
+    naming `where` and the field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for name, types in required.items():
+        if name not in row:
+            raise DataError(f"{where}: field {name!r} is missing; add it to every row")
+        if not isinstance(row[name], types) or isinstance(row[name], bool) and bool not in _as_tuple(types):
+            raise DataError(f"{where}: field {name!r} must be {_type_names(types)}, got {type(row[name]).__name__}")
+    return row
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -11,7 +11,6 @@ strategies the core carried out to the same lines, guides that write the same st
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
@@ -20,10 +19,9 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from exectune_jax import sandbox
-from exectune_jax.data.tasks.base import DataError, Problem, Verdict, read_jsonl
+from exectune_jax.data.tasks.base import DataError, Problem, Verdict, read_jsonl, require
 
 # An opening fence may follow prose on its line; a closing fence starts or ends a line, so a
 # ``` inside a string literal does not cut the code short.
@@ -194,23 +192,8 @@ Rows = Iterator[tuple[str, dict]]  # (where the row came from, the row)
 
 def local_rows(path: str | Path, required: Mapping[str, type | tuple[type, ...]]) -> Rows:
     """Rows of a JSONL file (plain or .gz), each with its "file:line" for error messages."""
-    path = Path(path)
-    if path.suffix != ".gz":
-        for line, row in read_jsonl(path, required):
-            yield f"{path}:{line}", row
-        return
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; pass the path of an existing JSONL file")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            yield where, require(row, where, required)
+    for line, row in read_jsonl(path, required):
+        yield f"{path}:{line}", row
 
 
 def hub_rows(task: str, hf_id: str, split: str, required: Mapping[str, type | tuple[type, ...]],
@@ -233,19 +216,6 @@ def hub_rows(task: str, hf_id: str, split: str, required: Mapping[str, type | tu
     for i, row in enumerate(rows):
         where = f"{hf_id}[{split}] row {i}"
         yield where, require(dict(row), where, required)
-
-
-def require(row: Any, where: str, required: Mapping[str, type | tuple[type, ...]]) -> dict:
-    """`row` itself when it is an object with every required field of the right type."""
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for name, types in required.items():
-        if name not in row:
-            raise DataError(f"{where}: field {name!r} is missing; add it to every row")
-        if not isinstance(row[name], types) or isinstance(row[name], bool):
-            names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-            raise DataError(f"{where}: field {name!r} must be {names}, got {type(row[name]).__name__}")
-    return row
 
 
 def string_list(row: dict, where: str, name: str) -> list[str]:
