@@ -14,7 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from exectune_jax.config import Config, EndpointConfig, load_config, render, section_help
+from exectune_jax.config import Config, EndpointConfig, given, load_config, render, section_help
 from exectune_jax.data import tasks
 from exectune_jax.errors import UserError
 from exectune_jax.io import RunLock
@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         func = getattr(importlib.import_module(module_name), func_name)
         extra = {k: v for k, v in vars(args).items()
                  if k not in ("command", "config", "overrides")}
+        if extra.get("task") is not None:  # --task against a task.name the user gave, default or not
+            extra["task_named"] = given(args.config, args.overrides, "task.name")
         with tasks.reading_as(args.command), held(args.command, cfg, extra.get("out")):
             prepare_stage(args.command, cfg)
             with served(args.command, cfg) as cfg:

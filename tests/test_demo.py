@@ -106,6 +106,9 @@ def test_task_code_runs_funcs_and_a_task_the_demo_cannot_run_is_refused_in_one_l
         recipe.with_task(load_config(None, ["task.name=gsm8k"]), None)
     for command in ("demo", "study"):
         capsys.readouterr()
+        named = main([command, "--task", "code", "task.name=arith", f"run_dir={tmp_path / command}"])
+        err = capsys.readouterr().err  # task.name named at its default value still disagrees
+        assert named == 2 and err.count("\n") == 1 and "--task code runs task.name=funcs" in err
         assert main([command, "--task", "humaneval", f"run_dir={tmp_path / command}"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--task humaneval" in err and "code (funcs)" in err

@@ -23,6 +23,7 @@ from exectune_jax.config.docs import (
 )
 from exectune_jax.config.loader import (
     apply_overrides,
+    given,
     in_range,
     load_config,
     numeric_fields,
@@ -58,7 +59,7 @@ __all__ = [
     "LORA_TARGETS", "PACKAGE_CONFIGS", "SIM_URL", "ApiConfig", "Config", "ConfigError",
     "EndpointConfig", "EvalConfig", "ExportConfig", "LoraConfig", "MeshConfig", "MetricsConfig",
     "ModelConfig", "ResumeConfig", "RlConfig", "SampleConfig", "SftConfig", "SimConfig",
-    "TaskConfig", "apply_overrides", "dump", "field_docs", "flat", "in_range", "load_config",
+    "TaskConfig", "apply_overrides", "dump", "field_docs", "flat", "given", "in_range", "load_config",
     "numeric_fields", "parse_interval", "parse_override", "render", "section_doc", "section_help",
     "section_types", "sections", "to_dict", "validate",
 ]

@@ -192,6 +192,21 @@ def load_config(
     return apply_overrides(config, overrides)
 
 
+def given(paths: str | Path | Sequence[str | Path] | None, overrides: Sequence[str], key: str) -> bool:
+    """Whether a config file (its `base:` chain included) or an override names dotted `key`,
+    whatever its value: a value equal to the default was still asked for."""
+    keys = key.split(".")
+
+    def names(data: Any, rest: list[str]) -> bool:
+        return not rest or isinstance(data, dict) and rest[0] in data and names(data[rest[0]], rest[1:])
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    layers = [data for path in paths or () for data, _ in read_yaml(resolve_config_path(path))]
+    layers += [_nest(*parse_override(text)) for text in overrides]
+    return any(names(data, keys) for data in layers)
+
+
 def apply_overrides(config: Config, overrides: Sequence[str],
                     source: str = "command line") -> Config:
     """`config` with dotted `key=value` overrides layered on as the command line layers them

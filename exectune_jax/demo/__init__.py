@@ -27,8 +27,9 @@ from exectune_jax.demo.runner import run_phases
 __all__ = ["prepare", "run"]
 
 
-def run(cfg: Config, out: str | None = None, quick: bool = False, task: str | None = None) -> int:
-    cfg = prepare(with_task(cfg, task), out, quick)
+def run(cfg: Config, out: str | None = None, quick: bool = False, task: str | None = None,
+        task_named: bool = False) -> int:
+    cfg = prepare(with_task(cfg, task, task_named), out, quick)
     preflight.check(cfg, "demo")
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -83,17 +83,17 @@ ADAPTED = "exectune_next"  # the eval row of the guide RL adapted to the next co
 TRUTH_LOG = "sim_truth.jsonl"  # the sim server's ground truth of "followed", for the study
 
 
-def with_task(cfg: Config, task: str | None) -> Config:
+def with_task(cfg: Config, task: str | None, named: bool = False) -> Config:
     """`cfg` with `--task` as its task.name; refused in one line when the demo cannot run the
-    task, or when `--task` and a task.name override disagree."""
+    task, or when `--task` and a task.name the user gave disagree (`named`: the config files or
+    overrides name task.name, even at its default value)."""
     names = {**DEMO_TASKS, **{name: name for name in DEMO_TASKS.values()}}
     if task is not None:
         if task not in names:
             raise UserError(f"--task {task}: the demo runs the simulated world's tasks, "
                             f"{' or '.join(f'{k} ({v})' for k, v in DEMO_TASKS.items())}; "
                             "other tasks run stage by stage (exectune sample, sft, rl, eval)")
-        default = Config().task.name
-        if cfg.task.name not in (default, names[task]):
+        if cfg.task.name != names[task] and (named or cfg.task.name != Config().task.name):
             raise UserError(f"--task {task} runs task.name={names[task]}, but the config sets "
                             f"task.name={cfg.task.name}; give one of them")
         cfg = with_values(cfg, {"task.name": names[task]})

@@ -37,14 +37,14 @@ __all__ = ["run"]
 def run(cfg: Config, seeds: str | None = None, quick: bool = False, ablations: bool = True,
         sensitivity: bool = False, sweep: str | None = None, rl_validation: bool = False,
         candidate: Sequence[str] | None = None, task: str | None = None, lambdas: str | None = None,
-        **_: Any) -> int:
+        task_named: bool = False, **_: Any) -> int:
     """`exectune study`: one demo per seed (finished seeds are read back), then study.json/md;
     with `sensitivity`, the sweep of ablation (d) instead (seed 0 unless `seeds` says; `sweep`
     names some of its world values, comma-separated); with
     `rl_validation`, the validation run of the default RL against `candidate` instead; with
     `lambdas`, RL's cost weight swept instead (seed 0 unless `seeds` says); `task`: the demo's
-    `--task`, for every demo it runs."""
-    cfg = with_task(cfg, task)
+    `--task`, for every demo it runs (`task_named`: the config also names task.name)."""
+    cfg = with_task(cfg, task, task_named)
     root = Path(cfg.run_dir)
     if candidate and not rl_validation:
         raise UserError("--candidate names the second RL arm of --rl-validation; add "
