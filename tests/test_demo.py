@@ -77,7 +77,8 @@ def test_demo_results_are_identical_with_injected_api_faults(clean_run, tmp_path
     """Retries and the cache make API faults invisible in the results (and the seed fixes them)."""
     out, _ = clean_run
     faulty = copy_finished(out, tmp_path / "faulty", NO_API_CALLS)
-    run_demo(faulty, "sim.fault_rate=0.2", "sim.latency_ms=2")
+    # a hang shorter than the default 2 s fails the call the same way, in less of the suite's time
+    run_demo(faulty, "sim.fault_rate=0.2", "sim.latency_ms=2", "sim.hang_s=0.2")
     ledger = [json.loads(line) for line in (faulty / "ledger.jsonl").read_text().splitlines()]
     assert ledger  # calls went through the faulty server
     assert_resumed_without_api_calls(faulty, out)

@@ -162,6 +162,7 @@ class SimConfig:
         "latency_ms": "[0, inf)",
         "rpm": "(0, inf)",
         "fault_rate": "[0, 1)",
+        "hang_s": "[0, inf)",
         "seed": "[0, inf)",
         "batch_delay_s": "[0, inf)",
         "batch_expire_s": "(0, inf)",
@@ -172,6 +173,7 @@ class SimConfig:
     latency_ms: float = 0.0  # added to every reply
     rpm: float | None = None  # answer 429 with Retry-After above this rate
     fault_rate: float = 0.0  # fraction of requests answered with an injected fault
+    hang_s: float = 2.0  # how long an injected `timeout` fault stalls before dropping the connection
     seed: int = 0  # of faults, and of sampled (temperature > 0) answers: the teacher's samples differ per seed
     # JSONL where the server records whether sim-core really followed each strategy it was given
     # (the ground truth the follow-check estimators are measured against; it never travels

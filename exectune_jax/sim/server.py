@@ -135,9 +135,10 @@ class SimServer:
 
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> SimServer:
-        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, seed, truth_log,
-        batch_delay_s, batch_expire_s, and the world its `world` overrides name)."""
+        """From a SimConfig section (host, port, latency_ms, rpm, fault_rate, hang_s, seed,
+        truth_log, batch_delay_s, batch_expire_s, and the world its `world` overrides name)."""
         kwargs.setdefault("world", world_from(cfg.world, prefix="sim.world."))
+        kwargs.setdefault("hang_s", cfg.hang_s)
         kwargs.setdefault("truth_log", cfg.truth_log)
         kwargs.setdefault("batch_delay_s", cfg.batch_delay_s)
         kwargs.setdefault("batch_expire_s", cfg.batch_expire_s)
