@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import datetime
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from flax import nnx
 from exectune_jax import __version__, model_card, parallel, preflight
 from exectune_jax.config import Config, LoraConfig
 from exectune_jax.errors import UserError
-from exectune_jax.io import temp_sibling, write_json_atomic, write_text_atomic
+from exectune_jax.io import remove_path, swap_in_dir, temp_sibling, write_json_atomic, write_text_atomic
 from exectune_jax.layout import BASE_GUIDE_DIR, CHECKPOINT_DIR, GUIDE_DIR
 from exectune_jax.models import hf, lora
 from exectune_jax.models.transformer import Transformer
@@ -328,13 +327,13 @@ def _publish(out: Path, cfg: Config, write: Callable[[Path], None], *, source: s
                 "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
             _refuse_secrets(tmp, cfg)
             _check_out(out, overwrite, flag)  # again: it may have been filled meanwhile
-            old = _replace(tmp, out)
+            old = swap_in_dir(tmp, out)
     except OSError as e:
         raise ExportError(f"{flag}{out}: cannot be written ({e.strerror or e}); nothing there "
                           "was changed") from None
     if old is not None:
         try:
-            _remove(old)
+            remove_path(old)
         except OSError as e:
             raise ExportError(f"{flag}{out}: written, but what it replaced could not be removed "
                               f"from {old} ({e.strerror or e}); delete that directory") from None
@@ -345,37 +344,12 @@ def _publish(out: Path, cfg: Config, write: Callable[[Path], None], *, source: s
 def _staged(out: Path) -> Iterator[Path]:
     """A new temporary sibling of `out` to write into, removed again if the block fails."""
     tmp = temp_sibling(out)
-    _remove(tmp)  # left by a killed process of the same id
+    remove_path(tmp)  # left by a killed process of the same id
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
-
-
-def _replace(tmp: Path, out: Path) -> Path | None:
-    """Rename `tmp` to `out`; an existing `out` is renamed aside first, to the path returned, for
-    the caller to remove once the new one is in place: an interruption leaves one export whole."""
-    if not (out.exists() or out.is_symlink()):
-        os.rename(tmp, out)
-        return None
-    old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    _remove(old)  # left by a killed process of the same id
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    return old
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, a link (not what it points at) or a directory tree, if there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _refuse_secrets(directory: Path, cfg: Config) -> None:

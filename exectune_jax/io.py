@@ -20,6 +20,7 @@ import fcntl
 import gzip
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -50,6 +51,46 @@ def temp_sibling(path: str | Path) -> Path:
     renaming it into place: unique per process, so two writers never share one."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_path(path: str | Path) -> None:
+    """Delete a file, a link (not what it points at) or a directory tree, if there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def swap_in_dir(tmp: Path, out: Path) -> Path | None:
+    """Rename the finished directory `tmp` to `out`. An existing `out` is renamed aside first, to
+    the path returned, for the caller to remove once the new one is in place: an interruption
+    leaves `out` whole, the old one or the new."""
+    if not (out.exists() or out.is_symlink()):
+        os.rename(tmp, out)
+        return None
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    remove_path(old)  # left by a killed process of the same id
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    return old
+
+
+def claim_dir(tmp: Path, out: Path) -> bool:
+    """Rename the finished directory `tmp` onto `out` unless another process has filled `out`
+    meanwhile: then `tmp` is removed and False returned (the first finisher's stays)."""
+    try:
+        os.replace(tmp, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not out.is_dir():
+            raise
+        remove_path(tmp)
+        return False
+    return True
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

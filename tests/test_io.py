@@ -8,7 +8,7 @@ import json
 import pytest
 
 from exectune_jax.errors import UserError
-from exectune_jax.io import append_jsonl, cut_torn_tail, read_jsonl
+from exectune_jax.io import append_jsonl, claim_dir, cut_torn_tail, read_jsonl, remove_path, swap_in_dir
 
 ROWS = [{"step": 1}, {"step": 2}]
 
@@ -42,3 +42,32 @@ def test_a_bad_line_is_one_error_of_the_callers_kind_naming_file_and_line(tmp_pa
         list(read_jsonl(path))
     with pytest.raises(DataError, match=rf"^{path}:3: not valid JSON .*; each line one object$"):
         list(read_jsonl(path, error=DataError, hint="each line one object"))
+
+
+def test_a_swapped_in_directory_replaces_the_old_one_which_waits_aside_until_removed(tmp_path):
+    out, tmp = tmp_path / "guide", tmp_path / ".guide.tmp"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    old = swap_in_dir(tmp, out)
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and not tmp.exists()
+    assert (old / "old.txt").read_text() == "old"  # kept until the caller removes it
+    remove_path(old)
+    assert not old.exists()
+    fresh = tmp_path / ".fresh.tmp"
+    fresh.mkdir()
+    assert swap_in_dir(fresh, tmp_path / "fresh") is None and (tmp_path / "fresh").is_dir()
+
+
+def test_claiming_a_directory_another_process_filled_keeps_the_first_and_drops_ours(tmp_path):
+    out, ours = tmp_path / "base_guide", tmp_path / ".base_guide.tmp"
+    ours.mkdir()
+    (ours / "mine").write_text("2")
+    out.mkdir()  # an empty directory is free to take
+    assert claim_dir(ours, out) and (out / "mine").read_text() == "2"
+    again = tmp_path / ".again.tmp"
+    again.mkdir()
+    (again / "mine").write_text("3")
+    assert not claim_dir(again, out) and not again.exists()
+    assert (out / "mine").read_text() == "2"

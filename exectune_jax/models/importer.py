@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from exectune_jax.errors import UserError
-from exectune_jax.io import temp_sibling
+from exectune_jax.io import claim_dir, temp_sibling
 from exectune_jax.models import hf
 from exectune_jax.models.architecture import ModelConfig
 
@@ -75,10 +75,12 @@ def _check_out(out: Path) -> None:
 def _publish(tmp: Path, out: Path) -> None:
     """Renames the finished `tmp` onto `out`; an `out` filled meanwhile is left as it is."""
     try:
-        os.replace(tmp, out)
+        claimed = claim_dir(tmp, out)
     except OSError as e:
         raise ImportCheckpointError(
             f"{out}: cannot be written ({e.strerror}); it was left as it was") from None
+    if not claimed:
+        raise ImportCheckpointError(f"{out}: filled by another process meanwhile; it was left as it was")
 
 
 class _Loader:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import shutil
 from collections.abc import Iterable, Sequence
@@ -39,7 +38,7 @@ from exectune_jax.data.tasks.arith import Program
 from exectune_jax.data.tasks.base import Problem
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.io import temp_sibling
+from exectune_jax.io import claim_dir, temp_sibling
 from exectune_jax.models import hf
 from exectune_jax.models.architecture import ModelConfig
 from exectune_jax.models.transformer import Transformer
@@ -273,10 +272,7 @@ def ensure_base_guide(cfg: Config) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     losses = build_base_guide(problems, spec, cfg.seed, tmp, remat=cfg.model.remat, world=world)
     (tmp / MARKER).write_text(json.dumps({**marker, "warmup_loss": losses[-1]}, indent=2) + "\n")
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first; its result is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    claim_dir(tmp, out)  # where another process finished first, its identical guide stays
     return out
 
 

@@ -18,7 +18,6 @@ CPU, on 8 simulated devices or on a pod slice, and the buffers are donated step 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from exectune_jax.config import Config, to_dict
 from exectune_jax.data import pipeline, tasks
 from exectune_jax.errors import UserError
 from exectune_jax.gcop import prompts, strategy
-from exectune_jax.io import temp_sibling
+from exectune_jax.io import remove_path, swap_in_dir, temp_sibling
 from exectune_jax.models import hf, lora, sampler
 from exectune_jax.train import head
 from exectune_jax.train.checkpoint import Checkpointer
@@ -306,7 +305,6 @@ def _write_guide(model, mcfg, tokenizer, path: Path) -> Path:
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     hf.save(lora.merged(model), mcfg, tmp, tokenizer=tokenizer)
-    if jax.process_index() == 0:
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+    if jax.process_index() == 0 and (old := swap_in_dir(tmp, path)) is not None:
+        remove_path(old)
     return path
