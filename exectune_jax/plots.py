@@ -131,7 +131,7 @@ def reward_keys(records: Sequence[Mapping]) -> list[str]:
 
 def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
               terms_of: str | None = None) -> Path | None:
-    """RL training curves in four panels, one colour per run: total reward; the reward terms of
+    """RL training curves in four panels, one colour per run: total reward; the reward terms (their values before the weights) of
     run `terms_of` (default: the last run); executability with its 95% band and format validity;
     the core's cost per strategy.
 
@@ -166,7 +166,7 @@ def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
                           label=key.removeprefix("reward_"))
         panels = (
             (ax_reward, "mean reward per strategy", "reward"),
-            (ax_terms, f"reward terms ({terms_of})", "weighted term"),
+            (ax_terms, f"reward terms before weights ({terms_of})", "term value"),
             (ax_exec, "executability α (95% CI), format validity", "fraction of strategies"),
             (ax_cost, f"core cost per {USD_SCALE:,} strategies", "USD"),
         )
