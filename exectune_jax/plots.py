@@ -131,9 +131,9 @@ def reward_keys(records: Sequence[Mapping]) -> list[str]:
 
 def rl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
               terms_of: str | None = None) -> Path | None:
-    """RL training curves in four panels, one colour per run: total reward; the reward terms (their values before the weights) of
-    run `terms_of` (default: the last run); executability with its 95% band and format validity;
-    the core's cost per strategy.
+    """RL training curves in four panels, one colour per run: total reward; the reward terms of
+    run `terms_of` (default: the last run), each at its value before the weights; executability
+    with its 95% band and format validity; the core's cost per strategy.
 
     `runs` maps a run name to its metrics.jsonl records. Returns None when nothing was logged.
     """
