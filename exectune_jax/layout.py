@@ -80,6 +80,17 @@ def accepted(run_dir: str | Path, sample_out: str) -> Path:
     return Path(run_dir) / sample_out / "accepted.jsonl"
 
 
+def rejected(run_dir: str | Path, sample_out: str) -> Path:
+    """The acceptance stage's rejected attempts, each with its reason."""
+    return Path(run_dir) / sample_out / "rejected.jsonl"
+
+
+def sample_summary(run_dir: str | Path, sample_out: str) -> Path:
+    """The acceptance stage's summary: counts, reasons and spend; written last, so it marks the
+    stage finished."""
+    return Path(run_dir) / sample_out / "summary.json"
+
+
 def sft_data(cfg) -> Path:
     """What SFT trains on: `sft.data`, else the accepted.jsonl of the config's sample stage.
     (Any object with the Config's `run_dir`, `sft.data` and `sample.out`: layout sits below

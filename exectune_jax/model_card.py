@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from exectune_jax import layout
 from exectune_jax.config import Config, load_config, to_dict
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks import Problem
@@ -326,7 +327,7 @@ def gather(cfg: Config, out: Path, *, name: str, dtype: str, source: str,
             found = last_metrics(run_dir / stage / "metrics.jsonl")
             if found:
                 metrics[stage] = found
-        data = read_json(run_dir / recipe_cfg.sample.out / "summary.json")
+        data = read_json(layout.sample_summary(run_dir, recipe_cfg.sample.out))
         eval_dir = run_dir / recipe_cfg.eval.out
         if (eval_dir / "results.md").is_file():
             table = (eval_dir / "results.md").read_text()

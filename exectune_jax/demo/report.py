@@ -137,7 +137,7 @@ def closing_summary(out: Path, seconds: Mapping[str, float], wall: float,
                     study: Mapping[str, Any] | None = None, *, quick: bool = False) -> str:
     """The demo's last words; a --quick run says it is a smoke run and judges no pattern."""
     lines = ["", SMOKE_NOTE] if quick else [""]
-    sample = out / "sample" / "summary.json"
+    sample = layout.sample_summary(out, "sample")
     if sample.exists():
         acc = json.loads(sample.read_text())["chain_acceptance"]
         lines.append(f"acceptance sampling: {acc['rate']:.1%} of teacher proposal chains accepted "

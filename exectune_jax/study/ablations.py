@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from exectune_jax import layout
 from exectune_jax.config import Config
 from exectune_jax.demo.recipe import prepare, with_values
 from exectune_jax.demo.runner import run_phases
-from exectune_jax.layout import BASE_GUIDE_DIR, GUIDE_DIR
+from exectune_jax.layout import GUIDE_DIR
 
 OUTCOME_ONLY = {"format": 0.0, "improve": 0.0, "harm": 0.0, "leak": 0.0, "cost": 0.0}
 ABLATIONS = "ablations"  # the ablation eval's directory under each seed's run dir
@@ -48,9 +49,9 @@ def ablation_configs(cfg: Config) -> dict[str, Config]:
     return {
         "rl_outcome": with_values(cfg, {"rl.name": "rl_outcome", "rl.preset": "exectune",
                                         "rl.weights": OUTCOME_ONLY,
-                                        "rl.init": str(run_dir / "sft" / GUIDE_DIR)}),
+                                        "rl.init": str(layout.guide(run_dir, "sft"))}),
         "rl_from_base": with_values(cfg, {"rl.name": "rl_from_base", "rl.preset": "exectune",
-                                          "rl.init": str(run_dir / BASE_GUIDE_DIR)}),
+                                          "rl.init": str(layout.base_guide(run_dir))}),
         "sample_answer_only": with_values(cfg, ANSWER_ONLY),
         # SFT reads the accepted strategies of its config's sample stage (layout.sft_data)
         "sft_answer_only": with_values(cfg, {**ANSWER_ONLY, "sft.name": "sft_answer_only"}),

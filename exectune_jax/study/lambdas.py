@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from exectune_jax import layout
 from exectune_jax.config import Config
 from exectune_jax.demo.recipe import prepare, with_values
 from exectune_jax.demo.runner import run_phases
@@ -71,7 +72,7 @@ def lambda_configs(cfg: Config, lambdas: Sequence[float]) -> dict[str, Config]:
     run_dir = Path(cfg.run_dir)
     configs = {stage(lam): with_values(cfg, {
         "rl.name": stage(lam), "rl.preset": "exectune", "rl.weights": {**cfg.rl.weights, "cost": lam},
-        "rl.init": str(run_dir / "sft" / GUIDE_DIR)}) for lam in trained(cfg, lambdas)}
+        "rl.init": str(layout.guide(run_dir, "sft"))}) for lam in trained(cfg, lambdas)}
     guides = {method(lam): (f"{stage(lam)}/{GUIDE_DIR}" if lam in trained(cfg, lambdas)
                             else cfg.eval.guides["exectune"]) for lam in lambdas}
     configs["eval_lambdas"] = with_values(cfg, {

@@ -310,10 +310,10 @@ def run(cfg: Config, unfiltered: bool = False) -> int:
                         if k.split(".")[0] == stage}
     write_jsonl_atomic(layout.accepted(cfg.run_dir, stage),
                        (accepted_row(c, task.family) for c in candidates if c.status == "accepted"))
-    write_jsonl_atomic(out / "rejected.jsonl",
+    write_jsonl_atomic(layout.rejected(cfg.run_dir, stage),
                        (rejected_row(c, task.family) for c in candidates
                         if c.status != "accepted"))
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(layout.sample_summary(cfg.run_dir, stage), summary)
     print(f"exectune sample{' --unfiltered' if unfiltered else ''}: {out}")
     print(report(summary))
     return 0

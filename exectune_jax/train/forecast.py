@@ -99,8 +99,7 @@ def measured_pilot(cfg: Config) -> Pilot | None:
     """The measurement of a run_dir where a pilot cannot run: its acceptance sampling, read from
     its ledger once the stage has finished (its summary written), else its kept pilot; None
     when it has neither."""
-    out = Path(cfg.run_dir) / cfg.sample.out
-    if (out / "summary.json").exists():
+    if layout.sample_summary(cfg.run_dir, cfg.sample.out).exists():
         task, problems = training_problems(cfg)
         rows = [r for r in ledger_rows(layout.ledger(cfg.run_dir))
                 if r["stage"].startswith(f"{cfg.sample.out}.")]
