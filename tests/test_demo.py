@@ -66,9 +66,12 @@ def test_quick_demo_measures_each_follow_estimator_against_the_simulators_truth(
     out, proc = clean_run
     study = json.loads((out / report.AGREEMENT).read_text())
     judge = study["estimators"]["judge"]
-    assert study["unmatched"] == 0 and judge["decided"] > 0 and judge["agreement"] >= 0.98
+    assert study["unmatched"] == 0 and judge["decided"] > 0 and 0 < judge["agreement"] <= 1
     assert set(study["estimators"]) == {"judge", "trace"}
+    guides = {"base_guide", "sft_unfiltered", "exectune_sft", "advisor_rl", "exectune"}
+    assert guides <= set(study["methods"]) and all(0 <= m["followed"] <= 1 for m in study["methods"].values())
     assert "follow check against the simulator's ground truth" in proc.stdout
+    assert "followed by the ground truth" in proc.stdout
     ledger = {json.loads(line)["stage"] for line in (out / "ledger.jsonl").read_text().splitlines()}
     assert {"eval.exectune.judge", "sample.core.judge"} <= ledger
 
@@ -256,7 +259,28 @@ def test_follow_study_lines_report_agreement_and_kappa_per_estimator():
         "trace": {"n": 10, "decided": 8, "unknown": 2, "agreement": 0.875, "kappa": None}}}
     lines = report.study_lines(result)
     assert lines[1].split() == "judge agreement 100.0%, Cohen's kappa 1.000 over 10 decided (0 unknown, left out)".split()
-    assert "kappa n/a over 8 decided (2 unknown" in lines[2]
+    assert "kappa n/a over 8 decided (2 unknown" in lines[2] and len(lines) == 3
+
+
+def test_the_follow_study_gives_each_rows_true_followed_share_beside_what_each_estimator_said():
+    from exectune_jax.sim.truth import study
+
+    truth = {"a": True, "b": False, "c": False, "d": True, "e": False}
+    labels = [{"method": "exectune", "digest": "a", "checks": {"judge": "yes", "trace": "yes"}},
+              {"method": "exectune", "digest": "b", "checks": {"judge": "yes", "trace": "no"}},
+              {"method": "exectune", "digest": "c", "checks": {"judge": "no", "trace": "unknown"}},
+              {"method": "base_guide", "digest": "d", "checks": {"judge": "yes", "trace": "unknown"}},
+              {"method": "base_guide", "digest": "e", "checks": {"judge": "yes", "trace": "unknown"}},
+              {"method": "base_guide", "digest": "real-core", "checks": {"judge": "yes", "trace": "yes"}}]
+    result = study(labels, truth)
+    assert result["unmatched"] == 1
+    exectune, base = result["methods"]["exectune"], result["methods"]["base_guide"]
+    assert (exectune["n"], exectune["followed"]) == (3, 1 / 3)
+    assert exectune["said_followed"] == {"judge": 2 / 3, "trace": 0.5}  # trace decided two
+    assert base["followed"] == 0.5 and base["said_followed"] == {"judge": 1.0, "trace": None}
+    lines = report.study_lines(result)
+    assert any(line.split() == "exectune truth 33.3%; judge 66.7%, trace 50.0% (n = 3)".split() for line in lines)
+    assert any("base_guide" in line and "trace n/a" in line for line in lines)
 
 
 def _stage_totals(out: Path) -> dict[str, dict]:

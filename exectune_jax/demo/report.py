@@ -130,6 +130,11 @@ def study_lines(result: Mapping[str, Any]) -> list[str]:
         kappa = "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}"
         lines.append(f"  {name:<6} agreement {agree}, Cohen's kappa {kappa} over {a['decided']} "
                      f"decided ({a['unknown']} unknown, left out)")
+    if result.get("methods"):
+        lines.append("  followed by the ground truth, and as each estimator said (of the executions it decided):")
+    for method, m in result.get("methods", {}).items():
+        said = ", ".join(f"{name} {'n/a' if s is None else f'{s:.1%}'}" for name, s in m["said_followed"].items())
+        lines.append(f"    {method:<14} truth {m['followed']:.1%}; {said} (n = {m['n']})")
     return lines
 
 

@@ -44,18 +44,34 @@ def read_truth(path: str | Path) -> dict[str, bool]:
 
 
 def study(labels: Iterable[Mapping], truth: Mapping[str, bool]) -> dict:
-    """Per estimator, agreement and Cohen's kappa of its verdicts with the ground truth.
+    """Per estimator, agreement and Cohen's kappa of its verdicts with the ground truth; and per
+    method (a row of the eval), the share of its executions the core really followed beside the
+    share each estimator called followed (of those it decided).
 
-    `labels` are rows `{"digest", "checks": {estimator: verdict}}`; rows the truth log does not
-    know (a real core, or a log that was not kept) are counted as `unmatched` and left out.
+    `labels` are rows `{"method", "digest", "checks": {estimator: verdict}}`; rows the truth log
+    does not know (a real core, or a log that was not kept) are counted as `unmatched` and left
+    out.
     """
     pairs: dict[str, list[tuple[str, bool]]] = {}
+    methods: dict[str, dict[str, list[tuple[str, bool]]]] = {}
     unmatched = 0
     for row in labels:
         if row["digest"] not in truth:
             unmatched += 1
             continue
+        followed = truth[row["digest"]]
         for estimator, verdict in row["checks"].items():
-            pairs.setdefault(estimator, []).append((verdict, truth[row["digest"]]))
+            pairs.setdefault(estimator, []).append((verdict, followed))
+            methods.setdefault(row.get("method", "?"), {}).setdefault(estimator, []).append((verdict, followed))
     return {"unmatched": unmatched,
-            "estimators": {name: agreement(p) for name, p in sorted(pairs.items())}}
+            "estimators": {name: agreement(p) for name, p in sorted(pairs.items())},
+            "methods": {method: _shares(by) for method, by in methods.items()}}
+
+
+def _shares(by_estimator: Mapping[str, list[tuple[str, bool]]]) -> dict:
+    """One method's executions: how many, the share truly followed, and each estimator's share
+    of "yes" among its decided verdicts (None when it decided none)."""
+    any_pairs = next(iter(by_estimator.values()))
+    decided = {name: [v for v, _ in p if v != "unknown"] for name, p in by_estimator.items()}
+    return {"n": len(any_pairs), "followed": sum(t for _, t in any_pairs) / len(any_pairs),
+            "said_followed": {name: (v.count("yes") / len(v) if v else None) for name, v in decided.items()}}
