@@ -147,11 +147,17 @@ def read_jsonl(path: str | Path, *, appended: bool = True, error: type[Exception
     hand-off) the file is read to its end, a last line without a newline included. A line that
     is not JSON raises `error` with "FILE:LINE: not valid JSON (why); `hint`"."""
     path = Path(path)
-    if path.suffix == ".gz":
-        text = gzip.decompress(path.read_bytes()).decode("utf-8")
-    else:
-        text = whole_lines(path) if appended else path.read_text(encoding="utf-8")
-    for lineno, line in enumerate(text.splitlines(), 1):
+    if appended and path.suffix != ".gz":
+        lines: Iterable[str] = whole_lines(path).splitlines()
+        yield from _parsed(path, lines, error, hint)
+        return
+    # a dataset may be large: streamed line by line
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
+        yield from _parsed(path, f, error, hint)
+
+
+def _parsed(path: Path, lines: Iterable[str], error: type[Exception], hint: str) -> Iterator[tuple[int, Any]]:
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
