@@ -110,3 +110,15 @@ def test_the_next_core_reads_steps_by_its_own_follow_profile_and_its_values_move
     moved = [world_from({"core_next_follow": {"compound": 0.5}}), world_from({"core_next": {"slope": 0.1}})]
     assert dict(moved[0].core_next_follow)["compound"] == 0.5 and moved[0].follow_compound == WORLD.follow_compound
     assert len({WORLD.hash, *(w.hash for w in moved)}) == 3
+
+
+def test_version_3s_judge_rule_adds_only_the_flips_its_reading_lacks():
+    from exectune_jax.sim.calibrate import TARGET_FALSE_NO, TARGET_FALSE_YES, judge_lines, rule_rate
+
+    assert rule_rate(0.868, TARGET_FALSE_YES) == 0.0  # its reading already errs past the target
+    assert rule_rate(0.0, TARGET_FALSE_NO) == 0.04 and rule_rate(0.0, TARGET_FALSE_YES) == 0.15
+    assert rule_rate(0.1, 0.15) == 0.06  # 0.1 + 0.9 * 0.0556 = 0.15
+    # 3 not followed (2 called followed), 4 followed (all called followed)
+    lines = judge_lines([("yes", False), ("yes", False), ("no", False)] + [("yes", True)] * 4)
+    assert "not followed called followed 0.667, followed called not 0.000" in lines[1]
+    assert lines[1].endswith("judge_false_yes=0.0, judge_false_no=0.04")
