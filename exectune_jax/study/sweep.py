@@ -3,7 +3,8 @@
 One value of the world is varied at a time around the run's own (SWEEP: the teacher's habit rate,
 the core's chance of carrying out a two-operation step, the judge's two error rates, how often an
 off-track core starts again and what a named operation is worth; values and their rationale in
-docs/world.md; `--sweep NAME,...` picks some of them), each other value one whole demo in run_dir/sensitivity/<value>/seed-N with
+docs/world.md; `--sweep NAME,...` picks some of them), each other value one whole demo in
+run_dir/sensitivity/<value>/seed-N with
 `sim.world` naming it, for one seed (`--seeds` for more); the run's own world at each seed is
 that seed's demo. A finished world is read back, and one whose results.json names another world
 is refused. Each world's rows are aggregated like the main ones.
