@@ -130,13 +130,14 @@ def cut_torn_tail(path: str | Path) -> None:
     """Truncate an append-only file after its last newline, so that the next append starts a
     whole line after a crash that tore the last one."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return
-    data = path.read_bytes()
-    whole = data.rfind(b"\n") + 1
-    if whole != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(whole)
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":  # the usual case: whole, and the file is not read again
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
 
 
 def read_jsonl(path: str | Path, *, appended: bool = True, error: type[Exception] = UserError,
