@@ -4,25 +4,25 @@ before anything imports jax."""
 import os
 from pathlib import Path
 
+from exectune_jax.runtime import use_compilation_cache
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# JAX's persistent compilation cache, where the CLI keeps it (runtime.prepare_runtime), for this
-# process and the stage processes tests start: most of the suite's time is XLA compiling the same
-# small programs again (each run builds its jitted steps afresh), and reading one back costs a
-# fraction of that. Every program is kept, however quick to compile; a size cap turns on JAX's
-# file lock, so that processes running side by side never read an entry half written.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "exectune-jax" / "xla"))
+# JAX's persistent compilation cache, as the CLI keeps it, for this process and the stage
+# processes tests start: most of the suite's time is XLA compiling the same small programs again
+# (each run builds its jitted steps afresh), and reading one back costs a fraction of that. Every
+# program is kept, however quick to compile.
+use_compilation_cache()
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
-import logging  # noqa: E402
+import logging
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -43,3 +43,26 @@ def test_cli_silences_transformers_advice_that_pytorch_is_missing():
         env=env, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0, quiet.stderr
     assert "PyTorch was not found" not in quiet.stderr
+
+
+def test_a_capped_process_keeps_writing_to_a_compilation_cache_the_cli_filled(tmp_path):
+    """The CLI caps the compilation cache as tests and side-by-side stages do: JAX fails every
+    write to a capped cache holding an entry an uncapped process wrote (no access time)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_MAX_SIZE"}
+    env.update(PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(tmp_path),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+    program = ("import jax, jax.numpy as jnp; "
+               "print(jax.jit(lambda x: jnp.sin(x) * {0})(jnp.ones(3)).block_until_ready())")
+    cli = subprocess.run(
+        [sys.executable, "-c", "from exectune_jax.runtime import prepare_runtime; "
+                               "prepare_runtime(); " + program.format(2.0)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    written = set(tmp_path.glob("*-cache"))
+    assert written
+    capped = subprocess.run([sys.executable, "-c", program.format(3.0)], capture_output=True,
+                            env={**env, "JAX_COMPILATION_CACHE_MAX_SIZE": str(1 << 30)}, text=True,
+                            timeout=120)
+    assert capped.returncode == 0, capped.stderr
+    assert "Error writing persistent compilation cache" not in capped.stderr
+    assert set(tmp_path.glob("*-cache")) > written  # the capped process added its program
