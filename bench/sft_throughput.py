@@ -10,7 +10,11 @@ loss on strategy tokens), same optimizer (AdamW + global-norm clipping), in one 
 alternate between the two so background load hits both alike; the median round counts.
 
     python bench/sft_throughput.py [--shape demo|smollm2|all] [--rounds N] [--steps N]
-                                   [--batch N] [--seq N]
+                                   [--batch N] [--seq N] [--profile DIR]
+
+`--profile DIR` also traces our step (jax.profiler, into DIR) after the rounds and prints where
+its time goes: each XLA operation's own time (time inside it, less the operations it runs),
+summed by kind.
 
 One line per shape: `sft_throughput/<shape>: <ratio>x <ours tok/s> vs <torch tok/s>` (tokens =
 all batch slots).
@@ -19,6 +23,9 @@ all batch slots).
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
+import json
 import statistics
 import sys
 import tempfile
@@ -152,11 +159,66 @@ def measure(shape: str, args) -> str:
         rates["torch"].append(tokens / ref.run(data))
         print(f"{shape} round {r}: ours {rates['ours'][-1]:.0f} tok/s, "
               f"torch {rates['torch'][-1]:.0f} tok/s", flush=True)
+    if args.profile:
+        print(profile(ours, data, args.profile / shape))
     ours_rate, torch_rate = (statistics.median(rates[k]) for k in ("ours", "torch"))
     params = sum(p.numel() for p in ref.model.parameters())
     print(f"{shape} model: {params} params, batch {batch}x{seq}, {jax.device_count()} JAX "
           f"device(s), torch threads {torch.get_num_threads()}")
     return f"sft_throughput/{shape}: {ours_rate / torch_rate:.2f}x {ours_rate:.0f} vs {torch_rate:.0f}"
+
+
+OP_KINDS = (  # (kind, prefixes of XLA:CPU's operation names), first match wins
+    ("matmul", ("ynn_fusion", "dot", "convolution")),
+    ("copy, transpose, slice", ("copy", "transpose", "bitcast", "slice", "dynamic",
+                                "concatenate", "pad", "gather", "scatter")),
+    ("reduce", ("reduce",)),
+    ("other fusion", ("",)),
+)
+
+
+def op_kind(name: str) -> str:
+    return next(kind for kind, prefixes in OP_KINDS if name.startswith(prefixes))
+
+
+def self_times(events: list[dict]) -> collections.Counter:
+    """Per event name, the time inside it less its children on the same thread (a while loop
+    counts only its own bookkeeping); host-side Python and executor events are left out."""
+    own: collections.Counter = collections.Counter()
+    by_thread = collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e:
+            by_thread[(e.get("pid"), e.get("tid"))].append(e)
+    for spans in by_thread.values():
+        spans.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack: list[dict] = []
+        for e in spans:
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"]:
+                stack.pop()
+            if stack:
+                own[stack[-1]["name"]] -= e["dur"]
+            own[e["name"]] += e["dur"]
+            stack.append(e)
+    return collections.Counter({n: t for n, t in own.items()
+                                if not n.startswith(("$", "ThunkExecutor", "Thunk"))})
+
+
+def profile(ours: Ours, data, out: Path) -> str:
+    """A jax.profiler trace of our step over `data`; returns its time by kind of operation."""
+    jax.profiler.start_trace(str(out), create_perfetto_trace=True)
+    ours.run(data)
+    jax.profiler.stop_trace()
+    trace = max(out.rglob("perfetto_trace.json.gz"), key=lambda f: f.stat().st_mtime)
+    events = json.loads(gzip.decompress(trace.read_bytes()))
+    own = self_times(events["traceEvents"] if isinstance(events, dict) else events)
+    kinds: collections.Counter = collections.Counter()
+    for name, t in own.items():
+        kinds[op_kind(name)] += t
+    total = sum(kinds.values())
+    lines = [f"our step's operations, {total / 1e3 / len(data):.0f} ms a step (trace: {trace})"]
+    lines += [f"  {kind}: {t / total:.0%}" for kind, t in kinds.most_common()]
+    lines += [f"  top: {name} {t / total:.1%}" for name, t in own.most_common(8)]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -166,6 +228,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="default: per shape (SHAPES)")
     ap.add_argument("--batch", type=int, help="default: per shape (SHAPES)")
     ap.add_argument("--seq", type=int, help="default: per shape (SHAPES)")
+    ap.add_argument("--profile", type=Path, help="also trace our step into this directory")
     args = ap.parse_args()
     lines = [measure(shape, args) for shape in (SHAPES if args.shape == "all" else [args.shape])]
     print("\n".join(lines))
