@@ -279,9 +279,11 @@ def pareto(frontier: Sequence[tuple[float, Mapping]], others: Sequence[Mapping],
         ax.errorbar([p[0] for p in line], [p[1] for p in line], xerr=[p[2] for p in line],
                     yerr=[p[3] for p in line], color="C3", marker="o", markersize=8, capsize=4,
                     linewidth=2, label="ExecTune at each λ", zorder=3)
-        for (lam, _), (x, y, _, _) in zip(frontier, line):
-            ax.annotate(f"λ={lam:g}", (x, y), xytext=(6, -14), textcoords="offset points",
-                        fontsize=10, color="C3")
+        # one column of labels with leader lines: neighbouring λs often land on nearly one point
+        for i, ((lam, _), (x, y, _, _)) in enumerate(zip(frontier, line)):
+            ax.annotate(f"λ={lam:g}", (x, y), xytext=(0.3, 0.93 - 0.06 * i),
+                        textcoords="axes fraction", fontsize=9, color="C3",
+                        arrowprops={"arrowstyle": "-", "color": "C3", "linewidth": 0.5})
         for i, r in enumerate(others):
             x, y, dx, dy = xy(r)
             ax.errorbar([x], [y], xerr=[dx], yerr=[dy], fmt=MARKERS[(i + 1) % len(MARKERS)],
