@@ -114,13 +114,14 @@ def adapts(cfg: Config) -> bool:
 
 def phases(cfg: Config) -> tuple[tuple[tuple[str, ...], ...], ...]:
     """Phases run in order; the chains of a phase run side by side; a chain's stages run in
-    order. RL against the next core follows advisor RL in its chain, so two cores keep two RL
-    runs busy at a time."""
-    advisor = ("advisor_rl", "rl_next") if adapts(cfg) else ("advisor_rl",)
+    order. The RL runs share one phase: each spends much of its time waiting on the core's
+    server and on host-side scoring, so a third run beside two fills the cores they leave idle
+    (the ablations' phase runs three RL-sized chains the same way)."""
+    rl = (("advisor_rl",), ("rl",), ("rl_next",)) if adapts(cfg) else (("advisor_rl",), ("rl",))
     return (
         (("base_guide",), ("sample", "sample_unfiltered")),
         (("sft",), ("sft_unfiltered",)),
-        (advisor, ("rl",)),
+        rl,
         (("eval",),),
         (("export",),),
     )
