@@ -4,8 +4,9 @@ run dir and its chatter to logs/<stage>.log.
 
 Stages that do not depend on each other run side by side: a tiny model's training step keeps
 about one core busy, so on two cores the two SFT runs cost the wall time of one, and the RL runs,
-which also wait on the core's server, share a phase. The terminal shows one progress line for the whole run. The runner holds the run dir
-while its stage processes run; they join that hold (`io.RunLock`).
+which also wait on the core's server, share a phase. The terminal shows one progress line for
+the whole run. The runner holds the run dir while its stage processes run; they join that hold
+(`io.RunLock`).
 """
 
 from __future__ import annotations
