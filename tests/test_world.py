@@ -2,6 +2,7 @@
 other worlds a run may name by overriding some of its values."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -122,3 +123,24 @@ def test_version_3s_judge_rule_adds_only_the_flips_its_reading_lacks():
     lines = judge_lines([("yes", False), ("yes", False), ("no", False)] + [("yes", True)] * 4)
     assert "not followed called followed 0.667, followed called not 0.000" in lines[1]
     assert lines[1].endswith("judge_false_yes=0.0, judge_false_no=0.04")
+
+
+def test_the_habit_anchor_counts_folded_and_separate_products_of_the_questions_numbers(tmp_path):
+    from exectune_jax.sim.calibrate import habit_anchor, habit_sites
+
+    question = "A box holds 12 pens and Ann buys 3 boxes and 5 loose pens. How many pens?"
+    assert habit_sites(question, "Boxes: <<3*12+5=41>>41 pens.\n#### 41") == {"folded": 1}
+    assert habit_sites(question, "<<3*12=36>>36 pens in boxes.\n<<36+5=41>>41.\n#### 41") == {"separate": 1}
+    # the product's result is not what the next calculation uses: no site
+    assert habit_sites(question, "<<3*12=36>>36.\n<<12+5=17>>17.\n#### 17") == {}
+    # 4 is not one of the question's numbers, so neither product is a site
+    assert habit_sites(question, "<<4*12+5=53>>53.\n<<4*3=12>>12.\n<<12-1=11>>11\n#### 11") == {}
+    assert habit_sites(question, "<<3 boxes=3>>3.\n<<3*12=36>>36\n#### 36") == {"unparsed": 1}
+
+    rows = [{"question": question, "answer": a} for a in
+            ("<<3*12+5=41>>41\n#### 41", "<<3*12=36>>36\n<<36+5=41>>41\n#### 41", "<<12*3-5=31>>31\n#### 31")]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = habit_anchor(str(path))
+    assert lines[0].endswith("folded 2, separate 1, annotations not parsed 0")
+    assert lines[1] == "folded share 0.6667; the rule gives teacher_habit_rate=0.65"

@@ -10,19 +10,29 @@ its error rate in each direction, and the judge rates that world version 3's rul
 them (docs/world.md, "The rule for version 3"; meaningful where the judge's rates are 0).
 It runs as a stage of its own, so the split guard refuses it the test split: the world's
 values are chosen on these numbers (docs/world.md), never on test.
+
+`python -m exectune_jax.sim.calibrate --habit-anchor GSM8K_TRAIN.jsonl` instead counts the
+teacher habit's real-world anchor (docs/world.md, "The teacher's habit rate"): how often GSM8K's
+step-by-step solutions fold a product of two of the problem's numbers into the calculation that
+uses it, and the `teacher_habit_rate` the rule derives from that.
 """
 
 from __future__ import annotations
 
+import ast
 import random
 import sys
 from collections import Counter, defaultdict
+from decimal import Decimal
 
 import yaml
 
 from exectune_jax import tokens
 from exectune_jax.data import tasks
+from exectune_jax.data.tasks.answers import normalize_number, numbers_in
 from exectune_jax.data.tasks.arith import parse_problem
+from exectune_jax.data.tasks.base import read_jsonl
+from exectune_jax.data.tasks.gsm8k import gold_program
 from exectune_jax.data.tasks.funcs import program_of
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.follow import agreement, parse_judge_reply
@@ -89,7 +99,73 @@ def judge_lines(judged: list[tuple[str, bool]]) -> list[str]:
             f"judge_false_no={rule_rate(e_no, TARGET_FALSE_NO)}"]
 
 
+_ARITHMETIC = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div,
+               ast.USub, ast.UAdd)
+
+
+def _expression(text: str) -> ast.expr | None:
+    """A calculator annotation as an arithmetic syntax tree, or None when it is anything else."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        return None
+    nodes = list(ast.walk(tree))
+    if not all(isinstance(n, _ARITHMETIC) for n in nodes) or any(
+            isinstance(n, ast.Constant) and type(n.value) not in (int, float) for n in nodes):
+        return None
+    return tree.body
+
+
+def _given_product(node: ast.AST, given: set[Decimal]) -> bool:
+    """`node` multiplies two numbers written in the problem."""
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+            and all(isinstance(side, ast.Constant) and Decimal(repr(side.value)) in given
+                    for side in (node.left, node.right)))
+
+
+def _constants(node: ast.AST) -> set[Decimal]:
+    return {Decimal(repr(n.value)) for n in ast.walk(node) if isinstance(n, ast.Constant)}
+
+
+def habit_sites(question: str, solution: str) -> Counter:
+    """A GSM8K solution's habit sites (docs/world.md's rule): `folded` where a product of two of
+    the question's numbers is an operand of another operation of the same annotation, `separate`
+    where an annotation is exactly such a product and the next annotation uses its result;
+    `unparsed` counts annotations that are not arithmetic expressions."""
+    given = {Decimal(n) for n in numbers_in(question)}
+    counts = Counter()
+    steps = []
+    for expression, value in gold_program(solution):
+        tree = _expression(expression)
+        counts["unparsed"] += tree is None
+        steps.append((tree, normalize_number(value)))
+    for i, (tree, value) in enumerate(steps):
+        if tree is None:
+            continue
+        counts["folded"] += sum(_given_product(child, given) for parent in ast.walk(tree)
+                                if isinstance(parent, ast.BinOp) for child in (parent.left, parent.right))
+        following = steps[i + 1][0] if i + 1 < len(steps) else None
+        counts["separate"] += (_given_product(tree, given) and value is not None and following is not None
+                               and Decimal(value) in _constants(following))
+    return +counts  # without the kinds that did not occur
+
+
+def habit_anchor(path: str) -> list[str]:
+    """The habit sites of every solution in a GSM8K JSONL file and the rate the rule derives."""
+    counts = Counter()
+    for _, row in read_jsonl(path, {"question": str, "answer": str}):
+        counts += habit_sites(row["question"], row["answer"])
+    sites = counts["folded"] + counts["separate"]
+    rate = counts["folded"] / sites if sites else float("nan")
+    return [f"{path}: folded {counts['folded']}, separate {counts['separate']}, "
+            f"annotations not parsed {counts['unparsed']}",
+            f"folded share {rate:.4f}; the rule gives teacher_habit_rate={round(rate * 20) / 20:.2f}"]
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--habit-anchor"] and len(argv) == 2:
+        print("\n".join(habit_anchor(argv[1])))
+        return 0
     code = bool(argv) and argv[0] == "--funcs"
     argv = argv[1:] if code else argv
     limit = int(argv.pop(0)) if code and argv and argv[0].isdigit() else None
