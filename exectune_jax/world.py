@@ -7,8 +7,8 @@ validation-split run recorded in docs/world.md; the test split never chooses a v
 
 A run may name other values (config `sim.world`, read by `world_from`): the study's sensitivity
 ablation does, to see how the results move with the world. Such a world keeps its base's version
-and differs in its hash, and results.json records the overrides beside it. `version: 2` makes an
-earlier version the base (`WORLDS`), so its published tables can be reproduced.
+and differs in its hash, and results.json records the overrides beside it. `version: 2` or `3`
+makes an earlier version the base (`WORLDS`), so its published tables can be reproduced.
 
 The spec is plain data (standard library only), so it sits below config, which validates a run's
 `sim.world` when the config is loaded; the simulator (`sim/`) reads it from here.
@@ -37,7 +37,7 @@ class CoreProfile:
 
 @dataclass(frozen=True)
 class WorldSpec:
-    version: str = "3"
+    version: str = "4"
     # A small instruct core solves short word problems mostly and loses ~9 points per extra
     # operation (GSM8K accuracy falls with solution length); 2..7 steps average ~70% alone.
     core: CoreProfile = CoreProfile(intercept=1.11, slope=0.09, flip=0.03, slip=0.003)
@@ -71,10 +71,12 @@ class WorldSpec:
         ("atomic", 0.50), ("compound", 0.12), ("verbose", 0.12), ("vague", 0.10), ("wrong", 0.10),
         ("leak", 0.06))
     # On problems with a count-times-size step the teacher's habit is to fold that product into
-    # the step that uses it, so most of its proposals there are compound.
+    # the step that uses it, as often as GSM8K's step-by-step solutions do (0.15 of such
+    # products; docs/world.md, "The teacher's habit rate"). The other styles keep version 3's
+    # proportions (V3_HABIT).
     teacher_habit: tuple[tuple[str, float], ...] = (
-        ("atomic", 0.10), ("compound", 0.80), ("verbose", 0.03), ("vague", 0.03), ("wrong", 0.02),
-        ("leak", 0.02))
+        ("atomic", 0.425), ("compound", 0.15), ("verbose", 0.1275), ("vague", 0.1275), ("wrong", 0.085),
+        ("leak", 0.085))
     # Told that the core failed, the teacher mostly rewrites the strategy in plain single steps.
     teacher_revise: tuple[tuple[str, float], ...] = (
         ("atomic", 0.80), ("compound", 0.05), ("verbose", 0.05), ("vague", 0.05), ("wrong", 0.05))
@@ -164,10 +166,15 @@ SINCE_V2: dict[str, Any] = {"core_announces_aside": True, "judge_false_yes": 0.0
                                             ("verbose", 0.30), ("vague", 0.45))}
 
 WORLD = WorldSpec()
-# Version 2, whose tables docs/ still quote: `sim.world.version: 2` runs in it (hash
-# 35716ebe7bfb5013). The fields added after it keep the values it behaved with.
-WORLD_V2 = dataclasses.replace(WORLD, version="2", **SINCE_V2)
-WORLDS = {"2": WORLD_V2, "3": WORLD}
+# Versions 2 and 3, whose tables docs/ still quote: `sim.world.version: 3` runs in version 3 (hash
+# f40318248245aa37), version 4 with the habit rate an earlier version had raised to 0.8 on
+# test-split numbers; version 2 (hash 35716ebe7bfb5013) is version 3 with the fields added after
+# it at the values it behaved with.
+V3_HABIT: tuple[tuple[str, float], ...] = (
+    ("atomic", 0.10), ("compound", 0.80), ("verbose", 0.03), ("vague", 0.03), ("wrong", 0.02), ("leak", 0.02))
+WORLD_V3 = dataclasses.replace(WORLD, version="3", teacher_habit=V3_HABIT)
+WORLD_V2 = dataclasses.replace(WORLD_V3, version="2", **SINCE_V2)
+WORLDS = {"2": WORLD_V2, "3": WORLD_V3, "4": WORLD}
 
 # ---------------------------------------------------------------------------------------------
 # Overrides (config `sim.world`): the default world with some values named otherwise

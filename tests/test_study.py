@@ -159,7 +159,7 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
     assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--quick",
                  "--sweep", "follow_compound,teacher_habit_rate"]) == 0
     variants = {"teacher_habit_rate-0": {HABIT_RATE: 0.0}, "teacher_habit_rate-0.4": {HABIT_RATE: 0.4},
-                "follow_compound-0.25": {"follow_compound": 0.25},
+                "teacher_habit_rate-0.8": {HABIT_RATE: 0.8}, "follow_compound-0.25": {"follow_compound": 0.25},
                 "follow_compound-0.85": {"follow_compound": 0.85}}
     dirs = {v: tmp_path / sensitivity.SENSITIVITY / v / "seed-0" for v in variants}
     assert sorted(d for d, _ in ran) == sorted(map(str, dirs.values())) and all(q for _, q in ran)
@@ -168,22 +168,23 @@ def test_the_sensitivity_sweep_runs_each_world_once_in_its_own_world_and_tabulat
         recorded = json.loads((dirs[name] / "results.json").read_text())["world"]
         assert recorded == summary_of(overrides) and recorded["hash"] == world_from(overrides).hash
         hashes.add(recorded["hash"])
-    assert len(hashes) == 5
+    assert len(hashes) == 6
     saved = json.loads((tmp_path / "study.json").read_text())
     sweep = saved[sensitivity.SENSITIVITY]
     assert saved["seeds"] == [0, 2] and sweep["seeds"] == [0]  # the seeds' study kept beside it
-    assert [w["world"]["hash"] for w in sweep["worlds"]][0] == WORLD.hash and len(sweep["worlds"]) == 5
+    assert [w["world"]["hash"] for w in sweep["worlds"]][0] == WORLD.hash and len(sweep["worlds"]) == 6
     assert [w["values"] for w in sweep["worlds"]][1:] == [
         {HABIT_RATE: 0.0, "follow_compound": 0.55}, {HABIT_RATE: 0.4, "follow_compound": 0.55},
-        {HABIT_RATE: 0.8, "follow_compound": 0.25}, {HABIT_RATE: 0.8, "follow_compound": 0.85}]
+        {HABIT_RATE: 0.8, "follow_compound": 0.55}, {HABIT_RATE: 0.15, "follow_compound": 0.25},
+        {HABIT_RATE: 0.15, "follow_compound": 0.85}]
     md = (tmp_path / "study.md").read_text()
     assert md == tables.table(saved) and "## Sensitivity to the world" in md and "| core_only |" in md
     for h in hashes:  # one row per world in each of the three tables
         assert md.count(f"`{h}`") == 3 + (h == WORLD.hash)  # the default's also heads the seeds' table
-    assert "| 0.8 | 0.85 | `" in md and "| 85.0 |" in md  # exectune's accuracy in that world
+    assert "| 0.15 | 0.85 | `" in md and "| 85.0 |" in md  # exectune's accuracy in that world
     assert (tmp_path / sensitivity.SENSITIVITY_PLOT).stat().st_size
     points = sensitivity.sweep_points(sweep)
-    assert [[x for x, _ in p] for p in points.values()] == [[0.8, 0.0, 0.4], [0.55, 0.25, 0.85]]
+    assert [[x for x, _ in p] for p in points.values()] == [[0.15, 0.0, 0.4, 0.8], [0.55, 0.25, 0.85]]
     ran.clear()
     assert main(["study", f"run_dir={tmp_path}", "--sensitivity", "--sweep", "teacher_habit_rate,follow_compound"]
                 ) == 0 and ran == []  # read back

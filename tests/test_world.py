@@ -10,8 +10,8 @@ import pytest
 
 from exectune_jax.sim import models
 from exectune_jax.world import following
-from exectune_jax.world import (HABIT_RATE, SINCE_V2, WORLD, WORLD_V2, WORLDS, CoreProfile, WorldSpec, summary_of,
-                                world_from)
+from exectune_jax.world import (HABIT_RATE, SINCE_V2, WORLD, WORLD_V2, WORLD_V3, WORLDS, CoreProfile, WorldSpec,
+                                summary_of, value_of, world_from)
 
 
 def test_world_is_frozen():
@@ -32,7 +32,7 @@ def test_hash_is_stable_across_processes_and_moves_with_any_value():
 
 def test_fields_added_after_version_2_leave_its_hash_alone_at_its_behaviour_and_move_it_otherwise():
     assert WORLD_V2.hash == "35716ebe7bfb5013"  # version 2's published hash (docs/world.md)
-    assert world_from({"version": 2}) == WORLD_V2 and WORLDS["3"] is WORLD
+    assert world_from({"version": 2}) == WORLD_V2 and world_from({"version": 3}) == WORLD_V3 and WORLDS["4"] is WORLD
     assert set(SINCE_V2) <= {f.name for f in dataclasses.fields(WorldSpec)}
     assert all(getattr(WORLD_V2, k) == v for k, v in SINCE_V2.items())
     others = [world_from({"version": 2, "core_announces_aside": False}),
@@ -44,13 +44,27 @@ def test_fields_added_after_version_2_leave_its_hash_alone_at_its_behaviour_and_
 
 
 def test_version_3_is_version_2_with_the_mechanisms_its_validation_run_chose_and_its_own_hash():
-    assert WORLD.version == "3" and WORLD.hash == "f40318248245aa37"  # docs/world.md
-    moved = {k for k in SINCE_V2 if getattr(WORLD, k) != SINCE_V2[k]}
+    assert WORLD_V3.version == "3" and WORLD_V3.hash == "f40318248245aa37"  # docs/world.md
+    moved = {k for k in SINCE_V2 if getattr(WORLD_V3, k) != SINCE_V2[k]}
     assert moved == {"core_announces_aside", "core_recovers", "named_op_value", "judge_false_no"}
-    assert (WORLD.core_recovers, WORLD.named_op_value, WORLD.judge_false_yes, WORLD.judge_false_no) == (
+    assert (WORLD_V3.core_recovers, WORLD_V3.named_op_value, WORLD_V3.judge_false_yes, WORLD_V3.judge_false_no) == (
         1.0, 0.5, 0.0, 0.04)
-    back = world_from({k: SINCE_V2[k] for k in moved})
+    back = world_from({k: SINCE_V2[k] for k in moved}, WORLD_V3)
     assert back.hash != WORLD_V2.hash and dataclasses.replace(back, version="2") == WORLD_V2
+
+
+def test_version_4_is_version_3_with_the_habit_rate_its_rule_gives_and_its_own_hash():
+    assert WORLD.version == "4" and WORLD.hash == "d1d6b02b454ade3d"  # docs/world.md
+    assert {f.name for f in dataclasses.fields(WorldSpec) if getattr(WORLD, f.name) != getattr(WORLD_V3, f.name)
+            } == {"version", "teacher_habit"}
+    assert value_of(WORLD, HABIT_RATE) == 0.15 and value_of(WORLD_V3, HABIT_RATE) == 0.8
+    assert world_from({HABIT_RATE: 0.8}).teacher_habit == WORLD_V3.teacher_habit
+
+
+def test_the_default_habit_rate_is_what_the_rule_reads_off_gsm8ks_training_solutions(gsm8k_dir):
+    from exectune_jax.sim.calibrate import habit_anchor
+
+    assert habit_anchor(str(gsm8k_dir / "train.jsonl"))[1].endswith(f"teacher_habit_rate={value_of(WORLD, HABIT_RATE):.2f}")
 
 
 def test_simulated_models_read_their_numbers_from_the_world():
@@ -66,7 +80,7 @@ def test_the_habit_rate_sets_the_compound_share_and_keeps_the_other_styles_propo
     none = dict(world_from({HABIT_RATE: 0.0}).teacher_habit)
     assert none["compound"] == 0.0 and none["atomic"] == pytest.approx(0.5)
     assert sum(none.values()) == pytest.approx(1)
-    assert world_from({HABIT_RATE: 0.8}) == WORLD  # the default's own share: the default world
+    assert world_from({HABIT_RATE: 0.15}) == WORLD  # the default's own share: the default world
 
 
 def test_an_override_makes_another_world_under_another_hash_and_the_summary_says_so():

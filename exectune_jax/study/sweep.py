@@ -25,7 +25,7 @@ from exectune_jax.world import HABIT_RATE, value_of, world_from
 
 # Ablation (d): each swept world value -> the values it takes, the run's own among them
 SWEEP: dict[str, tuple[float, ...]] = {
-    HABIT_RATE: (0.0, 0.4, 0.8),  # no habit, half the default's, the default's
+    HABIT_RATE: (0.0, 0.4, 0.8),  # no habit, a minority of proposals, version 3 (default: GSM8K's 0.15)
     "follow_compound": (0.25, 0.55, 0.85),  # as hard as a vague step, the default, as easy as prose
     # the judge's errors: around version 3's (0 and 0.04, on top of its lenient reading), up to a
     # judge as lenient as MT-Bench's overall disagreement twice over, and three in a hundred

@@ -12,7 +12,7 @@ from exectune_jax.gcop.strategy import OPEN, leaks, parse
 from exectune_jax.sim import models, teacher
 from exectune_jax.sim import follow
 from exectune_jax.sim.steps import show
-from exectune_jax.world import WORLD
+from exectune_jax.world import HABIT_RATE, WORLD, value_of, world_from
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,14 @@ def test_teacher_writes_every_style_in_roughly_the_intended_mix(replies):
 
 def test_teacher_habitually_folds_a_multiplication_into_the_step_that_uses_it(replies):
     habitual = [(p, r) for p, r in replies if teacher.habit_sites(parse_problem(p.prompt))]
-    counts = collections.Counter(style_of(r) for _, r in habitual)
-    assert counts.most_common(1)[0][0] == "compound"
-    assert counts["compound"] / len(habitual) >= 0.5
-    for p, r in habitual:
+    share = collections.Counter(style_of(r) for _, r in habitual)["compound"] / len(habitual)
+    rate = value_of(WORLD, HABIT_RATE)
+    assert abs(share - rate) <= 3 * (rate * (1 - rate) / len(habitual)) ** 0.5
+    folding = world_from({HABIT_RATE: 0.8})  # version 3's habit: most proposals there fold it
+    many = [(p, models.get("sim-teacher", folding).complete(prompts.teacher_propose_messages(p, "math"),
+                                                           temperature=1.0, seed=0)) for p, _ in habitual]
+    assert collections.Counter(style_of(r) for _, r in many).most_common(1)[0][0] == "compound"
+    for p, r in habitual + many:
         if style_of(r) == "compound":
             program = parse_problem(p.prompt)
             j = teacher.habit_sites(program)[0]
