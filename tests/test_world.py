@@ -64,7 +64,8 @@ def test_version_4_is_version_3_with_the_habit_rate_its_rule_gives_and_its_own_h
 def test_the_default_habit_rate_is_what_the_rule_reads_off_gsm8ks_training_solutions(gsm8k_dir):
     from exectune_jax.sim.calibrate import habit_anchor
 
-    assert habit_anchor(str(gsm8k_dir / "train.jsonl"))[1].endswith(f"teacher_habit_rate={value_of(WORLD, HABIT_RATE):.2f}")
+    rule = habit_anchor(str(gsm8k_dir / "train.jsonl"))[1]
+    assert rule.endswith(f"teacher_habit_rate={value_of(WORLD, HABIT_RATE):.2f}")
 
 
 def test_simulated_models_read_their_numbers_from_the_world():
@@ -140,16 +141,16 @@ def test_version_3s_judge_rule_adds_only_the_flips_its_reading_lacks():
 
 
 def test_the_habit_anchor_counts_folded_and_separate_products_of_the_questions_numbers(tmp_path):
-    from exectune_jax.sim.calibrate import habit_anchor, habit_sites
+    from exectune_jax.sim.calibrate import habit_anchor, solution_habit_sites as sites
 
     question = "A box holds 12 pens and Ann buys 3 boxes and 5 loose pens. How many pens?"
-    assert habit_sites(question, "Boxes: <<3*12+5=41>>41 pens.\n#### 41") == {"folded": 1}
-    assert habit_sites(question, "<<3*12=36>>36 pens in boxes.\n<<36+5=41>>41.\n#### 41") == {"separate": 1}
+    assert sites(question, "Boxes: <<3*12+5=41>>41 pens.\n#### 41") == {"folded": 1}
+    assert sites(question, "<<3*12=36>>36 pens in boxes.\n<<36+5=41>>41.\n#### 41") == {"separate": 1}
     # the product's result is not what the next calculation uses: no site
-    assert habit_sites(question, "<<3*12=36>>36.\n<<12+5=17>>17.\n#### 17") == {}
+    assert sites(question, "<<3*12=36>>36.\n<<12+5=17>>17.\n#### 17") == {}
     # 4 is not one of the question's numbers, so neither product is a site
-    assert habit_sites(question, "<<4*12+5=53>>53.\n<<4*3=12>>12.\n<<12-1=11>>11\n#### 11") == {}
-    assert habit_sites(question, "<<3 boxes=3>>3.\n<<3*12=36>>36\n#### 36") == {"unparsed": 1}
+    assert sites(question, "<<4*12+5=53>>53.\n<<4*3=12>>12.\n<<12-1=11>>11\n#### 11") == {}
+    assert sites(question, "<<3 boxes=3>>3.\n<<3*12=36>>36\n#### 36") == {"unparsed": 1}
 
     rows = [{"question": question, "answer": a} for a in
             ("<<3*12+5=41>>41\n#### 41", "<<3*12=36>>36\n<<36+5=41>>41\n#### 41", "<<12*3-5=31>>31\n#### 31")]

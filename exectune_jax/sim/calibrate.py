@@ -32,8 +32,8 @@ from exectune_jax.data import tasks
 from exectune_jax.data.tasks.answers import normalize_number, numbers_in
 from exectune_jax.data.tasks.arith import parse_problem
 from exectune_jax.data.tasks.base import read_jsonl
-from exectune_jax.data.tasks.gsm8k import gold_program
 from exectune_jax.data.tasks.funcs import program_of
+from exectune_jax.data.tasks.gsm8k import gold_program
 from exectune_jax.gcop import prompts, strategy
 from exectune_jax.gcop.follow import agreement, parse_judge_reply
 from exectune_jax.sim import code_teacher, guide, models, teacher
@@ -127,7 +127,7 @@ def _constants(node: ast.AST) -> set[Decimal]:
     return {Decimal(repr(n.value)) for n in ast.walk(node) if isinstance(n, ast.Constant)}
 
 
-def habit_sites(question: str, solution: str) -> Counter:
+def solution_habit_sites(question: str, solution: str) -> Counter:
     """A GSM8K solution's habit sites (docs/world.md's rule): `folded` where a product of two of
     the question's numbers is an operand of another operation of the same annotation, `separate`
     where an annotation is exactly such a product and the next annotation uses its result;
@@ -154,7 +154,7 @@ def habit_anchor(path: str) -> list[str]:
     """The habit sites of every solution in a GSM8K JSONL file and the rate the rule derives."""
     counts = Counter()
     for _, row in read_jsonl(path, {"question": str, "answer": str}):
-        counts += habit_sites(row["question"], row["answer"])
+        counts += solution_habit_sites(row["question"], row["answer"])
     sites = counts["folded"] + counts["separate"]
     rate = counts["folded"] / sites if sites else float("nan")
     return [f"{path}: folded {counts['folded']}, separate {counts['separate']}, "
