@@ -103,7 +103,7 @@ def start_guide_pilot(cfg: Config, batches: int) -> GuidePilot | None:
     mesh = parallel.make_mesh(cfg.mesh)
     # as RL samples: the parameters cast to the compute dtype
     model, _ = hf.load(init, mesh=mesh, dtype=DTYPES[cfg.model.dtype], remat=cfg.model.remat)
-    task = tasks.get(cfg.task.name, **cfg.task.options)
+    task = tasks.for_run(cfg.task.name, cfg.task.options, cfg.run_dir)
     problems = prompts_that_fit(rl_pool(task.problems("train"), cfg.rl.problems, cfg.sample.n_problems),
                                 tokenizer, task.family, spec, cfg)
     return pilot_of_model(cfg, spec, model, tokenizer, problems, mesh, batches)

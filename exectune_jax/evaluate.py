@@ -398,7 +398,7 @@ def write_outputs(out: Path, doc: Mapping, runs: Mapping[str, list[dict]],
 
 def run(cfg: Config) -> int:
     preflight.check(cfg, "eval")
-    task = tasks.get(cfg.task.name, **cfg.task.options)
+    task = tasks.for_run(cfg.task.name, cfg.task.options, cfg.run_dir)
     problems = task.problems(cfg.eval.split)
     if cfg.eval.n_problems is not None:
         problems = problems[: cfg.eval.n_problems]

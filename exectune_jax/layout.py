@@ -6,6 +6,7 @@ run_dir/
   ledger.jsonl          every call, paid or replayed, with the reply of each paid one
   ledger_totals.json    per-stage totals, derived from ledger.jsonl
   calls.sqlite          the call cache (a copy: rebuilt from the ledger when lost)
+  sandbox.jsonl         code checks' sandboxed results, read back by later checks (a copy)
   batches.jsonl         batch-API jobs in flight, for re-attaching after a restart
   estimate_pilot.json   the estimate's pilot measurement (RL's forecast reads it too)
   base_guide/           the demo's starting guide (HF directory)
@@ -44,6 +45,10 @@ def ledger_totals(run_dir: str | Path) -> Path:
 
 def call_cache(run_dir: str | Path) -> Path:
     return Path(run_dir) / "calls.sqlite"
+
+
+def sandbox_results(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "sandbox.jsonl"
 
 
 def batch_log(run_dir: str | Path) -> Path:

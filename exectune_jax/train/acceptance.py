@@ -285,7 +285,7 @@ def report(summary: Mapping) -> str:
 
 
 def training_problems(cfg: Config):
-    task = tasks.get(cfg.task.name, **cfg.task.options)
+    task = tasks.for_run(cfg.task.name, cfg.task.options, cfg.run_dir)
     problems = task.problems("train")
     if cfg.sample.n_problems is not None:
         problems = problems[: cfg.sample.n_problems]

@@ -342,7 +342,7 @@ def train(cfg: Config) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(init)
     mesh = parallel.make_mesh(cfg.mesh)
     learner, mcfg = build_learner(cfg, init, mesh)
-    task = tasks.get(cfg.task.name, **cfg.task.options)
+    task = tasks.for_run(cfg.task.name, cfg.task.options, cfg.run_dir)
     problems = prompts_that_fit(rl_pool(task.problems("train"), rl.problems, cfg.sample.n_problems),
                                 tokenizer, task.family, spec, cfg)
     problems_by_id = {p.id: p for p in problems}

@@ -218,7 +218,7 @@ def run(cfg: Config, **_: Any) -> int:
     eval_step = make_eval_step(graphdef, head_chunk=chunk)
     evals = pipeline.eval_batches(data.held_out, seq_len=sc.seq_len, batch_size=sc.batch_size,
                                   process_index=pi, process_count=pc)
-    task = tasks.get(cfg.task.name, **cfg.task.options)
+    task = tasks.for_run(cfg.task.name, cfg.task.options, cfg.run_dir)
     valid_problems = task.problems("validation")[: sc.eval_problems]
     schedule = lr_schedule(sc.lr, sc.steps, sc.warmup_steps)
 

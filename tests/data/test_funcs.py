@@ -2,11 +2,13 @@
 their gold programs, and whose reference solutions pass their hidden tests in the sandbox."""
 
 import dataclasses
+import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from exectune_jax import layout, sandbox
 from exectune_jax.data import tasks
 from exectune_jax.data.tasks import DataError
 from exectune_jax.data.tasks.funcs import (
@@ -94,6 +96,36 @@ def test_a_program_checked_again_reuses_its_one_sandboxed_run_and_other_code_run
     assert (task.sandbox_runs.runs, task.sandbox_runs.reused) == (2, 6)
     assert not task.check(q, right).correct and task.sandbox_runs.runs == 3
     assert task.check(p, right).correct and task.sandbox_runs.runs == 3
+
+
+def test_a_later_stage_reads_the_runs_store_and_a_timeout_is_run_again(tmp_path):
+    """Two task objects of one run (two stages, or two processes side by side) share the run's
+    sandboxed results: a program the first ran is read back by the second, including one the
+    first appended after the second had read the store; a timed-out run is not kept, and a
+    line torn by a crash costs only its own program."""
+    first, later = (tasks.for_run("funcs", {"n_train": 40, "n_validation": 20, "n_test": 20}, tmp_path)
+                    for _ in range(2))
+    p, q = first.problems("validation")[:2]
+    right = f"```python\n{p.answer}```"
+    assert first.check(p, right).correct and first.sandbox_runs.runs == 1
+    assert later.check(p, right).correct
+    assert (later.sandbox_runs.runs, later.sandbox_runs.stored) == (0, 1)
+    assert not first.check(q, right).correct  # appended after `later` read the store
+    assert not later.check(q, right).correct
+    assert (later.sandbox_runs.runs, later.sandbox_runs.stored) == (0, 2)
+
+    store = layout.sandbox_results(tmp_path)
+    timeout = sandbox.SandboxResult(passed=False, reason="timeout", returncode=None, stdout="", stderr="",
+                                    seconds=10.0, network_isolated=True)
+    assert first.sandbox_runs.result("slow", lambda: timeout) is timeout
+    assert '"slow"' not in store.read_text()
+    ran = []
+    assert later.sandbox_runs.result("slow", lambda: ran.append(1) or timeout) is timeout and ran == [1]
+    with open(store, "a") as f:
+        f.write('{"key": "torn", "res')  # a crash mid-append
+    third = tasks.for_run("funcs", {"n_train": 40, "n_validation": 20, "n_test": 20}, tmp_path)
+    assert third.check(p, right).correct and third.sandbox_runs.stored == 1
+    assert len([json.loads(line) for line in store.read_text().splitlines()]) == 2  # p's and q's programs
 
 
 def test_bad_options_name_the_option():

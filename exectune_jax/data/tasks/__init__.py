@@ -1,4 +1,4 @@
-"""Task registry: `get(name, **options) -> Task`, `register(name)`, `names()`.
+"""Task registry: `get(name, **options) -> Task`, `for_run`, `register(name)`, `names()`.
 
 Adding a task: put a module in this package that defines a factory and decorates it,
 
@@ -18,8 +18,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from exectune_jax import layout
 from exectune_jax.data.tasks.base import DataError, Problem, Task, Verdict, note_read, reading_as, reads
 
 _FACTORIES: dict[str, Callable[..., Task]] = {}
@@ -67,6 +69,16 @@ def get(name: str, **options: Any) -> Task:
     return _Guarded(task)
 
 
+def for_run(name: str, options: dict[str, Any], run_dir: str | Path) -> Task:
+    """Task `name` as a stage of the run in `run_dir` checks with it: a code task keeps its
+    sandboxed results in the run's store, so every stage of the run runs a program once."""
+    task = get(name, **options)
+    runs = getattr(task, "sandbox_runs", None)
+    if runs is not None:
+        runs.keep_in(layout.sandbox_results(run_dir))
+    return task
+
+
 class _Guarded:
     """A task whose splits are handed out through the split guard (`base.note_read`)."""
 
@@ -81,4 +93,4 @@ class _Guarded:
         return self._task.problems(split)
 
 
-__all__ = ["DataError", "Problem", "Task", "Verdict", "get", "names", "reading_as", "reads", "register"]
+__all__ = ["DataError", "Problem", "Task", "Verdict", "for_run", "get", "names", "reading_as", "reads", "register"]

@@ -7,20 +7,25 @@ example blocks, or be bare code. A task turns the extracted code into one test p
 and none failed. Each distinct test program runs once per task object (`SandboxRuns`): the
 same code for the same problem comes back often (one strategy executed again, several
 strategies the core carried out to the same lines, guides that write the same strategy).
+A stage of a run keeps those results in the run's store (`layout.sandbox_results`), so the
+stages after it, and stages running beside it, read them back instead of running the program
+again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
 
-from exectune_jax import sandbox
+from exectune_jax import io, sandbox
 from exectune_jax.data.tasks.base import DataError, Problem, Verdict, read_jsonl, require
 
 # An opening fence may follow prose on its line; a closing fence starts or ends a line, so a
@@ -81,20 +86,36 @@ class SandboxRuns:
     A program's result is its verdict's whole input (the code, the problem's tests, the
     limits), so a second check of the same program reads the first one's result; checks of one
     program that overlap wait for its one run. A run that raised (the sandbox could not be set
-    up) is not kept, so the next check tries again. `runs` and `reused` count what happened.
+    up) is not kept, so the next check tries again. With a store (`keep_in`), results are also
+    appended to a JSONL file and read back from it, including those that other processes append
+    while this one runs. `runs`, `reused` and `stored` (read from the store) count what happened.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._results: dict[str, Future] = {}
+        self._store: Path | None = None
+        self._store_read = 0  # bytes of the store already read
+        self._stored: dict[str, sandbox.SandboxResult] = {}
         self.runs = 0
         self.reused = 0
+        self.stored = 0
+
+    def keep_in(self, store: str | Path) -> None:
+        """Keep results in `store` (JSONL) from now on, and read back those already there."""
+        self._store = Path(store)
+        io.cut_torn_tail(self._store)  # a crash mid-append: the next line starts whole
 
     def result(self, key: str, run: Callable[[], sandbox.SandboxResult]) -> sandbox.SandboxResult:
         with self._lock:
             pending = self._results.get(key)
             if pending is None:
                 pending = self._results[key] = Future()
+                kept = self._read_store(key)
+                if kept is not None:
+                    self.stored += 1
+                    pending.set_result(kept)
+                    return kept
                 self.runs += 1
                 owner = True
             else:
@@ -103,18 +124,51 @@ class SandboxRuns:
         if not owner:
             return pending.result()
         try:
-            pending.set_result(run())
+            result = run()
         except BaseException as e:  # noqa: BLE001 - whatever the run raised, its waiters raise too
             with self._lock:
                 del self._results[key]
             pending.set_exception(e)
-        return pending.result()
+            raise
+        if self._store is not None and replayable(result):
+            io.append_jsonl(self._store, {"key": key, "result": dataclasses.asdict(result)})
+        pending.set_result(result)
+        return result
+
+    def _read_store(self, key: str) -> sandbox.SandboxResult | None:
+        """`key`'s stored result, reading first what was appended since the last read."""
+        if self._store is None:
+            return None
+        if key not in self._stored and self._store.exists():
+            with open(self._store, "rb") as f:
+                f.seek(self._store_read)
+                data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]  # a line still being appended is read next time
+            self._store_read += len(whole)
+            for line in whole.decode("utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self._stored[row["key"]] = sandbox.SandboxResult(**row["result"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # the store is a copy: a line it cannot read is a program run again
+        return self._stored.get(key)
+
+
+# Results that say more about the machine at the time (its load, its other processes, its disk)
+# than about the program: run again rather than kept for other stages.
+_MACHINE_REASONS = ("timeout", "process_limit", "disk_full", "killed")
+
+
+def replayable(result: sandbox.SandboxResult) -> bool:
+    """Whether a result is the program's own, so that a later check may read it back."""
+    return not result.reason.startswith(_MACHINE_REASONS)
 
 
 def program_key(program: str, files: Mapping[str, str], env: Mapping[str, str], timeout_s: float,
                 memory_mb: int) -> str:
-    """What decides a sandboxed run's result, hashed."""
-    doc = json.dumps([program, sorted(files.items()), sorted(env.items()), timeout_s, memory_mb])
+    """What decides a sandboxed run's result, hashed; the interpreter's version is part of it,
+    since a stored result may be read by a later run with another."""
+    doc = json.dumps([program, sorted(files.items()), sorted(env.items()), timeout_s, memory_mb, sys.version])
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
