@@ -122,7 +122,9 @@ def test_task_code_runs_funcs_and_a_task_the_demo_cannot_run_is_refused_in_one_l
 def test_the_code_demo_takes_its_own_sizes_over_the_demos_and_the_users_still_win():
     code = recipe.prepare(recipe.with_task(Config(), "code"), None, quick=False)
     assert code.task.options == recipe.TASK_SIZES["funcs"]["task.options"]
-    assert code.sft.steps == recipe.DEMO_SIZES["sft.steps"]  # the rest as the math demo's
+    assert code.sft.steps == recipe.TASK_SIZES["funcs"]["sft.steps"] != recipe.DEMO_SIZES["sft.steps"]
+    assert code.rl.max_extra_groups == 0 and code.rl.steps == recipe.TASK_SIZES["funcs"]["rl.steps"]
+    assert code.sft.lr == recipe.DEMO_SIZES["sft.lr"]  # the rest as the math demo's
     math = recipe.prepare(Config(), None, quick=False)
     assert math.task.options == recipe.DEMO_SIZES["task.options"]
     mine = recipe.prepare(load_config(None, ["task.name=funcs", "task.options={n_train: 50}"]), None, quick=False)
