@@ -127,8 +127,11 @@ def test_the_code_demo_takes_its_own_sizes_over_the_demos_and_the_users_still_wi
     assert code.sft.lr == recipe.DEMO_SIZES["sft.lr"]  # the rest as the math demo's
     math = recipe.prepare(Config(), None, quick=False)
     assert math.task.options == recipe.DEMO_SIZES["task.options"]
-    mine = recipe.prepare(load_config(None, ["task.name=funcs", "task.options={n_train: 50}"]), None, quick=False)
-    assert mine.task.options == {"n_train": 50}
+    assert (math.sft.steps, math.rl.steps) == (recipe.DEMO_SIZES["sft.steps"], recipe.DEMO_SIZES["rl.steps"])
+    assert math.rl.max_extra_groups == Config().rl.max_extra_groups  # the code cuts stay on code
+    mine = recipe.prepare(load_config(None, ["task.name=funcs", "task.options={n_train: 50}",
+                                             "rl.steps=7"]), None, quick=False)
+    assert mine.task.options == {"n_train": 50} and mine.rl.steps == 7
     quick = recipe.prepare(recipe.with_task(Config(), "code"), None, quick=True)
     assert quick.task.options == recipe.QUICK_SIZES["task.options"]
 

@@ -55,11 +55,9 @@ DEMO_SIZES: dict[str, Any] = {
 # each reply's code runs in the sandbox, and acceptance sampling checks ~6.5 replies per training
 # problem (~2.5 distinct programs, each run once; bench/sandbox_reuse.py), so half arith's
 # training problems halve sampling's sandboxed runs, and funcs' own 300 test problems cut eval's
-# by two fifths. From the 600-step SFT guide about half funcs' drawn RL groups had no spread (a
-# function's strategies all pass or all fail), so dynamic sampling drew its full 8 extra groups
-# every step, a third of the step's time: funcs trains on the groups it draws (from the 300-step
-# guide 94-96% of them have spread). Half the RL steps and half the SFT steps bring the wall
-# under 15 minutes on 2 cores (792 s measured).
+# by two fifths. A function's strategies often all pass or all fail, so dynamic sampling's extra
+# groups can take a third of an RL step: funcs trains on the groups it draws. Half the RL and SFT
+# steps then bring the demo under 15 minutes on 2 cores.
 TASK_SIZES: dict[str, dict[str, Any]] = {
     "funcs": {"task.options": {"n_train": 1000, "n_validation": 500, "n_test": 300},
               "rl.max_extra_groups": 0, "rl.steps": 15, "sft.steps": 300},
